@@ -1,0 +1,74 @@
+// swift-tools-version:6.0
+// Fieldlog: an offline-first, sequence-numbered replicated log for sensor fleets.
+//
+// Map of the tree:
+//   C…            system-library targets, one per C library (found with pkg-config)
+//   Log           the device's durable SQLite log and its Redis hot-state mirror
+//   Sync          the sync protocol: messages, codec, sans-IO state machines, MQTT transport
+//   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
+//   MariaDB       thin, safe wrapper over MariaDB Connector/C
+//   GPIO          thin, safe wrapper over libgpiod v1.6 (start/stop button)
+//   DeviceNode    `fieldlog-device`, the program on each device
+//   BackendNode   `fieldlog-backend`, ingest/audit/replay into MariaDB
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "fieldlog",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
+        .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
+        .library(name: "Log", targets: ["Log"]),
+        .library(name: "Sync", targets: ["Sync"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // C libraries
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CMosquitto", pkgConfig: "libmosquitto", providers: [.apt(["libmosquitto-dev"])]),
+        .systemLibrary(name: "CMariaDB", pkgConfig: "libmariadb", providers: [.apt(["libmariadb-dev"])]),
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(name: "CGPIOD", pkgConfig: "libgpiod", providers: [.apt(["libgpiod-dev"])]),
+
+        // Wrappers
+        .target(name: "MQTT", dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MariaDB", dependencies: ["CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "GPIO", dependencies: ["CGPIOD"], swiftSettings: strict),
+
+        // Product libraries
+        .target(name: "Log", dependencies: ["CSQLite", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Sync", dependencies: ["MQTT", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+
+        // Executables
+        .executableTarget(
+            name: "DeviceNode",
+            dependencies: [
+                "Log", "Sync", "MQTT", "GPIO",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "BackendNode",
+            dependencies: [
+                "Sync", "MQTT", "MariaDB",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
+        // Tests
+        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Log", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "LogTests", dependencies: ["Log", "CSQLite", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SyncTests", dependencies: ["Sync"], swiftSettings: strict),
+    ]
+)

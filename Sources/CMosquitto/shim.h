@@ -1,0 +1,5 @@
+#ifndef FIELDLOG_CMOSQUITTO_SHIM_H
+#define FIELDLOG_CMOSQUITTO_SHIM_H
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#endif

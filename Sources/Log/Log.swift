@@ -1,0 +1,1 @@
+// Log: the device's durable, sequence-numbered log (SQLite) and its Redis hot-state mirror.

@@ -1,0 +1,1 @@
+// MQTT: a thin, safe wrapper over libmosquitto (MQTT v5).

@@ -1,0 +1,1 @@
+// MariaDB: a thin, safe wrapper over MariaDB Connector/C.
