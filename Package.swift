@@ -3,9 +3,11 @@
 //
 // Map of the tree:
 //   C…            system-library targets, one per C library (found with pkg-config)
+//   FieldlogCore  domain types shared by all: DeviceID, Epoch, SequenceNumber, LogRecord, LossMarker
 //   Log           the device's durable SQLite log and its Redis hot-state mirror
 //   Sync          the sync protocol: messages, codec, sans-IO state machines, MQTT transport
 //   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
+//   Redis         thin, safe wrapper over hiredis
 //   MariaDB       thin, safe wrapper over MariaDB Connector/C
 //   GPIO          thin, safe wrapper over libgpiod v1.6 (start/stop button)
 //   DeviceNode    `fieldlog-device`, the program on each device
@@ -36,20 +38,24 @@ let package = Package(
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CGPIOD", pkgConfig: "libgpiod", providers: [.apt(["libgpiod-dev"])]),
 
+        // Domain types
+        .target(name: "FieldlogCore", swiftSettings: strict),
+
         // Wrappers
+        .target(name: "Redis", dependencies: ["CHiredis"], swiftSettings: strict),
         .target(name: "MQTT", dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MariaDB", dependencies: ["CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "GPIO", dependencies: ["CGPIOD"], swiftSettings: strict),
 
         // Product libraries
-        .target(name: "Log", dependencies: ["CSQLite", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "Sync", dependencies: ["MQTT", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Sync", dependencies: ["FieldlogCore", "MQTT", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
 
         // Executables
         .executableTarget(
             name: "DeviceNode",
             dependencies: [
-                "Log", "Sync", "MQTT", "GPIO",
+                "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "GPIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -58,7 +64,7 @@ let package = Package(
         .executableTarget(
             name: "BackendNode",
             dependencies: [
-                "Sync", "MQTT", "MariaDB",
+                "FieldlogCore", "Sync", "MQTT", "MariaDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -67,8 +73,8 @@ let package = Package(
 
         // Tests
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Log", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "LogTests", dependencies: ["Log", "CSQLite", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "SyncTests", dependencies: ["Sync"], swiftSettings: strict),
+        .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
     ]
 )

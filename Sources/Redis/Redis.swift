@@ -1,0 +1,1 @@
+// Redis: a thin, safe wrapper over hiredis (binary-safe commands by argument vector).
