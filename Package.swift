@@ -71,6 +71,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ],
             swiftSettings: strict),
 
@@ -79,5 +82,6 @@ let package = Package(
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
+        .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
     ]
 )
