@@ -123,6 +123,9 @@ final class MQTTConnectionCore: @unchecked Sendable {
         guard (1...65_535).contains(configuration.port) else {
             throw MQTTError(operation: operation, kind: .usage, message: "port \(configuration.port) is out of range")
         }
+        guard configuration.connectTimeout > .zero else {
+            throw MQTTError(operation: operation, kind: .usage, message: "connectTimeout must be positive")
+        }
         let policy = configuration.reconnect
         guard policy.minDelay > .zero, policy.maxDelay >= policy.minDelay, (0...1).contains(policy.jitter) else {
             throw MQTTError(operation: operation, kind: .usage, message: "reconnect policy needs 0 < minDelay <= maxDelay and jitter in 0...1")
@@ -218,6 +221,8 @@ final class MQTTConnectionCore: @unchecked Sendable {
         var needConnect = true
         var firstConnect = true
         var exitError: MQTTError?
+        var awaitingConnAckSince: ContinuousClock.Instant?
+        var connAckTimedOut = false
         let operation = "connect to \(configuration.endpointDescription)"
         while true {
             if shouldExit() { break }
@@ -227,6 +232,8 @@ final class MQTTConnectionCore: @unchecked Sendable {
                 if rc == MOSQ_ERR_SUCCESS.rawValue {
                     needConnect = false
                     firstConnect = false
+                    awaitingConnAckSince = .now
+                    connAckTimedOut = false
                 } else {
                     let error = box.error(forLibraryCode: rc, operation: operation)
                     if box.hasConnectWaiter {
@@ -241,12 +248,25 @@ final class MQTTConnectionCore: @unchecked Sendable {
             }
             let rc = mosquitto_loop(handle, 100, 1)
             if rc == MOSQ_ERR_SUCCESS.rawValue {
-                if box.takeConnectedSinceLastCheck() { attempt = 0 }
+                if box.takeConnectedSinceLastCheck() {
+                    attempt = 0
+                    awaitingConnAckSince = nil
+                } else if let since = awaitingConnAckSince, !connAckTimedOut,
+                          ContinuousClock.now - since > configuration.connectTimeout {
+                    // A broker that accepted TCP but does not answer: break the connection;
+                    // the loop then reports it like any other broken connection.
+                    connAckTimedOut = true
+                    let fd = mosquitto_socket(handle)
+                    if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
+                }
                 continue
             }
             if isStopRequested() { break }
-            // The connection ended: broken, refused CONNACK, or failed TLS handshake.
-            let error = box.takeRefusal() ?? box.error(forLibraryCode: rc, operation: operation)
+            // The connection ended: broken, refused CONNACK, no CONNACK in time, or failed TLS handshake.
+            let error = box.takeRefusal()
+                ?? (connAckTimedOut ? MQTTError(operation: operation, kind: .connection,
+                                                message: "no CONNACK from the broker within \(configuration.connectTimeout)")
+                                    : box.error(forLibraryCode: rc, operation: operation))
             if box.hasConnectWaiter {
                 exitError = error
                 break

@@ -253,6 +253,9 @@ public struct MQTTConfiguration: Sendable {
     public var password: String?
     /// Keep-alive interval; 5 s or more (libmosquitto's minimum). Default 30 s.
     public var keepAlive: Duration
+    /// Time allowed from starting a connection to the broker's CONNACK (the TCP connect itself
+    /// is bounded by the operating system). Default 10 s.
+    public var connectTimeout: Duration
     public var tls: TLS?
     public var will: Will?
     /// How long the broker keeps the session (subscriptions, queued QoS 1 messages) after the
@@ -262,7 +265,7 @@ public struct MQTTConfiguration: Sendable {
 
     public init(host: String = "127.0.0.1", port: Int = 1883, clientID: String, cleanStart: Bool = true,
                 username: String? = nil, password: String? = nil, keepAlive: Duration = .seconds(30),
-                tls: TLS? = nil, will: Will? = nil, sessionExpiry: Duration? = nil,
+                connectTimeout: Duration = .seconds(10), tls: TLS? = nil, will: Will? = nil, sessionExpiry: Duration? = nil,
                 reconnect: MQTTReconnectPolicy = .init()) {
         self.host = host
         self.port = port
@@ -271,6 +274,7 @@ public struct MQTTConfiguration: Sendable {
         self.username = username
         self.password = password
         self.keepAlive = keepAlive
+        self.connectTimeout = connectTimeout
         self.tls = tls
         self.will = will
         self.sessionExpiry = sessionExpiry

@@ -397,6 +397,25 @@ final class MQTTTests: XCTestCase {
         broker.stop()
     }
 
+    @MainActor func testABrokerThatNeverAnswersTimesOutTheConnect() async throws {
+        let broker = try PrivateMosquitto(persistence: false)
+        try broker.start()
+        broker.process.pause() // the kernel still accepts TCP; nothing answers CONNECT
+        defer { broker.process.resume() }
+        let mqtt = try MQTTClient(configuration: MQTTConfiguration(
+            port: broker.port, clientID: Stack.uniqueName("hung"), username: "x", password: "y",
+            connectTimeout: .milliseconds(800)))
+        let started = ContinuousClock.now
+        do {
+            try await mqtt.connect()
+            XCTFail("expected a timeout")
+        } catch let error as MQTTError {
+            XCTAssertEqual(error.kind, .connection, error.description)
+            XCTAssertTrue(error.message.contains("no CONNACK from the broker within 0.8 seconds"), error.description)
+        }
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(5))
+    }
+
     // MARK: backoff (sans-IO)
 
     func testBackoffGrowsExponentiallyIsCappedAndJittered() {
