@@ -304,7 +304,8 @@ public final class MariaDBSession: @unchecked Sendable {
 
     /// Inserts `rows` with as few round trips as possible: `insertPrefix VALUES (?,…),(?,…)… suffix`,
     /// at most `maxRowsPerStatement` rows (and 65 535 parameters) per statement. Statements are
-    /// cached per row count, so a steady batch size prepares once.
+    /// cached per row count, so a steady batch size prepares once. Several statements are not
+    /// atomic by themselves: call it inside `MariaDBConnection.transaction` for all-or-nothing.
     ///
     /// - Parameters:
     ///   - insertPrefix: e.g. "INSERT IGNORE INTO readings (device, epoch, seq, value)".
