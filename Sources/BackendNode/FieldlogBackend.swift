@@ -12,7 +12,7 @@ struct FieldlogBackend: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-backend",
         abstract: "Fieldlog backend: ingest device logs into MariaDB exactly once.",
-        subcommands: [Migrate.self, Audit.self])
+        subcommands: [Migrate.self, Audit.self, Web.self, User.self])
 }
 
 /// Options every subcommand shares; each overrides its environment variable.

@@ -205,6 +205,29 @@ enum Schema {
                GROUP BY device_id, epoch
             """,
         ]),
+        // Web admin (Web/): its users, their server-side sessions, and who sent each command.
+        Migration(version: 3, name: "web admin: users, sessions, commands.sent_by", statements: [
+            """
+            CREATE TABLE IF NOT EXISTS web_users (
+              user_name VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+              password_hash VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+              created_at DATETIME(3) NOT NULL,
+              updated_at DATETIME(3) NOT NULL
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS web_sessions (
+              token CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+              user_name VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+              csrf_token CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+              created_at DATETIME(3) NOT NULL,
+              expires_at DATETIME(3) NOT NULL,
+              KEY web_sessions_by_user (user_name),
+              KEY web_sessions_by_expiry (expires_at)
+            ) ENGINE=InnoDB
+            """,
+            "ALTER TABLE commands ADD COLUMN IF NOT EXISTS sent_by VARCHAR(64) NULL",
+        ]),
     ]
 
     static var latestVersion: Int { migrations.last!.version }

@@ -1,0 +1,162 @@
+// Auth: users, sessions and CSRF protection of the web admin.
+//
+// Theory of operation: passwords are stored as bcrypt hashes (HummingbirdBcrypt, cost from
+// WebSettings). Signing in creates a server-side session row (`web_sessions`: a 256-bit
+// random token, the user, a per-session 256-bit CSRF token, an expiry); the browser holds only
+// the token, in a cookie that is HttpOnly, SameSite=Strict and Secure (unless turned off for
+// plain-http loopback use). `SessionMiddleware` loads the session for every request except the
+// sign-in page and static assets; without one, pages redirect to /signin and /api answers 401.
+// Every state-changing request (any method but GET/HEAD) must carry the session's CSRF token:
+// forms in the `csrf` field, the JSON API in the `X-CSRF-Token` header; a wrong or missing
+// token is a 403. The sign-in form itself is protected by a double-submit token (a short-lived
+// cookie that must equal the form field), so a foreign page cannot sign a browser in.
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdBcrypt
+import Logging
+
+/// The request context of the web admin: Hummingbird's core plus the signed-in session.
+struct WebContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    /// Set by `SessionMiddleware` for signed-in requests.
+    var session: WebSession?
+    /// The url-encoded form of a POST, parsed once by the CSRF check.
+    var form: [String: String] = [:]
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        session = nil
+    }
+
+    /// 64 KiB is plenty for any form or command of the admin.
+    var maxUploadSize: Int { 64 * 1024 }
+
+    /// The session; only called behind SessionMiddleware, which guarantees it.
+    var signedIn: WebSession {
+        guard let session else { preconditionFailure("route behind SessionMiddleware without a session") }
+        return session
+    }
+}
+
+/// Password hashing off the cooperative pool (bcrypt takes ~0.2 s at cost 12 by design).
+enum Passwords {
+    static func hash(_ password: String, cost: UInt8) async -> String {
+        await offPool { Bcrypt.hash(password, cost: cost) }
+    }
+
+    static func verify(_ password: String, hash: String) async -> Bool {
+        await offPool { Bcrypt.verify(password, hash: hash) }
+    }
+
+    /// A hash to verify against when the user does not exist, so both cases take the same time.
+    static let dummyHash = Bcrypt.hash("fieldlog-no-such-user", cost: 12)
+
+    /// Checks a new password; the message says what is wrong.
+    static func check(_ password: String) -> String? {
+        if password.utf8.count < 10 { return "the password must have at least 10 characters" }
+        if password.utf8.count > 72 { return "the password must have at most 72 bytes (bcrypt ignores the rest)" }
+        return nil
+    }
+
+    /// User names: 1…64 of A–Z a–z 0–9 . _ - @.
+    static func checkUserName(_ name: String) -> String? {
+        guard !name.isEmpty, name.utf8.count <= 64,
+              name.utf8.allSatisfy({ b in (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2E || b == 0x5F || b == 0x2D || b == 0x40 })
+        else { return "a user name has 1…64 characters A–Z a–z 0–9 . _ - @" }
+        return nil
+    }
+}
+
+/// Runs CPU-heavy work on a GCD thread, not on Swift's cooperative pool.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { c in
+        DispatchQueue.global().async { c.resume(returning: body()) }
+    }
+}
+
+/// Loads the session; keeps everyone without one out of everything but sign-in and assets.
+struct SessionMiddleware: RouterMiddleware {
+    typealias Context = WebContext
+    let store: WebStore
+
+    static func isPublic(_ path: String) -> Bool {
+        path == "/signin" || path.hasPrefix("/static/") || path == "/favicon.ico" || path == "/api/session" || path == "/healthz"
+    }
+
+    static func isAPI(_ path: String) -> Bool { path == "/api" || path.hasPrefix("/api/") }
+
+    func handle(_ request: Request, context: WebContext, next: (Request, WebContext) async throws -> Response) async throws -> Response {
+        var context = context
+        let path = request.uri.path
+        if let token = request.cookies[WebSettings.sessionCookie]?.value {
+            context.session = try await store.session(token: token)
+        }
+        if Self.isPublic(path) { return try await next(request, context) }
+        guard let session = context.session else {
+            if Self.isAPI(path) {
+                throw HTTPError(.unauthorized, message: "Not signed in: POST /api/session with user and password first.")
+            }
+            var target = path
+            if let q = request.uri.query { target += "?" + q }
+            let next = request.method == .get ? "?next=" + (target.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "/") : ""
+            return Response.redirect(to: "/signin" + next, type: .found)
+        }
+        var request = request
+        if request.method != .get, request.method != .head {
+            try await checkCSRF(&request, context: &context, session: session)
+        }
+        return try await next(request, context)
+    }
+
+    /// Compares the request's CSRF token with the session's; forms are parsed here (once).
+    func checkCSRF(_ request: inout Request, context: inout WebContext, session: WebSession) async throws {
+        var given = request.headers[HTTPField.Name("X-CSRF-Token")!]
+        if given == nil, request.headers[.contentType]?.hasPrefix("application/x-www-form-urlencoded") == true {
+            let body = try await request.collectBody(upTo: context.maxUploadSize)
+            context.form = parseForm(String(buffer: body))
+            given = context.form["csrf"]
+        }
+        guard let given, constantTimeEqual(given, session.csrfToken) else {
+            throw HTTPError(.forbidden, message: "The form or request is missing its security token (CSRF), or the token is stale. Reload the page and try again.")
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not tell how much of a token was right.
+func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+    let x = Array(a.utf8), y = Array(b.utf8)
+    guard x.count == y.count else { return false }
+    var diff: UInt8 = 0
+    for i in 0..<x.count { diff |= x[i] ^ y[i] }
+    return diff == 0
+}
+
+/// Parses application/x-www-form-urlencoded text (the last value of a repeated name wins).
+func parseForm(_ text: String) -> [String: String] {
+    var out: [String: String] = [:]
+    for pair in text.split(separator: "&") {
+        let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        func decode(_ s: Substring) -> String {
+            String(s).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? ""
+        }
+        guard let k = kv.first else { continue }
+        out[decode(k)] = kv.count > 1 ? decode(kv[1]) : ""
+    }
+    return out
+}
+
+extension WebSettings {
+    func sessionCookie(_ session: WebSession) -> Cookie {
+        Cookie(name: Self.sessionCookie, value: session.token, maxAge: Int(sessionLifetime.components.seconds), path: "/",
+               secure: secureCookies, httpOnly: true, sameSite: .strict)
+    }
+
+    func expiredCookie(_ name: String) -> Cookie {
+        Cookie(name: name, value: "gone", maxAge: 0, path: "/", secure: secureCookies, httpOnly: true, sameSite: .strict)
+    }
+
+    func signInCookie(_ token: String) -> Cookie {
+        Cookie(name: Self.signInCookie, value: token, maxAge: 3600, path: "/signin", secure: secureCookies, httpOnly: true, sameSite: .strict)
+    }
+}

@@ -1,0 +1,435 @@
+// WebStore: the reads and writes of the web admin, on the backend's MariaDB schema.
+//
+// Theory of operation: one `DatabaseClient` (one connection, reconnecting with failover) is
+// shared by all requests; each call takes the current Store and runs its statements. A lost
+// connection is dropped so the next request reconnects, and the request gets a 503 that says
+// the database is not answering (never a 500). Progress and gaps come from the backend's own
+// `Auditor` (the same numbers `fieldlog-backend audit` prints), so the pages never disagree
+// with the command line.
+import FieldlogCore
+import Foundation
+import Hummingbird
+import Logging
+import MariaDB
+import Sync
+
+/// One device as the fleet overview shows it.
+struct FleetDevice: Codable, Sendable {
+    var device: String
+    var protocolName: String
+    /// "online", "offline" or nil (no status received yet), from the device's retained status.
+    var state: String?
+    var measuring: Bool?
+    var epoch: String?
+    var head: UInt64?
+    var acked: UInt64?
+    /// head − acked from the last status: records the device still holds unsent or unacked.
+    var backlog: UInt64?
+    var storedThrough: UInt64?
+    var gapCount: Int
+    var missingRecords: UInt64
+    var deadLetters: Int
+    var lastSeenAt: String?
+    var statusAt: String?
+    var silent: Bool
+}
+
+/// A command as the pages and the API show it.
+struct CommandRow: Codable, Sendable {
+    var requestId: String
+    var device: String
+    var command: String
+    var payload: String
+    var sentBy: String?
+    var sentAt: String?
+    var responseAt: String?
+    var outcome: String?
+    var response: String?
+    /// "waiting", "answered", "failed", "timed-out" or "not-sent".
+    var state: String
+}
+
+/// One reading with its values (table, API).
+struct ReadingRow: Codable, Sendable {
+    var epoch: String
+    var seq: UInt64
+    var time: String?
+    var receivedAt: String?
+    var clockUnsynchronized: Bool
+    var values: [String: ReadingValue]
+}
+
+/// A sensor value: a number or a text.
+enum ReadingValue: Codable, Sendable, Hashable {
+    case number(Double)
+    case text(String)
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .number(let d): try c.encode(d)
+        case .text(let s): try c.encode(s)
+        }
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let d = try? c.decode(Double.self) { self = .number(d) } else { self = .text(try c.decode(String.self)) }
+    }
+
+    var display: String {
+        switch self {
+        case .number(let d): return formatNumber(d)
+        case .text(let s): return s
+        }
+    }
+}
+
+/// A numeric point of a sensor's series.
+struct SeriesPoint: Sendable, Hashable {
+    var ms: Int64
+    var value: Double
+    var epoch: UInt64
+    var seq: UInt64
+}
+
+/// A signed-in user's session.
+struct WebSession: Sendable, Hashable {
+    var token: String
+    var user: String
+    var csrfToken: String
+    var expiresAtMs: Int64
+}
+
+final class WebStore: Sendable {
+    let database: DatabaseClient
+    let settings: WebSettings
+    let logger: Logger
+
+    init(database: DatabaseClient, settings: WebSettings, logger: Logger) {
+        self.database = database
+        self.settings = settings
+        self.logger = logger
+    }
+
+    /// Runs `body` on the current connection; a lost connection becomes a 503 and is dropped.
+    func run<T: Sendable>(_ what: String, _ body: @Sendable (Store) async throws -> T) async throws -> T {
+        let store: Store
+        do {
+            store = try await database.store()
+        } catch {
+            logger.warning("web: database not answering (\(what)): \(error)")
+            throw HTTPError(.serviceUnavailable, message: "The database is not answering; try again in a moment.")
+        }
+        do {
+            return try await body(store)
+        } catch let error as MariaDBError {
+            logger.error("web: \(what) failed: \(error)")
+            if error.isConnectionLost { await database.failed() }
+            throw HTTPError(.serviceUnavailable, message: "The database did not answer (\(what)); try again in a moment.")
+        }
+    }
+
+    // MARK: users and sessions
+
+    func addUser(name: String, passwordHash: String) async throws -> Bool {
+        try await run("add user") { s in
+            let now = SQLTime.now()
+            let r = try await s.connection.execute("""
+                INSERT INTO web_users (user_name, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?)
+                ON DUPLICATE KEY UPDATE password_hash = VALUES(password_hash), updated_at = VALUES(updated_at)
+                """, [.string(name), .string(passwordHash), .string(now), .string(now)])
+            return r.affectedRows == 1
+        }
+    }
+
+    func passwordHash(user: String) async throws -> String? {
+        try await run("read user") { s in
+            try await s.connection.execute("SELECT password_hash FROM web_users WHERE user_name = ?", [.string(user)]).rows.first?[0].string
+        }
+    }
+
+    func createSession(user: String) async throws -> WebSession {
+        let session = WebSession(token: randomToken(), user: user, csrfToken: randomToken(),
+                                 expiresAtMs: WebTime.nowMilliseconds() + Int64(settings.sessionLifetime.components.seconds) * 1000)
+        try await run("create session") { s in
+            try await s.connection.execute("DELETE FROM web_sessions WHERE expires_at < ?", [.string(SQLTime.now())])
+            try await s.connection.execute(
+                "INSERT INTO web_sessions (token, user_name, csrf_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                [.string(session.token), .string(user), .string(session.csrfToken), .string(SQLTime.now()),
+                 .string(SQLTime.datetime(unixMilliseconds: session.expiresAtMs)!)])
+        }
+        return session
+    }
+
+    /// The live session of a cookie token, or nil (unknown or expired).
+    func session(token: String) async throws -> WebSession? {
+        guard token.utf8.count == 64, token.utf8.allSatisfy({ isHexDigit($0) }) else { return nil }
+        return try await run("read session") { s in
+            let r = try await s.connection.execute(
+                "SELECT user_name, csrf_token, expires_at FROM web_sessions WHERE token = ? AND expires_at > ?",
+                [.string(token), .string(SQLTime.now())])
+            guard let row = r.rows.first, let user = row[0].string, let csrf = row[1].string,
+                  let exp = row[2].string.flatMap(WebTime.milliseconds(sql:)) else { return nil }
+            return WebSession(token: token, user: user, csrfToken: csrf, expiresAtMs: exp)
+        }
+    }
+
+    func deleteSession(token: String) async throws {
+        try await run("delete session") { s in
+            try await s.connection.execute("DELETE FROM web_sessions WHERE token = ?", [.string(token)])
+        }
+    }
+
+    // MARK: fleet and audit
+
+    func audit(device: DeviceID? = nil) async throws -> AuditReport {
+        let silentAfter = settings.silentAfter
+        return try await run("audit") { s in
+            try await Auditor(connection: s.connection, silentAfter: silentAfter).run(device: device)
+        }
+    }
+
+    func fleet(device: DeviceID? = nil) async throws -> [FleetDevice] {
+        let report = try await audit(device: device)
+        let filter = device == nil ? "" : " WHERE device_id = ?"
+        let binds: [MariaDBValue] = device.map { [.string($0.rawValue)] } ?? []
+        let (statusRows, deadRows) = try await run("fleet") { s in
+            let st = try await s.connection.execute("""
+                SELECT device_id, status_state, status_measuring, status_epoch, status_head, status_acked, status_received_at
+                  FROM devices\(filter)
+                """, binds)
+            let dl = try await s.connection.execute(
+                "SELECT device_id, COUNT(*) FROM dead_letters WHERE device_id IS NOT NULL\(device == nil ? "" : " AND device_id = ?") GROUP BY device_id", binds)
+            return (st.rows, dl.rows)
+        }
+        var status: [String: [MariaDBValue]] = [:]
+        for r in statusRows { if let id = r[0].string { status[id] = r } }
+        var dead: [String: Int] = [:]
+        for r in deadRows { if let id = r[0].string { dead[id] = Int(r[1].int64 ?? 0) } }
+        return report.devices.map { d in
+            let st = status[d.device]
+            let epochValue = st?[3].uint64
+            let current = epochValue.map { Epoch($0).hex } ?? d.epochs.last?.epoch
+            let currentAudit = d.epochs.first { $0.epoch == current }
+            let head = st?[4].uint64, acked = st?[5].uint64
+            return FleetDevice(
+                device: d.device, protocolName: d.protocolName, state: st?[1].string,
+                measuring: st?[2].int64.map { $0 != 0 }, epoch: current, head: head, acked: acked,
+                backlog: head.flatMap { h in acked.map { h >= $0 ? h - $0 : 0 } },
+                storedThrough: currentAudit?.storedThrough,
+                gapCount: d.epochs.reduce(0) { $0 + $1.gaps.count + ($1.unstoredAtEnd == nil ? 0 : 1) },
+                missingRecords: d.epochs.reduce(0) { $0 + $1.missingCount },
+                deadLetters: dead[d.device] ?? 0,
+                lastSeenAt: WebTime.iso(sql: d.lastSeenAt), statusAt: WebTime.iso(sql: st?[6].string), silent: d.silent)
+        }
+    }
+
+    func deviceExists(_ device: DeviceID) async throws -> Bool {
+        try await run("find device") { s in
+            !(try await s.connection.execute("SELECT 1 FROM devices WHERE device_id = ?", [.string(device.rawValue)]).rows.isEmpty)
+        }
+    }
+
+    // MARK: readings
+
+    /// Names of the device's sensors that have numeric values in the range (or at all, when none there).
+    func sensors(device: DeviceID) async throws -> [String] {
+        try await run("list sensors") { s in
+            try await s.connection.execute("""
+                SELECT DISTINCT sensor FROM reading_values WHERE device_id = ?
+                UNION SELECT DISTINCT sensor FROM legacy_values WHERE device_id = ? ORDER BY 1
+                """, [.string(device.rawValue), .string(device.rawValue)]).rows.compactMap { $0[0].string }
+        }
+    }
+
+    /// Numeric points of every sensor in [from, to), at most `limit` rows (newest kept when over).
+    func series(device: DeviceID, fromMs: Int64, toMs: Int64, sensor: String? = nil, limit: Int = 50_000) async throws -> (points: [String: [SeriesPoint]], truncated: Bool) {
+        let from = SQLTime.datetime(unixMilliseconds: fromMs)!, to = SQLTime.datetime(unixMilliseconds: toMs)!
+        var binds: [MariaDBValue] = [.string(device.rawValue), .string(from), .string(to)]
+        if let sensor { binds.append(.string(sensor)) }
+        let sensorFilter = sensor == nil ? "" : " AND sensor = ?"
+        let finalBinds = binds
+        let rows = try await run("read series") { s in
+            try await s.connection.execute("""
+                SELECT sensor, device_time, num_value, epoch, seq FROM (
+                  SELECT sensor, device_time, num_value, epoch, seq FROM reading_values
+                   WHERE device_id = ? AND device_time >= ? AND device_time < ? AND num_value IS NOT NULL\(sensorFilter)
+                   ORDER BY device_time DESC LIMIT \(limit + 1)) t ORDER BY device_time
+                """, finalBinds).rows
+        }
+        var out: [String: [SeriesPoint]] = [:]
+        for r in rows.suffix(limit) {
+            guard let name = r[0].string, let t = r[1].string.flatMap(WebTime.milliseconds(sql:)), let v = r[2].double else { continue }
+            out[name, default: []].append(SeriesPoint(ms: t, value: v, epoch: r[3].uint64 ?? 0, seq: r[4].uint64 ?? 0))
+        }
+        return (out, rows.count > limit)
+    }
+
+    /// One page of readings in [from, to), newest first, with their values; and the total count.
+    func readings(device: DeviceID, fromMs: Int64, toMs: Int64, page: Int, pageSize: Int) async throws -> (rows: [ReadingRow], total: Int) {
+        let from = SQLTime.datetime(unixMilliseconds: fromMs)!, to = SQLTime.datetime(unixMilliseconds: toMs)!
+        let d = MariaDBValue.string(device.rawValue)
+        return try await run("read readings") { s in
+            let total = try await s.connection.execute(
+                "SELECT COUNT(*) FROM readings WHERE device_id = ? AND device_time >= ? AND device_time < ?",
+                [d, .string(from), .string(to)]).rows.first?[0].int64 ?? 0
+            let rows = try await s.connection.execute("""
+                SELECT epoch, seq, device_time, received_at, clock_unsynchronized FROM readings
+                 WHERE device_id = ? AND device_time >= ? AND device_time < ?
+                 ORDER BY device_time DESC, epoch DESC, seq DESC LIMIT \(pageSize) OFFSET \(page * pageSize)
+                """, [d, .string(from), .string(to)]).rows
+            var result: [ReadingRow] = rows.map { r in
+                ReadingRow(epoch: Epoch(r[0].uint64 ?? 0).hex, seq: r[1].uint64 ?? 0, time: WebTime.iso(sql: r[2].string),
+                           receivedAt: WebTime.iso(sql: r[3].string), clockUnsynchronized: (r[4].int64 ?? 0) != 0, values: [:])
+            }
+            if !rows.isEmpty {
+                let keys = rows.map { "(\($0[0].uint64 ?? 0),\($0[1].uint64 ?? 0))" }.joined(separator: ",")
+                let values = try await s.connection.execute(
+                    "SELECT epoch, seq, sensor, num_value, text_value FROM reading_values WHERE device_id = ? AND (epoch, seq) IN (\(keys))", [d]).rows
+                var index: [String: Int] = [:]
+                for (i, r) in result.enumerated() { index["\(r.epoch)/\(r.seq)"] = i }
+                for v in values {
+                    guard let i = index["\(Epoch(v[0].uint64 ?? 0).hex)/\(v[1].uint64 ?? 0)"], let name = v[2].string else { continue }
+                    if let n = v[3].double { result[i].values[name] = .number(n) } else if let t = v[4].string { result[i].values[name] = .text(t) }
+                }
+            }
+            return (result, Int(total))
+        }
+    }
+
+    /// Readings after the keyset position (time, epoch, seq), oldest first, for the CSV export.
+    func readingsChunk(device: DeviceID, fromMs: Int64, toMs: Int64, after: (time: String, epoch: UInt64, seq: UInt64)?, limit: Int) async throws -> [(time: String, epoch: UInt64, seq: UInt64, sensor: String?, value: String?)] {
+        let from = SQLTime.datetime(unixMilliseconds: fromMs)!, to = SQLTime.datetime(unixMilliseconds: toMs)!
+        var binds: [MariaDBValue] = [.string(device.rawValue), .string(from), .string(to)]
+        var keyset = ""
+        if let after {
+            keyset = " AND (r.device_time, r.epoch, r.seq) > (?, ?, ?)"
+            binds += [.string(after.time), .uint(after.epoch), .uint(after.seq)]
+        }
+        let finalBinds = binds + [.string(device.rawValue)]
+        let keysetClause = keyset
+        let rows = try await run("export readings") { s in
+            try await s.connection.execute("""
+                SELECT r.device_time, r.epoch, r.seq, v.sensor, v.num_value, v.text_value
+                  FROM (SELECT device_time, epoch, seq FROM readings r
+                         WHERE r.device_id = ? AND r.device_time >= ? AND r.device_time < ?\(keysetClause)
+                         ORDER BY r.device_time, r.epoch, r.seq LIMIT \(limit)) r
+                  LEFT JOIN reading_values v ON v.device_id = ? AND v.epoch = r.epoch AND v.seq = r.seq
+                 ORDER BY r.device_time, r.epoch, r.seq, v.sensor
+                """, finalBinds).rows
+        }
+        return rows.map { r in
+            let value = r[4].double.map(formatNumber) ?? r[5].string
+            return (r[0].string ?? "", r[1].uint64 ?? 0, r[2].uint64 ?? 0, r[3].string, value)
+        }
+    }
+
+    /// For each gap, the device times of the stored readings just before and just after it.
+    func gapTimes(device: DeviceID, gaps: [(epoch: UInt64, first: UInt64, last: UInt64)]) async throws -> [(from: Int64?, to: Int64?)] {
+        guard !gaps.isEmpty else { return [] }
+        var keys: [String] = []
+        for g in gaps {
+            if g.first > 1 { keys.append("(\(g.epoch),\(g.first - 1))") }
+            keys.append("(\(g.epoch),\(g.last + 1))")
+        }
+        let keyList = keys.joined(separator: ",")
+        let rows = try await run("read gap edges") { s in
+            try await s.connection.execute(
+                "SELECT epoch, seq, device_time FROM readings WHERE device_id = ? AND (epoch, seq) IN (\(keyList))",
+                [.string(device.rawValue)]).rows
+        }
+        var times: [String: Int64] = [:]
+        for r in rows { if let t = r[2].string.flatMap(WebTime.milliseconds(sql:)) { times["\(r[0].uint64 ?? 0)/\(r[1].uint64 ?? 0)"] = t } }
+        return gaps.map { g in (g.first > 1 ? times["\(g.epoch)/\(g.first - 1)"] : nil, times["\(g.epoch)/\(g.last + 1)"]) }
+    }
+
+    // MARK: commands
+
+    func insertCommand(requestID: String, device: DeviceID, command: Command, payload: String, sentBy: String) async throws {
+        var epoch: Epoch?
+        var range: SequenceRange?
+        if case .replay(let e, let r) = command.kind { epoch = e; range = r }
+        let binds: [MariaDBValue] = [.string(requestID), .string(device.rawValue), .string(command.name), epoch.map { .uint($0.rawValue) } ?? .null,
+                                     range.map { .uint($0.first.rawValue) } ?? .null, range.map { .uint($0.last.rawValue) } ?? .null,
+                                     .string(payload), .string(SQLTime.now()), .string(sentBy)]
+        try await run("record command") { s in
+            try await s.connection.execute("""
+                INSERT INTO commands (request_id, device_id, command, epoch, first_seq, last_seq, payload, sent_at, sent_by)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, binds)
+        }
+    }
+
+    /// Marks a command that could not be published (broker down); it will never be answered.
+    func markNotSent(requestID: String, reason: String) async throws {
+        try await run("record publish failure") { s in
+            try await s.connection.execute(
+                "UPDATE commands SET outcome = 'not-sent', response = ?, response_at = ? WHERE request_id = ? AND response_at IS NULL",
+                [.string(String(reason.prefix(1000))), .string(SQLTime.now()), .string(requestID)])
+        }
+    }
+
+    static let commandColumns = "request_id, device_id, command, payload, sent_by, sent_at, response_at, outcome, response"
+
+    func commandRow(_ r: [MariaDBValue], nowMs: Int64) -> CommandRow {
+        let sentAt = r[5].string
+        let responseAt = r[6].string
+        let outcome = r[7].string
+        let state: String
+        if outcome == "not-sent" {
+            state = "not-sent"
+        } else if responseAt != nil {
+            state = (outcome == nil || outcome == "ok") ? "answered" : "failed"
+        } else if let t = sentAt.flatMap(WebTime.milliseconds(sql:)), nowMs - t > Int64(settings.commandTimeout.components.seconds) * 1000 {
+            state = "timed-out"
+        } else {
+            state = "waiting"
+        }
+        return CommandRow(requestId: r[0].string ?? "", device: r[1].string ?? "", command: r[2].string ?? "", payload: r[3].string ?? "",
+                          sentBy: r[4].string, sentAt: WebTime.iso(sql: sentAt), responseAt: WebTime.iso(sql: responseAt),
+                          outcome: outcome, response: r[8].string, state: state)
+    }
+
+    func commands(device: DeviceID?, limit: Int = 50) async throws -> [CommandRow] {
+        let filter = device == nil ? "" : " WHERE device_id = ?"
+        let rows = try await run("read commands") { s in
+            try await s.connection.execute("SELECT \(Self.commandColumns) FROM commands\(filter) ORDER BY sent_at DESC LIMIT \(limit)",
+                                           device.map { [.string($0.rawValue)] } ?? []).rows
+        }
+        let now = WebTime.nowMilliseconds()
+        return rows.map { commandRow($0, nowMs: now) }
+    }
+
+    func command(requestID: String) async throws -> CommandRow? {
+        let rows = try await run("read command") { s in
+            try await s.connection.execute("SELECT \(Self.commandColumns) FROM commands WHERE request_id = ?", [.string(requestID)]).rows
+        }
+        return rows.first.map { commandRow($0, nowMs: WebTime.nowMilliseconds()) }
+    }
+}
+
+/// 32 random bytes as 64 hex digits (SystemRandomNumberGenerator is the OS's CSPRNG).
+func randomToken() -> String {
+    var g = SystemRandomNumberGenerator()
+    var s = ""
+    s.reserveCapacity(64)
+    for _ in 0..<4 {
+        let v = g.next() as UInt64
+        let h = String(v, radix: 16)
+        s += String(repeating: "0", count: 16 - h.count) + h
+    }
+    return s
+}
+
+func isHexDigit(_ b: UInt8) -> Bool { (b >= 0x30 && b <= 0x39) || (b >= 0x61 && b <= 0x66) }
+
+/// Numbers as people read them: up to 4 decimals, no trailing zeros.
+func formatNumber(_ d: Double) -> String {
+    guard d.isFinite else { return String(d) }
+    if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
+    var s = String(format: "%.4f", d)
+    while s.hasSuffix("0") { s.removeLast() }
+    if s.hasSuffix(".") { s.removeLast() }
+    return s
+}
