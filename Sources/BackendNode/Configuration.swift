@@ -42,7 +42,7 @@ struct DatabaseAddress: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Everything the backend's commands need to reach MariaDB.
-struct DatabaseSettings: Sendable {
+struct DatabaseSettings: Sendable, CustomStringConvertible {
     /// Servers in order of preference; on connection loss ingest moves to the next one.
     var addresses: [DatabaseAddress]
     var user: String
@@ -54,6 +54,9 @@ struct DatabaseSettings: Sendable {
     /// Default 30 s.
     var readTimeout: Duration = .seconds(30)
 
+    /// For logs: never the password.
+    var description: String { "\(user)@\(addresses.map(\.description).joined(separator: ","))/\(database)" }
+
     func configuration(for address: DatabaseAddress) -> MariaDBConfiguration {
         MariaDBConfiguration(host: address.host, port: address.port, user: user, password: password, database: database,
                              connectTimeout: connectTimeout, readTimeout: readTimeout, writeTimeout: readTimeout)
@@ -61,7 +64,7 @@ struct DatabaseSettings: Sendable {
 }
 
 /// How to reach the broker.
-struct BrokerSettings: Sendable {
+struct BrokerSettings: Sendable, CustomStringConvertible {
     /// Default "127.0.0.1".
     var host: String
     /// Default 1883.
@@ -73,6 +76,9 @@ struct BrokerSettings: Sendable {
     var keepAliveSeconds: Int = 30
     /// MQTT client id prefix; a random suffix keeps two processes apart.
     var clientIDPrefix: String = "fieldlog-backend"
+
+    /// For logs: never the password.
+    var description: String { "\(user)@\(host):\(port)" }
 }
 
 /// Topic layout: the protocol's templates (spec/protocol.md §2, Sync's `TopicTemplates`) and

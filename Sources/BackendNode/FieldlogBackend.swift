@@ -5,6 +5,7 @@ import FieldlogCore
 import Foundation
 import Logging
 import MariaDB
+import ServiceLifecycle
 
 /// `fieldlog-backend`: ingest, audit and replay into MariaDB.
 @main
@@ -12,7 +13,7 @@ struct FieldlogBackend: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-backend",
         abstract: "Fieldlog backend: ingest device logs into MariaDB exactly once.",
-        subcommands: [Migrate.self, Audit.self, Web.self, User.self])
+        subcommands: [Migrate.self, Ingest.self, Audit.self, Replay.self, Web.self, Run.self, User.self])
 }
 
 /// Options every subcommand shares; each overrides its environment variable.
@@ -67,6 +68,28 @@ extension FieldlogBackend {
         }
     }
 
+    struct Ingest: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Take device batches from MQTT (shared subscription), store them exactly once, ack after commit.")
+        @OptionGroup var common: CommonOptions
+        @Option(help: "Port of GET /metrics (FIELDLOG_METRICS_PORT, default 9464; 0 turns it off).") var metricsPort: Int?
+
+        func run() async throws {
+            let logger = try common.bootstrapLogging()
+            let config = try common.load(metricsPort: metricsPort)
+            let metrics = BackendMetrics()
+            var services: [any Service] = []
+            if config.ingest.metricsPort != 0 {
+                services.append(MetricsService(metrics: metrics, host: config.ingest.metricsHost, port: config.ingest.metricsPort, logger: logger))
+            }
+            services.append(IngestService(configuration: config, metrics: metrics, logger: logger))
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        }
+    }
+
     struct Audit: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Report per device and epoch what is stored and what is missing; exit 0 when nothing is missing, 1 when records are missing.")
@@ -74,6 +97,7 @@ extension FieldlogBackend {
         @Option(help: "Only this device.") var device: String?
         @Flag(help: "Print JSON instead of text.") var json = false
         @Option(help: "Seconds without data after which a device is reported silent (default 3600).") var silentAfter: Int = 3600
+        @Flag(help: "Ask devices to resend every missing range (replay commands).") var repair = false
 
         func run() async throws {
             let logger = try common.bootstrapLogging()
@@ -84,8 +108,54 @@ extension FieldlogBackend {
             try await Migrator(connection: connection).requireCurrent()
             let report = try await Auditor(connection: connection, silentAfter: .seconds(silentAfter)).run(device: id)
             print(json ? try report.json() : report.text())
+            if repair {
+                let requests = report.repairRequests
+                if !requests.isEmpty {
+                    let replayer = try await Replayer.connect(config: config, store: Store(connection: connection), logger: logger)
+                    for r in requests {
+                        let sent = try await replayer.send(device: r.device, epoch: r.epoch, range: r.range)
+                        FileHandle.standardError.write(Data("repair: asked \(r.device) to resend \(r.range) of epoch \(r.epoch) (request \(sent.requestID))\n".utf8))
+                    }
+                    await replayer.close()
+                }
+            }
             await connection.close()
             if report.hasGaps { throw ExitCode(1) }
+        }
+    }
+    struct Replay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Ask a device to resend a range of its log; records the command and the device's answer.")
+        @OptionGroup var common: CommonOptions
+        @Option(help: "Device id.") var device: String
+        @Option(help: "Epoch (16 hex digits); default: the device's current epoch.") var epoch: String?
+        @Option(help: "First sequence number.") var from: UInt64
+        @Option(help: "Last sequence number.") var to: UInt64
+        @Option(help: "Seconds to wait for the device's answer (0: do not wait). Default 10.") var wait: Int = 10
+
+        func run() async throws {
+            let logger = try common.bootstrapLogging()
+            let config = try common.load()
+            let id = try parseDevice(device, setting: "--device")
+            let ep = try epoch.map { try parseEpoch($0, setting: "--epoch") }
+            let range: SequenceRange
+            do { range = try SequenceRange(SequenceNumber(from), SequenceNumber(to)) } catch {
+                throw ConfigurationError(setting: "--from/--to", value: "\(from)…\(to)", allowed: error.description)
+            }
+            guard (0...3600).contains(wait) else { throw ConfigurationError(setting: "--wait", value: String(wait), allowed: "seconds 0…3600") }
+            let connection = try await connectFirst(config.database, logger: logger)
+            try await Migrator(connection: connection).requireCurrent()
+            let replayer = try await Replayer.connect(config: config, store: Store(connection: connection), logger: logger)
+            let sent = try await replayer.send(device: id, epoch: ep, range: range)
+            print("asked \(id) to resend \(range)\(ep.map { " of epoch \($0)" } ?? ""); request id \(sent.requestID)")
+            if wait > 0 {
+                if let answer = try await replayer.awaitResponse(requestID: sent.requestID, device: id, timeout: .seconds(wait)) {
+                    print("answer: \(answer)")
+                } else {
+                    print("no answer within \(wait) s (an ingest process records it when it comes)")
+                }
+            }
+            await replayer.close()
+            await connection.close()
         }
     }
 }

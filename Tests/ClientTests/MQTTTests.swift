@@ -302,16 +302,22 @@ final class MQTTTests: XCTestCase {
         let dir = try TemporaryDirectory("mqtt-tls")
         defer { dir.remove() }
         try makeCertificates(in: dir)
-        let tlsPort = Ports.free()
+        let tlsPort = Ports.free(), mutualPort = Ports.free()
         let broker = try PrivateMosquitto(extraConfig: """
             listener \(tlsPort) 127.0.0.1
             cafile \(dir.file("ca.pem"))
             certfile \(dir.file("server.pem"))
             keyfile \(dir.file("server.key"))
+            listener \(mutualPort) 127.0.0.1
+            cafile \(dir.file("ca.pem"))
+            certfile \(dir.file("server.pem"))
+            keyfile \(dir.file("server.key"))
+            require_certificate true
             """, persistence: false)
         try broker.addUser("fieldlog-backend", password: "backend-pw")
         try broker.start()
         try Ports.waitListening(tlsPort, what: "mosquitto TLS listener (log: \(broker.process.logPath))")
+        try Ports.waitListening(mutualPort, what: "mosquitto mutual-TLS listener (log: \(broker.process.logPath))")
 
         let trusted = try client(user: "fieldlog-backend", password: "backend-pw", port: tlsPort,
                                  tls: .init(caFile: dir.file("ca.pem")))
@@ -331,6 +337,22 @@ final class MQTTTests: XCTestCase {
             XCTAssertEqual(error.kind, .tls, error.description)
             XCTAssertTrue(error.description.contains("certificate verify failed"), error.description)
         }
+
+        // A listener that requires a client certificate: accepted with one the CA signed, refused without.
+        let withCertificate = try client(user: "fieldlog-backend", password: "backend-pw", port: mutualPort,
+                                         tls: .init(caFile: dir.file("ca.pem"), certificateFile: dir.file("client.pem"),
+                                                    keyFile: dir.file("client.key")))
+        try await withCertificate.connect()
+        await withCertificate.disconnect()
+        let withoutCertificate = try client(user: "fieldlog-backend", password: "backend-pw", port: mutualPort,
+                                            tls: .init(caFile: dir.file("ca.pem")))
+        do {
+            try await withoutCertificate.connect()
+            XCTFail("expected the broker to require a client certificate")
+        } catch let error as MQTTError {
+            XCTAssertEqual(error.kind, .tls, error.description)
+            XCTAssertTrue(error.description.contains("certificate required"), error.description)
+        }
         broker.stop()
     }
 
@@ -345,6 +367,10 @@ final class MQTTTests: XCTestCase {
         try "subjectAltName=IP:127.0.0.1,DNS:localhost\n".write(toFile: dir.file("san.ext"), atomically: true, encoding: .utf8)
         try openssl(["x509", "-req", "-in", dir.file("server.csr"), "-CA", dir.file("ca.pem"), "-CAkey", dir.file("ca.key"),
                      "-CAcreateserial", "-days", "2", "-extfile", dir.file("san.ext"), "-out", dir.file("server.pem")])
+        try openssl(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fieldlog-backend",
+                     "-keyout", dir.file("client.key"), "-out", dir.file("client.csr")])
+        try openssl(["x509", "-req", "-in", dir.file("client.csr"), "-CA", dir.file("ca.pem"), "-CAkey", dir.file("ca.key"),
+                     "-CAcreateserial", "-days", "2", "-out", dir.file("client.pem")])
     }
 
     // MARK: broker restart

@@ -1,0 +1,33 @@
+// `fieldlog-backend run`: ingest and the web admin in one process, for small installations.
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+
+extension FieldlogBackend {
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run ingest and the web admin in one process (small installations).")
+        @OptionGroup var common: CommonOptions
+        @OptionGroup var web: WebOptions
+        @Option(help: "Port of GET /metrics (FIELDLOG_METRICS_PORT, default 9464; 0 turns it off).") var metricsPort: Int?
+
+        func run() async throws {
+            let logger = try common.bootstrapLogging()
+            let config = try common.load(metricsPort: metricsPort)
+            let settings = try WebSettings.load(host: web.host, port: web.port, insecureCookies: web.insecureCookies)
+            let metrics = BackendMetrics()
+            // Ingest first, the web admin last: shutdown stops the web first, ingest last.
+            var services: [any Service] = []
+            if config.ingest.metricsPort != 0 {
+                services.append(MetricsService(metrics: metrics, host: config.ingest.metricsHost, port: config.ingest.metricsPort, logger: logger))
+            }
+            services.append(IngestService(configuration: config, metrics: metrics, logger: logger))
+            services += try await WebServer.prepare(config: config, settings: settings, logger: logger)
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        }
+    }
+}

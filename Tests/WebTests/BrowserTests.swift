@@ -1,0 +1,358 @@
+// The browser test: the real stack, `fieldlog-backend run` (ingest + web in one process), a
+// device on the broker, and Debian's headless chromium driven through chromedriver's WebDriver
+// HTTP API. Signs in, opens the device page, sees a chart with data, stops measuring, sees
+// the device's answer and the readings stop. Screenshots go to .run/screenshots/.
+//
+// The device: when no `fieldlog-device run` is built, `ProtocolDevice` below plays one with
+// the protocol's own messages (Sync's codec): it publishes batches and its status as the
+// device user, and answers commands on its response topic as spec/protocol.md says.
+import FieldlogCore
+import Foundation
+import MQTT
+import Sync
+import TestSupport
+import XCTest
+@testable import BackendNode
+
+final class BrowserTests: XCTestCase {
+    func testOperatorSignsInSeesChartStopsDeviceAndReadingsStop() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver"), FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium") else {
+            throw XCTSkip("chromium and chromium-driver are not installed (scripts/install-deps installs them)")
+        }
+        let db = try WebTestDatabase()
+        defer { db.drop() }
+        let tmp = try TemporaryDirectory("fieldlog-browser")
+        defer { tmp.remove() }
+        let shots = Stack.packageRoot + "/.run/screenshots"
+        try FileManager.default.createDirectory(atPath: shots, withIntermediateDirectories: true)
+
+        // Backend: schema, a user, then ingest + web in one process.
+        let backend = try Binaries.path("fieldlog-backend")
+        var env = db.environment.filter { $0.key.hasPrefix("FIELDLOG_") }
+        env["FIELDLOG_WEB_BCRYPT_COST"] = "4"
+        try runWithEnvironment(backend, ["migrate"], environment: env)
+        try runWithEnvironment(backend, ["user", "add", "operator"], environment: env, input: "correct horse battery\n")
+        let webPort = Ports.free()
+        var processEnv = ProcessInfo.processInfo.environment
+        for (k, v) in env { processEnv[k] = v }
+        processEnv["FIELDLOG_INGEST_GROUP"] = Stack.uniqueName("browser")
+        let server = ManagedProcess(executable: backend, arguments: ["run", "--web-port", String(webPort), "--insecure-cookies"],
+                                    logPath: tmp.file("backend.log"), environment: processEnv)
+        try server.start()
+        defer { server.stop() }
+        try Ports.waitListening(webPort, what: "fieldlog-backend web")
+
+        // The device.
+        let device = try DeviceID(Stack.uniqueName("press"))
+        let devicePassword = Stack.uniqueName("pw")
+        try db.stack.addMQTTUser(device.rawValue, password: devicePassword)
+        let sim = try await ProtocolDevice.start(device: device, password: devicePassword, stack: db.stack)
+        defer { Task { await sim.shutdown() } }
+        // Let it measure for a while so the chart has a line.
+        try await Task.sleep(for: .seconds(6))
+
+        // The browser.
+        let driverPort = Ports.free()
+        let driver = ManagedProcess(executable: "/usr/bin/chromedriver", arguments: ["--port=\(driverPort)"], logPath: tmp.file("chromedriver.log"))
+        try driver.start()
+        defer { driver.stop() }
+        try Ports.waitListening(driverPort, what: "chromedriver")
+        let browser = try await WebDriver.start(port: driverPort)
+        let base = "http://127.0.0.1:\(webPort)"
+
+        do {
+            try await browser.setWindow(width: 1366, height: 1000)
+            try await browser.go("\(base)/devices/\(device)?range=15m")
+            try await browser.waitUntil("the sign-in page") { try await browser.script("return location.pathname") as? String == "/signin" }
+            try await browser.screenshot(to: shots + "/01-signin.png")
+            try await browser.type("input[name=user]", "operator")
+            try await browser.type("input[name=password]", "correct horse battery")
+            try await browser.click("form button[type=submit]")
+            try await browser.waitUntil("the device page") { try await browser.script("return location.pathname") as? String == "/devices/\(device.rawValue)" }
+
+            // A chart with data.
+            let lines = try await browser.script("return document.querySelectorAll('svg.chart polyline.line').length") as? Int ?? 0
+            XCTAssertGreaterThan(lines, 0, "a chart line is drawn")
+            let points = try await browser.script("var p=document.querySelector('svg.chart polyline.line'); return p ? p.getAttribute('points').split(' ').length : 0") as? Int ?? 0
+            XCTAssertGreaterThan(points, 5, "the line has readings")
+            try await browser.screenshot(to: shots + "/02-device.png")
+
+            // Stop measuring; the device's answer appears.
+            try await browser.click("#stop-button")
+            try await browser.waitUntil("the device's answer", timeout: .seconds(20)) {
+                let text = try await browser.script("var c=document.querySelector('#commands'); return c ? c.innerText : ''") as? String ?? ""
+                return text.contains("answered") && text.contains("measuring stopped")
+            }
+            try await browser.screenshot(to: shots + "/03-stopped-answer.png")
+
+            // The readings stop: the count of stored readings no longer grows.
+            try await Task.sleep(for: .seconds(2))
+            func storedCount() async throws -> Int {
+                try await browser.go("\(base)/devices/\(device)?range=15m")
+                let text = try await browser.script("return document.querySelector('#readings .pager').innerText") as? String ?? ""
+                let digits = text.components(separatedBy: "·").last?.filter(\.isNumber) ?? ""
+                return Int(digits) ?? -1
+            }
+            let before = try await storedCount()
+            XCTAssertGreaterThan(before, 5)
+            try await Task.sleep(for: .seconds(4))
+            let after = try await storedCount()
+            XCTAssertEqual(before, after, "no readings arrive after the stop")
+            let badge = try await browser.script("return document.querySelector('#summary').innerText") as? String ?? ""
+            XCTAssertTrue(badge.contains("Stopped"), "the status says measuring is stopped: \(badge)")
+            try await browser.script("document.getElementById('charts-section').scrollIntoView()")
+            try await browser.screenshot(to: shots + "/04-device-after-stop.png")
+
+            // The other pages, on desktop and phone widths.
+            try await browser.go("\(base)/")
+            try await browser.screenshot(to: shots + "/05-fleet.png")
+            try await browser.go("\(base)/audit")
+            try await browser.screenshot(to: shots + "/06-audit.png")
+            try await browser.setWindow(width: 390, height: 844)
+            try await browser.go("\(base)/")
+            try await browser.screenshot(to: shots + "/07-fleet-phone.png")
+            try await browser.go("\(base)/devices/\(device)?range=15m")
+            try await browser.screenshot(to: shots + "/08-device-phone.png")
+            try await browser.quit()
+        } catch {
+            try? await browser.screenshot(to: shots + "/failure.png")
+            try? await browser.quit()
+            print("backend log:\n\(server.log().suffix(4000))")
+            throw error
+        }
+    }
+}
+
+/// A device that speaks protocol v1 on the broker: batches of one reading every 250 ms, its
+/// status (retained), and answers to start/stop/status commands on its response topic.
+actor ProtocolDevice {
+    let device: DeviceID
+    let epoch = Epoch(UInt64.random(in: 1...0xffff_ffff))
+    let client: MQTTClient
+    var measuring = true
+    var next = SequenceNumber(1)
+    var loop: Task<Void, Never>?
+    var commands: Task<Void, Never>?
+
+    init(device: DeviceID, client: MQTTClient) {
+        self.device = device
+        self.client = client
+    }
+
+    static func start(device: DeviceID, password: String, stack: Stack) async throws -> ProtocolDevice {
+        let t = TopicTemplates.defaults
+        let client = try MQTTClient(configuration: MQTTConfiguration(
+            host: stack.mqttHost, port: stack.mqttPort, clientID: device.rawValue, username: device.rawValue, password: password,
+            will: .init(topic: t.status.topic(device: device), payload: SyncCodec.encode(Status.lastWill(device: device)), retain: true)))
+        try await client.connect()
+        try await client.subscribe(t.request.topic(device: device))
+        let d = ProtocolDevice(device: device, client: client)
+        await d.begin()
+        return d
+    }
+
+    func begin() {
+        loop = Task { await self.measureLoop() }
+        commands = Task { await self.commandLoop() }
+    }
+
+    func status() -> Status {
+        Status(device: device, state: .online, epoch: epoch, head: SequenceNumber(next.rawValue - 1), acked: SequenceNumber(next.rawValue - 1),
+               atUnixMilliseconds: WebTime.nowMilliseconds(), measuring: measuring)
+    }
+
+    func publishStatus() async {
+        _ = try? await client.publish(TopicTemplates.defaults.status.topic(device: device), payload: SyncCodec.encode(status()), retain: true)
+    }
+
+    func measureLoop() async {
+        await publishStatus()
+        var tick = 0.0
+        while !Task.isCancelled {
+            if measuring {
+                tick += 1
+                let value = 21.0 + 3 * sin(tick / 6) + Double.random(in: -0.2...0.2)
+                let record = LogRecord(sequence: next, timestamp: DeviceTimestamp(unixMilliseconds: WebTime.nowMilliseconds()),
+                                       values: try! SensorValues(["temperature_c": .number((value * 100).rounded() / 100), "pressure_bar": .number(2 + tick.truncatingRemainder(dividingBy: 7) / 10)]))
+                let batch = Batch(device: device, epoch: epoch, range: SequenceRange(checked: next, next), records: [record])
+                _ = try? await client.publish(TopicTemplates.defaults.batch.topic(device: device), payload: SyncCodec.encode(batch))
+                next = SequenceNumber(next.rawValue + 1)
+            }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    func commandLoop() async {
+        for await m in client.messages {
+            guard let command = try? SyncCodec.decodeCommand(m.payload) else { continue }
+            let response: CommandResponse
+            switch command.kind {
+            case .stop: measuring = false; response = CommandResponse(requestID: command.requestID, command: command.name, message: "measuring stopped")
+            case .start: measuring = true; response = CommandResponse(requestID: command.requestID, command: command.name, message: "measuring started")
+            case .status: response = CommandResponse(requestID: command.requestID, command: command.name, status: status())
+            default: response = CommandResponse(requestID: command.requestID, command: command.name, error: .unknownCommand, message: "not supported by the test device")
+            }
+            await publishStatus()
+            _ = try? await client.publish(TopicTemplates.defaults.response.topic(device: device), payload: SyncCodec.encode(response))
+        }
+    }
+
+    func shutdown() async {
+        loop?.cancel()
+        commands?.cancel()
+        await client.disconnect(sendWill: true)
+    }
+}
+
+/// The few WebDriver (W3C) calls the test needs, over chromedriver's HTTP API.
+struct WebDriver: Sendable {
+    let base: String
+    let session: String
+
+    static func start(port: Int) async throws -> WebDriver {
+        let caps: [String: Any] = ["capabilities": ["alwaysMatch": [
+            "browserName": "chrome",
+            "goog:chromeOptions": ["binary": "/usr/bin/chromium",
+                                   "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", "--lang=en-GB"]],
+        ]]]
+        let base = "http://127.0.0.1:\(port)"
+        let r = try await call(base + "/session", method: "POST", body: caps)
+        guard let value = r["value"] as? [String: Any], let id = value["sessionId"] as? String else {
+            throw BrowserTestError( "chromedriver did not start a session: \(r)")
+        }
+        return WebDriver(base: base + "/session/" + id, session: id)
+    }
+
+    @discardableResult
+    static func call(_ url: String, method: String, body: [String: Any]? = nil) async throws -> [String: Any] {
+        let payload = try body.map { try JSONSerialization.data(withJSONObject: $0) }
+        let data = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Data, any Error>) in
+            DispatchQueue.global().async {
+                do { c.resume(returning: try PlainHTTP.request(url, method: method, body: payload)) } catch { c.resume(throwing: error) }
+            }
+        }
+        let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+        if let value = object["value"] as? [String: Any], let error = value["error"] as? String {
+            throw BrowserTestError("WebDriver \(method) \(url): \(error): \(value["message"] ?? "")")
+        }
+        return object
+    }
+
+    func go(_ url: String) async throws { try await Self.call(base + "/url", method: "POST", body: ["url": url]) }
+
+    func setWindow(width: Int, height: Int) async throws {
+        try await Self.call(base + "/window/rect", method: "POST", body: ["width": width, "height": height])
+    }
+
+    func element(_ css: String) async throws -> String {
+        let r = try await Self.call(base + "/element", method: "POST", body: ["using": "css selector", "value": css])
+        guard let v = r["value"] as? [String: Any], let id = v.values.first as? String else { throw BrowserTestError( "no element \(css)") }
+        return id
+    }
+
+    func type(_ css: String, _ text: String) async throws {
+        let id = try await element(css)
+        try await Self.call(base + "/element/\(id)/value", method: "POST", body: ["text": text])
+    }
+
+    func click(_ css: String) async throws {
+        let id = try await element(css)
+        try await Self.call(base + "/element/\(id)/click", method: "POST", body: [:])
+    }
+
+    @discardableResult
+    func script(_ js: String) async throws -> Any? {
+        try await Self.call(base + "/execute/sync", method: "POST", body: ["script": js, "args": []])["value"]
+    }
+
+    /// Saves a PNG of the whole page (the window is grown to the page's height first).
+    func screenshot(to path: String) async throws {
+        let height = try await script("return Math.min(6000, document.documentElement.scrollHeight)") as? Int ?? 1000
+        let width = try await script("return window.outerWidth") as? Int ?? 1366
+        try await setWindow(width: width, height: height + 140)
+        let r = try await Self.call(base + "/screenshot", method: "GET")
+        guard let b64 = r["value"] as? String, let data = Data(base64Encoded: b64) else { throw BrowserTestError( "no screenshot") }
+        try data.write(to: URL(fileURLWithPath: path))
+    }
+
+    func waitUntil(_ what: String, timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if (try? await condition()) == true { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw BrowserTestError( "timed out waiting for \(what)")
+    }
+
+    func quit() async throws { try await Self.call(base, method: "DELETE") }
+}
+
+struct BrowserTestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A minimal blocking HTTP/1.1 client over a socket (chromedriver writes headers without a
+/// space after the colon, which FoundationNetworking's URLSession refuses).
+enum PlainHTTP {
+    static func request(_ url: String, method: String, body: Data?) throws -> Data {
+        guard let u = URL(string: url), let port = u.port else { throw BrowserTestError("bad url \(url)") }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw BrowserTestError("socket failed") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard connected == 0 else { throw BrowserTestError("cannot connect to \(url)") }
+        var head = "\(method) \(u.path.isEmpty ? "/" : u.path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
+        if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
+        head += "\r\n"
+        var out = Data(head.utf8)
+        if let body { out.append(body) }
+        try out.withUnsafeBytes { raw in
+            var sent = 0
+            while sent < raw.count {
+                let n = send(fd, raw.baseAddress! + sent, raw.count - sent, 0)
+                guard n > 0 else { throw BrowserTestError("send failed") }
+                sent += n
+            }
+        }
+        var timeout = timeval(tv_sec: 90, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // Read until the body announced by Content-Length is complete (chromedriver may keep
+        // the connection open), or until the peer closes.
+        var response = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let split = response.range(of: Data("\r\n\r\n".utf8)) {
+                let headers = String(decoding: response[..<split.lowerBound], as: UTF8.self).lowercased()
+                if let line = headers.split(separator: "\r\n").first(where: { $0.hasPrefix("content-length:") }),
+                   let length = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)),
+                   response.count - split.upperBound >= length {
+                    break
+                }
+            }
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            response.append(contentsOf: buffer[0..<n])
+        }
+        guard let split = response.range(of: Data("\r\n\r\n".utf8)) else { throw BrowserTestError("no HTTP response from \(url)") }
+        let headers = String(decoding: response[..<split.lowerBound], as: UTF8.self).lowercased()
+        var payload = response[split.upperBound...]
+        if headers.contains("transfer-encoding:chunked") || headers.contains("transfer-encoding: chunked") {
+            var decoded = Data()
+            var rest = Data(payload)
+            while let line = rest.range(of: Data("\r\n".utf8)) {
+                let size = Int(String(decoding: rest[..<line.lowerBound], as: UTF8.self).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
+                if size == 0 { break }
+                let start = line.upperBound
+                decoded.append(rest[start..<(start + size)])
+                rest = Data(rest[(start + size + 2)...])
+            }
+            payload = decoded[...]
+        }
+        return Data(payload)
+    }
+}
