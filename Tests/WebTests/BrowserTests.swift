@@ -62,7 +62,7 @@ final class BrowserTests: XCTestCase {
 
         do {
             try await browser.setWindow(width: 1366, height: 1000)
-            try await browser.go("\(base)/devices/\(device)?range=15m")
+            try await browser.go("\(base)/devices/\(device)")
             try await browser.waitUntil("the sign-in page") { try await browser.script("return location.pathname") as? String == "/signin" }
             try await browser.screenshot(to: shots + "/01-signin.png")
             try await browser.type("input[name=user]", "operator")
@@ -75,6 +75,8 @@ final class BrowserTests: XCTestCase {
             XCTAssertGreaterThan(lines, 0, "a chart line is drawn")
             let points = try await browser.script("var p=document.querySelector('svg.chart polyline.line'); return p ? p.getAttribute('points').split(' ').length : 0") as? Int ?? 0
             XCTAssertGreaterThan(points, 5, "the line has readings")
+            let gapBands = try await browser.script("return document.querySelectorAll('svg.chart rect.band.missing').length") as? Int ?? 0
+            XCTAssertGreaterThan(gapBands, 0, "the lost records 8…10 are marked on the chart")
             try await browser.screenshot(to: shots + "/02-device.png")
 
             // Stop measuring; the device's answer appears.
@@ -88,7 +90,7 @@ final class BrowserTests: XCTestCase {
             // The readings stop: the count of stored readings no longer grows.
             try await Task.sleep(for: .seconds(2))
             func storedCount() async throws -> Int {
-                try await browser.go("\(base)/devices/\(device)?range=15m")
+                try await browser.go("\(base)/devices/\(device)")
                 let text = try await browser.script("return document.querySelector('#readings .pager').innerText") as? String ?? ""
                 let digits = text.components(separatedBy: "·").last?.filter(\.isNumber) ?? ""
                 return Int(digits) ?? -1
@@ -106,13 +108,23 @@ final class BrowserTests: XCTestCase {
             // The other pages, on desktop and phone widths.
             try await browser.go("\(base)/")
             try await browser.screenshot(to: shots + "/05-fleet.png")
+            // The audit shows the gap; its replay button asks the device to resend it, and it closes.
             try await browser.go("\(base)/audit")
+            let auditText = try await browser.script("return document.querySelector('main').innerText") as? String ?? ""
+            XCTAssertTrue(auditText.contains("8…10"), "the audit lists the gap: \(auditText.prefix(500))")
             try await browser.screenshot(to: shots + "/06-audit.png")
+            try await browser.click("a[href='/devices/\(device.rawValue)#audit'] ~ td form button, tr:has(a[href='/devices/\(device.rawValue)#audit']) form button")
+            try await browser.waitUntil("the replay to fill the gap", timeout: .seconds(20)) {
+                try await browser.go("\(base)/audit")
+                let text = try await browser.script("return document.querySelector('main').innerText") as? String ?? ""
+                return !text.contains("8…10")
+            }
+            try await browser.screenshot(to: shots + "/06b-audit-after-replay.png")
             try await browser.setWindow(width: 390, height: 844)
             try await browser.go("\(base)/")
-            try await browser.screenshot(to: shots + "/07-fleet-phone.png")
-            try await browser.go("\(base)/devices/\(device)?range=15m")
-            try await browser.screenshot(to: shots + "/08-device-phone.png")
+            try await browser.screenshot(to: shots + "/07-fleet-phone.png", maxHeight: 1600)
+            try await browser.go("\(base)/devices/\(device)")
+            try await browser.screenshot(to: shots + "/08-device-phone.png", maxHeight: 2200)
             try await browser.quit()
         } catch {
             try? await browser.screenshot(to: shots + "/failure.png")
@@ -132,6 +144,10 @@ actor ProtocolDevice {
     var measuring = true
     var next = SequenceNumber(1)
     var loop: Task<Void, Never>?
+    /// Everything measured, for replays.
+    var log: [UInt64: LogRecord] = [:]
+    /// Sequence numbers whose batches are "lost" on the way (never sent until replayed): a gap.
+    let withheld: ClosedRange<UInt64> = 8...10
     var commands: Task<Void, Never>?
 
     init(device: DeviceID, client: MQTTClient) {
@@ -174,8 +190,11 @@ actor ProtocolDevice {
                 let value = 21.0 + 3 * sin(tick / 6) + Double.random(in: -0.2...0.2)
                 let record = LogRecord(sequence: next, timestamp: DeviceTimestamp(unixMilliseconds: WebTime.nowMilliseconds()),
                                        values: try! SensorValues(["temperature_c": .number((value * 100).rounded() / 100), "pressure_bar": .number(2 + tick.truncatingRemainder(dividingBy: 7) / 10)]))
-                let batch = Batch(device: device, epoch: epoch, range: SequenceRange(checked: next, next), records: [record])
-                _ = try? await client.publish(TopicTemplates.defaults.batch.topic(device: device), payload: SyncCodec.encode(batch))
+                log[next.rawValue] = record
+                if !withheld.contains(next.rawValue) {
+                    let batch = Batch(device: device, epoch: epoch, range: SequenceRange(checked: next, next), records: [record])
+                    _ = try? await client.publish(TopicTemplates.defaults.batch.topic(device: device), payload: SyncCodec.encode(batch))
+                }
                 next = SequenceNumber(next.rawValue + 1)
             }
             try? await Task.sleep(for: .milliseconds(250))
@@ -190,6 +209,15 @@ actor ProtocolDevice {
             case .stop: measuring = false; response = CommandResponse(requestID: command.requestID, command: command.name, message: "measuring stopped")
             case .start: measuring = true; response = CommandResponse(requestID: command.requestID, command: command.name, message: "measuring started")
             case .status: response = CommandResponse(requestID: command.requestID, command: command.name, status: status())
+            case .replay(let e, let range) where e == nil || e == epoch:
+                let records = (range.first.rawValue...range.last.rawValue).compactMap { log[$0] }
+                if records.count == Int(range.last.rawValue - range.first.rawValue + 1) {
+                    let batch = Batch(device: device, epoch: epoch, range: range, records: records, replayRequestID: command.requestID)
+                    _ = try? await client.publish(TopicTemplates.defaults.batch.topic(device: device), payload: SyncCodec.encode(batch))
+                    response = CommandResponse(requestID: command.requestID, command: command.name, message: "resent", resent: range)
+                } else {
+                    response = CommandResponse(requestID: command.requestID, command: command.name, error: .invalidArgument, message: "range not in the log")
+                }
             default: response = CommandResponse(requestID: command.requestID, command: command.name, error: .unknownCommand, message: "not supported by the test device")
             }
             await publishStatus()
@@ -266,8 +294,8 @@ struct WebDriver: Sendable {
     }
 
     /// Saves a PNG of the whole page (the window is grown to the page's height first).
-    func screenshot(to path: String) async throws {
-        let height = try await script("return Math.min(6000, document.documentElement.scrollHeight)") as? Int ?? 1000
+    func screenshot(to path: String, maxHeight: Int = 6000) async throws {
+        let height = try await script("return Math.min(\(maxHeight), document.documentElement.scrollHeight)") as? Int ?? 1000
         let width = try await script("return window.outerWidth") as? Int ?? 1366
         try await setWindow(width: width, height: height + 140)
         let r = try await Self.call(base + "/screenshot", method: "GET")

@@ -134,9 +134,9 @@ final class WebRouteTests: XCTestCase {
             XCTAssertTrue(html.contains("temperature_c"))
             XCTAssertTrue(html.contains("records missing"))
             XCTAssertTrue(html.contains("name=\"csrf\" value=\"\(s.csrf)\""), "forms carry the CSRF token")
-            XCTAssertTrue(html.contains("Page 1 of 3"), "110 readings in pages of 50")
+            XCTAssertTrue(html.contains("Page 1 of 5"), "110 readings in pages of 25")
             let page2 = try await get("/devices/\(device)?range=1h&page=2")
-            XCTAssertTrue(String(buffer: page2.body).contains("Page 3 of 3"))
+            XCTAssertTrue(String(buffer: page2.body).contains("Page 3 of 5"))
 
             let csv = try await get("/devices/\(device)/readings.csv?range=1h")
             XCTAssertEqual(csv.status, .ok)

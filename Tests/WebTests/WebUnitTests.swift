@@ -29,8 +29,9 @@ final class WebUnitTests: XCTestCase {
         let chart = SensorChart(sensor: "temp<x>", points: points, fromMs: base - 10_000, toMs: base + 200_000,
                                 bands: [ChartBand(kind: .missing, fromMs: base + 30_000, toMs: base + 40_000, label: "records 5…9 missing"),
                                         ChartBand(kind: .offline, fromMs: base + 150_000, toMs: base + 200_000, label: "offline")])
-        XCTAssertEqual(chart.breaks().count, 1, "one break between the two runs")
+        XCTAssertEqual(chart.breaks().count, 2, "one break between the two runs, one after the last reading")
         XCTAssertEqual(chart.breaks().first?.fromMs, base + 19_000)
+        XCTAssertEqual(chart.breaks().last?.fromMs, base + 139_000)
         let svg = chart.svg()
         XCTAssertEqual(svg.components(separatedBy: "<polyline").count - 1, 2, "the line is drawn in two pieces")
         XCTAssertTrue(svg.contains("band nodata"))

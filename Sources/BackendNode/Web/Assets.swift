@@ -63,8 +63,8 @@ enum Assets {
     .grid tbody tr:hover{background:#f8fafc} .grid tr.has-gaps td:first-child{box-shadow:inset 4px 0 0 var(--bad)}
     .grid td.empty,.empty{color:var(--muted);text-align:center;padding:1.5rem}
     .devlink{font-weight:700;font-size:1.02rem}
-    .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:.9rem}
-    .fact{display:flex;flex-direction:column;gap:.2rem} .fact .label{font-size:.78rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
+    .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:.9rem}
+    .fact{display:flex;flex-direction:column;align-items:flex-start;gap:.25rem} .fact .label{font-size:.78rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
     .fact .n{text-align:left;font-size:1.15rem;font-weight:650}
     .ranges{display:flex;gap:.35rem;flex-wrap:wrap}
     .chip{padding:.3rem .75rem;border:1px solid var(--line);border-radius:999px;text-decoration:none;color:var(--ink);font-weight:600;font-size:.9rem;background:#fff}
@@ -88,21 +88,23 @@ enum Assets {
     .chartcard{margin:0;padding:.8rem}
     .chartcard figcaption{display:flex;align-items:baseline;gap:.6rem;flex-wrap:wrap}
     .latest{font-size:1.4rem;font-weight:750;font-variant-numeric:tabular-nums;color:var(--brand2)}
-    svg.chart{width:100%;height:240px;display:block}
+    svg.chart{width:100%;height:auto;display:block}
     .chart .plot{fill:#fbfcfd;stroke:#e3e8ee} .chart .grid{stroke:#e6ebf0;stroke-width:1;vector-effect:non-scaling-stroke}
     .chart .line{fill:none;stroke:var(--brand);stroke-width:2;vector-effect:non-scaling-stroke;stroke-linejoin:round}
-    .chart .dot{fill:var(--brand)} .chart text{font-size:11px;fill:#5b6b7c;font-family:system-ui,sans-serif}
+    .chart .dot{fill:var(--brand)} .chart text{font-size:13px;fill:#5b6b7c;font-family:system-ui,sans-serif}
     .chart .band.nodata{fill:#e9edf1;stroke:#d3dae2;stroke-dasharray:3 3} .chart .band.missing{fill:#f8c9c3;opacity:.85}
     .chart .band.offline{fill:#c4ccd5;opacity:.7} .chart .empty{font-size:14px;fill:#8391a0}
-    .controls{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,260px),1fr));gap:.75rem;margin-bottom:1rem}
-    .ctl{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap} .ctl.inline{grid-column:span 1;background:#f7f9fb;border:1px solid var(--line);border-radius:10px;padding:.6rem}
-    .ctl .btn{flex:0 0 auto} .ctl label{flex:1 1 110px} .ctl input,.ctl select{width:100%}
-    .ctl > .btn:only-of-type{width:100%}
+    .ctl-row{display:flex;flex-wrap:wrap;gap:.6rem;margin-bottom:1rem} .ctl-row .push{margin-left:auto}
+    .btn.big{min-height:3rem;padding:.6rem 1.2rem;font-size:1.02rem}
+    .ctl-grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,250px),1fr));gap:.75rem;margin-bottom:1.2rem}
+    .ctl{display:flex;flex-direction:column;gap:.6rem;background:#f7f9fb;border:1px solid var(--line);border-radius:10px;padding:.75rem}
+    .ctl h4{margin:0;font-size:.95rem} .ctl .fields{display:flex;flex-wrap:wrap;gap:.5rem;flex:1}
+    .ctl .fields label{flex:1 1 100px} .ctl input,.ctl select{width:100%} .ctl .btn{align-self:flex-start}
     .commands .answer{max-width:28rem;word-break:break-word} details{display:inline} details code{display:block;margin-top:.3rem;white-space:pre-wrap}
     .pager{display:flex;gap:.6rem;align-items:center}
     .scroll{overflow-x:auto}
     ul.issues{list-style:none;margin:0;padding:0;display:flex;flex-direction:column;gap:.35rem} ul.issues li{display:flex;gap:.5rem;align-items:center;flex-wrap:wrap}
-    ul.issues form{display:inline}
+    ul.issues form,.inline-form{display:inline}
     .signin{max-width:400px;margin:8vh auto} .signin form{display:flex;flex-direction:column;gap:.8rem}
     .confirm{max-width:560px;margin:5vh auto} .row{display:flex;gap:.75rem;flex-wrap:wrap}
     @media (max-width:760px){
@@ -114,7 +116,7 @@ enum Assets {
       .grid td.empty::before{content:none}
       .grid td:first-child{font-size:1.05rem}
       .n{text-align:right}
-      svg.chart{height:200px}
+      .ctl-row .push{margin-left:0} .ctl-row form,.ctl-row .btn{flex:1 1 auto;width:100%}
       .signout .user{display:none}
     }
     """#
@@ -127,6 +129,7 @@ enum Assets {
       var full = new Intl.DateTimeFormat(undefined,{year:"numeric",month:"short",day:"numeric",hour:"2-digit",minute:"2-digit",second:"2-digit"});
       var hm = new Intl.DateTimeFormat(undefined,{hour:"2-digit",minute:"2-digit"});
       var dhm = new Intl.DateTimeFormat(undefined,{month:"short",day:"numeric",hour:"2-digit",minute:"2-digit"});
+      var hms = new Intl.DateTimeFormat(undefined,{hour:"numeric",minute:"2-digit",second:"2-digit"});
       function ago(ms){var s=Math.round((Date.now()-ms)/1000); if(s<0)s=0;
         if(s<60)return s+" s ago"; if(s<3600)return Math.floor(s/60)+" min ago"; if(s<86400)return Math.floor(s/3600)+" h ago"; return Math.floor(s/86400)+" d ago";}
       function localize(root){
@@ -137,7 +140,7 @@ enum Assets {
         });
         root.querySelectorAll("text[data-ms]").forEach(function(t){
           var ms=+t.getAttribute("data-ms"), span=+t.getAttribute("data-span");
-          t.textContent=(span>86400000?dhm:hm).format(new Date(ms));
+          t.textContent=(span>86400000?dhm:span<900000?hms:hm).format(new Date(ms));
         });
         root.querySelectorAll(".tzname").forEach(function(e){e.textContent=tz;});
       }

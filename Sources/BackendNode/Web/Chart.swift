@@ -25,12 +25,12 @@ struct SensorChart: Sendable {
     var fromMs: Int64
     var toMs: Int64
     var bands: [ChartBand] = []
-    var width = 960.0
-    var height = 260.0
+    var width = 720.0
+    var height = 280.0
     var breakFactor = 3.0
     var minBreakMs: Int64 = 5_000
 
-    static let left = 64.0, right = 14.0, top = 14.0, bottom = 30.0
+    static let left = 58.0, right = 12.0, top = 12.0, bottom = 30.0
 
     /// Where the line breaks: pairs of neighbouring points too far apart.
     func breaks() -> [ChartBand] {
@@ -42,6 +42,10 @@ struct SensorChart: Sendable {
         var out: [ChartBand] = []
         for (a, b) in zip(points, points.dropFirst()) where b.ms - a.ms > limit {
             out.append(ChartBand(kind: .noData, fromMs: a.ms, toMs: b.ms, label: "no readings for \(humanDuration(milliseconds: b.ms - a.ms))"))
+        }
+        // Readings that stopped before the end of the range.
+        if let last = points.last, toMs - last.ms > limit {
+            out.append(ChartBand(kind: .noData, fromMs: last.ms, toMs: toMs, label: "no readings since the last one"))
         }
         return out
     }
@@ -58,7 +62,7 @@ struct SensorChart: Sendable {
         func y(_ v: Double) -> Double { Self.top + (1 - (v - lo) / (hi - lo)) * plotH }
         func f(_ d: Double) -> String { String(format: "%.1f", d) }
 
-        var s = "<svg class=\"chart\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"\(html(sensor)) over time\" xmlns=\"http://www.w3.org/2000/svg\">"
+        var s = "<svg class=\"chart\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" role=\"img\" aria-label=\"\(html(sensor)) over time\" xmlns=\"http://www.w3.org/2000/svg\">"
         s += "<rect class=\"plot\" x=\"\(f(Self.left))\" y=\"\(f(Self.top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\"/>"
         // Bands first, so the line is drawn over them.
         for band in bands + breaks() {
@@ -127,8 +131,8 @@ struct SensorChart: Sendable {
     /// Round times for the x axis: 4…8 ticks at a step of 1 min … 1 week.
     func timeTicks() -> [Int64] {
         let span = toMs - fromMs
-        let steps: [Int64] = [60_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000, 172_800_000, 604_800_000]
-        let step = steps.first { span / $0 <= 7 } ?? 604_800_000
+        let steps: [Int64] = [1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000, 172_800_000, 604_800_000]
+        let step = steps.first { span / $0 <= 5 } ?? 604_800_000
         var t = (fromMs / step + 1) * step
         var out: [Int64] = []
         while t < toMs, out.count < 12 { out.append(t); t += step }
@@ -139,6 +143,7 @@ struct SensorChart: Sendable {
         let iso = WebTime.iso(milliseconds: ms)   // 2026-11-29T20:16:13.123Z
         let parts = iso.split(separator: "T")
         let hm = String(parts.last?.prefix(5) ?? "")
+        if toMs - fromMs < 900_000 { return String(parts.last?.prefix(8) ?? "") }
         return toMs - fromMs > 86_400_000 ? "\(parts.first?.suffix(5) ?? "") \(hm)" : hm
     }
 }

@@ -178,7 +178,7 @@ enum Page {
     }
 
     static let ranges: [(key: String, title: String, ms: Int64)] = [
-        ("15m", "15 min", 900_000), ("1h", "1 h", 3_600_000), ("6h", "6 h", 21_600_000), ("24h", "24 h", 86_400_000),
+        ("fit", "Latest data", 0), ("15m", "15 min", 900_000), ("1h", "1 h", 3_600_000), ("6h", "6 h", 21_600_000), ("24h", "24 h", 86_400_000),
         ("7d", "7 days", 604_800_000), ("30d", "30 days", 2_592_000_000),
     ]
 
@@ -241,21 +241,30 @@ enum Page {
         return """
         <section class="card" id="control">
         <div class="sectionhead"><h2>Control</h2><span class="muted small">Commands go to the device over MQTT; its answer appears below.</span></div>
-        <div class="controls">
-        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="start"><button class="btn primary" type="submit">▶ Start measuring</button></form>
-        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="stop"><button class="btn stop" type="submit" id="stop-button">■ Stop measuring</button></form>
-        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="status"><button class="btn" type="submit">↻ Ask for status</button></form>
-        <form method="post" action="\(action)" class="ctl inline">\(csrfField(session))<input type="hidden" name="command" value="set_interval">
-        <label>Interval <input name="intervalSeconds" type="number" min="0.1" max="86400" step="0.1" required placeholder="2"> s</label><button class="btn" type="submit">Set interval</button></form>
-        <form method="post" action="\(action)" class="ctl inline">\(csrfField(session))<input type="hidden" name="command" value="get_config">
-        <label>Config key <select name="key">\(keys)</select></label><button class="btn" type="submit">Read</button></form>
-        <form method="post" action="\(action)" class="ctl inline">\(csrfField(session))<input type="hidden" name="command" value="set_config">
-        <label>Config key <select name="key">\(keys)</select></label><label>Value <input name="value" required></label><button class="btn" type="submit">Write</button></form>
-        <form method="post" action="\(action)" class="ctl inline">\(csrfField(session))<input type="hidden" name="command" value="replay">
-        <label>Epoch <input name="epoch" value="\(html(v.device.epoch ?? ""))" size="16" placeholder="current"></label>
-        <label>From seq <input name="from" type="number" min="1" required></label><label>To seq <input name="to" type="number" min="1" required></label>
+        <div class="ctl-row">
+        <form method="post" action="\(action)">\(csrfField(session))<input type="hidden" name="command" value="start"><button class="btn primary big" type="submit">▶ Start measuring</button></form>
+        <form method="post" action="\(action)">\(csrfField(session))<input type="hidden" name="command" value="stop"><button class="btn stop big" type="submit" id="stop-button">■ Stop measuring</button></form>
+        <form method="post" action="\(action)">\(csrfField(session))<input type="hidden" name="command" value="status"><button class="btn big" type="submit">↻ Ask for status</button></form>
+        <form method="post" action="\(action)" class="push">\(csrfField(session))<input type="hidden" name="command" value="reboot"><button class="btn danger big" type="submit">Reboot…</button></form>
+        </div>
+        <div class="ctl-grid">
+        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="set_interval">
+        <h4>Measuring interval</h4>
+        <div class="fields"><label>Seconds between readings <input name="intervalSeconds" type="number" min="0.1" max="86400" step="0.1" required placeholder="e.g. 2"></label></div>
+        <button class="btn" type="submit">Set interval</button></form>
+        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="get_config">
+        <h4>Read a setting</h4>
+        <div class="fields"><label>Setting <select name="key">\(keys)</select></label></div>
+        <button class="btn" type="submit">Read</button></form>
+        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="set_config">
+        <h4>Change a setting</h4>
+        <div class="fields"><label>Setting <select name="key">\(keys)</select></label><label>New value <input name="value" required></label></div>
+        <button class="btn" type="submit">Write</button></form>
+        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="replay">
+        <h4>Resend records (replay)</h4>
+        <div class="fields"><label>Epoch <input name="epoch" value="\(html(v.device.epoch ?? ""))" placeholder="current"></label>
+        <label>From seq <input name="from" type="number" min="1" required></label><label>To seq <input name="to" type="number" min="1" required></label></div>
         <button class="btn" type="submit">Request replay</button></form>
-        <form method="post" action="\(action)" class="ctl">\(csrfField(session))<input type="hidden" name="command" value="reboot"><button class="btn danger" type="submit">⏻ Reboot…</button></form>
         </div>
         \(commandsTable(v.commands, device: v.device.device))
         </section>
@@ -332,7 +341,7 @@ enum Page {
 
     static func replayButton(device: String, epoch: String, first: UInt64, last: UInt64, session: WebSession) -> String {
         """
-        <form method="post" action="/devices/\(html(device))/commands" class="ctl">\(csrfField(session))\
+        <form method="post" action="/devices/\(html(device))/commands" class="inline-form">\(csrfField(session))\
         <input type="hidden" name="command" value="replay"><input type="hidden" name="epoch" value="\(html(epoch))">\
         <input type="hidden" name="from" value="\(first)"><input type="hidden" name="to" value="\(last)">\
         <input type="hidden" name="back" value="audit">\

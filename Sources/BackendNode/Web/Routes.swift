@@ -106,9 +106,10 @@ struct WebRoutes: Sendable {
         request.uri.queryParameters[Substring(name)].map { String($0).removingPercentEncoding ?? String($0) }.flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    /// The time range of a request: `range=15m|1h|6h|24h|7d|30d` (ending now) or `from`/`to`
-    /// (ISO 8601 with zone, or ms since 1970). Default: the last 6 h.
-    func timeRange(_ request: Request) throws -> (key: String, from: Int64, to: Int64) {
+    /// The time range of a request: `range=fit|15m|1h|6h|24h|7d|30d` (ending now) or `from`/`to`
+    /// (ISO 8601 with zone, or ms since 1970). Default `fit`: the device's readings of the last
+    /// 24 h, so a device that just started fills the chart instead of a sliver at its edge.
+    func timeRange(_ request: Request, device: DeviceID) async throws -> (key: String, from: Int64, to: Int64) {
         let now = WebTime.nowMilliseconds()
         let fromText = query(request, "from"), toText = query(request, "to")
         if fromText != nil || toText != nil {
@@ -126,9 +127,15 @@ struct WebRoutes: Sendable {
             guard to - from <= 366 * 86_400_000 else { throw HTTPError(.badRequest, message: "a time range can span at most 366 days") }
             return ("custom", from, to)
         }
-        let key = query(request, "range") ?? "6h"
+        let key = query(request, "range") ?? "fit"
         guard let r = Page.ranges.first(where: { $0.key == key }) else {
             throw HTTPError(.badRequest, message: "range must be one of \(Page.ranges.map(\.key).joined(separator: ", ")), got \"\(key)\"")
+        }
+        if key == "fit" {
+            guard let extent = try await store.readingExtent(device: device, sinceMs: now - 86_400_000) else { return (key, now - 3_600_000, now) }
+            let span = max(60_000, extent.last - extent.first)
+            let from = extent.first - max(5_000, span / 40)
+            return (key, from, min(now, max(extent.last + span / 10, from + 60_000)) + 1)
         }
         return (key, now - r.ms, now)
     }
@@ -233,9 +240,9 @@ struct WebRoutes: Sendable {
     }
 
     func deviceView(_ request: Request, device: DeviceID, message: String? = nil) async throws -> Page.DeviceView {
-        let range = try timeRange(request)
+        let range = try await timeRange(request, device: device)
         let page = try intParameter(request, "page", default: 0, range: 0...100_000)
-        let pageSize = try intParameter(request, "pageSize", default: 50, range: 1...500)
+        let pageSize = try intParameter(request, "pageSize", default: 25, range: 1...500)
         guard let summary = try await store.fleet(device: device).first else { throw HTTPError(.notFound, message: "no device \"\(device)\" has been seen") }
         let audit = try await store.audit(device: device).devices.first
         let (series, truncated) = try await store.series(device: device, fromMs: range.from, toMs: range.to)
@@ -306,7 +313,7 @@ struct WebRoutes: Sendable {
 
     func apiSeries(_ request: Request, _ context: WebContext) async throws -> Response {
         let d = try await knownDevice(context)
-        let range = try timeRange(request)
+        let range = try await timeRange(request, device: d)
         let sensor = query(request, "sensor")
         let (series, truncated) = try await store.series(device: d, fromMs: range.from, toMs: range.to, sensor: sensor)
         struct Point: Encodable { var time: String; var value: Double; var epoch: String; var seq: UInt64 }
@@ -317,7 +324,7 @@ struct WebRoutes: Sendable {
 
     func apiReadings(_ request: Request, _ context: WebContext) async throws -> Response {
         let d = try await knownDevice(context)
-        let range = try timeRange(request)
+        let range = try await timeRange(request, device: d)
         let page = try intParameter(request, "page", default: 0, range: 0...100_000)
         let pageSize = try intParameter(request, "pageSize", default: 50, range: 1...500)
         let (rows, total) = try await store.readings(device: d, fromMs: range.from, toMs: range.to, page: page, pageSize: pageSize)
@@ -339,7 +346,7 @@ struct WebRoutes: Sendable {
     /// CSV of a range: one row per reading, one column per sensor (wide), streamed in chunks.
     func csv(_ request: Request, _ context: WebContext) async throws -> Response {
         let d = try await knownDevice(context)
-        let range = try timeRange(request)
+        let range = try await timeRange(request, device: d)
         let sensors = try await store.sensors(device: d)
         let store = self.store
         let header = (["time_utc", "epoch", "seq"] + sensors).map(csvField).joined(separator: ",") + "\r\n"

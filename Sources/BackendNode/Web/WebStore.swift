@@ -266,6 +266,17 @@ final class WebStore: Sendable {
         return (out, rows.count > limit)
     }
 
+    /// Device times of the first and last reading since `sinceMs`, nil when there is none.
+    func readingExtent(device: DeviceID, sinceMs: Int64) async throws -> (first: Int64, last: Int64)? {
+        let since = SQLTime.datetime(unixMilliseconds: sinceMs)!
+        let row = try await run("read extent") { s in
+            try await s.connection.execute("SELECT MIN(device_time), MAX(device_time) FROM readings WHERE device_id = ? AND device_time >= ?",
+                                           [.string(device.rawValue), .string(since)]).rows.first
+        }
+        guard let row, let a = row[0].string.flatMap(WebTime.milliseconds(sql:)), let b = row[1].string.flatMap(WebTime.milliseconds(sql:)) else { return nil }
+        return (a, b)
+    }
+
     /// One page of readings in [from, to), newest first, with their values; and the total count.
     func readings(device: DeviceID, fromMs: Int64, toMs: Int64, page: Int, pageSize: Int) async throws -> (rows: [ReadingRow], total: Int) {
         let from = SQLTime.datetime(unixMilliseconds: fromMs)!, to = SQLTime.datetime(unixMilliseconds: toMs)!
