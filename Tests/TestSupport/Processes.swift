@@ -134,9 +134,28 @@ public final class ManagedProcess: @unchecked Sendable {
             p.standardOutput = log
             p.standardError = log
             p.standardInput = FileHandle.nullDevice
-            try p.run()
+            try Self.runWithDefaultSignalMask(p)
             process = p
         }
+    }
+
+    /// Starts `p` from a thread with no blocked signals. A child inherits the signal mask of
+    /// the thread that spawns it, and Swift concurrency / Dispatch worker threads block most
+    /// signals: a broker started from an async test would then ignore SIGHUP (no password
+    /// reload) and SIGTERM (no clean stop).
+    private static func runWithDefaultSignalMask(_ p: Process) throws {
+        nonisolated(unsafe) var failure: Error?
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            var empty = sigset_t()
+            sigemptyset(&empty)
+            pthread_sigmask(SIG_SETMASK, &empty, nil)
+            do { try p.run() } catch { failure = error }
+            done.signal()
+        }
+        thread.start()
+        done.wait()
+        if let failure { throw failure }
     }
 
     /// SIGTERM, then SIGKILL after `grace`.
