@@ -128,6 +128,15 @@ final class StoreTests: XCTestCase {
         XCTAssertTrue(ended.ended)
         XCTAssertEqual(ended.unstoredAtEnd, EpochAudit.Range(SequenceRange(checked: SequenceNumber(11), SequenceNumber(15))))
         let current = try XCTUnwrap(report.devices.first?.epochs.first { $0.epoch == new.hex })
+        // The web admin's fleet overview query (docs/backend.md).
+        let fleet = try db.scalar("""
+            SELECT d.device_id, d.protocol, d.status_state, d.status_epoch, d.status_head, d.status_acked,
+                   p.stored_through, p.highest_seen
+              FROM devices d
+              LEFT JOIN epoch_progress p ON p.device_id = d.device_id AND p.epoch = d.status_epoch
+             ORDER BY d.device_id
+            """)
+        XCTAssertEqual(fleet, "\(device)\tfieldlog\tonline\t2\t3\t3\t3\t3")
         XCTAssertFalse(current.ended)
         await c.close()
     }
