@@ -185,4 +185,26 @@ final class IngestWriterTests: XCTestCase {
         await other.close()
         await setup.close()
     }
+
+    func testMessagesQueuedFasterThanACommitShareOneTransactionAndAFullQueueRefuses() async throws {
+        let db = try TestDatabase("group")
+        defer { db.drop() }
+        let setup = try await db.migrated()
+        let metrics = BackendMetrics()
+        let acks = AckRecorder()
+        let w = writer(db, metrics: metrics) { _, payload in acks.append(try SyncCodec.decodeAck(payload)) }
+        let device = Fixtures.device(), epoch = Epoch.random()
+        let queue = InboundQueue(capacity: 20)
+        for i in 0..<20 { XCTAssertTrue(queue.offer(Fixtures.message(Fixtures.batch(device, epoch, UInt64(i * 5 + 1), UInt64(i * 5 + 5))))) }
+        XCTAssertFalse(queue.offer(Fixtures.message(Fixtures.batch(device, epoch, 101, 105))), "a full queue refuses: the message stays unacked")
+        queue.finish()
+        await w.run(queue: queue)
+        let text = metrics.text()
+        XCTAssertTrue(text.contains("fieldlog_batches_per_transaction_count 1\n"), text)
+        XCTAssertTrue(text.contains("fieldlog_batches_per_transaction_sum 20"), text)
+        XCTAssertEqual(acks.all.count, 20)
+        XCTAssertEqual(acks.all.map(\.through), Array(repeating: SequenceNumber(100), count: 20), "every ack of the group carries the prefix read after its commit")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings"), "100")
+        await setup.close()
+    }
 }

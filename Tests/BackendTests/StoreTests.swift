@@ -102,6 +102,18 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(report.repairRequests.map(\.range), [SequenceRange(checked: SequenceNumber(26), SequenceNumber(30))])
         XCTAssertTrue(report.text().contains("GAP 26…30"), report.text())
 
+        let later = try await Auditor(connection: c, silentAfter: .seconds(60)).run(now: Date().addingTimeInterval(3600))
+        XCTAssertEqual(later.devices.map(\.silent), [true], "an hour without data is silent beyond 60 s")
+        XCTAssertEqual(report.devices.map(\.silent), [false])
+
+        // audit --repair asks the device for the gap (a replay command, recorded).
+        var env = db.environment
+        env["FIELDLOG_MQTT_HOST"] = db.stack.mqttHost
+        let repair = try Backend.run(["audit", "--repair"], environment: env)
+        XCTAssertEqual(repair.status, 1, repair.output)
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(command, ' ', first_seq, ' ', last_seq, ' ', epoch) FROM commands WHERE device_id = '\(device)'"),
+                       "replay 26 30 \(epoch.rawValue)")
+
         _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 26, 30))], newDevices: [], newEpochs: [])
         let value6 = try await Auditor(connection: c).run().hasGaps
         XCTAssertFalse(value6)
