@@ -75,6 +75,6 @@ let package = Package(
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
+        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "MQTT", "TestSupport"], swiftSettings: strict),
     ]
 )
