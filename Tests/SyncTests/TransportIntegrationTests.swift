@@ -1,6 +1,6 @@
 import FieldlogCore
 import Logging
-import MQTT
+@_spi(Testing) import MQTT
 @testable import Sync
 import Synchronization
 import TestSupport
@@ -35,7 +35,8 @@ final class TransportIntegrationTests: XCTestCase {
         }
     }
 
-    /// Idempotent store keyed by (device, epoch, seq), ack rule over committed ranges.
+    /// Idempotent store keyed by (device, epoch, seq), ack rule over committed ranges. Only
+    /// `device` is kept: the broker is shared with other tests whose batches arrive too.
     final class MemoryStore: SyncStore, Sendable {
         struct State {
             var rows: [SequenceNumber: LogRecord] = [:]
@@ -48,12 +49,16 @@ final class TransportIntegrationTests: XCTestCase {
         }
         let state = Mutex(State())
         let name: String
+        let device: DeviceID
         let shared: MemoryStore?
-        init(name: String = "", sharing: MemoryStore? = nil) { self.name = name; shared = sharing }
+        init(name: String, device: DeviceID, sharing: MemoryStore? = nil) { self.name = name; self.device = device; shared = sharing }
         var target: MemoryStore { shared ?? self }
 
+        struct OtherDevice: Error {}
+
         func store(_ request: StoreRequest) async throws -> StoreOutcome {
-            target.state.withLock { s in
+            guard request.device == device else { throw OtherDevice() }
+            return target.state.withLock { s in
                 for r in request.records {
                     if s.rows[r.sequence] == nil { s.rows[r.sequence] = r } else { s.duplicates += 1 }
                 }
@@ -62,9 +67,18 @@ final class TransportIntegrationTests: XCTestCase {
                 return StoreOutcome(storedThrough: AckRule.storedThrough(checkpoint: .zero, ranges: s.ranges))
             }
         }
-        func deadLetter(_ letter: DeadLetter) async { target.state.withLock { $0.deadLetters.append(letter) } }
-        func recordStatus(_ status: Status, topic: String) async { target.state.withLock { $0.statuses.append(status) } }
-        func recordResponse(device: DeviceID, _ response: CommandResponse) async { target.state.withLock { $0.responses.append(response) } }
+        func deadLetter(_ letter: DeadLetter) async {
+            guard letter.topicDevice == device else { return }
+            target.state.withLock { $0.deadLetters.append(letter) }
+        }
+        func recordStatus(_ status: Status, topic: String) async {
+            guard status.device == device else { return }
+            target.state.withLock { $0.statuses.append(status) }
+        }
+        func recordResponse(device: DeviceID, _ response: CommandResponse) async {
+            guard device == self.device else { return }
+            target.state.withLock { $0.responses.append(response) }
+        }
         func storeLegacy(device: DeviceID, payload: [UInt8], topic: String) async {}
     }
 
@@ -97,8 +111,8 @@ final class TransportIntegrationTests: XCTestCase {
         let head = log.append(120)
         let sync = DeviceSync(configuration: config, client: deviceClient, log: log, head: head, acked: .zero, logger: logger)
 
-        let store = MemoryStore(name: "r1")
-        let store2 = MemoryStore(name: "r2", sharing: store)
+        let store = MemoryStore(name: "r1", device: device)
+        let store2 = MemoryStore(name: "r2", device: device, sharing: store)
         let group = Stack.uniqueName("ingest")
         var receivers: [Task<ReceiverCounters, Error>] = []
         for s in [store, store2] {
@@ -114,10 +128,12 @@ final class TransportIntegrationTests: XCTestCase {
         defer { deviceTask.cancel() }
 
         try await eventually("first 120 acked") { log.acked == head }
-        // More appends while running.
+        // One receiver dies and the device's connection breaks; appends go on meanwhile.
+        receivers[1].cancel()
+        deviceClient.simulateConnectionLoss()
         let head2 = log.append(80)
         sync.appended(through: head2)
-        try await eventually("all 200 acked") { log.acked == head2 }
+        try await eventually("all 200 acked after reconnect, by the surviving receiver") { log.acked == head2 }
         let snapshot = store.state.withLock { $0 }
         XCTAssertEqual(snapshot.rows.count, 200)
         XCTAssertEqual(Set(snapshot.rows.keys), Set((1...200).map { SequenceNumber(UInt64($0)) }))

@@ -279,7 +279,7 @@ public final class DeviceSync: Sendable {
 
     @discardableResult
     private func publishStatus(_ machine: Machine, state: DeviceState) async -> Status {
-        var s = machine.status(atUnixMilliseconds: nil, measuring: measuring.withLock { $0 })
+        var s = machine.status(atUnixMilliseconds: Self.wallClockMilliseconds(), measuring: measuring.withLock { $0 })
         s.state = state
         let t = configuration.topics.status.topic(device: configuration.device, identity: configuration.identity)
         do {
