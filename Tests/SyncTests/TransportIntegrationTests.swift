@@ -98,7 +98,7 @@ final class TransportIntegrationTests: XCTestCase {
         let device = try DeviceID(deviceName)
         let fast = MQTTReconnectPolicy(minDelay: .milliseconds(100), maxDelay: .seconds(1), jitter: 0.5)
         var logger = Logger(label: "sync-test")
-        logger.logLevel = .warning
+        logger.logLevel = .critical
 
         var config = DeviceSyncConfiguration(device: device, epoch: Epoch.random())
         config.sender.maxRecordsPerBatch = 17
@@ -163,5 +163,63 @@ final class TransportIntegrationTests: XCTestCase {
         sync.shutdown()
         _ = try await deviceTask.value
         await deviceClient.disconnect()
+    }
+
+    /// The device boots while the broker is down, then the broker comes up, then it is
+    /// killed (SIGKILL) and restarted mid-stream: everything is acked, nothing stored twice.
+    func testBrokerDownAtStartAndKilledMidStream() async throws {
+        guard (try Stack.available()) != nil else { throw XCTSkip("service stack not running") }
+        let broker = try PrivateMosquitto()
+        let deviceName = Stack.uniqueName("syncdev")
+        let password = Stack.uniqueName("pw")
+        try broker.addUser(deviceName, password: password)
+        try broker.addUser("fieldlog-backend", password: "backend-pw")
+        let device = try DeviceID(deviceName)
+        let fast = MQTTReconnectPolicy(minDelay: .milliseconds(100), maxDelay: .milliseconds(500), jitter: 0.5)
+        var logger = Logger(label: "sync-test")
+        logger.logLevel = .critical
+
+        var config = DeviceSyncConfiguration(device: device, epoch: Epoch.random())
+        config.sender.maxRecordsPerBatch = 9
+        config.sender.resendDelayInitial = .milliseconds(300)
+        config.sender.resendDelayMax = .seconds(1)
+        config.initialConnect = fast
+        config.drainBatchesPerSecond = 200
+        let deviceClient = try MQTTClient(configuration: MQTTConfiguration(
+            host: "127.0.0.1", port: broker.port, clientID: Stack.uniqueName("d"), username: deviceName, password: password,
+            keepAlive: .seconds(5), connectTimeout: .seconds(2), will: config.will, reconnect: fast), logger: logger)
+        let log = MemoryLog()
+        let head = log.append(50)
+        let sync = DeviceSync(configuration: config, client: deviceClient, log: log, head: head, acked: .zero, logger: logger)
+        let deviceTask = Task { try await sync.run() }
+        defer { deviceTask.cancel() }
+
+        let store = MemoryStore(name: "r1", device: device)
+        let backendClient = try MQTTClient(configuration: MQTTConfiguration(
+            host: "127.0.0.1", port: broker.port, clientID: Stack.uniqueName("b"), username: "fieldlog-backend",
+            password: "backend-pw", keepAlive: .seconds(5), connectTimeout: .seconds(2), reconnect: fast), logger: logger)
+        let service = ReceiverService(client: backendClient, store: store, logger: logger, initialConnect: fast)
+        let receiverTask = Task { try await service.run() }
+        defer { receiverTask.cancel() }
+
+        try await Task.sleep(for: .milliseconds(700))
+        XCTAssertEqual(log.acked, .zero, "nothing can be acked without a broker")
+        try broker.start()
+        try await eventually("50 acked once the broker is up") { log.acked == head }
+
+        broker.kill9()
+        let head2 = log.append(60)
+        sync.appended(through: head2)
+        try await Task.sleep(for: .milliseconds(300))
+        try broker.start()
+        try await eventually("110 acked after the broker restart", timeout: .seconds(30)) { log.acked == head2 }
+        let rows = store.state.withLock { $0.rows }
+        XCTAssertEqual(Set(rows.keys), Set((1...110).map { SequenceNumber(UInt64($0)) }))
+        sync.shutdown()
+        _ = try? await deviceTask.value
+        await deviceClient.disconnect()
+        receiverTask.cancel()
+        _ = try? await receiverTask.value
+        await backendClient.disconnect()
     }
 }

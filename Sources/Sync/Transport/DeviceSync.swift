@@ -52,6 +52,8 @@ public struct DeviceSyncConfiguration: Sendable {
     public var statusInterval: Duration = .seconds(60)
     /// Most batches published per second (nil: no limit). Spreads a fleet's backlog drain.
     public var drainBatchesPerSecond: Double?
+    /// Backoff with jitter for the first connect (later reconnects are the MQTT client's own).
+    public var initialConnect = MQTTReconnectPolicy(minDelay: .seconds(1), maxDelay: .seconds(60), jitter: 0.5)
 
     public init(device: DeviceID, epoch: Epoch) {
         self.device = device
@@ -143,7 +145,9 @@ public final class DeviceSync: Sendable {
         var connected = false
     }
 
-    /// Connects and runs until `shutdown()` or cancellation.
+    /// Connects (retrying with backoff and jitter while the broker is unreachable), subscribes
+    /// to the ack, request and broadcast topics, and runs until `shutdown()` or cancellation.
+    /// Throws when a subscription is refused (an ACL that does not fit the topics).
     public func run() async throws {
         let c = configuration
         var state = LoopState(machine: Machine(device: c.device, epoch: c.epoch, head: initialHead, acked: initialAcked,
@@ -160,7 +164,7 @@ public final class DeviceSync: Sendable {
             state.statusTask?.cancel()
             commandSink.finish()
         }
-        try await client.connect()
+        try await client.connectRetrying(policy: c.initialConnect, logger: logger)
         for filter in [c.topics.ack.topic(device: c.device, identity: c.identity),
                        c.topics.request.topic(device: c.device, identity: c.identity),
                        c.topics.broadcast.topic(device: c.device, identity: c.identity)] {

@@ -42,8 +42,13 @@ public final class ReceiverService: Sendable {
     private let store: SyncStore
     private let logger: Logger
 
+    /// Backoff with jitter for the first connect (later reconnects are the MQTT client's own).
+    public let initialConnect: MQTTReconnectPolicy
+
     public init(configuration: ReceiverConfiguration = ReceiverConfiguration(), shareGroup: String = "fieldlog-ingest",
-                client: MQTTClient, store: SyncStore, logger: Logger) {
+                client: MQTTClient, store: SyncStore, logger: Logger,
+                initialConnect: MQTTReconnectPolicy = MQTTReconnectPolicy(minDelay: .seconds(1), maxDelay: .seconds(30), jitter: 0.5)) {
+        self.initialConnect = initialConnect
         self.configuration = configuration
         self.shareGroup = shareGroup
         self.client = client
@@ -51,7 +56,8 @@ public final class ReceiverService: Sendable {
         self.logger = logger
     }
 
-    /// Connects, subscribes and runs until cancelled. Returns the machine's counters.
+    /// Connects (retrying while the broker is unreachable), subscribes with the shared
+    /// subscription and runs until cancelled. Returns the machine's counters.
     @discardableResult
     public func run() async throws -> ReceiverCounters {
         var machine = ReceiverStateMachine(configuration: configuration)
@@ -64,7 +70,7 @@ public final class ReceiverService: Sendable {
             input.finish()
         }
         defer { forward.cancel() }
-        try await client.connect()
+        try await client.connectRetrying(policy: initialConnect, logger: logger)
         for filter in machine.subscriptionFilters {
             try await client.subscribe("$share/\(shareGroup)/\(filter)", qos: .atLeastOnce)
         }
