@@ -130,6 +130,9 @@ public final class DeviceLog: @unchecked Sendable {
             var (appID, tables) = try identify(connection, path: path)
             if appID == 0 && tables == 0 {
                 guard let device else { throw LogError.notAFieldlogLog(path: path, reason: "the database is empty") }
+                // The log's creation (and its epoch) is always made durable, whatever the
+                // durability of appends: a log must never silently come back with a new epoch.
+                try connection.execute("PRAGMA synchronous=FULL")
                 try connection.execute("PRAGMA journal_mode=WAL")
                 try connection.writeTransaction {
                     // Another process may have created it since we looked.
@@ -138,6 +141,7 @@ public final class DeviceLog: @unchecked Sendable {
                     try createSchema(connection, device: device)
                 }
                 (appID, tables) = try identify(connection, path: path)
+                try connection.execute("PRAGMA synchronous=\(synchronous)")
             }
             guard appID == applicationID else {
                 throw LogError.notAFieldlogLog(path: path, reason: appID == 0
@@ -321,8 +325,9 @@ public final class DeviceLog: @unchecked Sendable {
     private func commitBatch(_ batch: [PendingAppend]) throws -> SequenceNumber {
         let state = try Self.readState(connection, path: path)
         let head = state.head
-        if let maxSeq = try connection.scalarInt("SELECT max(seq) FROM records") {
-            precondition(maxSeq <= Int64(head.rawValue), "\(path): record \(maxSeq) beyond head \(head)")
+        // Damage on disk is reported, not crashed on: appending past it would hide it.
+        if let maxSeq = try connection.scalarInt("SELECT max(seq) FROM records"), maxSeq > Int64(head.rawValue) {
+            throw LogError.corrupt(path: path, detail: "record \(maxSeq) lies beyond the head \(head)")
         }
         if let maxBytes = configuration.maxBytes {
             let incoming = batch.reduce(Int64(0)) { $0 + Int64($1.body.count) + Self.rowOverheadBytes }

@@ -262,6 +262,8 @@ nonisolated(unsafe) private let crashMethods: UnsafeMutablePointer<sqlite3_io_me
     }
     m.pointee.xRead = { file, buffer, amount, offset in
         guard let file, let buffer else { return SQLITE_IOERR }
+        // After the cut the process is "dead": it must not read what the disk now holds.
+        if CrashVFS.shared.isCrashed { return SQLITE_IOERR | (1 << 8) }
         let path = CrashVFS.shared.path(handleID(file))
         let ops = CrashVFS.shared.queued(path: path)
         let rc = realMethods(file).xRead(realFile(file), buffer, amount, offset)
