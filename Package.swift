@@ -42,7 +42,7 @@ let package = Package(
         .target(name: "FieldlogCore", swiftSettings: strict),
 
         // Wrappers
-        .target(name: "Redis", dependencies: ["CHiredis"], swiftSettings: strict),
+        .target(name: "Redis", dependencies: ["CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MQTT", dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MariaDB", dependencies: ["CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "GPIO", dependencies: ["CGPIOD"], swiftSettings: strict),
