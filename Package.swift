@@ -22,6 +22,7 @@ let package = Package(
     products: [
         .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
         .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
+        .executable(name: "fieldlog-bench", targets: ["Bench"]),
         .library(name: "Log", targets: ["Log"]),
         .library(name: "Sync", targets: ["Sync"]),
     ],
@@ -69,6 +70,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: strict),
+
+        // Benchmarks (not tests): `fieldlog-bench <name>`
+        .executableTarget(
+            name: "Bench",
+            dependencies: ["FieldlogCore", "Log", "CSQLite",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
 
         // Test helper: appends at full speed, printing each returned seq (SIGKILL and multi-process tests)
