@@ -163,6 +163,7 @@ public final class DeviceLog: @unchecked Sendable {
             }
             let mode = try connection.query("PRAGMA journal_mode").first?.first
             if mode != .text("wal") { try connection.execute("PRAGMA journal_mode=WAL") }
+            try connection.execute("PRAGMA wal_autocheckpoint=\(max(0, configuration.walAutocheckpointPages))")
             // Check the state row once at open (it is re-read in every write transaction).
             _ = try readState(connection, path: path)
             return Opened(connection: connection, device: meta.device, epoch: meta.epoch)
@@ -349,7 +350,12 @@ public final class DeviceLog: @unchecked Sendable {
                 stats.failedCommits += 1
                 stats.appendsFailed += UInt64(batch.count)
             }
-            logger.warning("append batch failed; its records are in doubt", metadata: ["path": "\(path)", "count": "\(batch.count)", "error": "\(error)"])
+            if case LogError.quotaExceeded = error {
+                // Rolled back before COMMIT: refused, not in doubt.
+                logger.warning("appends refused: disk quota", metadata: ["path": "\(path)", "count": "\(batch.count)", "error": "\(error)"])
+            } else {
+                logger.warning("append batch failed; its records are in doubt", metadata: ["path": "\(path)", "count": "\(batch.count)", "error": "\(error)"])
+            }
             for item in batch { item.continuation.resume(throwing: error) }
         }
         let more: Bool = lock.withLock {
@@ -425,6 +431,7 @@ public final class DeviceLog: @unchecked Sendable {
             throw LogError.quotaExceeded(path: path, usedBytes: used, maxBytes: maxBytes)
         }
         let now = Self.currentTimeMs()
+        var dropped: [Int64] = []
         for _ in 0..<64 where used > target {
             let count = max(Int64(batchCount), (used - target) / perRecord + 1)
             let seqs = try connection.query("SELECT seq FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -432,10 +439,15 @@ public final class DeviceLog: @unchecked Sendable {
                 .compactMap { row -> Int64? in if case .integer(let s) = row[0] { return s }; return nil }
             if seqs.isEmpty { break }
             try connection.run("DELETE FROM records WHERE seq > ? AND seq <= ?", [.integer(Int64(acked.rawValue)), .integer(seqs.last!)])
-            // One marker per contiguous run (earlier losses already have their markers).
-            var runStart = seqs[0]
-            var previous = seqs[0]
-            for s in seqs.dropFirst() + [Int64.max] {
+            dropped += seqs
+            used = try usedBytes()
+        }
+        // One marker per contiguous run dropped in this transaction (earlier losses
+        // already have their markers, which are never changed once written).
+        if let firstDropped = dropped.first {
+            var runStart = firstDropped
+            var previous = firstDropped
+            for s in dropped.dropFirst() + [Int64.max] {
                 if s != previous + 1 {
                     try connection.run("INSERT INTO loss_markers(first, last, reason, recorded_ms, detail) VALUES (?, ?, ?, ?, ?)",
                                        [.integer(runStart), .integer(previous), .text(LossReason.diskQuota.rawValue), .integer(now),
@@ -445,7 +457,6 @@ public final class DeviceLog: @unchecked Sendable {
                 }
                 previous = s
             }
-            used = try usedBytes()
         }
         if used + incomingBytes > maxBytes {
             throw LogError.quotaExceeded(path: path, usedBytes: used, maxBytes: maxBytes)

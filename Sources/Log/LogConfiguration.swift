@@ -37,6 +37,9 @@ public struct LogConfiguration: Sendable {
     public var maxBytes: Int64? = nil
     /// Applied when `maxBytes` is reached. Default `.stop`.
     public var quotaPolicy: QuotaPolicy = .stop
+    /// WAL pages after which a commit checkpoints into the database file
+    /// (`PRAGMA wal_autocheckpoint`). Default 1000 (SQLite's default, ~4 MiB of WAL).
+    public var walAutocheckpointPages: Int = 1000
     /// Most appends one group commit takes (bounds transaction size and latency). Default 8192.
     public var maxBatchSize: Int = 8192
 

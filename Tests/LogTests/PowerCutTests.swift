@@ -186,6 +186,16 @@ final class PowerCutTests: XCTestCase {
         XCTAssertEqual(t.ok, 300)
     }
 
+    /// With tiny auto-checkpoints, cuts also land inside checkpoints (database file writes
+    /// and syncs, WAL restarts).
+    func testFullDurabilitySurvivesCutsInsideCheckpoints() async throws {
+        var config = LogConfiguration(durability: .full)
+        config.walAutocheckpointPages = 4
+        let t = try await runCases("full+checkpoints", configuration: config, cases: 200, seed: seed)
+        XCTAssertEqual(t.lost, 0, t.firstLost ?? "")
+        XCTAssertEqual(t.corrupt, 0, t.firstCorrupt ?? "")
+    }
+
     /// Negative control: the harness must be able to see a lost acked append.
     func testNormalDurabilityLosesSomeReturnedAppendButNeverCorrupts() async throws {
         let t = try await runCases("normal", configuration: LogConfiguration(durability: .normal), cases: 60, seed: seed)
@@ -197,7 +207,8 @@ final class PowerCutTests: XCTestCase {
     func testSynchronousOffCorruptsOrLoses() async throws {
         var config = LogConfiguration()
         config.synchronousOff = true
-        let t = try await runCases("off", configuration: config, cases: 60, seed: seed)
+        config.walAutocheckpointPages = 4   // unsynced checkpoints: the database file itself can tear
+        let t = try await runCases("off", configuration: config, cases: 100, seed: seed)
         XCTAssertGreaterThan(t.lost + t.corrupt, 0, "synchronous=OFF should corrupt or lose for some cut; the harness cannot fail")
     }
 
