@@ -245,9 +245,11 @@ public final class DeviceLog: @unchecked Sendable {
             return isClosed
         }
         if alreadyClosed { return }
-        let connection = self.connection
-        // Jobs run in order, so queued writer jobs finish first.
-        _ = try? await thread.run { connection.close() }
+        // Appends queued before the close are committed (and answered) first.
+        _ = try? await thread.run { [self] in
+            while commitNextBatch() {}
+            connection.close()
+        }
         finishObservers()
     }
 
@@ -302,6 +304,12 @@ public final class DeviceLog: @unchecked Sendable {
     /// between a few stragglers and the rest. A lone appender never waits (its previous
     /// batch was 1 and its append is already queued).
     private func drainOnce() {
+        if commitNextBatch() { thread.submit { [self] in drainOnce() } }
+    }
+
+    /// Commits one batch of queued appends (on the SQLite thread). Returns true when more
+    /// appends are queued.
+    private func commitNextBatch() -> Bool {
         let batch: [PendingAppend] = lock.withLock {
             if pending.count < lastBatchCount && !isClosed {
                 let waitNs = min(lastCommitNanoseconds / 4, 2_000_000)
@@ -314,7 +322,7 @@ public final class DeviceLog: @unchecked Sendable {
             if batch.isEmpty { writerScheduled = false }
             return batch
         }
-        if batch.isEmpty { return }
+        if batch.isEmpty { return false }
         let result: Result<SequenceNumber, Error>
         let started = ContinuousClock.now
         defer {
@@ -358,11 +366,10 @@ public final class DeviceLog: @unchecked Sendable {
             }
             for item in batch { item.continuation.resume(throwing: error) }
         }
-        let more: Bool = lock.withLock {
+        return lock.withLock {
             if pending.isEmpty { writerScheduled = false; return false }
             return true
         }
-        if more { thread.submit { [self] in drainOnce() } }
     }
 
     /// Inside BEGIN IMMEDIATE: re-reads the head, applies the quota, inserts the batch.

@@ -304,6 +304,27 @@ final class DeviceLogTests: XCTestCase {
         await reader.close()
     }
 
+    func testCloseCommitsQueuedAppendsAndRefusesLaterOnes() async throws {
+        let log = try await DeviceLog.open(path: dir.file("close.db"), device: device)
+        let outcomes = await withTaskGroup(of: String.self) { group in
+            for i in 0..<200 {
+                group.addTask {
+                    do { _ = try await log.append(reading(i)); return "ok" } catch LogError.closed { return "closed" } catch { return "\(error)" }
+                }
+            }
+            group.addTask { await log.close(); return "close" }
+            var all: [String] = []
+            for await o in group { all.append(o) }
+            return all
+        }
+        XCTAssertTrue(outcomes.allSatisfy { ["ok", "closed", "close"].contains($0) }, "\(Set(outcomes))")
+        let okCount = outcomes.filter { $0 == "ok" }.count
+        let again = try await DeviceLog.open(path: dir.file("close.db"), device: device)
+        let head = try await again.head()
+        XCTAssertEqual(head, SequenceNumber(UInt64(okCount)), "every append that returned is in the log, nothing else")
+        await again.close()
+    }
+
     func testAppendNotificationsReportTheHead() async throws {
         let log = try await DeviceLog.open(path: dir.file("n.db"), device: device)
         let stream = log.appendNotifications()
