@@ -159,13 +159,14 @@ final class SQLiteConnection {
     /// inside see the latest committed state of every process). Rolls back when `body` or
     /// COMMIT throws; the error is rethrown.
     func writeTransaction<T>(_ body: () throws -> T) throws -> T {
-        try execute("BEGIN IMMEDIATE")
+        // Prepared once and reused: these run for every group commit.
+        try run("BEGIN IMMEDIATE")
         do {
             let result = try body()
-            try execute("COMMIT")
+            try run("COMMIT")
             return result
         } catch {
-            if !isAutocommit { try? execute("ROLLBACK") }
+            if !isAutocommit { try? run("ROLLBACK") }
             throw error
         }
     }
