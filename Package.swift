@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "FieldlogCore", swiftSettings: strict),
 
         // Wrappers
-        .target(name: "Redis", dependencies: ["CHiredis"], swiftSettings: strict),
+        .target(name: "Redis", dependencies: ["CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MQTT", dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MariaDB", dependencies: ["CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "GPIO", dependencies: ["CGPIOD"], swiftSettings: strict),
@@ -74,10 +74,14 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Test helper: appends at full speed, printing each returned seq (SIGKILL and multi-process tests)
+        .executableTarget(name: "LogTorture", dependencies: ["FieldlogCore", "Log", .product(name: "Logging", package: "swift-log")],
+                          path: "Sources/LogTorture", swiftSettings: strict),
+
         // Tests
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
     ]
 )
