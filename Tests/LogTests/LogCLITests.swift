@@ -6,12 +6,7 @@ import TestSupport
 import XCTest
 
 final class LogCLITests: XCTestCase {
-    func deviceExecutable() throws -> String {
-        let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        let path = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("fieldlog-device").path
-        guard FileManager.default.isExecutableFile(atPath: path) else { throw XCTSkip("fieldlog-device not built at \(path)") }
-        return path
-    }
+    func deviceExecutable() throws -> String { try Binaries.path("fieldlog-device") }
 
     /// Runs the CLI; returns (status, stdout, stderr).
     func cli(_ arguments: [String]) throws -> (Int32, String, String) {
