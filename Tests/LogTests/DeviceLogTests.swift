@@ -337,3 +337,30 @@ final class DeviceLogTests: XCTestCase {
         XCTAssertNil(end)
     }
 }
+
+final class LogConfigurationTests: XCTestCase {
+    func testEnvironmentOverridesDefaults() throws {
+        let c = try LogConfiguration(environment: [
+            "FIELDLOG_LOG_DURABILITY": "normal", "FIELDLOG_LOG_MAX_BYTES": "64M", "FIELDLOG_LOG_QUOTA_POLICY": "drop-oldest",
+            "FIELDLOG_LOG_RETENTION_SECONDS": "3600", "FIELDLOG_LOG_RETENTION_COUNT": "0", "FIELDLOG_LOG_BUSY_TIMEOUT_MS": "250",
+        ])
+        XCTAssertEqual(c.durability, .normal)
+        XCTAssertEqual(c.maxBytes, 64 << 20)
+        XCTAssertEqual(c.quotaPolicy, .dropOldest)
+        XCTAssertEqual(c.retentionMaxAge, .seconds(3600))
+        XCTAssertNil(c.retentionMaxCount)
+        XCTAssertEqual(c.busyTimeout, .milliseconds(250))
+        let d = try LogConfiguration(environment: [:])
+        XCTAssertEqual(d.durability, .full)
+        XCTAssertNil(d.maxBytes)
+    }
+
+    func testBadEnvironmentValuesNameTheVariable() {
+        for (key, value) in [("FIELDLOG_LOG_DURABILITY", "fast"), ("FIELDLOG_LOG_MAX_BYTES", "-5"), ("FIELDLOG_LOG_MAX_BYTES", "10"),
+                             ("FIELDLOG_LOG_QUOTA_POLICY", "lru"), ("FIELDLOG_LOG_RETENTION_COUNT", "many")] {
+            XCTAssertThrowsError(try LogConfiguration(environment: [key: value])) { error in
+                XCTAssertTrue("\(error)".contains(key), "\(error)")
+            }
+        }
+    }
+}
