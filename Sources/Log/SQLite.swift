@@ -235,11 +235,6 @@ final class SQLiteStatement {
         if rc != SQLITE_OK { throw connection.error(rc, "bind parameter \(index) of \(sql)") }
     }
 
-    func bind(bytes: UnsafeRawBufferPointer, at index: Int32) throws(SQLiteError) {
-        let rc = sqlite3_bind_blob(try stmt(), index, bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(bytes.count), fieldlog_sqlite_transient())
-        if rc != SQLITE_OK { throw connection.error(rc, "bind parameter \(index) of \(sql)") }
-    }
-
     /// Steps once: true when a row is available, false when done.
     func step() throws(SQLiteError) -> Bool {
         let rc = sqlite3_step(try stmt())
@@ -321,20 +316,6 @@ final class SQLiteThread: @unchecked Sendable {
                 do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
             }
         }
-    }
-
-    /// Runs `body` on the thread and blocks the calling (non-pool) thread until done.
-    func runBlocking<T>(_ body: @escaping () throws -> T) throws -> T {
-        let done = NSCondition()
-        var result: Result<T, Error>?
-        submit {
-            let r = Result { try body() }
-            done.lock(); result = r; done.signal(); done.unlock()
-        }
-        done.lock()
-        while result == nil { done.wait() }
-        done.unlock()
-        return try result!.get()
     }
 
     /// Lets the thread finish queued jobs and exit.
