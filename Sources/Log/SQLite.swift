@@ -166,7 +166,7 @@ final class SQLiteConnection {
             try run("COMMIT")
             return result
         } catch {
-            if !isAutocommit { try? run("ROLLBACK") }
+            if !isAutocommit { _ = try? run("ROLLBACK") }
             throw error
         }
     }

@@ -61,7 +61,7 @@ final class DeviceLogTests: XCTestCase {
     func testValuesRoundTripExactly() async throws {
         let log = try await DeviceLog.open(path: dir.file("v.db"), device: device)
         let values = try SensorValues(["int": .number(-42), "big": .number(9_007_199_254_740_992), "frac": .number(0.1),
-                                       "neg0": .number(-0.0), "tiny": .number(5e-324), "text": .text("héllo \"quoted\""),
+                                       "neg0": .number(-0.0), "tiny": .number(Double.leastNonzeroMagnitude), "text": .text("héllo \"quoted\""),
                                        "empty": .text("")])
         let seq = try await log.append(values)
         let back = try await log.records(from: seq, limit: 1)[0].values
