@@ -98,7 +98,7 @@ final class Simulation {
     /// What a run exercised, summed over seeds to show the faults really happen.
     struct Stats {
         var resends = 0, replays = 0, notRetainedMarkers = 0, diskQuotaDrops = 0, deviceCrashes = 0
-        var receiverCrashes = 0, staleThroughs = 0, drops = 0, duplicates = 0, deadLetters = 0, rejected = 0
+        var receiverCrashes = 0, staleThroughs = 0, drops = 0, duplicates = 0, rejected = 0
         mutating func add(_ o: Stats) {
             resends += o.resends; replays += o.replays; notRetainedMarkers += o.notRetainedMarkers
             diskQuotaDrops += o.diskQuotaDrops; deviceCrashes += o.deviceCrashes; receiverCrashes += o.receiverCrashes
