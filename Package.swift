@@ -22,6 +22,7 @@ let package = Package(
     products: [
         .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
         .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
+        .executable(name: "fieldlog-lab", targets: ["LabNode"]),
         .library(name: "Log", targets: ["Log"]),
         .library(name: "Sync", targets: ["Sync"]),
     ],
@@ -78,10 +79,16 @@ let package = Package(
         .executableTarget(name: "LogTorture", dependencies: ["FieldlogCore", "Log", .product(name: "Logging", package: "swift-log")],
                           path: "Sources/LogTorture", swiftSettings: strict),
 
+        // Outage lab: fault-injecting proxy, fleet orchestration, seeded fault schedule, independent checker
+        .target(name: "OutageLab", dependencies: ["CSQLite", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .executableTarget(name: "LabNode", dependencies: ["OutageLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                          .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+
         // Tests
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
     ]
 )
