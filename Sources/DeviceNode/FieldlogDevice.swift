@@ -6,5 +6,5 @@ struct FieldlogDevice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-device",
         abstract: "Fieldlog device node: durable local log, sampler, sync agent.",
-        subcommands: [])
+        subcommands: [LogCommand.self])
 }

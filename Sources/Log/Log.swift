@@ -1,1 +1,0 @@
-// Log: the device's durable, sequence-numbered log (SQLite) and its Redis hot-state mirror.

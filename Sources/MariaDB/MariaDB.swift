@@ -1,1 +1,0 @@
-// MariaDB: a thin, safe wrapper over MariaDB Connector/C.

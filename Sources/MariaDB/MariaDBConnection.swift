@@ -1,0 +1,116 @@
+// An async MariaDB connection whose blocking Connector/C calls run on a thread of its own.
+//
+// Theory of operation: one `MariaDBConnection` = one worker thread + one `MariaDBSession`
+// (the MYSQL* owner). Each async method queues a job on the worker and suspends on a
+// continuation until the job is done, so the cooperative pool never blocks on the network.
+// Jobs run one at a time in submission order; `withSession`/`transaction` run a whole block
+// of synchronous calls as one job, so nothing of another caller interleaves with it.
+// A lost connection (see `MariaDBError.isConnectionLost`) closes the handle; the caller
+// decides when to `reconnect()` (never silently, which would drop an open transaction).
+import Foundation
+import Logging
+
+/// One connection to a MariaDB server, usable from any task.
+public final class MariaDBConnection: Sendable {
+    private let worker: WorkerThread
+    private let session: MariaDBSession
+    /// The configuration it was created with.
+    public let configuration: MariaDBConfiguration
+
+    /// Creates the connection's worker thread; call `connect()` to open the connection.
+    public init(configuration: MariaDBConfiguration, logger: Logger = Logger(label: "fieldlog.mariadb")) {
+        self.configuration = configuration
+        worker = WorkerThread(name: "mariadb \(configuration.endpointDescription)",
+                              setUp: MariaDBSession.threadSetUp, tearDown: MariaDBSession.threadTearDown)
+        session = MariaDBSession(configuration: configuration, worker: worker, logger: logger)
+    }
+
+    /// Creates a connection and connects it.
+    public static func connect(configuration: MariaDBConfiguration,
+                               logger: Logger = Logger(label: "fieldlog.mariadb")) async throws -> MariaDBConnection {
+        let connection = MariaDBConnection(configuration: configuration, logger: logger)
+        try await connection.connect()
+        return connection
+    }
+
+    deinit {
+        let session = self.session
+        worker.submit { session.close() }
+        worker.stop()
+    }
+
+    /// Opens the connection (no-op when open). Throws a `MariaDBError` naming the endpoint.
+    public func connect() async throws {
+        let session = self.session
+        try await worker.run { try session.connect() }
+    }
+
+    /// Drops the current connection, dead or alive, and opens a new one. Prepared statements
+    /// and session state (open transaction, variables) are gone afterwards.
+    public func reconnect() async throws {
+        let session = self.session
+        try await worker.run { try session.reconnect() }
+    }
+
+    /// Closes the connection for good; later calls throw.
+    public func close() async {
+        let session = self.session
+        _ = try? await worker.run { session.close() }
+    }
+
+    /// Runs `body` with synchronous access to the connection, on its worker thread, as one job:
+    /// no other call on this connection runs in between.
+    @discardableResult
+    public func withSession<T: Sendable>(_ body: @escaping @Sendable (MariaDBSession) throws -> T) async throws -> T {
+        let session = self.session
+        return try await worker.run { try body(session) }
+    }
+
+    /// Runs `body` inside a transaction: commits when it returns, rolls back when it throws
+    /// (and rethrows its error). A deadlock (`isDeadlock`) means the whole block may be retried.
+    @discardableResult
+    public func transaction<T: Sendable>(_ body: @escaping @Sendable (MariaDBSession) throws -> T) async throws -> T {
+        try await withSession { session in
+            try session.begin()
+            do {
+                let value = try body(session)
+                try session.commit()
+                return value
+            } catch {
+                if session.isOpen { try? session.rollback() }
+                throw error
+            }
+        }
+    }
+
+    /// Runs one SQL statement without parameters (text protocol).
+    @discardableResult
+    public func query(_ sql: String) async throws -> MariaDBResult {
+        try await withSession { try $0.query(sql) }
+    }
+
+    /// Runs a prepared statement (cached by its SQL text) with typed values for its `?` markers.
+    @discardableResult
+    public func execute(_ sql: String, _ binds: [MariaDBValue] = []) async throws -> MariaDBResult {
+        try await withSession { try $0.execute(sql, binds) }
+    }
+
+    /// Multi-row insert: see `MariaDBSession.insertRows(_:rows:suffix:maxRowsPerStatement:)`.
+    @discardableResult
+    public func insertRows(_ insertPrefix: String, rows: [[MariaDBValue]], suffix: String = "",
+                           maxRowsPerStatement: Int = 500) async throws -> UInt64 {
+        try await withSession {
+            try $0.insertRows(insertPrefix, rows: rows, suffix: suffix, maxRowsPerStatement: maxRowsPerStatement)
+        }
+    }
+
+    /// The server's id for this connection (for `KILL CONNECTION` and the process list).
+    public func connectionID() async throws -> UInt64 {
+        try await withSession { try $0.connectionID() }
+    }
+
+    /// Checks that the server still answers.
+    public func ping() async throws {
+        try await withSession { try $0.ping() }
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+
+/// An error from MariaDB or from Connector/C: what failed, the MariaDB error number and SQLSTATE.
+public struct MariaDBError: Error, CustomStringConvertible, Sendable {
+    /// What the wrapper was doing, e.g. "connect to fieldlog@127.0.0.1:3306/db" or "prepare `INSERT ...`".
+    public let operation: String
+    /// The MariaDB server or client error number (e.g. 1062 duplicate key, 1213 deadlock,
+    /// 2006 server gone away, 2013 lost connection); 0 for misuse caught by the wrapper itself.
+    public let code: UInt32
+    /// The five-character SQLSTATE ("HY000" when the client library has none).
+    public let sqlState: String
+    /// The library's message.
+    public let message: String
+
+    public init(operation: String, code: UInt32, sqlState: String, message: String) {
+        self.operation = operation
+        self.code = code
+        self.sqlState = sqlState
+        self.message = message
+    }
+
+    public var description: String {
+        "MariaDB: \(operation) failed: error \(code) (SQLSTATE \(sqlState)): \(message)"
+    }
+
+    /// The connection is gone (server restarted or killed it, network broke, or the connection
+    /// never came up): call `reconnect()` and retry work that was not committed.
+    public var isConnectionLost: Bool {
+        Self.connectionLostCodes.contains(code)
+    }
+
+    /// Deadlock or Galera certification conflict (1213): the transaction was rolled back; retry it.
+    public var isDeadlock: Bool { code == 1213 }
+
+    /// Lock wait timeout (1205): the statement (not the transaction) was rolled back.
+    public var isLockWaitTimeout: Bool { code == 1205 }
+
+    /// Duplicate key (1062).
+    public var isDuplicateKey: Bool { code == 1062 }
+
+    static let connectionLostCodes: Set<UInt32> = [
+        2002, // CR_CONNECTION_ERROR (unix socket)
+        2003, // CR_CONN_HOST_ERROR
+        2006, // CR_SERVER_GONE_ERROR
+        2013, // CR_SERVER_LOST
+        2026, // CR_SSL_CONNECTION_ERROR
+        2055, // CR_SERVER_LOST_EXTENDED
+        2057, // CR_STMT_CLOSED (statement invalidated by a lost connection)
+        1053, // ER_SERVER_SHUTDOWN
+        1927, // ER_CONNECTION_KILLED
+        4031, // ER_CLIENT_INTERACTION_TIMEOUT
+    ]
+
+    static func usage(_ operation: String, _ message: String) -> MariaDBError {
+        MariaDBError(operation: operation, code: 0, sqlState: "HY000", message: message)
+    }
+}

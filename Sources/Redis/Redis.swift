@@ -1,1 +1,0 @@
-// Redis: a thin, safe wrapper over hiredis (binary-safe commands by argument vector).

@@ -1,0 +1,78 @@
+// A dedicated OS thread that runs submitted jobs one at a time, in order.
+//
+// Why: hiredis calls block (network round trips, connect timeouts). Swift's cooperative
+// pool has one thread per core; a blocked call there stalls unrelated tasks. Every async hiredis
+// call of a connection runs on that connection's worker.
+import Foundation
+
+final class WorkerThread: @unchecked Sendable {
+    // @unchecked: `jobs` and `stopping` are only touched under `condition`; the thread itself
+    // is the only reader of the job closures after they are dequeued.
+    private let condition = NSCondition()
+    private var jobs: [@Sendable () -> Void] = []
+    private var stopping = false
+    private let threadIDBox = ThreadIDBox()
+
+    /// - Parameters:
+    ///   - setUp: runs first on the new thread (e.g. mysql_thread_init).
+    ///   - tearDown: runs last on the thread, after every queued job ran.
+    init(name: String, setUp: @escaping @Sendable () -> Void = {}, tearDown: @escaping @Sendable () -> Void = {}) {
+        let thread = Thread { [condition, threadIDBox] in
+            threadIDBox.set(pthread_self())
+            setUp()
+            while true {
+                condition.lock()
+                while self.jobs.isEmpty && !self.stopping { condition.wait() }
+                if self.jobs.isEmpty && self.stopping {
+                    condition.unlock()
+                    break
+                }
+                let batch = self.jobs
+                self.jobs.removeAll(keepingCapacity: true)
+                condition.unlock()
+                for job in batch { job() }
+            }
+            tearDown()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Queues `job`; it runs on the worker thread after every job queued before it.
+    func submit(_ job: @escaping @Sendable () -> Void) {
+        condition.lock()
+        precondition(!stopping, "job submitted to a stopped worker thread")
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Lets the thread finish the queued jobs, run `tearDown` and exit. Does not wait.
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Runs `body` on the worker thread and returns its result to the awaiting task.
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
+            submit { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    /// True when called on the worker thread itself.
+    var isCurrent: Bool { threadIDBox.isCurrent }
+}
+
+/// The pthread id of the worker, published once it started.
+private final class ThreadIDBox: @unchecked Sendable {
+    // @unchecked: `id` is only touched under `lock`.
+    private let lock = NSLock()
+    private var id: pthread_t?
+    func set(_ value: pthread_t) { lock.withLock { id = value } }
+    var isCurrent: Bool {
+        lock.withLock { id.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+    }
+}

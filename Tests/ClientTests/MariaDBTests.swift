@@ -1,0 +1,276 @@
+// MariaDB wrapper against the shared stack's real MariaDB (each test in a fresh database).
+import Foundation
+import MariaDB
+import TestSupport
+import XCTest
+
+final class MariaDBTests: XCTestCase {
+    private var stack: Stack!
+    private var database: String!
+
+    override func setUpWithError() throws {
+        guard let stack = try Stack.available() else { throw XCTSkip("no service stack (run scripts/stack up)") }
+        self.stack = stack
+        database = try stack.createDatabase("clients")
+    }
+
+    override func tearDownWithError() throws {
+        if let database { try stack.dropDatabase(database) }
+    }
+
+    private func configuration(port: Int? = nil, socket: Bool = false) -> MariaDBConfiguration {
+        MariaDBConfiguration(host: stack.mariaDBHost, port: port ?? stack.mariaDBPort,
+                             unixSocket: socket ? stack.mariaDBSocket : nil,
+                             user: stack.mariaDBUser, password: stack.mariaDBPassword, database: database,
+                             connectTimeout: .seconds(2), readTimeout: .seconds(10), writeTimeout: .seconds(10))
+    }
+
+    private func connect() async throws -> MariaDBConnection {
+        try await MariaDBConnection.connect(configuration: configuration())
+    }
+
+    func testCreateReadUpdateDelete() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL, qty INT UNSIGNED)")
+        let inserted = try await db.execute("INSERT INTO items (name, qty) VALUES (?, ?)", [.string("bolt"), .uint(5)])
+        XCTAssertEqual(inserted.affectedRows, 1)
+        XCTAssertEqual(inserted.lastInsertID, 1)
+        try await db.execute("INSERT INTO items (name, qty) VALUES (?, ?)", [.string("nut"), .uint(7)])
+
+        let read = try await db.query("SELECT id, name, qty FROM items ORDER BY id")
+        XCTAssertEqual(read.columns, ["id", "name", "qty"])
+        XCTAssertEqual(read.rows, [[.int(1), .string("bolt"), .uint(5)], [.int(2), .string("nut"), .uint(7)]])
+
+        let updated = try await db.execute("UPDATE items SET qty = qty + ? WHERE name = ?", [.int(10), .string("nut")])
+        XCTAssertEqual(updated.affectedRows, 1)
+        let qty = try await db.execute("SELECT qty FROM items WHERE name = ?", [.string("nut")])
+        XCTAssertEqual(qty.rows, [[.uint(17)]])
+
+        let deleted = try await db.execute("DELETE FROM items WHERE id = ?", [.int(1)])
+        XCTAssertEqual(deleted.affectedRows, 1)
+        let left = try await db.query("SELECT COUNT(*) AS n FROM items")
+        XCTAssertEqual(left.value(row: 0, column: "n"), .int(1))
+    }
+
+    func testPreparedBindsOfEveryTypeRoundTrip() async throws {
+        let db = try await connect()
+        try await db.query("""
+            CREATE TABLE v (k INT PRIMARY KEY, i BIGINT NULL, u BIGINT UNSIGNED NULL, d DOUBLE NULL,
+                            s VARCHAR(200) NULL, b VARBINARY(200) NULL, t TEXT NULL, big LONGBLOB NULL)
+            """)
+        let unicode = "Grüße, 温度 🌡️ ∑"
+        let binary: [UInt8] = [0, 1, 0, 255, 0x7f, 0]
+        let big = [UInt8]((0..<100_000).map { UInt8($0 % 251) })
+        try await db.execute("INSERT INTO v VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [.int(1), .int(Int64.min), .uint(UInt64.max), .double(-1.5e-300), .string(unicode),
+                              .bytes(binary), .string(""), .bytes(big)])
+        try await db.execute("INSERT INTO v VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [.int(2), .null, .null, .null, .null, .null, .null, .null])
+
+        // Binary protocol (prepared) and text protocol must read the same values.
+        let prepared = try await db.execute("SELECT i, u, d, s, b, t, big FROM v WHERE k = ?", [.int(1)])
+        let text = try await db.query("SELECT i, u, d, s, b, t, big FROM v WHERE k = 1")
+        for result in [prepared, text] {
+            XCTAssertEqual(result.rows.count, 1)
+            let row = result.rows[0]
+            XCTAssertEqual(row[0], .int(Int64.min))
+            XCTAssertEqual(row[1], .uint(UInt64.max))
+            XCTAssertEqual(row[2], .double(-1.5e-300))
+            XCTAssertEqual(row[3], .string(unicode))
+            XCTAssertEqual(row[4], .bytes(binary))
+            XCTAssertEqual(row[5], .string(""))
+            XCTAssertEqual(row[6], .bytes(big))
+        }
+        let nulls = try await db.execute("SELECT i, u, d, s, b, t, big FROM v WHERE k = ?", [.int(2)])
+        XCTAssertEqual(nulls.rows, [Array(repeating: .null, count: 7)])
+        // NULL bound as a parameter compares as NULL (no row matches `= NULL`).
+        let none = try await db.execute("SELECT k FROM v WHERE i = ?", [.null])
+        XCTAssertEqual(none.rows.count, 0)
+        let decimal = try await db.execute("SELECT CAST(? AS DECIMAL(10,3)) AS x, NOW() IS NOT NULL AS y", [.string("3.14159")])
+        XCTAssertEqual(decimal.rows, [[.string("3.142"), .int(1)]])
+    }
+
+    func testWrongNumberOfBindsSaysSo() async throws {
+        let db = try await connect()
+        do {
+            try await db.execute("SELECT ? + ?", [.int(1)])
+            XCTFail("expected an error")
+        } catch let error as MariaDBError {
+            XCTAssertTrue(error.description.contains("2 parameter(s) but 1 value(s)"), error.description)
+        }
+    }
+
+    func testMultiRowInsertOfAThousandRowsAndInsertIgnore() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE r (device VARCHAR(40), seq BIGINT UNSIGNED, value DOUBLE, PRIMARY KEY (device, seq))")
+        let rows: [[MariaDBValue]] = (1...1000).map { [.string("dev-1"), .uint(UInt64($0)), .double(Double($0) / 10)] }
+        let affected = try await db.insertRows("INSERT INTO r (device, seq, value)", rows: rows, maxRowsPerStatement: 300)
+        XCTAssertEqual(affected, 1000)
+        let stats = try await db.query("SELECT COUNT(*), MIN(seq), MAX(seq), SUM(value) FROM r")
+        XCTAssertEqual(stats.rows[0][0], .int(1000))
+        XCTAssertEqual(stats.rows[0][1].uint64, 1)
+        XCTAssertEqual(stats.rows[0][2].uint64, 1000)
+        XCTAssertEqual(stats.rows[0][3].double ?? 0, 50050, accuracy: 1e-6)
+        // 300+300+300+100: two distinct statements prepared (row counts 300 and 100).
+        let cached = try await db.withSession { $0.cachedStatementCount }
+        XCTAssertEqual(cached, 2)
+
+        // Re-sending overlapping rows with INSERT IGNORE inserts only the new ones.
+        let again: [[MariaDBValue]] = (990...1010).map { [.string("dev-1"), .uint(UInt64($0)), .double(0)] }
+        let added = try await db.insertRows("INSERT IGNORE INTO r (device, seq, value)", rows: again)
+        XCTAssertEqual(added, 10)
+        let total = try await db.query("SELECT COUNT(*) FROM r")
+        XCTAssertEqual(total.rows[0][0], .int(1010))
+
+        do {
+            try await db.insertRows("INSERT INTO r (device, seq, value)",
+                                    rows: [[.string("a"), .uint(1), .double(1)], [.string("a"), .uint(2)]])
+            XCTFail("expected an error")
+        } catch let error as MariaDBError {
+            XCTAssertTrue(error.description.contains("row 1 has 2 values"), error.description)
+        }
+        let value1 = try await db.query("SELECT COUNT(*) FROM r").rows[0][0]
+        XCTAssertEqual(value1, .int(1010))
+    }
+
+    func testDuplicateKeyIsError1062AndInsertIgnoreSkipsIt() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE k (id INT PRIMARY KEY, note VARCHAR(10))")
+        try await db.execute("INSERT INTO k VALUES (?, ?)", [.int(1), .string("first")])
+        do {
+            try await db.execute("INSERT INTO k VALUES (?, ?)", [.int(1), .string("second")])
+            XCTFail("expected a duplicate key error")
+        } catch let error as MariaDBError {
+            XCTAssertEqual(error.code, 1062)
+            XCTAssertEqual(error.sqlState, "23000")
+            XCTAssertTrue(error.isDuplicateKey)
+            XCTAssertFalse(error.isConnectionLost)
+            XCTAssertTrue(error.description.contains("execute `INSERT INTO k"), error.description)
+        }
+        let ignored = try await db.execute("INSERT IGNORE INTO k VALUES (?, ?)", [.int(1), .string("third")])
+        XCTAssertEqual(ignored.affectedRows, 0)
+        let note = try await db.query("SELECT note FROM k")
+        XCTAssertEqual(note.rows, [[.string("first")]])
+    }
+
+    func testTransactionRollsBackWhenItsBodyThrows() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        struct Abort: Error {}
+        do {
+            try await db.transaction { s in
+                try s.execute("INSERT INTO t VALUES (?)", [.int(1)])
+                try s.execute("INSERT INTO t VALUES (?)", [.int(2)])
+                throw Abort()
+            }
+            XCTFail("expected the body's error")
+        } catch is Abort {}
+        let value2 = try await db.query("SELECT COUNT(*) FROM t").rows[0][0]
+        XCTAssertEqual(value2, .int(0))
+
+        try await db.transaction { s in
+            try s.execute("INSERT INTO t VALUES (?)", [.int(3)])
+        }
+        // Explicit begin/rollback through a session.
+        try await db.withSession { s in
+            try s.begin()
+            try s.execute("INSERT INTO t VALUES (?)", [.int(4)])
+            try s.rollback()
+        }
+        let value3 = try await db.query("SELECT id FROM t").rows
+        XCTAssertEqual(value3, [[.int(3)]])
+    }
+
+    func testBadSQLGivesErrorNumberAndSQLState() async throws {
+        let db = try await connect()
+        do {
+            try await db.query("SELEKT 1")
+            XCTFail("expected a syntax error")
+        } catch let error as MariaDBError {
+            XCTAssertEqual(error.code, 1064)
+            XCTAssertEqual(error.sqlState, "42000")
+            XCTAssertTrue(error.description.contains("query `SELEKT 1`"), error.description)
+        }
+        do {
+            try await db.execute("SELECT * FROM no_such_table WHERE id = ?", [.int(1)])
+            XCTFail("expected an error")
+        } catch let error as MariaDBError {
+            XCTAssertEqual(error.code, 1146)
+            XCTAssertTrue(error.description.contains("prepare `SELECT * FROM no_such_table"), error.description)
+        }
+        // The connection is still usable after errors.
+        let value4 = try await db.query("SELECT 1").rows
+        XCTAssertEqual(value4, [[.int(1)]])
+    }
+
+    func testReconnectAfterTheServerKillsTheConnection() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE z (id INT PRIMARY KEY)")
+        try await db.execute("INSERT INTO z VALUES (?)", [.int(1)])
+        let id = try await db.connectionID()
+        let killer = try await connect()
+        try await killer.query("KILL CONNECTION \(id)")
+        do {
+            try await db.execute("SELECT id FROM z WHERE id = ?", [.int(1)])
+            XCTFail("expected a lost connection")
+        } catch let error as MariaDBError {
+            XCTAssertTrue(error.isConnectionLost, "\(error) should count as a lost connection")
+        }
+        // Until reconnect(), calls fail fast as lost rather than touching a dead handle.
+        do {
+            try await db.query("SELECT 1")
+            XCTFail("expected an error")
+        } catch let error as MariaDBError {
+            XCTAssertTrue(error.isConnectionLost, error.description)
+        }
+        try await db.reconnect()
+        let value5 = try await db.connectionID()
+        XCTAssertNotEqual(value5, id)
+        let value6 = try await db.execute("SELECT id FROM z WHERE id = ?", [.int(1)]).rows
+        XCTAssertEqual(value6, [[.int(1)]])
+    }
+
+    func testConnectToAClosedPortFailsClearly() async throws {
+        let port = Ports.free()
+        let started = ContinuousClock.now
+        do {
+            _ = try await MariaDBConnection.connect(configuration: configuration(port: port))
+            XCTFail("expected a connect error")
+        } catch let error as MariaDBError {
+            XCTAssertTrue([2002, 2003].contains(error.code), error.description)
+            XCTAssertTrue(error.isConnectionLost)
+            XCTAssertTrue(error.description.contains("connect to \(stack.mariaDBUser)@127.0.0.1:\(port)"), error.description)
+        }
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(10))
+    }
+
+    func testWrongPasswordFailsWithAccessDenied() async throws {
+        var config = configuration()
+        config.password = "wrong"
+        do {
+            _ = try await MariaDBConnection.connect(configuration: config)
+            XCTFail("expected access denied")
+        } catch let error as MariaDBError {
+            XCTAssertEqual(error.code, 1045, error.description)
+        }
+    }
+
+    func testUnixSocketConnection() async throws {
+        let db = try await MariaDBConnection.connect(configuration: configuration(socket: true))
+        let value7 = try await db.query("SELECT DATABASE()").rows
+        XCTAssertEqual(value7, [[.string(database)]])
+    }
+
+    func testConcurrentCallersAreSerialised() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE c (id INT PRIMARY KEY)")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<50 {
+                group.addTask { try await db.execute("INSERT INTO c VALUES (?)", [.int(Int64(i))]) }
+            }
+            try await group.waitForAll()
+        }
+        let value8 = try await db.query("SELECT COUNT(*) FROM c").rows[0][0]
+        XCTAssertEqual(value8, .int(50))
+    }
+}
