@@ -1,1 +1,6 @@
-// Sync: the sync protocol (spec/protocol.md): messages, codec, sans-IO state machines, transport.
+// Sync: the sync protocol of spec/protocol.md.
+//
+//   Messages/       Batch, Ack, Status, Command, CommandResponse (plain values)
+//   Codec/          strict JSON reader/writer and SyncCodec (encode / decode with dead-letter reasons)
+//   Topics.swift    configurable topic templates (defaults and the seed's names)
+//   StateMachines/  SenderStateMachine (device) and ReceiverStateMachine (backend), sans-IO

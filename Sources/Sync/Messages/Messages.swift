@@ -1,0 +1,229 @@
+// The messages of the sync protocol, version 1 (spec/protocol.md §3).
+//
+// These are plain values; `SyncCodec` turns them into bytes and back. Every field's limit is
+// in `ProtocolLimits` and is checked by the decoder (outside input) and asserted by the
+// encoder's callers (our own messages).
+
+import FieldlogCore
+
+/// The protocol version this code speaks (the `"v"` member of every message).
+public let syncProtocolVersion: Int64 = 1
+
+/// Limits of protocol v1. The same numbers are in spec/protocol.md §3.1.
+public enum ProtocolLimits {
+    /// Largest message the decoder accepts, checked before parsing (bytes).
+    public static let maxMessageBytes = 262_144
+    /// Most records in one batch.
+    public static let maxRecordsPerBatch = 1_000
+    /// Most loss markers in one batch.
+    public static let maxLossesPerBatch = 64
+    /// Most ranges in an ack's `missing` list, and sequence numbers in its `rejected` list.
+    public static let maxAckListEntries = 64
+    /// Longest request id of a command.
+    public static let maxRequestIDBytes = 64
+    /// Longest config key / value, and free-text fields (loss detail, error message).
+    public static let maxKeyBytes = 128
+    public static let maxTextBytes = 1_024
+    /// Most names in a record's `missing` sensor list.
+    public static let maxMissingSensors = SensorValues.maxSensors
+}
+
+/// One record in a batch that the sender could read but the receiver could not accept
+/// (a value out of the protocol's limits, a bad sensor name...). It is kept aside, stored in
+/// the dead-letter table by the backend and acknowledged as rejected (spec §5.4).
+public struct RejectedRecord: Hashable, Sendable {
+    public var sequence: SequenceNumber
+    public var reason: String
+    /// The record's JSON text, truncated to `ProtocolLimits.maxTextBytes`.
+    public var excerpt: String
+
+    public init(sequence: SequenceNumber, reason: String, excerpt: String) {
+        self.sequence = sequence
+        self.reason = reason
+        self.excerpt = excerpt
+    }
+}
+
+/// Device → backend: a contiguous run `range` of a device's log in one epoch. Every sequence
+/// number in `range` is covered by exactly one record or one loss marker (spec §3.2).
+public struct Batch: Hashable, Sendable {
+    public var device: DeviceID
+    public var epoch: Epoch
+    public var range: SequenceRange
+    public var records: [LogRecord]
+    public var losses: [LossMarker]
+    /// Set when the batch answers a `replay` command (the command's request id).
+    public var replayRequestID: String?
+    /// Records the decoder could not accept (receiver side only; never encoded).
+    public var rejected: [RejectedRecord]
+
+    public init(device: DeviceID, epoch: Epoch, range: SequenceRange, records: [LogRecord], losses: [LossMarker] = [],
+                replayRequestID: String? = nil, rejected: [RejectedRecord] = []) {
+        self.device = device
+        self.epoch = epoch
+        self.range = range
+        self.records = records
+        self.losses = losses
+        self.replayRequestID = replayRequestID
+        self.rejected = rejected
+    }
+}
+
+/// Backend → device (QoS 1, retained): every record of `epoch` through `through` is stored,
+/// declared lost, or rejected and kept aside (spec §3.3).
+public struct Ack: Hashable, Sendable {
+    public var device: DeviceID
+    public var epoch: Epoch
+    /// Contiguous prefix: all of 1...through is accounted for in the store. `.zero` = nothing yet.
+    public var through: SequenceNumber
+    /// The range of the batch whose commit caused this ack (a selective ack), if any.
+    public var stored: SequenceRange?
+    /// Sequence numbers of `stored` the backend rejected and kept aside.
+    public var rejected: [SequenceNumber]
+    /// Ranges above `through` the backend knows it is missing (for the gap audit), if known.
+    public var missing: [SequenceRange]
+
+    public init(device: DeviceID, epoch: Epoch, through: SequenceNumber, stored: SequenceRange? = nil,
+                rejected: [SequenceNumber] = [], missing: [SequenceRange] = []) {
+        self.device = device
+        self.epoch = epoch
+        self.through = through
+        self.stored = stored
+        self.rejected = rejected
+        self.missing = missing
+    }
+}
+
+/// Whether a device is connected; the broker publishes `offline` as the device's last will.
+public enum DeviceState: String, Hashable, Sendable {
+    case online
+    case offline
+}
+
+/// Device → backend (QoS 1, retained): the device's sync state (spec §3.4).
+public struct Status: Hashable, Sendable {
+    public var device: DeviceID
+    public var state: DeviceState
+    /// Absent in the last will (which is fixed at connect time and would go stale).
+    public var epoch: Epoch?
+    public var head: SequenceNumber?
+    public var acked: SequenceNumber?
+    /// Device wall clock when sent (ms since 1970).
+    public var atUnixMilliseconds: Int64?
+    /// Whether measuring is enabled (`measurement:enabled`).
+    public var measuring: Bool?
+
+    public init(device: DeviceID, state: DeviceState, epoch: Epoch? = nil, head: SequenceNumber? = nil,
+                acked: SequenceNumber? = nil, atUnixMilliseconds: Int64? = nil, measuring: Bool? = nil) {
+        self.device = device
+        self.state = state
+        self.epoch = epoch
+        self.head = head
+        self.acked = acked
+        self.atUnixMilliseconds = atUnixMilliseconds
+        self.measuring = measuring
+    }
+
+    /// Records appended but not yet acknowledged (head − acked), when both are known.
+    public var backlog: UInt64? {
+        guard let head, let acked, head >= acked else { return nil }
+        return head.rawValue - acked.rawValue
+    }
+
+    /// The last will a device registers at connect.
+    public static func lastWill(device: DeviceID) -> Status { Status(device: device, state: .offline) }
+}
+
+/// Backend/operator → device on the request or broadcast topic (spec §3.5). The seed's
+/// commands keep their names and members; every command may carry a request id.
+public struct Command: Hashable, Sendable {
+    public enum Kind: Hashable, Sendable {
+        /// Reboot the device (seed). Replied to before rebooting.
+        case reboot
+        /// Read a config key (seed); only keys on the device's allow-list.
+        case getConfig(key: String)
+        /// Write a config key (seed); only keys on the device's allow-list, values checked.
+        case setConfig(key: String, value: String)
+        /// Seed: send a range of readings. `min`/`max` nil mean the seed's "-" / "+".
+        case sendMeasurements(min: SequenceNumber?, max: SequenceNumber?, count: Int64?)
+        /// Resend `range` of `epoch` (nil: the current epoch) as batches marked with the request id.
+        case replay(epoch: Epoch?, range: SequenceRange)
+        /// Publish a fresh status message and reply with it.
+        case status
+        /// Enable / disable measuring (`measurement:enabled`).
+        case start
+        case stop
+        /// Set the measuring interval.
+        case setInterval(milliseconds: Int64)
+    }
+
+    /// Request id echoed in the reply; nil for seed-style commands without one.
+    public var requestID: String?
+    public var kind: Kind
+
+    public init(requestID: String? = nil, kind: Kind) {
+        self.requestID = requestID
+        self.kind = kind
+    }
+
+    /// The wire name (`"get_config"`...).
+    public var name: String {
+        switch kind {
+        case .reboot: return "reboot"
+        case .getConfig: return "get_config"
+        case .setConfig: return "set_config"
+        case .sendMeasurements: return "send_measurements"
+        case .replay: return "replay"
+        case .status: return "status"
+        case .start: return "start"
+        case .stop: return "stop"
+        case .setInterval: return "set_interval"
+        }
+    }
+}
+
+/// Why a command failed; the raw values are the wire names (spec §3.6).
+public enum CommandErrorCode: String, Hashable, Sendable, CaseIterable {
+    case malformed = "malformed"
+    case unknownCommand = "unknown-command"
+    case invalidArgument = "invalid-argument"
+    case notAllowed = "not-allowed"
+    case unsupportedVersion = "unsupported-version"
+    case failed = "failed"
+}
+
+/// Device → backend on the response topic (QoS 1, not retained), one per command (spec §3.6).
+public struct CommandResponse: Hashable, Sendable {
+    public var requestID: String?
+    /// The command's wire name, or what was sent when it was not understood (seed: `"command"`).
+    public var command: String
+    /// nil on success.
+    public var error: CommandErrorCode?
+    /// Human-readable detail (always set for errors).
+    public var message: String?
+    /// Seed-compatible members for get_config / set_config.
+    public var key: String?
+    public var value: String?
+    /// For `replay` / `send_measurements`: the range that was resent, and ranges answered
+    /// with `not-retained` loss markers.
+    public var resent: SequenceRange?
+    public var notRetained: [SequenceRange]
+    /// For `status`: the status that was published.
+    public var status: Status?
+
+    public init(requestID: String?, command: String, error: CommandErrorCode? = nil, message: String? = nil,
+                key: String? = nil, value: String? = nil, resent: SequenceRange? = nil,
+                notRetained: [SequenceRange] = [], status: Status? = nil) {
+        self.requestID = requestID
+        self.command = command
+        self.error = error
+        self.message = message
+        self.key = key
+        self.value = value
+        self.resent = resent
+        self.notRetained = notRetained
+        self.status = status
+    }
+
+    public var ok: Bool { error == nil }
+}
