@@ -1,17 +1,23 @@
-// The command handler: parsed commands in, JSON responses (and a few side effects) out.
+// The command handler: command payloads in, protocol responses (and a few side effects) out.
 //
-// Theory of operation: `handle(payload)` parses the payload (Command.swift), checks the
-// request id against the durable `SeenCommands`, marks it started, executes the command
-// against a `CommandEnvironment` (runtime switches, log facts, replay, status, reboot) and
-// records the response. It returns what to publish and, for `reboot`, an action to run
-// after the response was published (so the caller sees the answer before the device goes).
-// Nothing here touches MQTT: the MQTT agent calls `handle` for each message on the request
-// and broadcast topics and publishes the result on the response topic.
+// Theory of operation: `handle(payload)` decodes the payload with the protocol's codec (the
+// seed's commands in any letter case, plus `replay`, `status`, `start`, `stop`,
+// `set_interval`); anything malformed or unknown gets an error response and nothing else
+// happens. A command with a request id is executed at most once: the id is looked up in the
+// durable `SeenCommands`; a repeat delivery (QoS 1 redelivery, a backend retry) is answered
+// with the stored response bytes and not executed again. Otherwise the id is marked started
+// (fsynced) before executing, and the response is stored after. The command then acts on a
+// `CommandEnvironment` (runtime switches, log facts, replay, status). For `reboot`, the
+// result carries an action to run after the response was published, so the caller sees the
+// answer before the device goes down. Nothing here touches MQTT: the MQTT agent calls
+// `handle` for each message on the request and broadcast topics and publishes the payload on
+// the response topic.
 import FieldlogCore
 import Foundation
 import Logging
+import Sync
 
-/// Facts about the log for `get_config` and `status`.
+/// Facts about the log for `get_config`.
 public struct LogFacts: Sendable {
     public var deviceID: DeviceID
     public var epoch: Epoch
@@ -25,15 +31,27 @@ public struct LogFacts: Sendable {
     }
 }
 
-/// What a replay did: the records republished and any part of the range no longer retained.
-public struct ReplayOutcome: Sendable {
-    public var sent: SequenceRange?
-    public var records: Int
-    public var notRetained: SequenceRange?
-    public init(sent: SequenceRange?, records: Int, notRetained: SequenceRange?) {
-        self.sent = sent
-        self.records = records
+/// What a replay did: the range republished and the parts no longer retained.
+public struct ReplayOutcome: Sendable, Equatable {
+    public var resent: SequenceRange?
+    public var notRetained: [SequenceRange]
+    public init(resent: SequenceRange?, notRetained: [SequenceRange]) {
+        self.resent = resent
         self.notRetained = notRetained
+    }
+}
+
+/// A replay request: `nil` ends mean oldest retained / head; `count` caps the number of records.
+public struct ReplayRequest: Sendable, Equatable {
+    public var requestID: String?
+    public var from: SequenceNumber?
+    public var to: SequenceNumber?
+    public var count: Int64?
+    public init(requestID: String?, from: SequenceNumber?, to: SequenceNumber?, count: Int64?) {
+        self.requestID = requestID
+        self.from = from
+        self.to = to
+        self.count = count
     }
 }
 
@@ -41,18 +59,29 @@ public struct ReplayOutcome: Sendable {
 public protocol CommandEnvironment: Sendable {
     var settings: RuntimeSettings { get }
     func logFacts() async throws -> LogFacts
-    func replay(_ range: ReplayRange) async throws -> ReplayOutcome
-    func statusJSON() async -> JSONValue
+    /// Republishes a range as batches marked with the request id; returns when done.
+    func replay(_ request: ReplayRequest) async throws -> ReplayOutcome
+    /// The current status (also published on the status topic by the caller).
+    func currentStatus() async throws -> Status
     /// The reboot command line; empty when reboot is disabled.
     var rebootCommand: [String] { get }
 }
 
 /// The result of handling one payload.
 public struct CommandResult: Sendable {
-    /// Publish this on the response topic.
-    public var response: CommandResponse
+    /// The response as sent (protocol encoding); publish it on the response topic.
+    public var payload: [UInt8]
+    /// The decoded response (nil for a repeated id answered with stored bytes).
+    public var response: CommandResponse?
     /// Run after the response was published (reboot).
     public var afterResponse: (@Sendable () async -> Void)?
+}
+
+/// Thrown by command execution: becomes an error response with this code.
+struct CommandFailure: Error, CustomStringConvertible {
+    var code: CommandErrorCode
+    var message: String
+    var description: String { message }
 }
 
 public final class CommandHandler: Sendable {
@@ -69,153 +98,142 @@ public final class CommandHandler: Sendable {
         self.logger = logger
     }
 
-    public func handle(_ payload: Data) async -> CommandResult {
-        let request = CommandParser.parse(payload)
+    public func handle(_ payload: [UInt8]) async -> CommandResult {
         let command: Command
-        switch request.parsed {
-        case .failure(let e):
+        do { command = try SyncCodec.decodeCommand(payload) } catch {
             metrics.commandErrors.increment()
-            logger.warning("rejected command", metadata: ["error": "\(e.message)", "id": "\(request.id?.description ?? "-")"])
-            return CommandResult(response: .error(e.message, command: request.name, id: request.id))
-        case .success(let c):
-            command = c
+            logger.warning("rejected command", metadata: ["error": "\(error)", "id": "\(error.requestID ?? "-")"])
+            return result(error.response)
         }
 
-        if let id = request.id, let seen {
-            switch seen.state(of: id.storageKey) {
+        if let id = command.requestID, let seen {
+            switch seen.state(of: id) {
             case .answered(let data)?:
-                logger.info("duplicate command id; answering with the stored response", metadata: ["id": "\(id)"])
-                var r = Self.decodeStored(data) ?? .error("duplicate command id; response unavailable", command: command.name, id: id)
-                r.fields.append(("duplicate", .bool(true)))
-                return CommandResult(response: r)
+                logger.info("repeated command id; answering with the stored response, not executing again", metadata: ["id": "\(id)"])
+                return CommandResult(payload: Array(data), response: nil, afterResponse: nil)
             case .started?:
                 metrics.commandErrors.increment()
-                return CommandResult(response: .error("command id \(id) was received before and its execution was interrupted; not executed again (at most once)",
-                                                      command: command.name, id: id))
+                return result(CommandResponse(requestID: id, command: command.name, error: .failed,
+                                              message: "command id \(id) was received before and its execution was interrupted (restart); not executed again"))
             case nil:
-                do { try await seen.markStarted(id.storageKey) } catch {
+                do { try await seen.markStarted(id) } catch {
                     metrics.commandErrors.increment()
                     logger.error("cannot record command id; not executing", metadata: ["error": "\(error)"])
-                    return CommandResult(response: .error("cannot record the command id durably (\(error)); not executed", command: command.name, id: id))
+                    return result(CommandResponse(requestID: id, command: command.name, error: .failed,
+                                                  message: "cannot record the command id durably (\(error)); not executed"))
                 }
             }
         }
 
-        var result: CommandResult
+        var out: CommandResult
         do {
-            result = try await execute(command, id: request.id)
+            out = try await execute(command)
             metrics.commands.increment()
-            logger.info("command executed", metadata: ["command": "\(command.name)", "id": "\(request.id?.description ?? "-")"])
+            logger.info("command executed", metadata: ["command": "\(command.name)", "id": "\(command.requestID ?? "-")"])
+        } catch let f as CommandFailure {
+            metrics.commandErrors.increment()
+            logger.warning("command refused", metadata: ["command": "\(command.name)", "error": "\(f.message)"])
+            out = result(CommandResponse(requestID: command.requestID, command: command.name, error: f.code, message: f.message))
         } catch {
             metrics.commandErrors.increment()
             logger.warning("command failed", metadata: ["command": "\(command.name)", "error": "\(error)"])
-            result = CommandResult(response: .error("\(error)", command: command.name, id: request.id))
+            out = result(CommandResponse(requestID: command.requestID, command: command.name, error: .failed, message: "\(error)"))
         }
-        if let id = request.id, let seen {
-            do { try await seen.markAnswered(id.storageKey, response: result.response.encoded()) } catch {
+        if let id = command.requestID, let seen {
+            do { try await seen.markAnswered(id, response: Data(out.payload)) } catch {
                 logger.error("cannot record command response", metadata: ["error": "\(error)"])
             }
         }
-        return result
+        return out
     }
 
-    static func decodeStored(_ data: Data) -> CommandResponse? {
-        let r = CommandResponse(storedRaw: data)
-        return r.fields.isEmpty ? nil : r
+    func result(_ r: CommandResponse, after: (@Sendable () async -> Void)? = nil) -> CommandResult {
+        CommandResult(payload: SyncCodec.encode(r), response: r, afterResponse: after)
     }
 
-    func ok(_ command: Command, _ id: RequestID?, _ extra: [(String, JSONValue)] = []) -> CommandResponse {
-        var f: [(String, JSONValue)] = [("command", .string(command.name))]
-        if let id { f.append(("id", JSONValue(id))) }
-        f.append(("ok", .bool(true)))
-        return CommandResponse(f + extra)
-    }
-
-    func execute(_ command: Command, id: RequestID?) async throws -> CommandResult {
+    func execute(_ command: Command) async throws -> CommandResult {
         let settings = environment.settings
-        switch command {
+        let id = command.requestID
+        func ok(key: String? = nil, value: String? = nil) -> CommandResponse {
+            CommandResponse(requestID: id, command: command.name, key: key, value: value)
+        }
+        switch command.kind {
         case .reboot:
             let argv = environment.rebootCommand
-            guard !argv.isEmpty else { throw CommandError("reboot is disabled on this device (set COMMAND_REBOOT to enable it)") }
+            guard !argv.isEmpty else {
+                throw CommandFailure(code: .notAllowed, message: "reboot is disabled on this device (set COMMAND_REBOOT to enable it)")
+            }
             let log = logger
-            return CommandResult(response: ok(command, id), afterResponse: {
+            return result(ok(), after: {
                 log.notice("rebooting on command", metadata: ["command": "\(argv.joined(separator: " "))"])
                 do { try runDetached(argv) } catch { log.error("reboot command failed", metadata: ["error": "\(error)"]) }
             })
-        case .getConfig(let key):
-            let value: JSONValue
+        case .getConfig(let k):
+            guard let key = ConfigKey(rawValue: k) else {
+                throw CommandFailure(code: .notAllowed, message: "key \(k.debugDescription) is not available; keys: \(ConfigKey.listing)")
+            }
+            let value: String
             if let sk = key.switchKey {
-                value = .string(await settings.switches[sk].redisText)
+                value = await settings.switches[sk].redisText
             } else {
                 let facts = try await environment.logFacts()
                 switch key {
-                case .deviceID: value = .string(facts.deviceID.rawValue)
-                case .logEpoch: value = .string(facts.epoch.hex)
-                case .logHead: value = .string(facts.head.description)
-                case .logAcked: value = .string(facts.ackedThrough.description)
+                case .deviceID: value = facts.deviceID.rawValue
+                case .logEpoch: value = facts.epoch.hex
+                case .logHead: value = facts.head.description
+                case .logAcked: value = facts.ackedThrough.description
                 default: preconditionFailure("unhandled key \(key)")
                 }
             }
-            return CommandResult(response: ok(command, id, [("key", .string(key.rawValue)), ("value", value)]))
-        case .setConfig(let key, let value, _):
-            await settings.set(key, value)
-            return CommandResult(response: ok(command, id, [("key", .string(key.rawValue)), ("value", .string(value.redisText))]))
+            return result(ok(key: key.rawValue, value: value))
+        case .setConfig(let k, let text):
+            guard let key = ConfigKey(rawValue: k) else {
+                throw CommandFailure(code: .notAllowed, message: "key \(k.debugDescription) is not available; writable keys: \(ConfigKey.writableListing)")
+            }
+            guard let sk = key.switchKey else {
+                throw CommandFailure(code: .notAllowed, message: "key \(k.debugDescription) is read-only; writable keys: \(ConfigKey.writableListing)")
+            }
+            let value: SwitchValue
+            do { value = try sk.parse(text) } catch { throw CommandFailure(code: .invalidArgument, message: error.description) }
+            await settings.set(sk, value)
+            return result(ok(key: key.rawValue, value: value.redisText))
         case .start, .stop:
-            await settings.set(.measurementEnabled, .enabled(command == .start))
-            return CommandResult(response: ok(command, id, [("key", .string(SwitchKey.measurementEnabled.rawValue)),
-                                                            ("value", .string(command == .start ? "1" : "0"))]))
-        case .setInterval(let d, let target):
-            await settings.set(target, .interval(d))
-            return CommandResult(response: ok(command, id, [("key", .string(target.rawValue)), ("value", .string(formatSeconds(d)))]))
+            let on = command.kind == .start
+            await settings.set(.measurementEnabled, .enabled(on))
+            return result(ok(key: SwitchKey.measurementEnabled.rawValue, value: on ? "1" : "0"))
+        case .setInterval(let ms):
+            let value: SwitchValue
+            do { value = try SwitchKey.measurementInterval.parse(String(Double(ms) / 1000)) } catch {
+                throw CommandFailure(code: .invalidArgument, message: error.description)
+            }
+            await settings.set(.measurementInterval, value)
+            return result(ok(key: SwitchKey.measurementInterval.rawValue, value: value.redisText))
         case .status:
-            return CommandResult(response: ok(command, id, [("status", await environment.statusJSON())]))
-        case .sendMeasurements(let range), .replay(let range):
-            let outcome = try await environment.replay(range)
-            var extra: [(String, JSONValue)] = [("records", .int(Int64(outcome.records)))]
-            if let s = outcome.sent {
-                extra.append(("from", .int(Int64(s.first.rawValue))))
-                extra.append(("to", .int(Int64(s.last.rawValue))))
+            var r = ok()
+            r.status = try await environment.currentStatus()
+            return result(r)
+        case .sendMeasurements(let lo, let hi, let count):
+            let outcome = try await environment.replay(ReplayRequest(requestID: id, from: lo, to: hi, count: count))
+            var r = ok()
+            r.resent = outcome.resent
+            r.notRetained = outcome.notRetained
+            return result(r)
+        case .replay(let epoch, let range):
+            let facts = try await environment.logFacts()
+            if let epoch, epoch != facts.epoch {
+                throw CommandFailure(code: .invalidArgument,
+                                     message: "epoch \(epoch.hex) is not this log's epoch \(facts.epoch.hex); records of an earlier log are gone")
             }
-            if let n = outcome.notRetained {
-                extra.append(("not_retained", .object([("from", .int(Int64(n.first.rawValue))), ("to", .int(Int64(n.last.rawValue)))])))
-            }
-            return CommandResult(response: ok(command, id, extra))
+            let outcome = try await environment.replay(ReplayRequest(requestID: id, from: range.first, to: range.last, count: nil))
+            var r = ok()
+            r.resent = outcome.resent
+            r.notRetained = outcome.notRetained
+            return result(r)
         }
     }
 }
 
-extension CommandResponse {
-    /// A stored response re-read from the id file (empty when it does not decode).
-    init(storedRaw data: Data) {
-        guard case .object(let dict)? = try? JSONDecoder().decode(AnyJSON.self, from: data) else {
-            self.init([])
-            return
-        }
-        // Rebuild with the usual leading keys first, the rest sorted, for a stable order.
-        var fields: [(String, JSONValue)] = []
-        for k in ["command", "id", "ok"] { if let v = dict[k] { fields.append((k, JSONValue(any: v))) } }
-        for (k, v) in dict.sorted(by: { $0.key < $1.key }) where !["command", "id", "ok"].contains(k) {
-            fields.append((k, JSONValue(any: v)))
-        }
-        self.init(fields)
-    }
-}
-
-extension JSONValue {
-    init(any v: AnyJSON) {
-        switch v {
-        case .null: self = .null
-        case .bool(let b): self = .bool(b)
-        case .int(let n): self = .int(n)
-        case .double(let d): self = .double(d)
-        case .string(let s): self = .string(s)
-        case .array(let a): self = .array(a.map(JSONValue.init(any:)))
-        case .object(let o): self = .object(o.sorted { $0.key < $1.key }.map { ($0.key, JSONValue(any: $0.value)) })
-        }
-    }
-}
-
-/// Starts a command without waiting for it (reboot): its own process group, no shell.
+/// Starts a command without waiting for it (reboot). No shell.
 func runDetached(_ argv: [String]) throws {
     let p = Process()
     if argv[0].hasPrefix("/") {

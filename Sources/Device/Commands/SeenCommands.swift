@@ -45,7 +45,7 @@ public final class SeenCommands: @unchecked Sendable {
         self.capacity = capacity
         if FileManager.default.fileExists(atPath: path) {
             guard let data = FileManager.default.contents(atPath: path) else {
-                throw CommandError("cannot read the command-id file \(path)")
+                throw SeenCommandsError("cannot read the command-id file \(path)")
             }
             for line in data.split(separator: UInt8(ascii: "\n")) {
                 guard let l = try? JSONDecoder().decode(Line.self, from: line) else { continue }  // torn line
@@ -54,12 +54,12 @@ public final class SeenCommands: @unchecked Sendable {
             }
         } else {
             guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-                throw CommandError("cannot create the command-id file \(path) (\(String(cString: strerror(errno))))")
+                throw SeenCommandsError("cannot create the command-id file \(path) (\(String(cString: strerror(errno))))")
             }
             Self.syncDirectory(of: path)
         }
         guard let h = FileHandle(forWritingAtPath: path) else {
-            throw CommandError("cannot open the command-id file \(path) for writing")
+            throw SeenCommandsError("cannot open the command-id file \(path) for writing")
         }
         h.seekToEndOfFile()
         handle = h
@@ -101,14 +101,14 @@ public final class SeenCommands: @unchecked Sendable {
     }
 
     private func writeLocked(_ line: Line, state: SeenState) throws {
-        guard let handle else { throw CommandError("command-id file \(path) is closed") }
+        guard let handle else { throw SeenCommandsError("command-id file \(path) is closed") }
         var data = try JSONEncoder().encode(line)
         data.append(UInt8(ascii: "\n"))
         do {
             try handle.write(contentsOf: data)
             try handle.synchronize()
         } catch {
-            throw CommandError("cannot write the command-id file \(path): \(error.localizedDescription)")
+            throw SeenCommandsError("cannot write the command-id file \(path): \(error.localizedDescription)")
         }
         remember(line.k, state)
         lineCount += 1
@@ -128,11 +128,11 @@ public final class SeenCommands: @unchecked Sendable {
         }
         let tmp = path + ".tmp"
         _ = FileManager.default.createFile(atPath: tmp, contents: nil, attributes: [.posixPermissions: 0o600])
-        guard let th = FileHandle(forWritingAtPath: tmp) else { throw CommandError("cannot create \(tmp)") }
+        guard let th = FileHandle(forWritingAtPath: tmp) else { throw SeenCommandsError("cannot create \(tmp)") }
         try th.write(contentsOf: out)
         try th.synchronize()
         try th.close()
-        guard rename(tmp, path) == 0 else { throw CommandError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
+        guard rename(tmp, path) == 0 else { throw SeenCommandsError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
         Self.syncDirectory(of: path)
         try? handle?.close()
         handle = FileHandle(forWritingAtPath: path)
@@ -151,4 +151,10 @@ public final class SeenCommands: @unchecked Sendable {
             close(fd)
         }
     }
+}
+
+/// The command-id file could not be read or written (names the file).
+public struct SeenCommandsError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -213,8 +213,8 @@ public struct DeviceConfiguration: Sendable {
 
         sync = SyncSettings(
             enabled: r.bool("SYNC_ENABLED"), interval: r.seconds("SYNC_INTERVAL_SECONDS", 0.05...3600),
-            batchMaxRecords: Int(r.integer("SYNC_BATCH_MAX_RECORDS", 1...10000)),
-            batchMaxBytes: Int(r.bytes("SYNC_BATCH_MAX_BYTES", 1024...1_048_576)),
+            batchMaxRecords: Int(r.integer("SYNC_BATCH_MAX_RECORDS", 1...1000)),
+            batchMaxBytes: Int(r.bytes("SYNC_BATCH_MAX_BYTES", 32768...262_144)),
             window: Int(r.integer("SYNC_WINDOW", 1...64)),
             resendTimeout: r.seconds("SYNC_RESEND_SECONDS", 0.5...3600))
 

@@ -61,7 +61,7 @@ func formatSeconds(_ d: Duration) -> String {
 }
 
 /// The current value of every switch.
-public struct RuntimeSwitches: Hashable, Sendable {
+public struct DeviceSwitches: Hashable, Sendable {
     public var measurementEnabled: Bool
     public var measurementInterval: Duration
     public var senderEnabled: Bool
@@ -97,14 +97,14 @@ public struct RuntimeSwitches: Hashable, Sendable {
 
 /// The process-wide holder of the runtime switches (see the theory of operation above).
 public actor RuntimeSettings {
-    public private(set) var switches: RuntimeSwitches
+    public private(set) var switches: DeviceSwitches
     /// Local changes not yet written to Redis.
     public private(set) var pendingWrites: [SwitchKey: SwitchValue] = [:]
     /// Whether the last attempt to reach Redis worked (for /status and /metrics).
     public private(set) var redisAvailable: Bool = false
     private var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
 
-    public init(defaults: RuntimeSwitches) {
+    public init(defaults: DeviceSwitches) {
         switches = defaults
     }
 

@@ -11,6 +11,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOPosix
+import Sync
 
 /// What the status server shows; the device node provides it.
 public protocol StatusProvider: Sendable {
@@ -26,7 +27,7 @@ public enum StatusServer {
         router.get("/status") { _, _ -> Response in
             let json = await provider.statusJSON()
             return Response(status: .ok, headers: [.contentType: "application/json"],
-                            body: .init(byteBuffer: ByteBuffer(string: json.encoded + "\n")))
+                            body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(json) + [0x0A])))
         }
         router.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
@@ -122,7 +123,7 @@ enum StatusPage {
     static func pretty(_ v: JSONValue) -> String {
         switch v {
         case .string(let s): return s
-        default: return v.encoded
+        default: return String(decoding: JSONWriter.encode(v), as: UTF8.self)
         }
     }
 
