@@ -35,6 +35,10 @@ public struct MariaDBError: Error, CustomStringConvertible, Sendable {
     /// Lock wait timeout (1205): the statement (not the transaction) was rolled back.
     public var isLockWaitTimeout: Bool { code == 1205 }
 
+    /// TLS could not be set up (2026), e.g. the server has no TLS or its certificate is not
+    /// trusted: a configuration problem, not a lost connection.
+    public var isTLSFailure: Bool { code == 2026 }
+
     /// Duplicate key (1062).
     public var isDuplicateKey: Bool { code == 1062 }
 
@@ -43,7 +47,6 @@ public struct MariaDBError: Error, CustomStringConvertible, Sendable {
         2003, // CR_CONN_HOST_ERROR
         2006, // CR_SERVER_GONE_ERROR
         2013, // CR_SERVER_LOST
-        2026, // CR_SSL_CONNECTION_ERROR
         2055, // CR_SERVER_LOST_EXTENDED
         2057, // CR_STMT_CLOSED (statement invalidated by a lost connection)
         1053, // ER_SERVER_SHUTDOWN

@@ -82,6 +82,12 @@ public final class MariaDBSession: @unchecked Sendable {
                 }
             }
             guard connected != nil else { throw Self.error(of: mysql, operation) }
+            // Connector/C 3.3 silently connects in plain text to a server without TLS even with
+            // MYSQL_OPT_SSL_ENFORCE set; check that TLS is really on.
+            if configuration.tls != nil && mysql_get_ssl_cipher(mysql) == nil {
+                throw MariaDBError(operation: operation, code: 2026, sqlState: "HY000",
+                                   message: "TLS was required but the server did not set it up (is TLS enabled on the server?)")
+            }
         } catch {
             mysql_close(mysql)
             throw error
@@ -298,7 +304,8 @@ public final class MariaDBSession: @unchecked Sendable {
 
     /// Inserts `rows` with as few round trips as possible: `insertPrefix VALUES (?,…),(?,…)… suffix`,
     /// at most `maxRowsPerStatement` rows (and 65 535 parameters) per statement. Statements are
-    /// cached per row count, so a steady batch size prepares once.
+    /// cached per row count, so a steady batch size prepares once. Several statements are not
+    /// atomic by themselves: call it inside `MariaDBConnection.transaction` for all-or-nothing.
     ///
     /// - Parameters:
     ///   - insertPrefix: e.g. "INSERT IGNORE INTO readings (device, epoch, seq, value)".

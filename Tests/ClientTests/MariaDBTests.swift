@@ -255,6 +255,21 @@ final class MariaDBTests: XCTestCase {
         }
     }
 
+    func testRequiredTLSAgainstAServerWithoutTLSFailsClearly() async throws {
+        var config = configuration()
+        config.tls = .init(verifyServerCertificate: false)
+        do {
+            let db = try await MariaDBConnection.connect(configuration: config)
+            // A server with TLS on (not the test stack's) must then really use it.
+            let cipher = try await db.query("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            XCTAssertNotEqual(cipher.rows.first?[1], .string(""))
+        } catch let error as MariaDBError {
+            XCTAssertTrue(error.isTLSFailure, error.description)
+            XCTAssertFalse(error.isConnectionLost)
+            XCTAssertTrue(error.description.contains("connect to"), error.description)
+        }
+    }
+
     func testUnixSocketConnection() async throws {
         let db = try await MariaDBConnection.connect(configuration: configuration(socket: true))
         let value7 = try await db.query("SELECT DATABASE()").rows

@@ -1,1 +1,0 @@
-// MQTT: a thin, safe wrapper over libmosquitto (MQTT v5).
