@@ -22,6 +22,7 @@ let package = Package(
     products: [
         .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
         .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
+        .executable(name: "fieldlog-bench", targets: ["Bench"]),
         .library(name: "Log", targets: ["Log"]),
         .library(name: "Sync", targets: ["Sync"]),
     ],
@@ -90,10 +91,22 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Benchmarks (not tests): `fieldlog-bench <name>`
+        .executableTarget(
+            name: "Bench",
+            dependencies: ["FieldlogCore", "Log", "CSQLite",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+
+        // Test helper: appends at full speed, printing each returned seq (SIGKILL and multi-process tests)
+        .executableTarget(name: "LogTorture", dependencies: ["FieldlogCore", "Log", .product(name: "Logging", package: "swift-log")],
+                          path: "Sources/LogTorture", swiftSettings: strict),
+
         // Tests
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
         .testTarget(name: "DeviceTests", dependencies: ["Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
     ]

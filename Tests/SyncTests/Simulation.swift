@@ -1,0 +1,462 @@
+import FieldlogCore
+@testable import Sync
+
+// A deterministic simulation of the whole protocol (spec/protocol.md §7), in the manner of
+// TigerBeetle's VOPR: one seed drives a device (durable log + SenderStateMachine), a broker
+// that loses, duplicates, delays and reorders messages, keeps a retained ack and drops
+// connections, two receivers on a shared subscription (ReceiverStateMachine + a store
+// driver), an idempotent store, and crashes/restarts of device and receivers, all on
+// virtual time. Invariants are checked after every step (safety phase); then faults stop
+// and the run must converge (liveness phase). Broken variants of the drivers show that
+// the harness catches the bugs it is meant to catch.
+
+/// Virtual time for the state machines.
+struct VirtualInstant: InstantProtocol, CustomStringConvertible {
+    var nanoseconds: Int64
+    static let zero = VirtualInstant(nanoseconds: 0)
+    func advanced(by d: Duration) -> VirtualInstant {
+        let (s, a) = d.components
+        return VirtualInstant(nanoseconds: nanoseconds + s * 1_000_000_000 + a / 1_000_000_000)
+    }
+    func duration(to other: VirtualInstant) -> Duration { .nanoseconds(other.nanoseconds - nanoseconds) }
+    static func < (a: Self, b: Self) -> Bool { a.nanoseconds < b.nanoseconds }
+    var description: String { "t=\(nanoseconds / 1_000_000)ms" }
+}
+
+/// Deliberately broken drivers the harness must catch.
+enum SimulationVariant: String, CaseIterable {
+    case correct
+    /// Receiver acks a batch as soon as it arrives, before the store commits.
+    case ackBeforeStore
+    /// Receiver acks through the batch's last number instead of the contiguous stored prefix.
+    case ackBatchMax
+    /// Device marks a batch acknowledged (and trims it) when it publishes it (the seed's bug).
+    case trimUnacked
+    /// Store inserts without de-duplication.
+    case nonIdempotentStore
+}
+
+struct SimulationFailure: Error, CustomStringConvertible {
+    var seed: UInt64
+    var step: Int
+    var message: String
+    var description: String { "seed \(seed) failed at step \(step): \(message)" }
+}
+
+final class Simulation {
+    typealias Sender = SenderStateMachine<VirtualInstant>
+
+    let seed: UInt64
+    let variant: SimulationVariant
+    var rng: SplitMix64
+    var now = VirtualInstant.zero
+    var step = 0
+    let verbose: Bool
+    var trace: [String] = []
+
+    let device = try! DeviceID("sim-dev")
+    let epoch: Epoch
+    let topics = TopicTemplates.defaults
+    let batchTopic: String
+    let recordTarget: Int
+
+    // Device: durable log state.
+    var retained: [UInt64: LogRecord] = [:]
+    var logLosses: [LossMarker] = []
+    var head = SequenceNumber.zero
+    var persistedAcked = SequenceNumber.zero
+    var retainedFrom = SequenceNumber(1)
+    var truth: [UInt64: LogRecord] = [:]
+    // Device: volatile.
+    var sender: Sender
+    var deviceConnected = false
+    var pendingLoad: (from: SequenceNumber, through: SequenceNumber, limit: Int)?
+    var timerAt: VirtualInstant?
+
+    // Broker.
+    var toReceivers: [[UInt8]] = []
+    var toDevice: [[UInt8]] = []
+    var retainedAck: [UInt8]?
+
+    // Receivers.
+    struct ReceiverSim {
+        var machine = ReceiverStateMachine()
+        var up = true
+        var pendingStores: [(StoreToken, StoreRequest)] = []
+        var pendingAcks: [[UInt8]] = []
+    }
+    var receivers = [ReceiverSim(), ReceiverSim()]
+
+    // Store.
+    var rowCount: [UInt64: Int] = [:]
+    var storedLoss = Set<UInt64>()
+    var storedRejected = Set<UInt64>()
+    var storePrefix = SequenceNumber.zero
+    var prefixHistory: [SequenceNumber] = [.zero]
+    var faults = true
+
+    /// What a run exercised, summed over seeds to show the faults really happen.
+    struct Stats {
+        var resends = 0, replays = 0, notRetainedMarkers = 0, diskQuotaDrops = 0, deviceCrashes = 0
+        var receiverCrashes = 0, staleThroughs = 0, drops = 0, duplicates = 0, deadLetters = 0, rejected = 0
+        mutating func add(_ o: Stats) {
+            resends += o.resends; replays += o.replays; notRetainedMarkers += o.notRetainedMarkers
+            diskQuotaDrops += o.diskQuotaDrops; deviceCrashes += o.deviceCrashes; receiverCrashes += o.receiverCrashes
+            staleThroughs += o.staleThroughs; drops += o.drops; duplicates += o.duplicates; rejected += o.rejected
+        }
+    }
+    var stats = Stats()
+
+    init(seed: UInt64, variant: SimulationVariant = .correct, verbose: Bool = false) {
+        self.seed = seed
+        self.variant = variant
+        self.verbose = verbose
+        rng = SplitMix64(seed: seed)
+        epoch = Epoch.random(using: &rng)
+        recordTarget = 8 + rng.below(25)
+        batchTopic = topics.batch.topic(device: device)
+        sender = Simulation.makeSender(device: device, epoch: epoch, head: .zero, acked: .zero, rng: &rng)
+    }
+
+    static func makeSender(device: DeviceID, epoch: Epoch, head: SequenceNumber, acked: SequenceNumber, rng: inout SplitMix64) -> Sender {
+        var c = SenderConfiguration()
+        c.windowBatches = 1 + rng.below(4)
+        c.maxRecordsPerBatch = 1 + rng.below(5)
+        c.resendDelayInitial = .milliseconds(500 + rng.below(1500))
+        c.resendDelayMax = .seconds(8)
+        return Sender(device: device, epoch: epoch, head: head, acked: acked, configuration: c)
+    }
+
+    func log(_ s: @autoclosure () -> String) {
+        if verbose { trace.append("[\(step) \(now)] \(s())") }
+    }
+
+    func fail(_ m: String) -> SimulationFailure { SimulationFailure(seed: seed, step: step, message: m) }
+
+    // MARK: Run
+
+    func run() throws(SimulationFailure) {
+        let safetySteps = 100 + rng.below(160)
+        while step < safetySteps {
+            step += 1
+            try randomStep()
+            try checkInvariants()
+        }
+        // Liveness: faults stop, everything comes back, and the run must converge.
+        faults = false
+        log("--- liveness phase")
+        for k in receivers.indices where !receivers[k].up { receivers[k] = ReceiverSim() }
+        if !deviceConnected { try connectDevice() }
+        while Int(head.rawValue) < recordTarget { try append() }
+        let limit = step + 5_000
+        while !(sender.acked == head && storePrefix >= head) {
+            guard step < limit else {
+                throw fail("no progress: head \(head), device acked \(sender.acked), store prefix \(storePrefix), in flight \(sender.inFlightRanges)")
+            }
+            step += 1
+            try calmStep()
+            try checkInvariants()
+        }
+        // Every record is stored exactly once with its values, or declared lost.
+        var s = SequenceNumber(1)
+        while s <= head {
+            let n = rowCount[s.rawValue] ?? 0
+            if n > 1 { throw fail("record \(s) stored \(n) times") }
+            if n == 0 && !storedLoss.contains(s.rawValue) && !storedRejected.contains(s.rawValue) {
+                throw fail("record \(s) neither stored nor declared lost")
+            }
+            s = s.next
+        }
+    }
+
+    // MARK: Steps
+
+    func randomStep() throws(SimulationFailure) {
+        let r = rng.below(1000)
+        switch r {
+        case 0..<120: if Int(head.rawValue) < recordTarget { try append() }
+        case 120..<330: try deliverToReceiver()
+        case 330..<430: try deliverToDevice()
+        case 430..<560: try commitStore()
+        case 560..<660: try publishReceiverAck()
+        case 660..<760: try answerLoad()
+        case 760..<860: try advanceTime(by: .milliseconds(rng.below(1500)))
+        case 860..<880:
+            if !toReceivers.isEmpty { let k = rng.below(toReceivers.count); log("broker drops a batch"); toReceivers.remove(at: k); stats.drops += 1 }
+        case 880..<900:
+            if !toReceivers.isEmpty { let k = rng.below(toReceivers.count); log("broker duplicates a batch"); toReceivers.append(toReceivers[k]); stats.duplicates += 1 }
+        case 900..<915:
+            if !toDevice.isEmpty { log("broker drops an ack"); toDevice.remove(at: rng.below(toDevice.count)) }
+        case 915..<935:
+            if deviceConnected { try disconnectDevice() } else { try connectDevice() }
+        case 935..<945: try crashDevice()
+        case 945..<960:
+            let k = rng.below(receivers.count)
+            if receivers[k].up {
+                log("receiver \(k) crashes (\(receivers[k].pendingStores.count) stores, \(receivers[k].pendingAcks.count) acks lost)")
+                receivers[k].up = false
+                stats.receiverCrashes += 1
+            } else {
+                log("receiver \(k) restarts")
+                receivers[k] = ReceiverSim()
+            }
+        case 960..<970: try diskQuotaDrop()
+        case 970..<980: trimAcked()
+        case 980..<990: try requestReplay()
+        default:
+            if !deviceConnected { try connectDevice() }
+        }
+    }
+
+    func calmStep() throws(SimulationFailure) {
+        if !deviceConnected { try connectDevice(); return }
+        var options: [Int] = []
+        if !toReceivers.isEmpty { options.append(0) }
+        if !toDevice.isEmpty { options.append(1) }
+        if receivers.contains(where: { !$0.pendingStores.isEmpty }) { options.append(2) }
+        if receivers.contains(where: { !$0.pendingAcks.isEmpty }) { options.append(3) }
+        if pendingLoad != nil { options.append(4) }
+        if options.isEmpty {
+            // Nothing in transit: only time moves things now.
+            guard let t = timerAt else { throw fail("stuck: nothing in transit and no timer; acked \(sender.acked) head \(head)") }
+            try advanceTime(by: now.duration(to: t))
+            return
+        }
+        switch options[rng.below(options.count)] {
+        case 0: try deliverToReceiver()
+        case 1: try deliverToDevice()
+        case 2: try commitStore()
+        case 3: try publishReceiverAck()
+        default: try answerLoad()
+        }
+    }
+
+    // MARK: Device
+
+    func append() throws(SimulationFailure) {
+        let s = head.next
+        let value: SensorValue = rng.chance(50) ? .text("reject-me") : .number(Double(rng.below(1000)) / 4)
+        let rec = LogRecord(sequence: s, timestamp: DeviceTimestamp(unixMilliseconds: now.nanoseconds / 1_000_000),
+                            values: try! SensorValues(["v": value]))
+        retained[s.rawValue] = rec
+        truth[s.rawValue] = rec
+        head = s
+        log("device appends \(s)")
+        try execute(sender.appended(through: s, now: now))
+    }
+
+    func connectDevice() throws(SimulationFailure) {
+        deviceConnected = true
+        log("device connects")
+        if let r = retainedAck { toDevice.append(r) }
+        try execute(sender.connected(now: now))
+    }
+
+    func disconnectDevice() throws(SimulationFailure) {
+        deviceConnected = false
+        toDevice.removeAll()
+        log("device disconnects")
+        try execute(sender.disconnected())
+    }
+
+    func crashDevice() throws(SimulationFailure) {
+        stats.deviceCrashes += 1
+        log("device crashes (head \(head), persisted acked \(persistedAcked))")
+        deviceConnected = false
+        toDevice.removeAll()
+        pendingLoad = nil
+        timerAt = nil
+        sender = Simulation.makeSender(device: device, epoch: epoch, head: head, acked: persistedAcked, rng: &rng)
+    }
+
+    func diskQuotaDrop() throws(SimulationFailure) {
+        // drop-oldest: the oldest retained records become a disk-quota loss marker.
+        let first = max(retainedFrom, persistedAcked.next)
+        guard first <= head, retained[first.rawValue] != nil else { return }
+        var last = first
+        let n = 1 + rng.below(3)
+        while last.rawValue - first.rawValue + 1 < n, last < head, retained[last.next.rawValue] != nil { last = last.next }
+        for s in first.rawValue...last.rawValue { retained[s] = nil }
+        logLosses.append(LossMarker(range: SequenceRange(checked: first, last), reason: .diskQuota, recordedAtUnixMilliseconds: 0))
+        logLosses.sort { $0.range.first < $1.range.first }
+        log("device drops \(first)…\(last) (disk quota)")
+        stats.diskQuotaDrops += 1
+    }
+
+    func trimAcked() {
+        guard persistedAcked.next > retainedFrom else { return }
+        retainedFrom = persistedAcked.next
+        retained = retained.filter { $0.key >= retainedFrom.rawValue }
+        logLosses.removeAll { $0.range.last < retainedFrom }
+        log("device trims below \(retainedFrom)")
+    }
+
+    func requestReplay() throws(SimulationFailure) {
+        guard head.rawValue > 0 else { return }
+        let a = 1 + UInt64(rng.below(Int(head.rawValue)))
+        let b = a + UInt64(rng.below(Int(head.rawValue - a + 1)))
+        log("backend asks for replay \(a)…\(b)")
+        if let actions = sender.replayRequested(requestID: "r\(step)", range: SequenceRange(checked: SequenceNumber(a), SequenceNumber(b)), now: now) {
+            try execute(actions)
+        }
+    }
+
+    func answerLoad() throws(SimulationFailure) {
+        guard let load = pendingLoad else { return }
+        pendingLoad = nil
+        var recs: [LogRecord] = []
+        var s = load.from
+        while s <= load.through, recs.count < load.limit {
+            if let r = retained[s.rawValue] { recs.append(r) }
+            s = s.next
+        }
+        let losses = logLosses.filter { $0.range.last >= load.from && $0.range.first <= load.through }
+        log("log answers load from \(load.from): \(recs.count) records, \(losses.count) markers")
+        try execute(sender.recordsLoaded(from: load.from, records: recs, losses: losses, retainedFrom: retainedFrom,
+                                         nowUnixMilliseconds: now.nanoseconds / 1_000_000, now: now))
+    }
+
+    func advanceTime(by d: Duration) throws(SimulationFailure) {
+        now = now.advanced(by: d)
+        if let t = timerAt, t <= now {
+            timerAt = nil
+            log("timer fires")
+            try execute(sender.timerFired(now: now))
+        }
+    }
+
+    func deliverToDevice() throws(SimulationFailure) {
+        guard !toDevice.isEmpty else { return }
+        let payload = toDevice.remove(at: rng.below(toDevice.count))
+        let ack: Ack
+        do { ack = try SyncCodec.decodeAck(payload, expectedDevice: device) } catch { throw fail("device cannot decode an ack: \(error)") }
+        log("device gets ack through \(ack.through) stored \(ack.stored.map { "\($0)" } ?? "-")")
+        try execute(sender.ackReceived(ack, now: now))
+    }
+
+    func execute(_ actions: [Sender.Action]) throws(SimulationFailure) {
+        for a in actions {
+            switch a {
+            case .loadRecords(let from, let through, let limit):
+                guard pendingLoad == nil else { throw fail("second load while one is pending") }
+                pendingLoad = (from, through, limit)
+            case .publish(let out):
+                guard deviceConnected else { throw fail("publish while disconnected") }
+                log("device publishes \(out.batch.range)\(out.batch.replayRequestID != nil ? " (replay)" : "") resend \(out.resendCount)")
+                toReceivers.append(out.payload)
+                if out.resendCount > 0 { stats.resends += 1 }
+                if variant == .trimUnacked, out.batch.range.last > persistedAcked {
+                    persistedAcked = out.batch.range.last
+                    trimAcked()
+                }
+            case .persistAcked(let through):
+                guard through <= head else { throw fail("persistAcked \(through) beyond head \(head)") }
+                // Persisting may lag; a lost write just means a resend after a crash.
+                if through > persistedAcked, !rng.chance(100) { persistedAcked = through }
+            case .armTimer(let at): timerAt = at
+            case .cancelTimer: timerAt = nil
+            case .replayFinished(let id, let resent, let notRetained):
+                log("replay \(id) finished: resent \(resent.map { "\($0)" } ?? "-"), not retained \(notRetained)")
+                stats.replays += 1
+                stats.notRetainedMarkers += notRetained.count
+                for r in notRetained where r.last >= retainedFrom { throw fail("replay says \(r) not retained but the log retains from \(retainedFrom)") }
+            case .reportAnomaly(let m):
+                throw fail("sender anomaly: \(m)")
+            }
+        }
+    }
+
+    // MARK: Receivers and store
+
+    func deliverToReceiver() throws(SimulationFailure) {
+        guard !toReceivers.isEmpty else { return }
+        let payload = toReceivers.remove(at: rng.below(toReceivers.count))
+        let k = rng.below(receivers.count)  // the shared subscription picks one
+        guard receivers[k].up else { log("receiver \(k) is down; message lost"); return }
+        let actions = receivers[k].machine.messageReceived(topic: batchTopic, payload: payload)
+        for a in actions {
+            switch a {
+            case .store(let token, let req):
+                log("receiver \(k) stores \(req.range)")
+                receivers[k].pendingStores.append((token, req))
+                if variant == .ackBeforeStore {
+                    let ack = Ack(device: device, epoch: epoch, through: req.range.last, stored: req.range)
+                    receivers[k].pendingAcks.append(SyncCodec.encode(ack))
+                }
+            case .deadLetter(let d): throw fail("dead letter for a valid batch: \(d.reason) \(d.message)")
+            default: throw fail("unexpected receiver action \(a)")
+            }
+        }
+    }
+
+    func storeApply(_ req: StoreRequest) throws(SimulationFailure) {
+        for r in req.records {
+            let s = r.sequence.rawValue
+            if case .text("reject-me")? = r.values["v"] {
+                // The store rejects this value: kept aside, counts as accounted for.
+                storedRejected.insert(s)
+                stats.rejected += 1
+                continue
+            }
+            guard truth[s] == r else { throw fail("record \(s) differs from what the device appended") }
+            // INSERT IGNORE on (device, epoch, seq); the broken store inserts every time.
+            if rowCount[s] == nil || variant == .nonIdempotentStore { rowCount[s, default: 0] += 1 }
+            if rowCount[s]! > 1 { throw fail("record \(s) stored \(rowCount[s]!) times") }
+        }
+        for l in req.losses {
+            for s in l.range.first.rawValue...l.range.last.rawValue { storedLoss.insert(s) }
+        }
+        func covered(_ s: UInt64) -> Bool { rowCount[s] != nil || storedLoss.contains(s) || storedRejected.contains(s) }
+        while covered(storePrefix.next.rawValue) { storePrefix = storePrefix.next }
+        prefixHistory.append(storePrefix)
+    }
+
+    func commitStore() throws(SimulationFailure) {
+        let busy = receivers.indices.filter { receivers[$0].up && !receivers[$0].pendingStores.isEmpty }
+        guard !busy.isEmpty else { return }
+        let k = busy[rng.below(busy.count)]
+        // Stores of one process may commit out of order (grouped transactions, retries).
+        let (token, req) = receivers[k].pendingStores.remove(at: rng.below(receivers[k].pendingStores.count))
+        if faults && rng.chance(40) {
+            log("receiver \(k) store of \(req.range) fails")
+            _ = receivers[k].machine.storeFailed(token)
+            return
+        }
+        try storeApply(req)
+        // Another node's concurrent commit may not be visible yet: `through` read from an older snapshot.
+        var through = storePrefix
+        if rng.chance(200) { through = prefixHistory[rng.below(prefixHistory.count)]; stats.staleThroughs += 1 }
+        if variant == .ackBatchMax { through = max(through, req.range.last) }
+        log("receiver \(k) committed \(req.range); through \(through) (prefix \(storePrefix))")
+        for a in receivers[k].machine.storeCommitted(token, outcome: StoreOutcome(storedThrough: through)) {
+            guard case .publishAck(let topic, let payload, _) = a else { throw fail("unexpected action \(a)") }
+            guard topic == topics.ack.topic(device: device) else { throw fail("ack on topic \(topic)") }
+            if variant != .ackBeforeStore { receivers[k].pendingAcks.append(payload) }
+        }
+    }
+
+    func publishReceiverAck() throws(SimulationFailure) {
+        let busy = receivers.indices.filter { receivers[$0].up && !receivers[$0].pendingAcks.isEmpty }
+        guard !busy.isEmpty else { return }
+        let k = busy[rng.below(busy.count)]
+        let payload = receivers[k].pendingAcks.removeFirst()
+        let ack = try! SyncCodec.decodeAck(payload)
+        // Invariant: an ack never passes a record that is not stored.
+        guard ack.through <= storePrefix else {
+            throw fail("receiver \(k) publishes ack through \(ack.through) but the store is contiguous only through \(storePrefix)")
+        }
+        log("receiver \(k) publishes ack through \(ack.through)")
+        retainedAck = payload
+        if deviceConnected { toDevice.append(payload) }
+    }
+
+    func checkInvariants() throws(SimulationFailure) {
+        if sender.acked > storePrefix || persistedAcked > storePrefix {
+            throw fail("device acked \(sender.acked) (persisted \(persistedAcked)) but the store is contiguous only through \(storePrefix)")
+        }
+        if sender.inFlightRanges.count > sender.configuration.windowBatches {
+            throw fail("\(sender.inFlightRanges.count) batches in flight; window is \(sender.configuration.windowBatches)")
+        }
+        if sender.acked > sender.head { throw fail("acked \(sender.acked) beyond head \(sender.head)") }
+    }
+}
