@@ -160,12 +160,15 @@ public final class SyncAgent: Service, @unchecked Sendable {
         let settings = self.settings
         let loop = OwnerLoop(agent: self, mqtt: mqtt)
 
-        await withTaskGroup(of: Void.self) { group in
+        // Child tasks return true only for the owner loop: the group ends when the loop does.
+        await withTaskGroup(of: Bool.self) { group in
             group.addTask {
                 for await e in mqtt.events { sink.yield(.mqtt(e)) }
+                return false
             }
             group.addTask {
                 for await m in mqtt.messages { sink.yield(.message(m)) }
+                return false
             }
             group.addTask {
                 // The sender's pace: `mqtt_sender:interval`, woken early when a switch changes.
@@ -174,21 +177,40 @@ public final class SyncAgent: Service, @unchecked Sendable {
                     let interval = await settings.switches.senderInterval
                     await settings.waitForChange(timeout: interval)
                 }
+                return false
             }
             group.addTask {
-                // First connect in the background: a broker that is down at start is retried
-                // by the client with backoff; sampling goes on meanwhile.
-                do { try await mqtt.connect() } catch {
-                    self.logger.warning("MQTT connect failed; retrying in the background", metadata: ["error": "\(error)"])
+                // The first connect, retried with backoff and jitter until it works (the client
+                // reconnects by itself only after a first success); sampling goes on meanwhile.
+                let backoff = ReconnectBackoff(policy: self.configuration.mqtt.reconnect)
+                var attempt = 0
+                while !Task.isCancelled {
+                    do {
+                        try await mqtt.connect()
+                        break
+                    } catch let e as MQTTError where e.kind == .closed {
+                        break
+                    } catch {
+                        attempt += 1
+                        if attempt == 1 || attempt % 10 == 0 {
+                            self.logger.warning("MQTT connect failed; retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                        }
+                        self.updateSnapshot { $0.lastError = "\(error)" }
+                        try? await Task.sleep(for: backoff.delay(attempt: attempt, randomUnit: Double.random(in: 0..<1)))
+                    }
                 }
+                return false
             }
             group.addTask {
                 var machine = machine0
                 await loop.run(&machine)
+                return true
             }
-            // Graceful shutdown: stop the loop, publish offline status, disconnect.
+            // Graceful shutdown: stop the loop, then publish the offline status and disconnect.
             await withGracefulShutdownHandler {
-                await group.next()  // the loop ends on .shutdown (or when a task ends)
+                while let isLoop = await group.next() {
+                    if isLoop { break }
+                }
             } onGracefulShutdown: {
                 sink.yield(.shutdown)
             }
