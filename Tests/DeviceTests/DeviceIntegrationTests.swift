@@ -214,10 +214,22 @@ final class DeviceIntegrationTests: XCTestCase {
         XCTAssertTrue(try httpGet("/status").contains("\"redis_available\":false"))
         try redis.start()
         try await eventually("Redis seen again") { (try? httpGet("/status").contains("\"redis_available\":true")) ?? false }
+        // Pause sampling (as a dashboard would, through Redis) so the log stops growing.
+        _ = try Shell.run("redis-cli", ["-p", String(redis.port), "SET", "measurement:enabled", "0"])
+        try await eventually("sampling paused") {
+            let a = try await logState().head
+            try await Task.sleep(for: .milliseconds(500))
+            return try await logState().head == a
+        }
         let finalHead = try await logState().head
         try await eventually("everything stored and acked") {
             let s = try await logState()
             return await receiver.contiguous >= finalHead.rawValue && s.acked >= finalHead
+        }
+        // The Redis mirror caught up after the outage: the stream ends with the last record.
+        try await eventually("the stream measurement:values caught up") {
+            let last = try Shell.run("redis-cli", ["-p", String(redis.port), "XREVRANGE", "measurement:values", "+", "-", "COUNT", "1"])
+            return last.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.contains(String(finalHead.rawValue))
         }
 
         // Graceful stop: exit 0, retained offline status, a sound log.
@@ -241,6 +253,7 @@ final class DeviceIntegrationTests: XCTestCase {
         try await receiver.start()
         try device.start()
         try await eventually("the device online") { await receiver.statuses.last?.state == .online }
+        try await eventually("a few readings") { try await logState().head >= SequenceNumber(10) }
 
         try await receiver.send(#"{"command": "get_config", "key": "measurement:interval"}"#)
         try await eventually("get_config response") { await !receiver.responses.isEmpty }
@@ -296,6 +309,9 @@ final class DeviceIntegrationTests: XCTestCase {
         XCTAssertEqual(r.requestID, "offline-1")
         XCTAssertTrue(r.ok)
         try await eventually("sampling resumed") { try await logState().head.rawValue > stillHead.rawValue + 5 }
+        try await eventually("measurement:enabled=1 in Redis") {
+            (try? Shell.run("redis-cli", ["-p", String(redis.port), "GET", "measurement:enabled"]).trimmingCharacters(in: .whitespacesAndNewlines)) == "1"
+        }
         // Stop it by hand through Redis, then repeat the id: it must not start again.
         _ = try Shell.run("redis-cli", ["-p", String(redis.port), "SET", "measurement:enabled", "0"])
         try await Task.sleep(for: .seconds(1.5))

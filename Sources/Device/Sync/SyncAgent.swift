@@ -71,6 +71,9 @@ public final class SyncAgent: Service, @unchecked Sendable {
     private let events: AsyncStream<Event>
     private let eventSink: AsyncStream<Event>.Continuation
     private var replayWaiters: [String: CheckedContinuation<ReplayOutcome, any Error>] = [:]
+    /// Command messages, handled serially by one task of `run()`.
+    private let commandMessages: AsyncStream<MQTTMessage>
+    let commandSink: AsyncStream<MQTTMessage>.Continuation
     private var replayCounter = 0
 
     enum Event: Sendable {
@@ -90,6 +93,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
         self.metrics = metrics
         self.logger = logger
         (events, eventSink) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .unbounded)
+        // Bounded: a flood of commands must not grow memory without limit (QoS 1 redelivers).
+        (commandMessages, commandSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(256))
     }
 
     /// The command handler that answers messages on the request and broadcast topics.
@@ -198,6 +203,20 @@ public final class SyncAgent: Service, @unchecked Sendable {
                         self.updateSnapshot { $0.lastError = "\(error)" }
                         try? await Task.sleep(for: backoff.delay(attempt: attempt, randomUnit: Double.random(in: 0..<1)))
                     }
+                }
+                return false
+            }
+            group.addTask {
+                for await m in self.commandMessages {
+                    guard let handler = self.lock.withLock({ self.commandHandlerValue }) else { continue }
+                    let result = await handler.handle(m.payload)
+                    do {
+                        try await mqtt.publish(self.configuration.topics.response, payload: result.payload, qos: .atLeastOnce, retain: false,
+                                               properties: .init(contentType: SyncCodec.contentType))
+                    } catch {
+                        self.logger.warning("cannot publish command response", metadata: ["error": "\(error)"])
+                    }
+                    await result.afterResponse?()
                 }
                 return false
             }
@@ -362,19 +381,9 @@ public final class SyncAgent: Service, @unchecked Sendable {
                     logger.warning("ignoring an undecodable ack", metadata: ["error": "\(error)"])
                 }
             } else if m.topic == topics.request || m.topic == topics.broadcast {
-                guard let handler = agent.lock.withLock({ agent.commandHandlerValue }) else { return }
-                // Commands run in their own task: a replay waits for this loop to build batches.
-                let mqtt = self.mqtt, topic = topics.response, logger = self.logger
-                Task {
-                    let result = await handler.handle(m.payload)
-                    do {
-                        try await mqtt.publish(topic, payload: result.payload, qos: .atLeastOnce, retain: false,
-                                               properties: .init(contentType: SyncCodec.contentType))
-                    } catch {
-                        logger.warning("cannot publish command response", metadata: ["error": "\(error)"])
-                    }
-                    await result.afterResponse?()
-                }
+                // Commands are answered one at a time, in arrival order, by their own task:
+                // a replay waits for this loop to build its batches.
+                agent.commandSink.yield(m)
             }
         }
 
