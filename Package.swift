@@ -23,6 +23,7 @@ let package = Package(
         .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
         .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
         .executable(name: "fieldlog-lab", targets: ["LabNode"]),
+        .executable(name: "fieldlog-bench", targets: ["Bench"]),
         .library(name: "Log", targets: ["Log"]),
         .library(name: "Sync", targets: ["Sync"]),
     ],
@@ -94,6 +95,14 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Benchmarks (not tests): `fieldlog-bench <name>`
+        .executableTarget(
+            name: "Bench",
+            dependencies: ["FieldlogCore", "Log", "CSQLite",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+
         // Test helper: appends at full speed, printing each returned seq (SIGKILL and multi-process tests)
         .executableTarget(name: "LogTorture", dependencies: ["FieldlogCore", "Log", .product(name: "Logging", package: "swift-log")],
                           path: "Sources/LogTorture", swiftSettings: strict),
@@ -107,7 +116,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
+        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "MQTT", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "DeviceTests", dependencies: ["Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),

@@ -43,12 +43,17 @@ public final class DeviceLog: @unchecked Sendable {
     private let connection: SQLiteConnection
     private let logger: Logger
 
-    private let lock = NSLock()
+    /// Guards the queue, flags and counters; also signalled when an append is queued
+    /// (the writer may wait a moment for the callers it just released, see `drainOnce`).
+    private let lock = NSCondition()
+    private var lastBatchCount = 0
+    private var lastCommitNanoseconds: Int64 = 0
     private var pending: [PendingAppend] = []
     private var writerScheduled = false
     private var isClosed = false
     private var observers: [UInt64: AsyncStream<SequenceNumber>.Continuation] = [:]
     private var nextObserverID: UInt64 = 0
+    private var stats = LogStatistics()
 
     private struct PendingAppend {
         var timestampMs: Int64
@@ -158,6 +163,7 @@ public final class DeviceLog: @unchecked Sendable {
             }
             let mode = try connection.query("PRAGMA journal_mode").first?.first
             if mode != .text("wal") { try connection.execute("PRAGMA journal_mode=WAL") }
+            try connection.execute("PRAGMA wal_autocheckpoint=\(max(0, configuration.walAutocheckpointPages))")
             // Check the state row once at open (it is re-read in every write transaction).
             _ = try readState(connection, path: path)
             return Opened(connection: connection, device: meta.device, epoch: meta.epoch)
@@ -239,9 +245,11 @@ public final class DeviceLog: @unchecked Sendable {
             return isClosed
         }
         if alreadyClosed { return }
-        let connection = self.connection
-        // Jobs run in order, so queued writer jobs finish first.
-        _ = try? await thread.run { connection.close() }
+        // Appends queued before the close are committed (and answered) first.
+        _ = try? await thread.run { [self] in
+            while commitNextBatch() {}
+            connection.close()
+        }
         finishObservers()
     }
 
@@ -272,7 +280,10 @@ public final class DeviceLog: @unchecked Sendable {
             let next: Next = lock.withLock {
                 if isClosed { return .closed }
                 pending.append(PendingAppend(timestampMs: ts.unixMilliseconds, unsynced: ts.clockUnsynchronized, body: body, continuation: continuation))
-                if writerScheduled { return .queued }
+                if writerScheduled {
+                    lock.signal()
+                    return .queued
+                }
                 writerScheduled = true
                 return .scheduleWriter
             }
@@ -285,16 +296,43 @@ public final class DeviceLog: @unchecked Sendable {
     }
 
     /// Writer job: commits one batch, then reschedules itself behind any queued reads.
+    ///
+    /// Group-commit wait: the callers released by the previous commit usually append again
+    /// at once. When fewer appends are queued than the previous batch carried, the writer
+    /// waits for them, at most a quarter of the previous commit's duration (≤ 2 ms), so
+    /// batches stay as large as the number of concurrent appenders instead of alternating
+    /// between a few stragglers and the rest. A lone appender never waits (its previous
+    /// batch was 1 and its append is already queued).
     private func drainOnce() {
+        if commitNextBatch() { thread.submit { [self] in drainOnce() } }
+    }
+
+    /// Commits one batch of queued appends (on the SQLite thread). Returns true when more
+    /// appends are queued.
+    private func commitNextBatch() -> Bool {
         let batch: [PendingAppend] = lock.withLock {
+            if pending.count < lastBatchCount && !isClosed {
+                let waitNs = min(lastCommitNanoseconds / 4, 2_000_000)
+                let deadline = Date(timeIntervalSinceNow: Double(waitNs) / 1e9)
+                while pending.count < lastBatchCount && lock.wait(until: deadline) {}
+            }
             let n = min(pending.count, max(1, configuration.maxBatchSize))
             let batch = Array(pending.prefix(n))
             pending.removeFirst(n)
             if batch.isEmpty { writerScheduled = false }
             return batch
         }
-        if batch.isEmpty { return }
+        if batch.isEmpty { return false }
         let result: Result<SequenceNumber, Error>
+        let started = ContinuousClock.now
+        defer {
+            let c = (ContinuousClock.now - started).components
+            let ns = c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000
+            lock.withLock {
+                lastBatchCount = batch.count
+                lastCommitNanoseconds = ns
+            }
+        }
         do {
             result = .success(try connection.writeTransaction { try commitBatch(batch) })
         } catch let error as SQLiteError {
@@ -304,6 +342,11 @@ public final class DeviceLog: @unchecked Sendable {
         }
         switch result {
         case .success(let last):
+            lock.withLock {
+                stats.commits += 1
+                stats.appendsCommitted += UInt64(batch.count)
+                stats.largestBatch = max(stats.largestBatch, batch.count)
+            }
             var seq = SequenceNumber(last.rawValue - UInt64(batch.count))
             for item in batch {
                 seq = seq.next
@@ -311,14 +354,22 @@ public final class DeviceLog: @unchecked Sendable {
             }
             notifyObservers(last)
         case .failure(let error):
-            logger.warning("append batch failed; its records are in doubt", metadata: ["path": "\(path)", "count": "\(batch.count)", "error": "\(error)"])
+            lock.withLock {
+                stats.failedCommits += 1
+                stats.appendsFailed += UInt64(batch.count)
+            }
+            if case LogError.quotaExceeded = error {
+                // Rolled back before COMMIT: refused, not in doubt.
+                logger.warning("appends refused: disk quota", metadata: ["path": "\(path)", "count": "\(batch.count)", "error": "\(error)"])
+            } else {
+                logger.warning("append batch failed; its records are in doubt", metadata: ["path": "\(path)", "count": "\(batch.count)", "error": "\(error)"])
+            }
             for item in batch { item.continuation.resume(throwing: error) }
         }
-        let more: Bool = lock.withLock {
+        return lock.withLock {
             if pending.isEmpty { writerScheduled = false; return false }
             return true
         }
-        if more { thread.submit { [self] in drainOnce() } }
     }
 
     /// Inside BEGIN IMMEDIATE: re-reads the head, applies the quota, inserts the batch.
@@ -387,6 +438,7 @@ public final class DeviceLog: @unchecked Sendable {
             throw LogError.quotaExceeded(path: path, usedBytes: used, maxBytes: maxBytes)
         }
         let now = Self.currentTimeMs()
+        var dropped: [Int64] = []
         for _ in 0..<64 where used > target {
             let count = max(Int64(batchCount), (used - target) / perRecord + 1)
             let seqs = try connection.query("SELECT seq FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -394,10 +446,15 @@ public final class DeviceLog: @unchecked Sendable {
                 .compactMap { row -> Int64? in if case .integer(let s) = row[0] { return s }; return nil }
             if seqs.isEmpty { break }
             try connection.run("DELETE FROM records WHERE seq > ? AND seq <= ?", [.integer(Int64(acked.rawValue)), .integer(seqs.last!)])
-            // One marker per contiguous run (earlier losses already have their markers).
-            var runStart = seqs[0]
-            var previous = seqs[0]
-            for s in seqs.dropFirst() + [Int64.max] {
+            dropped += seqs
+            used = try usedBytes()
+        }
+        // One marker per contiguous run dropped in this transaction (earlier losses
+        // already have their markers, which are never changed once written).
+        if let firstDropped = dropped.first {
+            var runStart = firstDropped
+            var previous = firstDropped
+            for s in dropped.dropFirst() + [Int64.max] {
                 if s != previous + 1 {
                     try connection.run("INSERT INTO loss_markers(first, last, reason, recorded_ms, detail) VALUES (?, ?, ?, ?, ?)",
                                        [.integer(runStart), .integer(previous), .text(LossReason.diskQuota.rawValue), .integer(now),
@@ -407,12 +464,14 @@ public final class DeviceLog: @unchecked Sendable {
                 }
                 previous = s
             }
-            used = try usedBytes()
         }
         if used + incomingBytes > maxBytes {
             throw LogError.quotaExceeded(path: path, usedBytes: used, maxBytes: maxBytes)
         }
     }
+
+    /// Counters of this `DeviceLog`'s group commits since it was opened.
+    public var statistics: LogStatistics { lock.withLock { stats } }
 
     // MARK: Read
 
@@ -724,6 +783,19 @@ extension Result {
 public enum LogEntry: Hashable, Sendable {
     case record(LogRecord)
     case loss(LossMarker)
+}
+
+/// Group-commit counters of one `DeviceLog` since it was opened.
+public struct LogStatistics: Sendable, Hashable {
+    /// Append transactions committed.
+    public var commits: UInt64 = 0
+    /// Appends returned to callers as durable.
+    public var appendsCommitted: UInt64 = 0
+    /// Append transactions that failed (their appends are in doubt).
+    public var failedCommits: UInt64 = 0
+    public var appendsFailed: UInt64 = 0
+    /// Most appends one commit carried.
+    public var largestBatch: Int = 0
 }
 
 /// A snapshot of a log's state.

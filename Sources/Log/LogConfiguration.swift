@@ -1,5 +1,6 @@
 // Configuration and errors of the device log.
 import FieldlogCore
+import Foundation
 
 /// When an append counts as done.
 public enum Durability: String, Sendable, CaseIterable {
@@ -37,6 +38,9 @@ public struct LogConfiguration: Sendable {
     public var maxBytes: Int64? = nil
     /// Applied when `maxBytes` is reached. Default `.stop`.
     public var quotaPolicy: QuotaPolicy = .stop
+    /// WAL pages after which a commit checkpoints into the database file
+    /// (`PRAGMA wal_autocheckpoint`). Default 1000 (SQLite's default, ~4 MiB of WAL).
+    public var walAutocheckpointPages: Int = 1000
     /// Most appends one group commit takes (bounds transaction size and latency). Default 8192.
     public var maxBatchSize: Int = 8192
 
@@ -87,6 +91,70 @@ public enum LogError: Error, CustomStringConvertible, Sendable {
         case .invalidInput(let path, let reason): return "\(path): \(reason)"
         case .closed(let path): return "\(path): log is closed"
         case .sqlite(let e): return e.description
+        }
+    }
+}
+
+extension LogConfiguration {
+    /// Environment variables read by `init(environment:)`.
+    public enum EnvironmentKey {
+        /// `full` or `normal`.
+        public static let durability = "FIELDLOG_LOG_DURABILITY"
+        /// Disk quota in bytes (suffixes k, M, G of 1024 allowed); unset or 0: no quota.
+        public static let maxBytes = "FIELDLOG_LOG_MAX_BYTES"
+        /// `stop` or `drop-oldest`.
+        public static let quotaPolicy = "FIELDLOG_LOG_QUOTA_POLICY"
+        /// Acknowledged records older than this many seconds are trimmed; 0: no age limit.
+        public static let retentionSeconds = "FIELDLOG_LOG_RETENTION_SECONDS"
+        /// At most this many acknowledged records are kept; 0: no count limit.
+        public static let retentionCount = "FIELDLOG_LOG_RETENTION_COUNT"
+        /// Busy timeout for locks held by other processes, milliseconds.
+        public static let busyTimeoutMs = "FIELDLOG_LOG_BUSY_TIMEOUT_MS"
+    }
+
+    /// The defaults, overridden by the `EnvironmentKey` variables that are set.
+    /// - Throws: `DomainError` naming the variable and the bad value.
+    public init(environment: [String: String]) throws(DomainError) {
+        self.init()
+        func value(_ key: String) -> String? {
+            guard let v = environment[key]?.trimmingCharacters(in: .whitespaces), !v.isEmpty else { return nil }
+            return v
+        }
+        func integer(_ key: String, _ text: String) throws(DomainError) -> Int64 {
+            var digits = Substring(text)
+            var multiplier: Int64 = 1
+            if key == EnvironmentKey.maxBytes, let last = digits.last, let m = ["k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30][String(last)] {
+                multiplier = Int64(m)
+                digits = digits.dropLast()
+            }
+            guard let n = Int64(digits), n >= 0, n <= Int64.max / multiplier else {
+                throw DomainError("\(key) must be a non-negative integer, got \(text.debugDescription)")
+            }
+            return n * multiplier
+        }
+        if let v = value(EnvironmentKey.durability) {
+            guard let d = Durability(rawValue: v) else { throw DomainError("\(EnvironmentKey.durability) must be full or normal, got \(v.debugDescription)") }
+            durability = d
+        }
+        if let v = value(EnvironmentKey.maxBytes) {
+            let n = try integer(EnvironmentKey.maxBytes, v)
+            guard n == 0 || n >= 64 * 1024 else { throw DomainError("\(EnvironmentKey.maxBytes) must be 0 (no quota) or at least 64k, got \(v.debugDescription)") }
+            maxBytes = n == 0 ? nil : n
+        }
+        if let v = value(EnvironmentKey.quotaPolicy) {
+            guard let p = QuotaPolicy(rawValue: v) else { throw DomainError("\(EnvironmentKey.quotaPolicy) must be stop or drop-oldest, got \(v.debugDescription)") }
+            quotaPolicy = p
+        }
+        if let v = value(EnvironmentKey.retentionSeconds) {
+            let n = try integer(EnvironmentKey.retentionSeconds, v)
+            retentionMaxAge = n == 0 ? nil : .seconds(n)
+        }
+        if let v = value(EnvironmentKey.retentionCount) {
+            let n = try integer(EnvironmentKey.retentionCount, v)
+            retentionMaxCount = n == 0 ? nil : Int(n)
+        }
+        if let v = value(EnvironmentKey.busyTimeoutMs) {
+            busyTimeout = .milliseconds(try integer(EnvironmentKey.busyTimeoutMs, v))
         }
     }
 }

@@ -145,3 +145,13 @@ enum RecordCodec {
         return c
     }
 }
+
+/// Test and benchmark access to the record encoding (not an API for product code).
+@_spi(Testing) public enum RecordEncoding {
+    /// The stored body of a reading.
+    public static func body(_ values: SensorValues, missing: [String] = []) -> [UInt8] { RecordCodec.encode(values, missing: missing) }
+    /// The stored checksum of a record.
+    public static func checksum(seq: Int64, timestampMs: Int64, unsynced: Bool, body: [UInt8]) -> UInt32 {
+        RecordCodec.checksum(seq: seq, timestampMs: timestampMs, unsynced: unsynced, body: body)
+    }
+}

@@ -159,13 +159,14 @@ final class SQLiteConnection {
     /// inside see the latest committed state of every process). Rolls back when `body` or
     /// COMMIT throws; the error is rethrown.
     func writeTransaction<T>(_ body: () throws -> T) throws -> T {
-        try execute("BEGIN IMMEDIATE")
+        // Prepared once and reused: these run for every group commit.
+        try run("BEGIN IMMEDIATE")
         do {
             let result = try body()
-            try execute("COMMIT")
+            try run("COMMIT")
             return result
         } catch {
-            if !isAutocommit { try? execute("ROLLBACK") }
+            if !isAutocommit { _ = try? run("ROLLBACK") }
             throw error
         }
     }
@@ -231,11 +232,6 @@ final class SQLiteStatement {
 
     func bind(_ value: Int64, at index: Int32) throws(SQLiteError) {
         let rc = sqlite3_bind_int64(try stmt(), index, value)
-        if rc != SQLITE_OK { throw connection.error(rc, "bind parameter \(index) of \(sql)") }
-    }
-
-    func bind(bytes: UnsafeRawBufferPointer, at index: Int32) throws(SQLiteError) {
-        let rc = sqlite3_bind_blob(try stmt(), index, bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(bytes.count), fieldlog_sqlite_transient())
         if rc != SQLITE_OK { throw connection.error(rc, "bind parameter \(index) of \(sql)") }
     }
 
@@ -320,20 +316,6 @@ final class SQLiteThread: @unchecked Sendable {
                 do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
             }
         }
-    }
-
-    /// Runs `body` on the thread and blocks the calling (non-pool) thread until done.
-    func runBlocking<T>(_ body: @escaping () throws -> T) throws -> T {
-        let done = NSCondition()
-        var result: Result<T, Error>?
-        submit {
-            let r = Result { try body() }
-            done.lock(); result = r; done.signal(); done.unlock()
-        }
-        done.lock()
-        while result == nil { done.wait() }
-        done.unlock()
-        return try result!.get()
     }
 
     /// Lets the thread finish queued jobs and exit.

@@ -61,7 +61,7 @@ final class DeviceLogTests: XCTestCase {
     func testValuesRoundTripExactly() async throws {
         let log = try await DeviceLog.open(path: dir.file("v.db"), device: device)
         let values = try SensorValues(["int": .number(-42), "big": .number(9_007_199_254_740_992), "frac": .number(0.1),
-                                       "neg0": .number(-0.0), "tiny": .number(5e-324), "text": .text("héllo \"quoted\""),
+                                       "neg0": .number(-0.0), "tiny": .number(Double.leastNonzeroMagnitude), "text": .text("héllo \"quoted\""),
                                        "empty": .text("")])
         let seq = try await log.append(values)
         let back = try await log.records(from: seq, limit: 1)[0].values
@@ -149,6 +149,7 @@ final class DeviceLogTests: XCTestCase {
         var config = LogConfiguration()
         config.maxBytes = 64 * 1024
         config.quotaPolicy = .stop
+        config.durability = .normal
         let log = try await DeviceLog.open(path: dir.file("q.db"), device: device, configuration: config)
         var appended = 0
         var quotaError: LogError?
@@ -175,21 +176,25 @@ final class DeviceLogTests: XCTestCase {
         var config = LogConfiguration()
         config.maxBytes = 64 * 1024
         config.quotaPolicy = .dropOldest
+        config.durability = .normal   // fsyncs are not what this test is about
         let log = try await DeviceLog.open(path: dir.file("d.db"), device: device, configuration: config)
-        for i in 1...3000 { _ = try await log.append(reading(i)) }
+        // Some acked records too: they go first, and are never reported as lost.
+        for i in 1...100 { _ = try await log.append(reading(i)) }
+        try await log.markAcked(through: SequenceNumber(50))
+        for i in 101...3000 { _ = try await log.append(reading(i)) }
         do { let value = try await log.head(); XCTAssertEqual(value, SequenceNumber(3000)) }
         let markers = try await log.lossMarkers()
         XCTAssertFalse(markers.isEmpty)
-        XCTAssertEqual(markers.first?.range.first, SequenceNumber(1))
+        XCTAssertEqual(markers.first?.range.first, SequenceNumber(51), "acked records are trimmed, not lost")
         XCTAssertTrue(markers.allSatisfy { $0.reason == .diskQuota })
         let status = try await log.status()
         // Every seq is a record or under exactly one marker.
         let lost = markers.reduce(UInt64(0)) { $0 + $1.range.count }
-        XCTAssertEqual(lost + UInt64(status.retained), 3000)
+        XCTAssertEqual(lost + UInt64(status.retained), 3000 - 50)
         XCTAssertEqual(markers.last!.range.last.next, status.oldestRetained)
         do { let value = try await log.check(); XCTAssertEqual(value, []) }
         // entries(in:) interleaves markers and records in order.
-        let entries = try await log.entries(in: SequenceRange(checked: SequenceNumber(1), SequenceNumber(3000)), limit: 5)
+        let entries = try await log.entries(in: SequenceRange(checked: SequenceNumber(51), SequenceNumber(3000)), limit: 5)
         guard case .loss(let m) = entries.first else { return XCTFail("first entry should be a loss marker") }
         XCTAssertEqual(m, markers[0])
         if case .record(let r) = entries.last { XCTAssertEqual(r.sequence, status.oldestRetained?.advanced(by: 4)) } else { XCTFail() }
@@ -282,8 +287,8 @@ final class DeviceLogTests: XCTestCase {
         }()
         var acked = SequenceNumber.zero
         while acked < SequenceNumber(200) {
-            let head = try await reader.head()
             let batch = try await reader.records(from: acked.next, limit: 17)
+            let head = try await reader.head()
             if let last = batch.last {
                 XCTAssertEqual(batch.first?.sequence, acked.next)
                 XCTAssertLessThanOrEqual(last.sequence, head)
@@ -299,6 +304,27 @@ final class DeviceLogTests: XCTestCase {
         await reader.close()
     }
 
+    func testCloseCommitsQueuedAppendsAndRefusesLaterOnes() async throws {
+        let log = try await DeviceLog.open(path: dir.file("close.db"), device: device)
+        let outcomes = await withTaskGroup(of: String.self) { group in
+            for i in 0..<200 {
+                group.addTask {
+                    do { _ = try await log.append(reading(i)); return "ok" } catch LogError.closed { return "closed" } catch { return "\(error)" }
+                }
+            }
+            group.addTask { await log.close(); return "close" }
+            var all: [String] = []
+            for await o in group { all.append(o) }
+            return all
+        }
+        XCTAssertTrue(outcomes.allSatisfy { ["ok", "closed", "close"].contains($0) }, "\(Set(outcomes))")
+        let okCount = outcomes.filter { $0 == "ok" }.count
+        let again = try await DeviceLog.open(path: dir.file("close.db"), device: device)
+        let head = try await again.head()
+        XCTAssertEqual(head, SequenceNumber(UInt64(okCount)), "every append that returned is in the log, nothing else")
+        await again.close()
+    }
+
     func testAppendNotificationsReportTheHead() async throws {
         let log = try await DeviceLog.open(path: dir.file("n.db"), device: device)
         let stream = log.appendNotifications()
@@ -309,5 +335,32 @@ final class DeviceLogTests: XCTestCase {
         await log.close()
         let end = await it.next()
         XCTAssertNil(end)
+    }
+}
+
+final class LogConfigurationTests: XCTestCase {
+    func testEnvironmentOverridesDefaults() throws {
+        let c = try LogConfiguration(environment: [
+            "FIELDLOG_LOG_DURABILITY": "normal", "FIELDLOG_LOG_MAX_BYTES": "64M", "FIELDLOG_LOG_QUOTA_POLICY": "drop-oldest",
+            "FIELDLOG_LOG_RETENTION_SECONDS": "3600", "FIELDLOG_LOG_RETENTION_COUNT": "0", "FIELDLOG_LOG_BUSY_TIMEOUT_MS": "250",
+        ])
+        XCTAssertEqual(c.durability, .normal)
+        XCTAssertEqual(c.maxBytes, 64 << 20)
+        XCTAssertEqual(c.quotaPolicy, .dropOldest)
+        XCTAssertEqual(c.retentionMaxAge, .seconds(3600))
+        XCTAssertNil(c.retentionMaxCount)
+        XCTAssertEqual(c.busyTimeout, .milliseconds(250))
+        let d = try LogConfiguration(environment: [:])
+        XCTAssertEqual(d.durability, .full)
+        XCTAssertNil(d.maxBytes)
+    }
+
+    func testBadEnvironmentValuesNameTheVariable() {
+        for (key, value) in [("FIELDLOG_LOG_DURABILITY", "fast"), ("FIELDLOG_LOG_MAX_BYTES", "-5"), ("FIELDLOG_LOG_MAX_BYTES", "10"),
+                             ("FIELDLOG_LOG_QUOTA_POLICY", "lru"), ("FIELDLOG_LOG_RETENTION_COUNT", "many")] {
+            XCTAssertThrowsError(try LogConfiguration(environment: [key: value])) { error in
+                XCTAssertTrue("\(error)".contains(key), "\(error)")
+            }
+        }
     }
 }

@@ -78,6 +78,39 @@ final class HotStateTests: XCTestCase {
         probe.close()
     }
 
+    func testANewMirrorResumesAfterTheStreamsLastEntryWithoutDuplicates() async throws {
+        let server = try PrivateRedis()
+        try server.start()
+        let dir = try TemporaryDirectory("fieldlog-hot")
+        defer { dir.remove() }
+        let log = try await DeviceLog.open(path: dir.file("log.db"), device: try DeviceID("hot-3"))
+        let config = HotStateConfiguration(redis: RedisConfiguration(port: server.port))
+        for i in 1...5 { _ = try await log.append(try SensorValues(["random": .number(Double(i))])) }
+        let first = HotStateMirror(log: log, configuration: config)
+        let caughtUp = await first.catchUp()
+        XCTAssertTrue(caughtUp)
+        XCTAssertEqual(first.lastMirrored, SequenceNumber(5))
+        // The program restarts: a new mirror (no memory) must continue after seq 5.
+        for i in 6...8 { _ = try await log.append(try SensorValues(["random": .number(Double(i))])) }
+        let second = HotStateMirror(log: log, configuration: config)
+        let again = await second.catchUp()
+        XCTAssertTrue(again)
+        let probe = RedisConnection(configuration: RedisConfiguration(port: server.port))
+        let seqs = try await streamSeqs(probe)
+        XCTAssertEqual(seqs, Array(1...8))
+        // A log with another epoch (a wiped device) does not resume from this stream's seqs.
+        let other = try await DeviceLog.open(path: dir.file("other.db"), device: try DeviceID("hot-3"))
+        _ = try await other.append(try SensorValues(["random": .number(100)]))
+        let third = HotStateMirror(log: other, configuration: config)
+        let ok = await third.catchUp()
+        XCTAssertTrue(ok)
+        let all = try await streamSeqs(probe)
+        XCTAssertEqual(all, Array(1...8) + [1], "the new epoch's record 1 is mirrored, not skipped")
+        await log.close()
+        await other.close()
+        probe.close()
+    }
+
     func testSwitchesUseDefaultsWhenAbsentAndRedisValuesWhenSet() async throws {
         let server = try PrivateRedis()
         try server.start()

@@ -6,15 +6,8 @@ import Foundation
 import TestSupport
 import XCTest
 
-/// The `LogTorture` helper built next to the test bundle.
-func tortureExecutable() throws -> String {
-    let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-    let path = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("LogTorture").path
-    guard FileManager.default.isExecutableFile(atPath: path) else {
-        throw XCTSkip("LogTorture helper not built at \(path)")
-    }
-    return path
-}
+/// The `LogTorture` helper built next to the test bundle (built with the tests: LogTests depends on it).
+func tortureExecutable() throws -> String { try Binaries.path("LogTorture") }
 
 /// A child process whose stdout is collected line by line.
 final class Child: @unchecked Sendable {

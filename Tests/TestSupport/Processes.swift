@@ -102,14 +102,19 @@ public struct TemporaryDirectory: Sendable {
 
 /// A child process owned by a test: started with arguments, its output in a log file,
 /// stopped, killed, paused and resumed by PID (never by name).
+///
+/// Built on posix_spawn and waitpid rather than Foundation's `Process`, whose exit
+/// notification needs the main run loop: from an async test off the main actor it never
+/// noticed the child had exited, so every stop waited its whole grace period.
 public final class ManagedProcess: @unchecked Sendable {
-    // @unchecked: `process` is only touched under `lock`.
+    // @unchecked: `pid` and `status` are only touched under `lock`.
     public let executable: String
     public let arguments: [String]
     public let logPath: String
     public let environment: [String: String]?
     private let lock = NSLock()
-    private var process: Process?
+    private var child: pid_t?
+    private var status: Int32?
 
     public init(executable: String, arguments: [String], logPath: String, environment: [String: String]? = nil) {
         self.executable = executable
@@ -118,51 +123,82 @@ public final class ManagedProcess: @unchecked Sendable {
         self.environment = environment
     }
 
-    public var pid: Int32? { lock.withLock { process.flatMap { $0.isRunning ? $0.processIdentifier : nil } } }
-    public var isRunning: Bool { lock.withLock { process?.isRunning ?? false } }
+    /// The PID while the child runs.
+    public var pid: Int32? { lock.withLock { reapLocked() ? child : nil } }
+    public var isRunning: Bool { lock.withLock { reapLocked() } }
+
+    /// Exit status once the child has ended: its exit code, or 128 + signal number.
+    public var exitStatus: Int32? { lock.withLock { reapLocked() ? nil : status } }
+
+    /// True while the child runs; records its status once it has ended. Caller holds `lock`.
+    private func reapLocked(block: Bool = false) -> Bool {
+        guard let child, status == nil else { return false }
+        var raw: Int32 = 0
+        let r = waitpid(child, &raw, block ? 0 : WNOHANG)
+        if r == 0 { return true }
+        if r == child {
+            let signal = raw & 0x7f
+            status = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+        } else {
+            status = -1 // not our child any more (already reaped)
+        }
+        return false
+    }
 
     public func start() throws {
         try lock.withLock {
-            precondition(process?.isRunning != true, "\(executable) is already running")
+            precondition(child == nil || status != nil, "\(executable) is already running")
             FileManager.default.createFile(atPath: logPath, contents: nil)
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-            log.seekToEndOfFile()
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : "/usr/bin/env")
-            p.arguments = executable.hasPrefix("/") ? arguments : [executable] + arguments
-            if let environment { p.environment = environment }
-            p.standardOutput = log
-            p.standardError = log
-            p.standardInput = FileHandle.nullDevice
-            try p.run()
-            process = p
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+            let argv = [executable] + arguments
+            var env = ProcessInfo.processInfo.environment
+            if let environment { env = environment }
+            let envStrings = env.map { "\($0.key)=\($0.value)" }
+            var cArgs = argv.map { strdup($0) } + [nil]
+            var cEnv = envStrings.map { strdup($0) } + [nil]
+            defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
+            var newPID: pid_t = 0
+            let rc = posix_spawnp(&newPID, executable, &actions, nil, &cArgs, &cEnv)
+            guard rc == 0 else {
+                throw CommandFailed(description: "could not start \(executable): \(String(cString: strerror(rc)))")
+            }
+            child = newPID
+            status = nil
         }
     }
 
     /// SIGTERM, then SIGKILL after `grace`.
     public func stop(grace: Duration = .seconds(10)) {
-        guard let p = lock.withLock({ process }), p.isRunning else { return }
-        kill(p.processIdentifier, SIGCONT)
-        kill(p.processIdentifier, SIGTERM)
+        guard let pid else { return }
+        kill(pid, SIGCONT)
+        kill(pid, SIGTERM)
         let deadline = ContinuousClock.now + grace
-        while p.isRunning && ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
+        while isRunning && ContinuousClock.now < deadline { usleep(10_000) }
+        if isRunning { kill(pid, SIGKILL) }
+        lock.withLock { _ = reapLocked(block: true) }
     }
 
     /// SIGKILL: a crash, as far as the process can tell.
     public func kill9() {
-        guard let p = lock.withLock({ process }), p.isRunning else { return }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        guard let pid else { return }
+        kill(pid, SIGKILL)
+        lock.withLock { _ = reapLocked(block: true) }
     }
 
     /// SIGSTOP / SIGCONT: a hung process.
     public func pause() { if let pid { kill(pid, SIGSTOP) } }
     public func resume() { if let pid { kill(pid, SIGCONT) } }
 
-    public var exitStatus: Int32? {
-        lock.withLock { process.flatMap { $0.isRunning ? nil : $0.terminationStatus } }
+    /// Waits until the child exits by itself, up to `timeout`; returns its status or nil.
+    public func waitForExit(timeout: Duration) -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while isRunning && ContinuousClock.now < deadline { usleep(10_000) }
+        return exitStatus
     }
 
     public func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
