@@ -12,7 +12,7 @@ public final class LabProcess: @unchecked Sendable {
     public let logPath: String
     private let lock = NSLock()
     private var environment: [String: String]
-    private var process: Process?
+    private var process: Child?
     private var stoppedByLab = true
     private var paused = false
     private var unexpectedExits: [String] = []
@@ -30,7 +30,7 @@ public final class LabProcess: @unchecked Sendable {
     public func setEnvironment(_ key: String, _ value: String?) { lock.withLock { environment[key] = value } }
     public var currentEnvironment: [String: String] { lock.withLock { environment } }
 
-    public var pid: Int32? { lock.withLock { process.flatMap { $0.isRunning ? $0.processIdentifier : nil } } }
+    public var pid: Int32? { lock.withLock { process.flatMap { $0.isRunning ? $0.pid : nil } } }
     public var isRunning: Bool { lock.withLock { process?.isRunning ?? false } }
     public var isPaused: Bool { lock.withLock { paused } }
     /// Exits the lab did not cause (name, status, reason).
@@ -39,20 +39,15 @@ public final class LabProcess: @unchecked Sendable {
     public func start() throws {
         try lock.withLock {
             if let p = process, p.isRunning { return }
-            if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
-            guard let log = FileHandle(forWritingAtPath: logPath) else { throw LabError.command("cannot open \(logPath)") }
-            log.seekToEndOfFile()
-            log.write(Data("---- lab: start #\(starts + 1) at \(Date())\n".utf8))
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: executable)
-            p.arguments = arguments
-            p.environment = environment
-            p.standardOutput = log
-            p.standardError = log
-            p.standardInput = FileHandle.nullDevice
-            p.terminationHandler = { [weak self] proc in self?.exited(proc) }
-            try p.run()
-            try? log.close()
+            let banner = "---- lab: start #\(starts + 1) at \(Date())\n"
+            if let h = FileHandle(forWritingAtPath: logPath) {
+                h.seekToEndOfFile(); h.write(Data(banner.utf8)); try? h.close()
+            } else {
+                try banner.write(toFile: logPath, atomically: false, encoding: .utf8)
+            }
+            let p = try Child.spawn(executable, arguments, environment: environment, stdoutPath: logPath, stderrPath: logPath) { [weak self] c in
+                self?.exited(c)
+            }
             process = p
             stoppedByLab = false
             paused = false
@@ -60,36 +55,33 @@ public final class LabProcess: @unchecked Sendable {
         }
     }
 
-    private func exited(_ p: Process) {
+    private func exited(_ c: Child) {
         lock.withLock {
-            guard process === p, !stoppedByLab else { return }
-            unexpectedExits.append("\(name) (pid \(p.processIdentifier)) exited on its own: \(p.terminationReason == .uncaughtSignal ? "signal" : "status") \(p.terminationStatus); see \(logPath)")
+            guard process === c, !stoppedByLab else { return }
+            unexpectedExits.append("\(name) (pid \(c.pid)) exited on its own: \(c.ending ?? "?"); see \(logPath)")
         }
     }
 
     /// SIGKILL: a crash or power cut as far as the process can tell. Waits for it to be gone.
     public func kill9() {
-        guard let p = lock.withLock({ () -> Process? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        guard let p = lock.withLock({ () -> Child? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
+        p.signal(SIGKILL)
+        p.wait()
     }
 
     /// SIGTERM (graceful), SIGKILL after `graceSeconds`.
     public func stop(graceSeconds: Double = 10) {
-        guard let p = lock.withLock({ () -> Process? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
-        kill(p.processIdentifier, SIGCONT)
-        kill(p.processIdentifier, SIGTERM)
-        let deadline = monotonicSeconds() + graceSeconds
-        while p.isRunning && monotonicSeconds() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
+        guard let p = lock.withLock({ () -> Child? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
+        p.signal(SIGCONT)
+        p.signal(SIGTERM)
+        if !p.wait(timeoutSeconds: graceSeconds) { p.signal(SIGKILL); p.wait() }
     }
 
     /// SIGSTOP: a hung process.
     public func pause() {
         lock.withLock {
             guard let p = process, p.isRunning else { return }
-            kill(p.processIdentifier, SIGSTOP)
+            p.signal(SIGSTOP)
             paused = true
         }
     }
@@ -98,7 +90,7 @@ public final class LabProcess: @unchecked Sendable {
     public func resume() {
         lock.withLock {
             guard let p = process, p.isRunning else { return }
-            kill(p.processIdentifier, SIGCONT)
+            p.signal(SIGCONT)
             paused = false
         }
     }

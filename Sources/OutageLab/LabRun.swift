@@ -167,8 +167,6 @@ public final class LabRun: @unchecked Sendable {
     private var watcherStop = false
     private var queues: [FaultTarget: DispatchQueue] = [:]
 
-    public static let libfaketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-
     public init(options: LabOptions, logger: Logger, progress: @escaping @Sendable (String) -> Void) {
         self.options = options
         self.logger = logger
@@ -178,12 +176,7 @@ public final class LabRun: @unchecked Sendable {
     /// Runs the scenario and returns its report. Throws only when the lab itself cannot run
     /// (a missing binary, a stack that does not start); findings are in the report.
     public func run() throws -> LabReport {
-        var shape = options.scenario.shape
-        if !shape.clockDevices.isEmpty && !FileManager.default.fileExists(atPath: Self.libfaketime) && options.scenario.name != "clock" {
-            // Without libfaketime the other faults still run; the report says clocks did not move.
-            shape.clockDevices = []
-            notes.append("libfaketime is not installed: device clocks were not moved in this run")
-        }
+        let shape = options.scenario.shape
         workDir = options.workDirectory ?? "/tmp/fieldlog-lab-\(options.scenario.name)-\(options.seed)"
         try? FileManager.default.removeItem(atPath: workDir + "/devices")
         try FileManager.default.createDirectory(atPath: workDir + "/devices", withIntermediateDirectories: true)
@@ -268,10 +261,6 @@ public final class LabRun: @unchecked Sendable {
         for b in [options.deviceBinary, options.backendBinary] where !FileManager.default.isExecutableFile(atPath: b) {
             throw LabError.configuration("\(b) is not an executable (build with `swift build` or pass its path)")
         }
-        if !shape.clockDevices.isEmpty && !FileManager.default.fileExists(atPath: Self.libfaketime) {
-            // Only the clock scenario gets here without libfaketime.
-            throw LabError.configuration("scenario \(options.scenario.name) moves device clocks with libfaketime, which is not installed (\(Self.libfaketime)); apt-get install libfaketime")
-        }
         if let existing = options.existingStackDirectory {
             stack = try LabStack(existing: existing, script: options.stackScript, logger: logger)
             guard existing.isEmpty == false, (shape.galeraNodes > 0) == (stack.galeraNodes > 0) else {
@@ -348,10 +337,9 @@ public final class LabRun: @unchecked Sendable {
             if shape.clockDevices.contains(i) {
                 let f = workDir + "/devices/\(id).clock"
                 try "+0\n".write(toFile: f, atomically: true, encoding: .utf8)
-                env["LD_PRELOAD"] = Self.libfaketime
-                env["FAKETIME_TIMESTAMP_FILE"] = f
-                env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
-                env["FAKETIME_CACHE_DURATION"] = "1"
+                // Test-only switch of the device (Log's TestFaults): an offset added to its wall clock.
+                // (libfaketime was tried first: under it Swift programs lose their arguments.)
+                env["FIELDLOG_FAULT_CLOCK_OFFSET_FILE"] = f
                 clockFile = f
             }
             for (k, v) in options.extraDeviceEnvironment { env[k] = v }

@@ -201,34 +201,23 @@ public func runTool(_ tool: String, _ arguments: [String], environment: [String:
     return r.stdout
 }
 
-/// Runs a tool to completion and returns its status, stdout and stderr.
+/// Runs a tool to completion and returns its status, stdout and stderr. Output goes through
+/// temporary files, not pipes: a daemon started by the tool (scripts/stack) may inherit the
+/// descriptors and would keep a pipe open forever.
 public func runToolStatus(_ tool: String, _ arguments: [String], environment: [String: String]? = nil,
                           timeoutSeconds: Double = 120) throws -> (status: Int32, stdout: String, stderr: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: tool.hasPrefix("/") ? tool : "/usr/bin/env")
-    process.arguments = tool.hasPrefix("/") ? arguments : [tool] + arguments
-    if let environment { process.environment = environment }
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    let group = DispatchGroup()
-    nonisolated(unsafe) var errData = Data()
-    nonisolated(unsafe) var outData = Data()
-    group.enter()
-    DispatchQueue.global().async { errData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-    group.enter()
-    DispatchQueue.global().async { outData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-    let deadline = monotonicSeconds() + timeoutSeconds
-    while process.isRunning {
-        if monotonicSeconds() > deadline {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            throw LabError.timeout("\(tool) did not finish within \(Int(timeoutSeconds)) s")
-        }
-        Thread.sleep(forTimeInterval: 0.01)
+    let base = FileManager.default.temporaryDirectory.path + "/fieldlog-lab-tool-\(UInt64.random(in: 0...UInt64.max))"
+    let outPath = base + ".out", errPath = base + ".err"
+    defer { try? FileManager.default.removeItem(atPath: outPath); try? FileManager.default.removeItem(atPath: errPath) }
+    var env = environment ?? ProcessInfo.processInfo.environment
+    if env["PATH"] == nil { env["PATH"] = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin" }
+    let child = try Child.spawn(tool, arguments, environment: env, stdoutPath: outPath, stderrPath: errPath)
+    guard child.wait(timeoutSeconds: timeoutSeconds) else {
+        child.signal(SIGKILL)
+        child.wait()
+        throw LabError.timeout("\(tool) did not finish within \(Int(timeoutSeconds)) s")
     }
-    group.wait()
-    return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    let stdout = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+    let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+    return (child.exitCode ?? -1, stdout, stderr)
 }

@@ -65,7 +65,7 @@ public struct FleetShape: Sendable {
     public var normalDurabilityDevices: Set<Int> = []
     /// Devices with a tiny disk quota, and their policy ("stop" / "drop-oldest").
     public var quotaDevices: [Int: String] = [:]
-    /// Devices started under libfaketime (wall clock can jump).
+    /// Devices whose wall clock the lab can move (FIELDLOG_FAULT_CLOCK_OFFSET_FILE).
     public var clockDevices: Set<Int> = []
     /// Galera nodes (0: a single MariaDB).
     public var galeraNodes = 0
@@ -104,7 +104,7 @@ public struct Scenario: Sendable {
                      return s
                  }(), faults: [.deviceCut, .deviceCut, .powerCut, .powerCut, .deviceKill],
                  meanGapSeconds: 2, defaultDurationSeconds: 60),
-        Scenario(name: "clock", summary: "device wall clocks jump backwards and forwards (libfaketime), with device restarts",
+        Scenario(name: "clock", summary: "device wall clocks jump backwards and forwards (test-only clock offset switch), with device restarts",
                  shape: {
                      var s = FleetShape()
                      s.clockDevices = [0, 1, 2, 3, 4]

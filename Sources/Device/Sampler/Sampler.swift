@@ -11,6 +11,7 @@
 // and counted, and the sampler tries again at the next tick; it never crashes the process.
 import CDeviceSupport
 import FieldlogCore
+import Log
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -25,7 +26,8 @@ public enum WallClock {
     public static func now() -> DeviceTimestamp {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        let ms = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+        // TestFaults: the outage lab's clock jumps (0 unless FIELDLOG_FAULT_CLOCK_OFFSET_FILE is set).
+        let ms = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000 + TestFaults.wallClockOffsetMs()
         return DeviceTimestamp(unixMilliseconds: ms, clockUnsynchronized: !isSynchronized())
     }
 
