@@ -72,6 +72,20 @@ struct FieldlogLab: ParsableCommand {
             let run = LabRun(options: options, logger: logger) { line in
                 FileHandle.standardError.write(Data((line + "\n").utf8))
             }
+            // Ctrl-C / SIGTERM: the run tears down what it started (processes, proxies, its stack).
+            signal(SIGINT, SIG_IGN)
+            signal(SIGTERM, SIG_IGN)
+            var sources: [DispatchSourceSignal] = []
+            for sig in [SIGINT, SIGTERM] {
+                let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                src.setEventHandler {
+                    FileHandle.standardError.write(Data("fieldlog-lab: interrupted, tearing down\n".utf8))
+                    run.cancel()
+                }
+                src.resume()
+                sources.append(src)
+            }
+            defer { sources.forEach { $0.cancel() } }
             let report: LabReport
             do {
                 report = try run.run()

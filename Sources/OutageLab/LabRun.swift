@@ -166,6 +166,14 @@ public final class LabRun: @unchecked Sendable {
     private var startedFaults = 0
     private var watcherStop = false
     private var queues: [FaultTarget: DispatchQueue] = [:]
+    private var cancelled = false
+
+    /// Stops the run at its next step (SIGINT/SIGTERM of the tool): it tears down what it
+    /// started and `run()` throws.
+    public func cancel() { lock.withLock { cancelled = true } }
+    private func checkCancelled() throws {
+        if lock.withLock({ cancelled }) { throw LabError.command("the run was interrupted") }
+    }
 
     public init(options: LabOptions, logger: Logger, progress: @escaping @Sendable (String) -> Void) {
         self.options = options
@@ -214,6 +222,7 @@ public final class LabRun: @unchecked Sendable {
         while true {
             let now = monotonicSeconds() - t0
             if now >= options.durationSeconds { break }
+            try checkCancelled()
             while next < events.count && events[next].at <= now {
                 let e = events[next]
                 dispatch(schedule[e.index], index: e.index, begin: e.begin)
@@ -272,7 +281,8 @@ public final class LabRun: @unchecked Sendable {
         }
         try stack.up()
         // A fresh database for this run.
-        let runID = String(options.seed % 1_000_000_007, radix: 36)
+        // Unique per run: device ids are MQTT topic levels, and a reused stack keeps retained messages.
+        let runID = String(options.seed % 1_000_000_007, radix: 36) + "x" + String(UInt32.random(in: 0...UInt32.max) % 46_656, radix: 36)
         databaseName = "lab_\(options.scenario.name)_\(runID)_\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
         let addresses = try stack.value("FIELDLOG_MARIADB_ADDRESSES").split(separator: ",").map(String.init)
         let first = addresses[0].split(separator: ":")
@@ -515,6 +525,7 @@ public final class LabRun: @unchecked Sendable {
     private func waitForDrain(deadline: Double) -> Bool {
         var lastLine = monotonicSeconds()
         while monotonicSeconds() < deadline {
+            if lock.withLock({ cancelled }) { return false }
             watchOnce()
             var allDone = true
             for d in devices {
@@ -545,6 +556,11 @@ public final class LabRun: @unchecked Sendable {
     private func waitUntil(_ what: String, timeoutSeconds: Double, _ condition: () -> Bool) throws {
         let deadline = monotonicSeconds() + timeoutSeconds
         while !condition() {
+            try checkCancelled()
+            // A process that already died (bad configuration, say) will not come back: say so now.
+            if let dead = (devices.map(\.process) + ingests.map(\.process)).first(where: { !$0.problems.isEmpty }) {
+                throw LabError.command("\(dead.problems[0]) while waiting until \(what):\n\(dead.tail(1500))")
+            }
             if monotonicSeconds() > deadline {
                 var detail = ""
                 for p in devices.prefix(2).map(\.process) + ingests.map(\.process) {

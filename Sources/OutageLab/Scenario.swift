@@ -90,8 +90,8 @@ public struct Scenario: Sendable {
                  shape: FleetShape(), faults: [.deviceKill, .deviceKill, .deviceKill, .devicePause, .ingestKill, .ingestPause],
                  meanGapSeconds: 1.5, defaultDurationSeconds: 60),
         Scenario(name: "services", summary: "mosquitto, mariadbd and redis-server SIGKILLed and restarted, and hung (SIGSTOP/SIGCONT)",
-                 shape: FleetShape(), faults: [.serviceKill, .servicePause, .deviceKill],
-                 meanGapSeconds: 5, defaultDurationSeconds: 60),
+                 shape: FleetShape(), faults: [.serviceKill, .serviceKill, .servicePause, .deviceKill],
+                 meanGapSeconds: 2, defaultDurationSeconds: 60),
         Scenario(name: "network", summary: "partitions device↔broker, broker↔ingest and ingest↔MariaDB (resets and silent stalls), slow lossy links",
                  shape: FleetShape(), faults: [.deviceCut, .deviceStall, .backendCut, .backendStall, .databaseCut, .slowLink, .slowLink],
                  meanGapSeconds: 2, defaultDurationSeconds: 60),
@@ -100,7 +100,6 @@ public struct Scenario: Sendable {
                      var s = FleetShape()
                      s.quotaDevices = [0: "stop", 1: "drop-oldest", 2: "drop-oldest"]
                      s.normalDurabilityDevices = [3, 4]
-                     s.intervalSeconds = 0.02
                      return s
                  }(), faults: [.deviceCut, .deviceCut, .powerCut, .powerCut, .deviceKill],
                  meanGapSeconds: 2, defaultDurationSeconds: 60),
@@ -167,7 +166,7 @@ public enum FaultSchedule {
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(0.5, 8), kind: kind, target: .ingest(pick(shape.ingests)))
             case .serviceKill, .servicePause:
                 let services: [ServiceName] = shape.galeraNodes > 0 ? [.redis, .mosquitto] : [.redis, .mosquitto, .mariadb]
-                f = ScheduledFault(atSeconds: t, durationSeconds: between(1, 8), kind: kind, target: .service(services[pick(services.count)]))
+                f = ScheduledFault(atSeconds: t, durationSeconds: between(1, 6), kind: kind, target: .service(services[pick(services.count)]))
             case .galeraKill:
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(3, 12), kind: kind, target: .service(.galera(1 + pick(max(1, shape.galeraNodes)))))
             case .deviceCut, .deviceStall:
@@ -193,7 +192,7 @@ public enum FaultSchedule {
                 f.durationSeconds = min(f.durationSeconds, max(0.1, end - t))
                 out.append(f)
                 let until = t + f.durationSeconds + 0.5
-                if isService { serviceBusyUntil = until + 2 } else { busyUntil[f.target] = until }
+                if isService { serviceBusyUntil = until + 1 } else { busyUntil[f.target] = until }
             }
             t += between(0.2, 2 * scenario.meanGapSeconds)
         }
