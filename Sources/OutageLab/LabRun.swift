@@ -338,10 +338,13 @@ public final class LabRun: @unchecked Sendable {
             ]
             for (k, v) in settings { env[k] = v }
             if let policy = shape.quotaDevices[i] {
-                // A tiny quota; acked records are trimmed quickly so `stop` can resume.
-                env["LOG_MAX_BYTES"] = "160k"
+                // The smallest quota the device accepts (64k), wide readings (ten sensors) so a
+                // partition of a few seconds fills it, and a short retention so acked records are
+                // trimmed quickly and `stop` can resume.
+                env["LOG_MAX_BYTES"] = "64k"
                 env["LOG_QUOTA_POLICY"] = policy
-                env["LOG_RETENTION_RECORDS"] = "200"
+                env["LOG_RETENTION_RECORDS"] = "20"
+                env["SENSORS"] = (0..<10).map { "s\($0)=simulated:\(i * 100 + $0 + 1)" }.joined(separator: ";")
             }
             var clockFile: String? = nil
             if shape.clockDevices.contains(i) {

@@ -95,7 +95,7 @@ public struct Scenario: Sendable {
         Scenario(name: "network", summary: "partitions device↔broker, broker↔ingest and ingest↔MariaDB (resets and silent stalls), slow lossy links",
                  shape: FleetShape(), faults: [.deviceCut, .deviceStall, .backendCut, .backendStall, .databaseCut, .slowLink, .slowLink],
                  meanGapSeconds: 2, defaultDurationSeconds: 60),
-        Scenario(name: "disk", summary: "disk full on devices (quota policy stop and drop-oldest) while partitioned, power-cut stand-in (SIGKILL with durability normal)",
+        Scenario(name: "disk", summary: "disk full on devices (64k quota, policy stop and drop-oldest) while partitioned, power-cut stand-in (SIGKILL with durability normal)",
                  shape: {
                      var s = FleetShape()
                      s.quotaDevices = [0: "stop", 1: "drop-oldest", 2: "drop-oldest"]
@@ -171,9 +171,11 @@ public enum FaultSchedule {
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(3, 12), kind: kind, target: .service(.galera(1 + pick(max(1, shape.galeraNodes)))))
             case .deviceCut, .deviceStall:
                 // Quota devices get long partitions so their log fills up.
-                let d = pick(shape.devices)
+                // Quota devices are partitioned twice as often as the others, so their logs fill up.
+                let quota = shape.quotaDevices.keys.sorted()
+                let d = !quota.isEmpty && pick(3) < 2 ? quota[pick(quota.count)] : pick(shape.devices)
                 let long = shape.quotaDevices[d] != nil
-                f = ScheduledFault(atSeconds: t, durationSeconds: long ? between(8, 20) : between(0.5, 10), kind: kind, target: .device(d))
+                f = ScheduledFault(atSeconds: t, durationSeconds: long ? between(6, 20) : between(0.5, 10), kind: kind, target: .device(d))
             case .slowLink:
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(3, 15), kind: kind, target: .device(pick(shape.devices)))
             case .backendCut, .backendStall, .databaseCut:
