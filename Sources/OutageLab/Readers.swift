@@ -152,9 +152,12 @@ public struct DatabaseAccess: Sendable {
 
     /// Runs SQL and returns rows of tab-separated columns (NULL as "NULL").
     public func rows(_ sql: String, timeoutSeconds: Double = 120) throws -> [[String]] {
-        let out = try runTool("mariadb", ["--no-defaults", "-h", host, "-P", String(port), "-u", user, "-p" + password,
+        // The password goes through MYSQL_PWD, not the command line (visible in process lists).
+        var env = ProcessInfo.processInfo.environment
+        env["MYSQL_PWD"] = password
+        let out = try runTool("mariadb", ["--no-defaults", "-h", host, "-P", String(port), "-u", user,
                                           "--batch", "--skip-column-names", "--connect-timeout=5", database, "-e", sql],
-                              timeoutSeconds: timeoutSeconds)
+                              environment: env, timeoutSeconds: timeoutSeconds)
         return out.split(separator: "\n", omittingEmptySubsequences: true).map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
     }
 }

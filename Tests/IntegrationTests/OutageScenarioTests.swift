@@ -94,24 +94,24 @@ final class OutageScenarioTests: XCTestCase {
     }
 
     func testCrashScenario() throws {
-        assertPassed(try run(options("crash", seed: Self.seed(default: 101, scenario: "crash", seconds: 20), seconds: 20)))
+        assertPassed(try run(options("crash", seed: Self.seed(default: 101, scenario: "crash", seconds: 15), seconds: 15)))
     }
 
     func testServicesScenario() throws {
-        assertPassed(try run(options("services", seed: Self.seed(default: 202, scenario: "services", seconds: 30), seconds: 30)))
+        assertPassed(try run(options("services", seed: Self.seed(default: 202, scenario: "services", seconds: 25), seconds: 25)))
     }
 
     func testNetworkScenario() throws {
-        assertPassed(try run(options("network", seed: Self.seed(default: 303, scenario: "network", seconds: 20), seconds: 20)))
+        assertPassed(try run(options("network", seed: Self.seed(default: 303, scenario: "network", seconds: 15), seconds: 15)))
     }
 
     func testDiskScenario() throws {
-        let report = try run(options("disk", seed: Self.seed(default: 404, scenario: "disk", seconds: 30), seconds: 30))
+        let report = try run(options("disk", seed: Self.seed(default: 404, scenario: "disk", seconds: 25), seconds: 25))
         assertPassed(report)
     }
 
     func testClockScenario() throws {
-        assertPassed(try run(options("clock", seed: Self.seed(default: 505, scenario: "clock", seconds: 15), seconds: 15)))
+        assertPassed(try run(options("clock", seed: Self.seed(default: 505, scenario: "clock", seconds: 12), seconds: 12)))
     }
 
     func testCombinedScenario() throws {
@@ -119,7 +119,7 @@ final class OutageScenarioTests: XCTestCase {
     }
 
     func testGaleraScenario() throws {
-        assertPassed(try run(options("galera", seed: Self.seed(default: 707, scenario: "galera", seconds: 25), seconds: 25, ownStack: true)))
+        assertPassed(try run(options("galera", seed: Self.seed(default: 707, scenario: "galera", seconds: 20), seconds: 20, ownStack: true)))
     }
 }
 
@@ -130,7 +130,7 @@ final class OutageScenarioTests: XCTestCase {
 final class BrokenBuildTests: XCTestCase {
     func testAckBeforeCommitIsCaught() throws {
         let scenario = try XCTUnwrap(Scenario.named("network"))
-        let seconds = 20.0
+        let seconds = 15.0
         // The schedule is pure: take the first seed from 1 on whose schedule cuts ingest ↔ MariaDB
         // early, so the check does not depend on luck.
         var seed: UInt64 = 1
