@@ -218,7 +218,7 @@ public final class FaultProxy: @unchecked Sendable {
             done.signal()
         }
         while true {
-            let (c, stop, resetAll) = lock.withLock { () -> (LinkConditions, Bool, Bool) in
+            var (c, stop, resetAll) = lock.withLock { () -> (LinkConditions, Bool, Bool) in
                 let r = resetAllRequested
                 resetAllRequested = false
                 return (conditions, stopping, r)
@@ -262,6 +262,11 @@ public final class FaultProxy: @unchecked Sendable {
             if fds[1].revents != 0 {
                 var buf = [UInt8](repeating: 0, count: 64)
                 while read(wakeRead, &buf, buf.count) > 0 {}
+                // A command may have woken us: bytes read from here on get the new conditions.
+                // (A cut or stall takes effect at the top of the next iteration.)
+                let fresh = lock.withLock { conditions }
+                if fresh.cut != c.cut || fresh.stalled != c.stalled { continue }
+                c = fresh
             }
             // Existing pairs first (their indexes match `fds` from 2 on).
             var dead: Set<ObjectIdentifier> = []
