@@ -61,6 +61,15 @@ public actor RecentReadings {
         if entries.count > capacity { entries.removeFirst(entries.count - capacity) }
     }
 
+    private(set) var consecutiveAppendFailures = 0
+
+    /// Counts failed appends in a row; returns the count after this call (0 after a success).
+    func appendResult(failed: Bool) -> (now: Int, before: Int) {
+        let before = consecutiveAppendFailures
+        consecutiveAppendFailures = failed ? before + 1 : 0
+        return (consecutiveAppendFailures, before)
+    }
+
     func noteError(_ message: String?) {
         lastError = message
         lastErrorAt = message == nil ? nil : WallClock.now()
@@ -151,11 +160,17 @@ public struct Sampler: Service {
             metrics.head.set(Double(seq.rawValue))
             await recent.add(.init(sequence: seq, timestamp: timestamp, values: reading.values, missing: reading.missingSensors))
             await recent.noteError(reading.errors.isEmpty ? nil : reading.errors.map(\.description).joined(separator: "; "))
+            let streak = await recent.appendResult(failed: false)
+            if streak.before > 0 { logger.notice("appends work again", metadata: ["failed_in_a_row": "\(streak.before)"]) }
             logger.trace("appended", metadata: ["seq": "\(seq)"])
         } catch {
             metrics.appendFailures.increment()
             await recent.noteError("append failed: \(error)")
-            logger.error("append failed; sampling continues and retries next tick", metadata: ["error": "\(error)"])
+            // Logged on the first failure and every 100th after (a full disk must not flood the journal).
+            let streak = await recent.appendResult(failed: true)
+            if streak.now == 1 || streak.now % 100 == 0 {
+                logger.error("append failed; sampling continues and retries every tick", metadata: ["error": "\(error)", "failed_in_a_row": "\(streak.now)"])
+            }
         }
     }
 }

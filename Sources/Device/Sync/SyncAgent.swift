@@ -210,6 +210,11 @@ public final class SyncAgent: Service, @unchecked Sendable {
                 for await m in self.commandMessages {
                     guard let handler = self.lock.withLock({ self.commandHandlerValue }) else { continue }
                     let result = await handler.handle(m.payload)
+                    if let status = result.response?.status {
+                        // spec §3.5: `status` publishes a fresh status and replies with it.
+                        _ = try? await mqtt.publish(self.configuration.topics.status, payload: SyncCodec.encode(status), qos: .atLeastOnce,
+                                                    retain: true, properties: .init(contentType: SyncCodec.contentType))
+                    }
                     do {
                         try await mqtt.publish(self.configuration.topics.response, payload: result.payload, qos: .atLeastOnce, retain: false,
                                                properties: .init(contentType: SyncCodec.contentType))
