@@ -403,10 +403,14 @@ public final class LabRun: @unchecked Sendable {
     // MARK: faults
 
     private func queue(for target: FaultTarget) -> DispatchQueue {
-        lock.withLock {
-            if let q = queues[target] { return q }
-            let q = DispatchQueue(label: "lab.fault.\(target)")
-            queues[target] = q
+        // All stack services share one queue: a service fault starts only after the previous
+        // one's restart finished (a Galera node is synced again), so two nodes are never down
+        // at once because a rejoin took longer than the schedule assumed (quorum would be lost).
+        let key: FaultTarget = { if case .service = target { return .service(.mariadb) }; return target }()
+        return lock.withLock {
+            if let q = queues[key] { return q }
+            let q = DispatchQueue(label: "lab.fault.\(key)")
+            queues[key] = q
             return q
         }
     }

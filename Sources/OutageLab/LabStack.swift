@@ -172,7 +172,7 @@ public final class LabStack: @unchecked Sendable {
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 public func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     precondition(fd >= 0, "socket() failed")
     defer { close(fd) }
     var addr = sockaddr_in()
