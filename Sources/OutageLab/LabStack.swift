@@ -130,13 +130,25 @@ public final class LabStack: @unchecked Sendable {
     /// SIGKILL the service and wait until it is gone.
     public func kill9(_ s: ServiceName) throws {
         try lock.withLock {
-            if case .galera(let i) = s { try runScript(["galera-kill", String(i)]); return }
+            if case .galera(let i) = s {
+                let old = pid(s)
+                try runScript(["galera-kill", String(i)])
+                // The script returns right after the signal; the node's listening socket closes
+                // only when the process is gone, and a restart before that finds the port busy.
+                if let old { waitGone(old) }
+                return
+            }
             guard let p = pid(s) else { logger.warning("lab: \(s) was not running"); return }
             kill(p, SIGCONT)
             kill(p, SIGKILL)
-            let deadline = monotonicSeconds() + 10
-            while kill(p, 0) == 0 && monotonicSeconds() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+            waitGone(p)
         }
+    }
+
+    /// Waits (up to 60 s) until a killed process no longer exists.
+    private func waitGone(_ p: Int32) {
+        let deadline = monotonicSeconds() + 60
+        while kill(p, 0) == 0 && monotonicSeconds() < deadline { Thread.sleep(forTimeInterval: 0.05) }
     }
 
     public func pause(_ s: ServiceName) { if let p = pid(s) { kill(p, SIGSTOP) } }
