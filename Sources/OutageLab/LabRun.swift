@@ -422,6 +422,8 @@ public final class LabRun: @unchecked Sendable {
             guard lock.withLock({ activeFaults.removeValue(forKey: index) }) != nil else { return }
         }
         queue(for: f.target).async { [self] in
+            // After an interrupt, queued faults are dropped: teardown must not wait behind them.
+            if lock.withLock({ cancelled }) { return }
             do {
                 try apply(f, index: index, begin: begin)
             } catch {
