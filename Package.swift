@@ -22,6 +22,7 @@ let package = Package(
     products: [
         .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
         .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
+        .executable(name: "fieldlog-lab", targets: ["LabNode"]),
         .executable(name: "fieldlog-bench", targets: ["Bench"]),
         .library(name: "Log", targets: ["Log"]),
         .library(name: "Sync", targets: ["Sync"]),
@@ -34,6 +35,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C libraries
@@ -56,11 +58,26 @@ let package = Package(
         .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "Sync", dependencies: ["FieldlogCore", "MQTT", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
 
+        // The device node's components (sampler, button, sync agent, commands, status server)
+        .target(name: "CDeviceSupport"),
+        .target(
+            name: "Device",
+            dependencies: [
+                "CDeviceSupport", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "GPIO",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+
         // Executables
         .executableTarget(
             name: "DeviceNode",
             dependencies: [
-                "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "GPIO",
+                "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "GPIO", "Device",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -92,12 +109,19 @@ let package = Package(
         .executableTarget(name: "LogTorture", dependencies: ["FieldlogCore", "Log", .product(name: "Logging", package: "swift-log")],
                           path: "Sources/LogTorture", swiftSettings: strict),
 
+        // Outage lab: fault-injecting proxy, fleet orchestration, seeded fault schedule, independent checker
+        .target(name: "OutageLab", dependencies: ["CSQLite", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .executableTarget(name: "LabNode", dependencies: ["OutageLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                          .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+
         // Tests
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "MQTT", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "WebTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "DeviceTests", dependencies: ["Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
     ]
 )

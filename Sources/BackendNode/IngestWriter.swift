@@ -219,6 +219,27 @@ final class IngestWriter: @unchecked Sendable {
         }
     }
 
+    /// TEST ONLY, a deliberately broken build for the outage lab (docs/outage-lab.md):
+    /// FIELDLOG_FAULT_ACK_BEFORE_COMMIT=1 acks every batch on receipt, through its last record,
+    /// then makes one attempt to store it and forgets it when that fails. The lab must catch it.
+    static let faultAckBeforeCommit = ProcessInfo.processInfo.environment["FIELDLOG_FAULT_ACK_BEFORE_COMMIT"] == "1"
+
+    private func storeAndAckBroken(_ stores: [(StoreToken, StoreRequest)], newDevices: [DeviceID], newEpochs: [(DeviceID, Epoch)]) async throws {
+        for (token, r) in stores {
+            for action in machine.storeCommitted(token, outcome: StoreOutcome(storedThrough: r.range.last, missing: [])) {
+                if case .publishAck(let topic, let payload, _) = action { try? await publishAck(topic, payload) }
+            }
+        }
+        do {
+            _ = try await database.store().storeBatches(stores.map(\.1), newDevices: newDevices, newEpochs: newEpochs)
+            knownDevices.formUnion(newDevices)
+            knownEpochs.formUnion(newEpochs.map { Key(device: $0.0, epoch: $0.1) })
+        } catch {
+            await database.failed()
+            logger.error("FIELDLOG_FAULT_ACK_BEFORE_COMMIT: store failed after the ack; \(stores.count) batch(es) lost: \(error)")
+        }
+    }
+
     /// A short outcome for the commands table: "ok", "resent 5…9", "not-retained 1…4", or the error code.
     static func outcome(of r: CommandResponse) -> String {
         if let e = r.error { return e.rawValue }
@@ -239,6 +260,10 @@ final class IngestWriter: @unchecked Sendable {
             if !knownEpochs.contains(k), seenEpochs.insert(k).inserted { newEpochs.append((r.device, r.epoch)) }
         }
         let (nd, ne) = (newDevices, newEpochs)
+        if Self.faultAckBeforeCommit {
+            try await storeAndAckBroken(stores, newDevices: nd, newEpochs: ne)
+            return
+        }
         let start = ContinuousClock.now
         let results: [BatchStoreResult]
         do {

@@ -768,7 +768,8 @@ public final class DeviceLog: @unchecked Sendable {
     static func currentTimeMs() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+        // TestFaults: the outage lab's clock jumps (0 unless FIELDLOG_FAULT_CLOCK_OFFSET_FILE is set).
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000 + TestFaults.wallClockOffsetMs()
     }
 }
 
