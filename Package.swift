@@ -96,5 +96,6 @@ let package = Package(
         .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "MQTT", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "GaleraTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
     ]
 )
