@@ -149,7 +149,17 @@ final class GaleraClusterTests: XCTestCase {
             XCTAssertEqual(rows, expected, "readings on node \(node)")
         }
         let rejoinLog = (try? String(contentsOfFile: g.directory.file("galera/node1/mariadb.log"), encoding: .utf8)) ?? ""
-        XCTAssertTrue(rejoinLog.contains("IST received"), "node 1 rejoined by incremental state transfer (IST)")
+        let transferLines = rejoinLog.split(separator: "\n").filter { $0.contains("IST") || $0.contains("SST") || $0.contains("Recovered") }
+        // Node 1 is back in the cluster (it holds every row, checked above). How it caught up is
+        // reported, not asserted: scripts/stack restarts it from its recovered position (IST),
+        // but under this test's load the node has also come back by a full copy (SST) followed
+        // by IST of the last write sets (docs/scaling.md).
+        XCTAssertTrue(rejoinLog.contains("IST received") || rejoinLog.contains("SST received"),
+                      "node 1 rejoined by state transfer: \(transferLines.suffix(15).joined(separator: "\n"))")
+        let transfer = rejoinLog.contains("SST received") ? "SST (full copy) then IST" : "IST (incremental)"
+        XCTAssertEqual(try g.status("wsrep_local_state_comment", node: 1), "Synced")
+        XCTAssertEqual(try g.status("wsrep_cluster_size", node: 1), "3")
+        print("galera: node 1 caught up by \(transfer)")
 
         var audit = try Backend.run(["audit"], environment: env)
         if audit.status != 0 {
@@ -250,7 +260,9 @@ final class GaleraClusterTests: XCTestCase {
         func retries() -> Double {
             Backend.counter("fieldlog_deadlock_retries_total", in: metricsA.text()) + Backend.counter("fieldlog_deadlock_retries_total", in: metricsB.text())
         }
-        while retries() == 0 && round < 15 {
+        // Adjacent batches conflict only on the new device's `devices`/`epochs` row, if at all.
+        let adjacentRetries = retries()
+        repeat {
             round += 1
             let device = try DeviceID(Stack.uniqueName("race"))
             devices.append(device)
@@ -261,9 +273,9 @@ final class GaleraClusterTests: XCTestCase {
                 }
                 try await group.waitForAll()
             }
-        }
-        print("galera: \(Int(retries())) certification-conflict retries in \(round) racing round(s)")
-        XCTAssertGreaterThan(retries(), 0, "two nodes inserting the same rows at once must lose certification (1213) and retry")
+        } while retries() == adjacentRetries && round < 15
+        print("galera: certification-conflict retries: \(Int(adjacentRetries)) with adjacent batches, \(Int(retries() - adjacentRetries)) in \(round) racing round(s)")
+        XCTAssertGreaterThan(retries(), adjacentRetries, "two nodes inserting the same rows at once must lose certification (1213) and retry")
         for device in devices {
             XCTAssertEqual(try g.sql("SELECT CONCAT(COUNT(*), ' ', MIN(seq), ' ', MAX(seq)) FROM readings WHERE device_id = '\(device)'", node: 3, database: name)
                             .trimmingCharacters(in: .whitespacesAndNewlines), "400 1 400", "device \(device) stored exactly once")

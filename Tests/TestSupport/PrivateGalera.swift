@@ -113,7 +113,9 @@ public final class PrivateGalera: @unchecked Sendable {
     /// A base port whose 12 ports (SQL, gcomm, IST, SST of each node) are all free right now.
     static func freeBase(nodes: Int) -> Int {
         while true {
-            let base = Int.random(in: 30_000...38_000)
+            // Below the ephemeral range (32768…): an outgoing connection must not take an IST or
+            // SST port between the start of the cluster and a node's rejoin.
+            let base = Int.random(in: 14_600...18_500)
             var ports: [Int] = []
             for i in 0..<nodes {
                 let node: Int = base + i
