@@ -123,5 +123,6 @@ let package = Package(
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "DeviceTests", dependencies: ["Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "GaleraTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
     ]
 )
