@@ -3,7 +3,8 @@
 //
 // Map of the tree:
 //   C…            system-library targets, one per C library (found with pkg-config)
-//   FieldlogCore  domain types shared by all: DeviceID, Epoch, SequenceNumber, LogRecord, LossMarker
+//   FieldlogCore  domain types shared by all (DeviceID, Epoch, SequenceNumber, LogRecord,
+//                 LossMarker) and the WorkerThread that keeps blocking C calls off the cooperative pool
 //   Log           the device's durable SQLite log and its Redis hot-state mirror
 //   Sync          the sync protocol: messages, codec, sans-IO state machines, MQTT transport
 //   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
@@ -49,9 +50,9 @@ let package = Package(
         .target(name: "FieldlogCore", swiftSettings: strict),
 
         // Wrappers
-        .target(name: "Redis", dependencies: ["CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Redis", dependencies: ["FieldlogCore", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MQTT", dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "MariaDB", dependencies: ["CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MariaDB", dependencies: ["FieldlogCore", "CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "GPIO", dependencies: ["CGPIOD"], swiftSettings: strict),
 
         // Product libraries

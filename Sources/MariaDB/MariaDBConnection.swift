@@ -7,6 +7,7 @@
 // of synchronous calls as one job, so nothing of another caller interleaves with it.
 // A lost connection (see `MariaDBError.isConnectionLost`) closes the handle; the caller
 // decides when to `reconnect()` (never silently, which would drop an open transaction).
+import FieldlogCore
 import Foundation
 import Logging
 

@@ -6,6 +6,7 @@
 // SQL text (so a multi-row insert of N rows prepares its statement once per N), and frees
 // statements and handle exactly once in `close()`. C strings are copied out at once; C
 // return codes become `MariaDBError`s that name the operation, the error number and SQLSTATE.
+import FieldlogCore
 import CMariaDB
 import Foundation
 import Logging

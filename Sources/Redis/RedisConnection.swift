@@ -8,6 +8,7 @@
 // server): then it reconnects before sending, so nothing is sent twice. A command that breaks
 // mid-way is never retried here: the caller knows whether it is idempotent.
 // All context access is serialised by one lock; async calls queue on the worker thread.
+import FieldlogCore
 import CHiredis
 import Foundation
 import Logging

@@ -1,11 +1,12 @@
 // A dedicated OS thread that runs submitted jobs one at a time, in order.
 //
-// Why: Connector/C calls block (network round trips, connect timeouts). Swift's cooperative
-// pool has one thread per core; a blocked call there stalls unrelated tasks. Every libmariadb
-// call of a connection runs on that connection's worker, which also did mysql_thread_init.
+// Why: C client calls block (network round trips, connect timeouts). Swift's cooperative
+// pool has one thread per core; a blocked call there stalls unrelated tasks. Every async
+// Connector/C and hiredis call of a connection runs on that connection's worker (the MariaDB
+// one also did mysql_thread_init there).
 import Foundation
 
-final class WorkerThread: @unchecked Sendable {
+public final class WorkerThread: @unchecked Sendable {
     // @unchecked: `jobs` and `stopping` are only touched under `condition`; the thread itself
     // is the only reader of the job closures after they are dequeued.
     private let condition = NSCondition()
@@ -16,7 +17,7 @@ final class WorkerThread: @unchecked Sendable {
     /// - Parameters:
     ///   - setUp: runs first on the new thread (e.g. mysql_thread_init).
     ///   - tearDown: runs last on the thread, after every queued job ran.
-    init(name: String, setUp: @escaping @Sendable () -> Void = {}, tearDown: @escaping @Sendable () -> Void = {}) {
+    public init(name: String, setUp: @escaping @Sendable () -> Void = {}, tearDown: @escaping @Sendable () -> Void = {}) {
         let thread = Thread { [condition, threadIDBox] in
             threadIDBox.set(pthread_self())
             setUp()
@@ -39,7 +40,7 @@ final class WorkerThread: @unchecked Sendable {
     }
 
     /// Queues `job`; it runs on the worker thread after every job queued before it.
-    func submit(_ job: @escaping @Sendable () -> Void) {
+    public func submit(_ job: @escaping @Sendable () -> Void) {
         condition.lock()
         precondition(!stopping, "job submitted to a stopped worker thread")
         jobs.append(job)
@@ -48,7 +49,7 @@ final class WorkerThread: @unchecked Sendable {
     }
 
     /// Lets the thread finish the queued jobs, run `tearDown` and exit. Does not wait.
-    func stop() {
+    public func stop() {
         condition.lock()
         stopping = true
         condition.signal()
@@ -56,14 +57,14 @@ final class WorkerThread: @unchecked Sendable {
     }
 
     /// Runs `body` on the worker thread and returns its result to the awaiting task.
-    func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
             submit { continuation.resume(with: Result { try body() }) }
         }
     }
 
     /// True when called on the worker thread itself.
-    var isCurrent: Bool { threadIDBox.isCurrent }
+    public var isCurrent: Bool { threadIDBox.isCurrent }
 }
 
 /// The pthread id of the worker, published once it started.
