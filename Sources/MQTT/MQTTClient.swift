@@ -138,7 +138,12 @@ final class MQTTConnectionCore: @unchecked Sendable {
         guard let mosq = mosquitto_new(configuration.clientID, configuration.cleanStart, context) else {
             throw MQTTError(operation: operation, kind: .library, message: "mosquitto_new failed: \(String(cString: strerror(errno)))")
         }
-        handle = mosq
+        // Configure before storing `handle`: once every stored property is set, the object is
+        // fully initialised and a later `throw` runs `deinit`, which destroys `handle`. Destroying
+        // it here as well (as we once did) freed the mosquitto struct twice on every bad
+        // configuration (e.g. an unreadable TLS file): glibc heap corruption that surfaced later
+        // in unrelated, allocation-heavy code ("corrupted size vs. prev_size"). Now the handle is
+        // destroyed exactly once: here when configuring fails, otherwise in `deinit`.
         do {
             try Self.configure(mosq, configuration, operation)
         } catch {
@@ -146,6 +151,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
             throw error
         }
         CallbackBox.install(on: mosq)
+        handle = mosq
     }
 
     deinit {

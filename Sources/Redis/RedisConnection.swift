@@ -191,12 +191,39 @@ public final class RedisConnection: @unchecked Sendable {
                 freeReplyObject(raw)
                 _ = try reply.throwingServerError(command: operation + " (\(command[0]))")
             }
+            try waitWhileLoading(c, operation: operation)
         } catch {
             redisFree(c)
             throw error
         }
         logger.debug("connected to redis", metadata: ["endpoint": "\(configuration.endpointDescription)"])
         return c
+    }
+
+    /// A freshly (re)started Redis accepts connections while it still loads its AOF/RDB and
+    /// answers every data command with "-LOADING Redis is loading the dataset in memory".
+    /// Handing such a connection out would fail the caller's first command after a restart, so
+    /// probe with PING (refused while loading; AUTH and SELECT are allowed then) and wait until
+    /// the dataset is loaded, bounded by `commandTimeout`.
+    private func waitWhileLoading(_ c: UnsafeMutablePointer<redisContext>, operation: String) throws {
+        let deadline = ContinuousClock.now + configuration.commandTimeout
+        while true {
+            guard let raw = withArgv([Array("PING".utf8)], { redisCommandArgv(c, $0, $1, $2) }) else {
+                throw RedisError(operation: operation + " (PING)", kind: .connect, message: String(cString: fieldlog_redis_errstr(c)))
+            }
+            let reply = Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            guard case .error(let message) = reply, message.hasPrefix("LOADING") else {
+                _ = try reply.throwingServerError(command: operation + " (PING)")
+                return
+            }
+            guard ContinuousClock.now < deadline else {
+                throw RedisError(operation: operation, kind: .connect,
+                                 message: "the server was still loading its dataset after \(configuration.commandTimeout): \(message)")
+            }
+            logger.debug("redis is loading its dataset; waiting", metadata: ["endpoint": "\(configuration.endpointDescription)"])
+            Thread.sleep(forTimeInterval: 0.05)
+        }
     }
 
     /// Frees the broken context and returns the error that broke it.

@@ -111,6 +111,34 @@ final class MQTTTests: XCTestCase {
         }
     }
 
+    /// Regression: a configuration error found after `mosquitto_new` (unreadable TLS file, a
+    /// certificate without its key, a will on a wildcard topic) used to destroy the handle twice
+    /// (once in init's error path, once in deinit), corrupting the heap; the abort came later, in
+    /// whatever allocated next. Many failed inits followed by heavy allocation make it show here.
+    func testFailedConfigurationFreesTheHandleOnceEvenWhenRepeated() throws {
+        for i in 0..<200 {
+            XCTAssertThrowsError(try MQTTClient(configuration: MQTTConfiguration(
+                clientID: "bad-tls-\(i)", tls: .init(caFile: "/nonexistent/ca-\(i).pem")))) {
+                XCTAssertTrue("\($0)".contains("/nonexistent/ca-\(i).pem"), "\($0)")
+            }
+            XCTAssertThrowsError(try MQTTClient(configuration: MQTTConfiguration(
+                clientID: "bad-will-\(i)", will: .init(topic: "fieldlog/v1/devices/+/status", payload: [1], qos: .atLeastOnce,
+                                                       properties: .init(contentType: "text/plain"))))) {
+                XCTAssertTrue("\($0)".contains("will"), "\($0)")
+            }
+        }
+        // Allocation-heavy work after the failures, as the simulation test that used to abort.
+        var total = 0
+        for round in 0..<200 {
+            var chunks: [[UInt8]] = []
+            for size in stride(from: 16, through: 4096, by: 61) { chunks.append([UInt8](repeating: UInt8(truncatingIfNeeded: round), count: size)) }
+            var text: [String] = []
+            for chunk in chunks.shuffled() { text.append(String(decoding: chunk.prefix(40), as: UTF8.self) + "\(chunk.count)") }
+            total += chunks.reduce(0) { $0 + $1.count } + text.count
+        }
+        XCTAssertGreaterThan(total, 0)
+    }
+
     // MARK: publish / subscribe
 
     func testPublishSubscribeRoundTripWithPropertiesAndPubAck() async throws {

@@ -176,6 +176,26 @@ final class RedisTests: XCTestCase {
         }
     }
 
+    /// A restarted Redis accepts connections while it still loads its dataset and answers
+    /// "-LOADING"; the reconnect waits that out, so the first command after a restart works.
+    /// `key-load-delay` (µs per key) makes the loading phase last about a second here; Redis
+    /// answers clients only every 1024 AOF commands while loading, hence more keys than that.
+    @MainActor func testReconnectWaitsWhileTheServerLoadsItsDataset() async throws {
+        let server = try PrivateRedis()
+        let conf = server.directory.file("redis.conf")
+        try (String(contentsOfFile: conf, encoding: .utf8) + "\nkey-load-delay 300\n").write(toFile: conf, atomically: true, encoding: .utf8)
+        try server.start()
+        let redis = connection(port: server.port)
+        let replies = try await redis.pipeline((0..<3000).map { [Array("SET".utf8), Array("k\($0)".utf8), Array("v\($0)".utf8)] })
+        XCTAssertEqual(replies.filter { $0 == .status("OK") }.count, 3000)
+        server.stop()
+        try server.start() // listening again, but loading 3000 keys at 0.3 ms each
+        let value = try await redis.command("GET", "k2999")
+        XCTAssertEqual(value.string, "v2999", "\(value)")
+        redis.close()
+        server.stop()
+    }
+
     @MainActor func testCommandTimeoutIsAConnectionError() async throws {
         let server = try PrivateRedis()
         try server.start()
