@@ -1,0 +1,73 @@
+// The start/stop button service: GPIO edges → `PressDetector` → toggle `measurement:enabled`.
+//
+// Theory of operation: the line is requested for both edges (so bounces of either kind
+// restart the quiet period) with the configured bias; a dedicated thread waits for edges
+// (libgpiod blocks) and hands them to the task that owns the `ButtonToggle`. A press flips
+// the switch in `RuntimeSettings`, which the switch poller writes to Redis, as the seed's
+// `startstopbutton` did. Without GPIO hardware (no chip, no line, no permission) the service
+// logs one clear error naming chip and line and then idles until shutdown: the rest of the
+// device keeps running.
+import Foundation
+import GPIO
+import Logging
+import ServiceLifecycle
+
+public struct ButtonService: Service {
+    public let settings: DeviceConfiguration.ButtonSettings
+    public let runtime: RuntimeSettings
+    public let metrics: DeviceMetrics
+    public let logger: Logger
+
+    public init(settings: DeviceConfiguration.ButtonSettings, runtime: RuntimeSettings, metrics: DeviceMetrics, logger: Logger) {
+        self.settings = settings
+        self.runtime = runtime
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let bias: GPIOBias = switch settings.bias {
+        case .up: .pullUp
+        case .down: .pullDown
+        case .none: .disabled
+        }
+        let gpio = GPIOConfiguration(chip: settings.chip, line: UInt32(settings.line), edge: .both, bias: bias, consumer: "fieldlog-button")
+        let input: GPIOEdgeInput
+        do { input = try GPIOEdgeInput(configuration: gpio) } catch {
+            logger.error("start/stop button unavailable; everything else keeps running (set BUTTON_ENABLE=false to silence this)",
+                         metadata: ["chip": "\(settings.chip)", "line": "\(settings.line)", "error": "\(error)"])
+            try? await gracefulShutdown()
+            return
+        }
+        logger.info("start/stop button ready", metadata: ["chip": "\(settings.chip)", "line": "\(settings.line)",
+                                                          "edge": "\(settings.edge.rawValue)", "bounce": "\(settings.bounce)"])
+        var toggle = ButtonToggle(detector: PressDetector(pressEdge: settings.edge == .rising ? .rising : .falling, bounce: settings.bounce))
+        let (stream, sink) = AsyncStream.makeStream(of: EdgeEvent.self, bufferingPolicy: .bufferingNewest(256))
+        let thread = Thread {
+            while true {
+                do {
+                    guard let e = try input.blockingWaitForEvent(timeout: .milliseconds(500)) else { continue }
+                    let c = e.timestamp.components
+                    let ns = UInt64(max(0, c.seconds)) * 1_000_000_000 + UInt64(max(0, c.attoseconds / 1_000_000_000))
+                    sink.yield(EdgeEvent(kind: e.kind == .rising ? .rising : .falling, timestampNanoseconds: ns))
+                } catch {
+                    sink.finish()  // closed on shutdown, or a kernel error (logged below)
+                    return
+                }
+            }
+        }
+        thread.name = "fieldlog-button"
+        thread.start()
+        await withGracefulShutdownHandler {
+            for await edge in stream where toggle.edge(edge) == .toggle {
+                metrics.buttonPresses.increment()
+                let on = await runtime.toggleMeasurement()
+                logger.notice("button pressed: measurement \(on ? "started" : "stopped")")
+            }
+        } onGracefulShutdown: {
+            input.close()
+            sink.finish()
+        }
+        input.close()
+    }
+}

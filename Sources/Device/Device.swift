@@ -1,0 +1,1 @@
+// Device: the components of `fieldlog-device` (sampler, button, sync agent, commands, status server).

@@ -1,0 +1,84 @@
+import Foundation
+import Prometheus
+
+/// The device's Prometheus metrics, served at `GET /metrics`.
+///
+/// Made from one `PrometheusCollectorRegistry` that the program owns (no global state, so
+/// tests can make as many as they like). `main` may also bootstrap swift-metrics with the same
+/// registry so the libraries' own metrics show up next to these.
+public final class DeviceMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+
+    public let appends: Counter
+    public let appendFailures: Counter
+    public let appendLatency: DurationHistogram
+    public let readingsSkipped: Counter
+    public let batchesSent: Counter
+    public let resends: Counter
+    public let acks: Counter
+    public let backlog: Gauge
+    public let head: Gauge
+    public let ackedThrough: Gauge
+    public let reconnects: Counter
+    public let mqttConnected: Gauge
+    public let redisAvailable: Gauge
+    public let commands: Counter
+    public let commandErrors: Counter
+    public let buttonPresses: Counter
+    private let sensorErrorCounters: NSLockedDictionary
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        appends = registry.makeCounter(descriptor: Self.d("appends_total", "Readings appended durably to the log."))
+        appendFailures = registry.makeCounter(descriptor: Self.d("append_failures_total", "Appends that failed (disk, quota)."))
+        appendLatency = registry.makeDurationHistogram(
+            descriptor: Self.d("append_latency_seconds", "Time from reading to durable append."),
+            buckets: [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+                      .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1)])
+        readingsSkipped = registry.makeCounter(descriptor: Self.d("readings_skipped_total", "Sampling ticks skipped because the previous reading was still running."))
+        batchesSent = registry.makeCounter(descriptor: Self.d("batches_sent_total", "Batches published (first sends and resends)."))
+        resends = registry.makeCounter(descriptor: Self.d("resends_total", "Batches published again (timeout, reconnect, replay)."))
+        acks = registry.makeCounter(descriptor: Self.d("acks_total", "Acks received that moved the acked pointer."))
+        backlog = registry.makeGauge(descriptor: Self.d("backlog_records", "Records appended but not yet acknowledged."))
+        head = registry.makeGauge(descriptor: Self.d("head_sequence", "Sequence number of the newest record."))
+        ackedThrough = registry.makeGauge(descriptor: Self.d("acked_sequence", "Acked-through pointer."))
+        reconnects = registry.makeCounter(descriptor: Self.d("mqtt_reconnects_total", "MQTT connections made after the first."))
+        mqttConnected = registry.makeGauge(descriptor: Self.d("mqtt_connected", "1 while connected to the broker."))
+        redisAvailable = registry.makeGauge(descriptor: Self.d("redis_available", "1 while Redis answers."))
+        commands = registry.makeCounter(descriptor: Self.d("commands_total", "Commands executed."))
+        commandErrors = registry.makeCounter(descriptor: Self.d("command_errors_total", "Commands answered with an error (malformed, unknown, rejected)."))
+        buttonPresses = registry.makeCounter(descriptor: Self.d("button_presses_total", "Debounced start/stop button presses."))
+        sensorErrorCounters = NSLockedDictionary()
+    }
+
+    /// Counts a failed read of one sensor (labelled by sensor name).
+    public func sensorError(_ sensor: String) {
+        sensorErrorCounters.counter(for: sensor) {
+            registry.makeCounter(descriptor: Self.d("sensor_errors_total", "Failed sensor reads."), labels: [("sensor", sensor)])
+        }.increment()
+    }
+
+    /// `fieldlog_device_<name>`; the unit is already part of `name`.
+    private static func d(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "fieldlog", subsystem: "device", metricName: name, unitName: "", helpText: help)
+    }
+
+    /// The Prometheus text exposition.
+    public func render() -> String { registry.emitToString() }
+}
+
+/// Counters by label, created on first use.
+final class NSLockedDictionary: @unchecked Sendable {
+    // @unchecked: `counters` is only touched under `lock`.
+    private let lock = NSLock()
+    private var counters: [String: Counter] = [:]
+
+    func counter(for key: String, make: () -> Counter) -> Counter {
+        lock.withLock {
+            if let c = counters[key] { return c }
+            let c = make()
+            counters[key] = c
+            return c
+        }
+    }
+}

@@ -1,0 +1,135 @@
+// The local status server: a glance at one device (replaces the seed's Grafana container).
+//
+// Theory of operation: a Hummingbird application on one event-loop thread (a device has
+// little memory to spare), bound to loopback by default. `GET /` is a small HTML page that
+// draws the latest readings as inline SVG rendered on the server (no script, no CDN; it
+// reloads itself every few seconds) and shows the sync state; `GET /status` is the same data
+// as JSON; `GET /metrics` is the Prometheus text exposition. The server only reads
+// snapshots from the other components; nothing here can block sampling or syncing.
+import FieldlogCore
+import Foundation
+import Hummingbird
+import Logging
+import NIOPosix
+import Sync
+
+/// What the status server shows; the device node provides it.
+public protocol StatusProvider: Sendable {
+    func statusJSON() async -> JSONValue
+    func recentReadings() async -> [RecentReadings.Entry]
+    var metrics: DeviceMetrics { get }
+}
+
+public enum StatusServer {
+    /// The router, also used by in-process tests.
+    public static func buildRouter(_ provider: any StatusProvider) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/status") { _, _ -> Response in
+            let json = await provider.statusJSON()
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(json) + [0x0A])))
+        }
+        router.get("/metrics") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: provider.metrics.render())))
+        }
+        router.get("/") { _, _ -> Response in
+            let html = StatusPage.render(status: await provider.statusJSON(), readings: await provider.recentReadings())
+            return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: html)))
+        }
+        return router
+    }
+
+    /// The application (a `Service`), on an event-loop group of one thread.
+    public static func buildApplication(_ provider: any StatusProvider, host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
+        Application(
+            router: buildRouter(provider),
+            configuration: .init(address: .hostname(host, port: port), serverName: "fieldlog-device"),
+            eventLoopGroupProvider: .shared(eventLoopGroup),
+            logger: logger)
+    }
+
+    /// One thread is plenty for a loopback status page and keeps memory down.
+    static let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+}
+
+/// The HTML page with an inline SVG chart per numeric sensor.
+enum StatusPage {
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+    }
+
+    static func render(status: JSONValue, readings: [RecentReadings.Entry]) -> String {
+        var html = """
+        <!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <title>fieldlog-device</title>
+        <style>body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
+        td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}svg{background:#fafafa;border:1px solid #ddd}
+        .bad{color:#b00}.good{color:#070}h2{margin-top:1.2em}</style></head><body>
+        <h1>fieldlog-device</h1>
+        """
+        html += "<h2>State</h2><table>"
+        if case .object(let fields) = status {
+            for (k, v) in fields {
+                html += "<tr><th>\(escape(k))</th><td>\(escape(pretty(v)))</td></tr>"
+            }
+        }
+        html += "</table>"
+        html += "<h2>Latest readings</h2>"
+        // Series per numeric value name.
+        var series: [String: [(Int64, Double)]] = [:]
+        for e in readings {
+            for (name, v) in e.values {
+                if case .number(let d) = v { series[name, default: []].append((e.timestamp.unixMilliseconds, d)) }
+            }
+        }
+        if series.isEmpty { html += "<p>No readings yet.</p>" }
+        for name in series.keys.sorted().prefix(12) {
+            html += chart(name: name, points: series[name]!)
+        }
+        if let last = readings.last {
+            html += "<p>Last: seq \(last.sequence) at \(iso(last.timestamp.unixMilliseconds))"
+            if last.timestamp.clockUnsynchronized { html += " <span class=bad>(clock not synchronised)</span>" }
+            if !last.missing.isEmpty { html += " <span class=bad>missing: \(escape(last.missing.joined(separator: ", ")))</span>" }
+            html += "</p>"
+        }
+        html += "<p><a href=\"/status\">/status</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n"
+        return html
+    }
+
+    static func chart(name: String, points: [(Int64, Double)]) -> String {
+        let w = 600.0, h = 120.0, pad = 4.0
+        let values = points.map(\.1)
+        let lo = values.min() ?? 0, hi = values.max() ?? 1
+        let span = hi - lo == 0 ? 1 : hi - lo
+        let t0 = Double(points.first?.0 ?? 0), t1 = Double(points.last?.0 ?? 1)
+        let tspan = t1 - t0 == 0 ? 1 : t1 - t0
+        let coords = points.map { p -> String in
+            let x = pad + (Double(p.0) - t0) / tspan * (w - 2 * pad)
+            let y = h - pad - (p.1 - lo) / span * (h - 2 * pad)
+            return String(format: "%.1f,%.1f", x, y)
+        }.joined(separator: " ")
+        let last = values.last.map { String($0) } ?? "-"
+        return """
+        <h3>\(escape(name)) <small>now \(escape(last)), min \(lo), max \(hi), \(points.count) points</small></h3>
+        <svg width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))" role="img" aria-label="\(escape(name))">
+        <polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="\(coords)"/></svg>
+        """
+    }
+
+    static func pretty(_ v: JSONValue) -> String {
+        switch v {
+        case .string(let s): return s
+        default: return String(decoding: JSONWriter.encode(v), as: UTF8.self)
+        }
+    }
+
+    static func iso(_ ms: Int64) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+    }
+}

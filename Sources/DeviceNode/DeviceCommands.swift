@@ -1,0 +1,96 @@
+// `fieldlog-device run|sample|button|sync|config check`: thin commands over Device.DeviceNode.
+import ArgumentParser
+import Device
+import Foundation
+import Logging
+
+/// Options shared by the commands that read the configuration.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: "Configuration file of KEY=value lines (environment variables override it). Default: $FIELDLOG_CONFIG, else none.")
+    var config: String?
+
+    /// Loads, validates and returns the configuration; prints every problem and exits 78 (EX_CONFIG) on error.
+    func load() throws -> DeviceConfiguration {
+        let env = ProcessInfo.processInfo.environment
+        do {
+            let source = try ConfigurationSource.load(file: config ?? env["FIELDLOG_CONFIG"], environment: env)
+            return try DeviceConfiguration(source: source)
+        } catch {
+            FileHandle.standardError.write(Data("fieldlog-device: \(error)\n".utf8))
+            throw ExitCode(78)
+        }
+    }
+}
+
+func bootstrapLogging(_ level: String) -> Logger {
+    let lvl = Logger.Level(rawValue: level) ?? .info
+    LoggingSystem.bootstrap { label in
+        var h = StreamLogHandler.standardError(label: label)
+        h.logLevel = lvl
+        return h
+    }
+    var logger = Logger(label: "fieldlog.device")
+    logger.logLevel = lvl
+    return logger
+}
+
+func runComponents(_ options: ConfigOptions, _ components: ComponentSet) async throws {
+    let c = try options.load()
+    let logger = bootstrapLogging(c.logLevel)
+    do {
+        try await DeviceNode.run(c, components: components, logger: logger)
+    } catch {
+        logger.critical("fieldlog-device stopped: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run every component: sampler, button, sync agent with commands, status server.")
+    @OptionGroup var options: ConfigOptions
+    func run() async throws { try await runComponents(options, .all) }
+}
+
+struct SampleCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sample", abstract: "Run the sampler alone (appends to the log).")
+    @OptionGroup var options: ConfigOptions
+    func run() async throws { try await runComponents(options, [.sampler]) }
+}
+
+struct ButtonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "button", abstract: "Run the start/stop button alone (toggles measurement:enabled in Redis).")
+    @OptionGroup var options: ConfigOptions
+    func run() async throws {
+        var c = try options.load()
+        c.button.enabled = true
+        let logger = bootstrapLogging(c.logLevel)
+        do { try await DeviceNode.run(c, components: [.button], logger: logger) } catch {
+            logger.critical("fieldlog-device stopped: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct SyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sync", abstract: "Run the sync agent and command handler alone (reads the log another process appends to).")
+    @OptionGroup var options: ConfigOptions
+    func run() async throws { try await runComponents(options, [.sync, .status]) }
+}
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "config", abstract: "Inspect the configuration.",
+                                                    subcommands: [ConfigCheck.self])
+}
+
+struct ConfigCheck: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Validate the configuration and print the effective values (secrets masked); exit 78 on problems.")
+    @OptionGroup var options: ConfigOptions
+    func run() async throws {
+        let c = try options.load()
+        print(c.effectiveDescription())
+    }
+}
