@@ -88,6 +88,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ],
             swiftSettings: strict),
 
@@ -109,5 +112,6 @@ let package = Package(
         .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
         .testTarget(name: "DeviceTests", dependencies: ["Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
     ]
 )

@@ -1,4 +1,11 @@
+// `fieldlog-backend`: the command line. Thin: parse, load configuration, bootstrap logging,
+// hand over to the services and functions of the other files.
 import ArgumentParser
+import FieldlogCore
+import Foundation
+import Logging
+import MariaDB
+import ServiceLifecycle
 
 /// `fieldlog-backend`: ingest, audit and replay into MariaDB.
 @main
@@ -6,5 +13,174 @@ struct FieldlogBackend: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-backend",
         abstract: "Fieldlog backend: ingest device logs into MariaDB exactly once.",
-        subcommands: [])
+        subcommands: [Migrate.self, Ingest.self, Audit.self, Replay.self])
+}
+
+/// Options every subcommand shares; each overrides its environment variable.
+struct CommonOptions: ParsableArguments {
+    @Option(name: .customLong("mariadb"), help: "MariaDB servers host[:port],… in failover order (FIELDLOG_MARIADB_ADDRESSES, else FIELDLOG_MARIADB_HOST/PORT).")
+    var mariadb: String?
+    @Option(help: "Database name (FIELDLOG_MARIADB_DATABASE, default fieldlog).")
+    var database: String?
+    @Option(help: "MQTT broker host (FIELDLOG_MQTT_HOST / MQTT_HOST, default 127.0.0.1).")
+    var mqttHost: String?
+    @Option(help: "MQTT broker port (FIELDLOG_MQTT_PORT / MQTT_PORT, default 1883).")
+    var mqttPort: Int?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (FIELDLOG_LOG_LEVEL, default info).")
+    var logLevel: String?
+
+    func load(metricsPort: Int? = nil) throws -> BackendConfiguration {
+        try BackendConfiguration.load(overrides: SettingOverrides(mariadb: mariadb, database: database, mqttHost: mqttHost,
+                                                                  mqttPort: mqttPort, metricsPort: metricsPort))
+    }
+
+    func bootstrapLogging() throws -> Logger {
+        let text = logLevel ?? ProcessInfo.processInfo.environment["FIELDLOG_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: text) else {
+            throw ConfigurationError(setting: logLevel != nil ? "--log-level" : "FIELDLOG_LOG_LEVEL", value: text,
+                                     allowed: Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        return Logger(label: "fieldlog.backend")
+    }
+}
+
+extension FieldlogBackend {
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create or upgrade the MariaDB schema (re-running is a no-op).")
+        @OptionGroup var common: CommonOptions
+
+        func run() async throws {
+            let logger = try common.bootstrapLogging()
+            let config = try common.load()
+            let connection = try await connectFirst(config.database, logger: logger)
+            defer { Task { await connection.close() } }
+            let applied = try await Migrator(connection: connection).migrate()
+            if applied.isEmpty {
+                print("schema is up to date (version \(Schema.latestVersion))")
+            } else {
+                print("applied migration(s) \(applied.map(String.init).joined(separator: ", ")); schema is at version \(Schema.latestVersion)")
+            }
+        }
+    }
+
+    struct Ingest: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Take device batches from MQTT (shared subscription), store them exactly once, ack after commit.")
+        @OptionGroup var common: CommonOptions
+        @Option(help: "Port of GET /metrics (FIELDLOG_METRICS_PORT, default 9464; 0 turns it off).") var metricsPort: Int?
+
+        func run() async throws {
+            let logger = try common.bootstrapLogging()
+            let config = try common.load(metricsPort: metricsPort)
+            let metrics = BackendMetrics()
+            var services: [any Service] = []
+            if config.ingest.metricsPort != 0 {
+                services.append(MetricsService(metrics: metrics, host: config.ingest.metricsHost, port: config.ingest.metricsPort, logger: logger))
+            }
+            services.append(IngestService(configuration: config, metrics: metrics, logger: logger))
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        }
+    }
+
+    struct Audit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Report per device and epoch what is stored and what is missing; exit 0 when nothing is missing, 1 when records are missing.")
+        @OptionGroup var common: CommonOptions
+        @Option(help: "Only this device.") var device: String?
+        @Flag(help: "Print JSON instead of text.") var json = false
+        @Option(help: "Seconds without data after which a device is reported silent (default 3600).") var silentAfter: Int = 3600
+        @Flag(help: "Ask devices to resend every missing range (replay commands).") var repair = false
+
+        func run() async throws {
+            let logger = try common.bootstrapLogging()
+            let config = try common.load()
+            let id = try device.map { try parseDevice($0, setting: "--device") }
+            guard silentAfter >= 1 else { throw ConfigurationError(setting: "--silent-after", value: String(silentAfter), allowed: "seconds ≥ 1") }
+            let connection = try await connectFirst(config.database, logger: logger)
+            try await Migrator(connection: connection).requireCurrent()
+            let report = try await Auditor(connection: connection, silentAfter: .seconds(silentAfter)).run(device: id)
+            print(json ? try report.json() : report.text())
+            if repair {
+                let requests = report.repairRequests
+                if !requests.isEmpty {
+                    let replayer = try await Replayer.connect(config: config, store: Store(connection: connection), logger: logger)
+                    for r in requests {
+                        let sent = try await replayer.send(device: r.device, epoch: r.epoch, range: r.range)
+                        FileHandle.standardError.write(Data("repair: asked \(r.device) to resend \(r.range) of epoch \(r.epoch) (request \(sent.requestID))\n".utf8))
+                    }
+                    await replayer.close()
+                }
+            }
+            await connection.close()
+            if report.hasGaps { throw ExitCode(1) }
+        }
+    }
+    struct Replay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Ask a device to resend a range of its log; records the command and the device's answer.")
+        @OptionGroup var common: CommonOptions
+        @Option(help: "Device id.") var device: String
+        @Option(help: "Epoch (16 hex digits); default: the device's current epoch.") var epoch: String?
+        @Option(help: "First sequence number.") var from: UInt64
+        @Option(help: "Last sequence number.") var to: UInt64
+        @Option(help: "Seconds to wait for the device's answer (0: do not wait). Default 10.") var wait: Int = 10
+
+        func run() async throws {
+            let logger = try common.bootstrapLogging()
+            let config = try common.load()
+            let id = try parseDevice(device, setting: "--device")
+            let ep = try epoch.map { try parseEpoch($0, setting: "--epoch") }
+            let range: SequenceRange
+            do { range = try SequenceRange(SequenceNumber(from), SequenceNumber(to)) } catch {
+                throw ConfigurationError(setting: "--from/--to", value: "\(from)…\(to)", allowed: error.description)
+            }
+            guard (0...3600).contains(wait) else { throw ConfigurationError(setting: "--wait", value: String(wait), allowed: "seconds 0…3600") }
+            let connection = try await connectFirst(config.database, logger: logger)
+            try await Migrator(connection: connection).requireCurrent()
+            let replayer = try await Replayer.connect(config: config, store: Store(connection: connection), logger: logger)
+            let sent = try await replayer.send(device: id, epoch: ep, range: range)
+            print("asked \(id) to resend \(range)\(ep.map { " of epoch \($0)" } ?? ""); request id \(sent.requestID)")
+            if wait > 0 {
+                if let answer = try await replayer.awaitResponse(requestID: sent.requestID, device: id, timeout: .seconds(wait)) {
+                    print("answer: \(answer)")
+                } else {
+                    print("no answer within \(wait) s (an ingest process records it when it comes)")
+                }
+            }
+            await replayer.close()
+            await connection.close()
+        }
+    }
+}
+
+func parseDevice(_ text: String, setting: String) throws(ConfigurationError) -> DeviceID {
+    do { return try DeviceID(text) } catch { throw ConfigurationError(setting: setting, value: text, allowed: error.description) }
+}
+
+func parseEpoch(_ text: String, setting: String) throws(ConfigurationError) -> Epoch {
+    do { return try Epoch(hex: text) } catch { throw ConfigurationError(setting: setting, value: text, allowed: error.description) }
+}
+
+/// Connects to the first answering server of the list (for the one-shot commands).
+func connectFirst(_ settings: DatabaseSettings, logger: Logger) async throws -> MariaDBConnection {
+    var last: Error?
+    for address in settings.addresses {
+        let connection = MariaDBConnection(configuration: settings.configuration(for: address), logger: logger)
+        do {
+            try await connection.connect()
+            try await Store(connection: connection).prepareSession()
+            return connection
+        } catch {
+            last = error
+            await connection.close()
+        }
+    }
+    throw last!
 }

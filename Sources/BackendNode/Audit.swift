@@ -1,0 +1,196 @@
+// Audit: what is stored, what is missing and why, per device and epoch.
+//
+// Theory of operation: the audit reads the same immutable `batch_ranges` rows that acks are
+// derived from, plus declared losses, rejected records, status heads and seed (legacy)
+// readings, and builds an `AuditReport` (a value; printing it as text or JSON is separate).
+// A *gap* is a range of sequence numbers below the highest stored one that is not accounted
+// for (not stored, not declared lost, not rejected). An *ended* epoch is one the device has
+// left (it reported a later epoch); if its reported head is above what is stored, the records
+// in between are missing for good unless a replay finds them. Records above the highest
+// stored number of the current epoch are backlog, not gaps: the device still holds them.
+import FieldlogCore
+import Foundation
+import MariaDB
+
+/// The audit of one (device, epoch).
+struct EpochAudit: Codable, Sendable, Hashable {
+    struct Range: Codable, Sendable, Hashable {
+        var first: UInt64
+        var last: UInt64
+        init(_ r: SequenceRange) { first = r.first.rawValue; last = r.last.rawValue }
+        var sequenceRange: SequenceRange { SequenceRange(checked: SequenceNumber(first), SequenceNumber(last)) }
+    }
+    struct Loss: Codable, Sendable, Hashable {
+        var first: UInt64
+        var last: UInt64
+        var reason: String
+        var detail: String
+    }
+    var epoch: String
+    var storedThrough: UInt64
+    /// Highest sequence number seen: stored, or reported by the device's status.
+    var highestSeen: UInt64
+    var highestStored: UInt64
+    var gaps: [Range]
+    var losses: [Loss]
+    var rejectedRecords: Int
+    /// True when the device has moved to a later epoch.
+    var ended: Bool
+    /// For an ended epoch: reported head above stored-through (records that will never arrive unless replayed).
+    var unstoredAtEnd: Range?
+    var lastStoredAt: String?
+
+    var missingCount: UInt64 {
+        gaps.reduce(0) { $0 + ($1.last - $1.first + 1) } + (unstoredAtEnd.map { $0.last - $0.first + 1 } ?? 0)
+    }
+}
+
+/// The audit of one device.
+struct DeviceAudit: Codable, Sendable, Hashable {
+    var device: String
+    var protocolName: String
+    var epochs: [EpochAudit]
+    /// Seed devices: number of readings stored (no sequence numbers, so no gap detection).
+    var legacyReadings: Int?
+    var note: String?
+    var lastSeenAt: String?
+    var silent: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case device, protocolName = "protocol", epochs, legacyReadings, note, lastSeenAt, silent
+    }
+}
+
+/// The whole audit; `hasGaps` decides the exit status.
+struct AuditReport: Codable, Sendable, Hashable {
+    var generatedAt: String
+    var silentAfterSeconds: Int
+    var devices: [DeviceAudit]
+
+    var hasGaps: Bool { devices.contains { $0.epochs.contains { $0.missingCount > 0 } } }
+
+    /// Every range a repair asks devices to resend.
+    var repairRequests: [(device: DeviceID, epoch: Epoch, range: SequenceRange)] {
+        var out: [(DeviceID, Epoch, SequenceRange)] = []
+        for d in devices {
+            guard let id = try? DeviceID(d.device) else { continue }
+            for e in d.epochs {
+                guard let epoch = try? Epoch(hex: e.epoch) else { continue }
+                for g in e.gaps { out.append((id, epoch, g.sequenceRange)) }
+                if let u = e.unstoredAtEnd { out.append((id, epoch, u.sequenceRange)) }
+            }
+        }
+        return out.map { (device: $0.0, epoch: $0.1, range: $0.2) }
+    }
+
+    func text() -> String {
+        var lines: [String] = []
+        for d in devices {
+            var head = "device \(d.device) (\(d.protocolName))"
+            if let seen = d.lastSeenAt { head += ", last seen \(seen) UTC" }
+            if d.silent { head += ", SILENT for more than \(silentAfterSeconds) s" }
+            lines.append(head)
+            if let n = d.legacyReadings { lines.append("  \(n) seed readings stored") }
+            if let note = d.note { lines.append("  note: \(note)") }
+            for e in d.epochs {
+                var l = "  epoch \(e.epoch)\(e.ended ? " (ended)" : ""): stored through \(e.storedThrough), highest seen \(e.highestSeen)"
+                if e.rejectedRecords > 0 { l += ", \(e.rejectedRecords) rejected records in dead_letters" }
+                lines.append(l)
+                for g in e.gaps { lines.append("    GAP \(g.first)…\(g.last) (\(g.last - g.first + 1) records)") }
+                if let u = e.unstoredAtEnd { lines.append("    ENDED WITH UNSTORED \(u.first)…\(u.last)") }
+                for loss in e.losses { lines.append("    declared lost \(loss.first)…\(loss.last): \(loss.reason)\(loss.detail.isEmpty ? "" : " (\(loss.detail))")") }
+            }
+        }
+        lines.append(hasGaps ? "RESULT: records are missing" : "RESULT: nothing missing")
+        return lines.joined(separator: "\n")
+    }
+
+    func json() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return String(decoding: try encoder.encode(self), as: UTF8.self)
+    }
+}
+
+/// Builds the audit from the database.
+struct Auditor {
+    var connection: MariaDBConnection
+    var silentAfter: Duration = .seconds(3600)
+
+    func run(device: DeviceID? = nil, now: Date = Date()) async throws -> AuditReport {
+        let filter = device == nil ? "" : " WHERE device_id = ?"
+        let binds: [MariaDBValue] = device.map { [.string($0.rawValue)] } ?? []
+        let devices = try await connection.execute(
+            "SELECT device_id, protocol, status_epoch, status_received_at FROM devices\(filter) ORDER BY device_id", binds)
+        let epochs = try await connection.execute(
+            "SELECT device_id, epoch, reported_head, first_seen_at FROM epochs\(filter) ORDER BY device_id, first_seen_at, epoch", binds)
+        let ranges = try await connection.execute(
+            "SELECT device_id, epoch, first_seq, last_seq, stored_at FROM batch_ranges\(filter) ORDER BY device_id, epoch, first_seq", binds)
+        let losses = try await connection.execute(
+            "SELECT device_id, epoch, first_seq, last_seq, reason, detail FROM loss_ranges\(filter) ORDER BY device_id, epoch, first_seq", binds)
+        let rejected = try await connection.execute(
+            "SELECT device_id, epoch, COUNT(*) FROM dead_letters WHERE seq IS NOT NULL\(device == nil ? "" : " AND device_id = ?") GROUP BY device_id, epoch", binds)
+        let legacy = try await connection.execute(
+            "SELECT device_id, COUNT(*), MAX(received_at) FROM legacy_readings\(filter) GROUP BY device_id", binds)
+
+        struct Key: Hashable { var device: String; var epoch: UInt64 }
+        var coverage: [Key: Coverage] = [:]
+        var lastStored: [Key: String] = [:]
+        for r in ranges.rows {
+            let k = Key(device: r[0].string!, epoch: r[1].uint64!)
+            coverage[k, default: Coverage()].insert(SequenceRange(checked: SequenceNumber(r[2].uint64!), SequenceNumber(r[3].uint64!)))
+            if let t = r[4].string, t > (lastStored[k] ?? "") { lastStored[k] = t }
+        }
+        var lossMap: [Key: [EpochAudit.Loss]] = [:]
+        for r in losses.rows {
+            lossMap[Key(device: r[0].string!, epoch: r[1].uint64!), default: []].append(
+                EpochAudit.Loss(first: r[2].uint64!, last: r[3].uint64!, reason: r[4].string ?? "", detail: r[5].string ?? ""))
+        }
+        var rejectedMap: [Key: Int] = [:]
+        for r in rejected.rows { rejectedMap[Key(device: r[0].string!, epoch: r[1].uint64!)] = Int(r[2].int64 ?? 0) }
+        var epochOrder: [String: [(epoch: UInt64, reportedHead: UInt64)]] = [:]
+        for r in epochs.rows { epochOrder[r[0].string!, default: []].append((r[1].uint64!, r[2].uint64 ?? 0)) }
+        var legacyMap: [String: (Int, String?)] = [:]
+        for r in legacy.rows { legacyMap[r[0].string!] = (Int(r[1].int64 ?? 0), r[2].string) }
+
+        let nowText = SQLTime.datetime(unixMilliseconds: Int64(now.timeIntervalSince1970 * 1000))!
+        let silentBefore = SQLTime.datetime(unixMilliseconds: Int64(now.timeIntervalSince1970 * 1000) - Int64(silentAfter.components.seconds) * 1000)!
+        var report = AuditReport(generatedAt: nowText, silentAfterSeconds: Int(silentAfter.components.seconds), devices: [])
+        for row in devices.rows {
+            let id = row[0].string!
+            let proto = row[1].string ?? "fieldlog"
+            let statusEpoch = row[2].uint64
+            var lastSeen = row[3].string
+            var audits: [EpochAudit] = []
+            let known = epochOrder[id] ?? []
+            // The current epoch: the one in the last status, else the one first seen last.
+            let current = statusEpoch ?? known.last?.epoch
+            for (epoch, reportedHead) in known {
+                let k = Key(device: id, epoch: epoch)
+                let c = coverage[k] ?? Coverage()
+                let through = c.contiguousThrough
+                let ended = current != nil && current != epoch
+                var unstored: EpochAudit.Range?
+                let endHead = max(reportedHead, c.highest.rawValue)
+                if ended, endHead > c.highest.rawValue {
+                    unstored = EpochAudit.Range(SequenceRange(checked: SequenceNumber(c.highest.rawValue + 1), SequenceNumber(endHead)))
+                }
+                if let t = lastStored[k], t > (lastSeen ?? "") { lastSeen = t }
+                audits.append(EpochAudit(
+                    epoch: Epoch(epoch).hex, storedThrough: through.rawValue, highestSeen: max(reportedHead, c.highest.rawValue),
+                    highestStored: c.highest.rawValue, gaps: c.gaps().map(EpochAudit.Range.init), losses: lossMap[k] ?? [],
+                    rejectedRecords: rejectedMap[k] ?? 0, ended: ended, unstoredAtEnd: unstored, lastStoredAt: lastStored[k]))
+            }
+            var d = DeviceAudit(device: id, protocolName: proto, epochs: audits, legacyReadings: nil, note: nil, lastSeenAt: nil, silent: false)
+            if let (n, t) = legacyMap[id] {
+                d.legacyReadings = n
+                d.note = "seed (legacy) device: no sequence numbers and no acks, so there is no delivery guarantee and gaps cannot be detected"
+                if let t, t > (lastSeen ?? "") { lastSeen = t }
+            }
+            d.lastSeenAt = lastSeen
+            d.silent = (lastSeen ?? "") < silentBefore
+            report.devices.append(d)
+        }
+        return report
+    }
+}

@@ -1,0 +1,225 @@
+// Configuration of `fieldlog-backend`: every setting, its default, its limits, and where it
+// comes from (command line first, then environment, then the default).
+//
+// Environment names follow the stack (`FIELDLOG_MARIADB_*`, `FIELDLOG_MQTT_*`) and accept the
+// seed's names (`MQTT_HOST`, `MQTT_PORT`, `MQTT_USERNAME`, `MQTT_PASSWORD`,
+// `MQTT_KEEPALIVE_SECONDS`, `MQTT_TOPIC_VALUES`) where the seed had one.
+import FieldlogCore
+import Foundation
+import MariaDB
+import Sync
+
+/// A setting with a value that is not allowed; says which setting, what value, what is allowed.
+struct ConfigurationError: Error, CustomStringConvertible {
+    var setting: String
+    var value: String
+    var allowed: String
+    var description: String { "invalid setting \(setting)=\(value.debugDescription): allowed is \(allowed)" }
+}
+
+/// One MariaDB server to try (ingest fails over along the list).
+struct DatabaseAddress: Hashable, Sendable, CustomStringConvertible {
+    var host: String
+    var port: Int
+    var description: String { "\(host):\(port)" }
+
+    /// Parses "host", "host:port" or "[v6]:port".
+    static func parse(_ text: String, setting: String) throws(ConfigurationError) -> DatabaseAddress {
+        let allowed = "a comma-separated list of host[:port] (port 1…65535, default 3306)"
+        let t = text.trimmingCharacters(in: .whitespaces)
+        guard !t.isEmpty else { throw ConfigurationError(setting: setting, value: text, allowed: allowed) }
+        var host = t, port = 3306
+        if let colon = t.lastIndex(of: ":"), !t.hasSuffix("]") {
+            host = String(t[..<colon])
+            guard let p = Int(t[t.index(after: colon)...]), (1...65535).contains(p), !host.isEmpty else {
+                throw ConfigurationError(setting: setting, value: text, allowed: allowed)
+            }
+            port = p
+        }
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return DatabaseAddress(host: host, port: port)
+    }
+}
+
+/// Everything the backend's commands need to reach MariaDB.
+struct DatabaseSettings: Sendable, CustomStringConvertible {
+    /// Servers in order of preference; on connection loss ingest moves to the next one.
+    var addresses: [DatabaseAddress]
+    var user: String
+    var password: String
+    /// Default "fieldlog".
+    var database: String
+    /// Default 5 s.
+    var connectTimeout: Duration = .seconds(5)
+    /// Default 30 s.
+    var readTimeout: Duration = .seconds(30)
+
+    /// For logs: never the password.
+    var description: String { "\(user)@\(addresses.map(\.description).joined(separator: ","))/\(database)" }
+
+    func configuration(for address: DatabaseAddress) -> MariaDBConfiguration {
+        MariaDBConfiguration(host: address.host, port: address.port, user: user, password: password, database: database,
+                             connectTimeout: connectTimeout, readTimeout: readTimeout, writeTimeout: readTimeout)
+    }
+}
+
+/// How to reach the broker.
+struct BrokerSettings: Sendable, CustomStringConvertible {
+    /// Default "127.0.0.1".
+    var host: String
+    /// Default 1883.
+    var port: Int
+    /// Default "fieldlog-backend".
+    var user: String
+    var password: String
+    /// Default 30 s, 5…3600.
+    var keepAliveSeconds: Int = 30
+    /// MQTT client id prefix; a random suffix keeps two processes apart.
+    var clientIDPrefix: String = "fieldlog-backend"
+
+    /// For logs: never the password.
+    var description: String { "\(user)@\(host):\(port)" }
+}
+
+/// Topic layout: the protocol's templates (spec/protocol.md §2, Sync's `TopicTemplates`) and
+/// the shared-subscription group of the ingest processes (default "fieldlog-ingest").
+struct TopicSettings: Sendable {
+    var templates: TopicTemplates = .defaults
+    var shareGroup: String = "fieldlog-ingest"
+
+    /// `$share/<group>/<filter>`: the broker hands each message to one member of the group.
+    func shared(_ filter: String) -> String { "$share/\(shareGroup)/\(filter)" }
+}
+
+/// Ingest limits and timing.
+struct IngestSettings: Sendable {
+    /// Most batches committed in one transaction. Default 64, 1…1000.
+    var maxBatchesPerTransaction: Int = 64
+    /// Most messages held in memory waiting for the database; beyond it new messages are
+    /// dropped unacked (the devices resend them). Default 20 000, 100…1 000 000.
+    var maxQueuedMessages: Int = 20_000
+    /// First and longest wait between database reconnect attempts. Default 0.2 s and 5 s.
+    var reconnectBackoffFirst: Duration = .milliseconds(200)
+    var reconnectBackoffMax: Duration = .seconds(5)
+    /// Attempts at a transaction that hits deadlocks / certification conflicts (1213)
+    /// before it is treated like a connection failure. Default 20.
+    var deadlockRetries: Int = 20
+    /// Compacts a (device, epoch)'s batch_ranges after this many batches. Default 256.
+    var compactEveryBatches: Int = 256
+    /// Port of `GET /metrics`; 0 turns it off. Default 9464.
+    var metricsPort: Int = 9464
+    /// Address the metrics endpoint binds to. Default "127.0.0.1".
+    var metricsHost: String = "127.0.0.1"
+}
+
+/// Reads settings from an environment dictionary, with checks that name setting, value and what is allowed.
+struct EnvironmentReader {
+    var environment: [String: String]
+
+    init(_ environment: [String: String] = ProcessInfo.processInfo.environment) { self.environment = environment }
+
+    /// The first of `names` that is set (and not empty), with the name it came from.
+    func string(_ names: [String]) -> (name: String, value: String)? {
+        for n in names { if let v = environment[n], !v.isEmpty { return (n, v) } }
+        return nil
+    }
+
+    func int(_ names: [String], default value: Int, range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let (name, text) = string(names) else { return value }
+        return try Self.checkedInt(text, setting: name, range: range)
+    }
+
+    static func checkedInt(_ text: String, setting: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let v = Int(text.trimmingCharacters(in: .whitespaces)), range.contains(v) else {
+            throw ConfigurationError(setting: setting, value: text, allowed: "an integer \(range.lowerBound)…\(range.upperBound)")
+        }
+        return v
+    }
+}
+
+/// Command-line values that override the environment (nil = not given).
+struct SettingOverrides: Sendable {
+    var mariadb: String?
+    var database: String?
+    var mqttHost: String?
+    var mqttPort: Int?
+    var metricsPort: Int?
+}
+
+/// The complete configuration of a backend command.
+struct BackendConfiguration: Sendable {
+    var database: DatabaseSettings
+    var broker: BrokerSettings
+    var topics = TopicSettings()
+    var ingest = IngestSettings()
+
+    /// Builds the configuration from the environment, then the command-line overrides.
+    static func load(environment env: EnvironmentReader = EnvironmentReader(),
+                     overrides: SettingOverrides = SettingOverrides()) throws(ConfigurationError) -> BackendConfiguration {
+        // MariaDB: a list (FIELDLOG_MARIADB_ADDRESSES / --mariadb) or one host and port.
+        var addresses: [DatabaseAddress]
+        if let list = overrides.mariadb.map({ ("--mariadb", $0) }) ?? env.string(["FIELDLOG_MARIADB_ADDRESSES"]) {
+            addresses = []
+            for part in list.1.split(separator: ",") {
+                addresses.append(try DatabaseAddress.parse(String(part), setting: list.0))
+            }
+            guard !addresses.isEmpty else {
+                throw ConfigurationError(setting: list.0, value: list.1, allowed: "a comma-separated list of host[:port]")
+            }
+        } else {
+            let host = env.string(["FIELDLOG_MARIADB_HOST"])?.value ?? "127.0.0.1"
+            let port = try env.int(["FIELDLOG_MARIADB_PORT"], default: 3306, range: 1...65535)
+            addresses = [DatabaseAddress(host: host, port: port)]
+        }
+        let dbName = overrides.database ?? env.string(["FIELDLOG_MARIADB_DATABASE"])?.value ?? "fieldlog"
+        guard !dbName.isEmpty, dbName.utf8.count <= 64, dbName.utf8.allSatisfy({ b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F || b == 0x24
+        }) else {
+            throw ConfigurationError(setting: overrides.database != nil ? "--database" : "FIELDLOG_MARIADB_DATABASE",
+                                     value: dbName, allowed: "1…64 characters A–Z a–z 0–9 _ $")
+        }
+        let database = DatabaseSettings(
+            addresses: addresses,
+            user: env.string(["FIELDLOG_MARIADB_USER"])?.value ?? "fieldlog",
+            password: env.string(["FIELDLOG_MARIADB_PASSWORD"])?.value ?? "",
+            database: dbName)
+
+        let mqttPort: Int
+        if let p = overrides.mqttPort {
+            mqttPort = try EnvironmentReader.checkedInt(String(p), setting: "--mqtt-port", range: 1...65535)
+        } else {
+            mqttPort = try env.int(["FIELDLOG_MQTT_PORT", "MQTT_PORT"], default: 1883, range: 1...65535)
+        }
+        var broker = BrokerSettings(
+            host: overrides.mqttHost ?? env.string(["FIELDLOG_MQTT_HOST", "MQTT_HOST"])?.value ?? "127.0.0.1",
+            port: mqttPort,
+            user: env.string(["FIELDLOG_MQTT_BACKEND_USER", "MQTT_USERNAME"])?.value ?? "fieldlog-backend",
+            password: env.string(["FIELDLOG_MQTT_BACKEND_PASSWORD", "MQTT_PASSWORD"])?.value ?? "")
+        broker.keepAliveSeconds = try env.int(["FIELDLOG_MQTT_KEEPALIVE_SECONDS", "MQTT_KEEPALIVE_SECONDS"], default: 30, range: 5...3600)
+
+        var topics = TopicSettings()
+        do {
+            topics.templates = try TopicTemplates.fromEnvironment(env.environment)
+        } catch {
+            throw ConfigurationError(setting: "FIELDLOG_TOPIC_*", value: error.description,
+                                     allowed: "topic templates with whole-level placeholders ({device} or %(device_uuid)s) and no wildcards")
+        }
+        if let (name, group) = env.string(["FIELDLOG_INGEST_GROUP"]) {
+            guard !group.contains("/"), !group.contains("+"), !group.contains("#") else {
+                throw ConfigurationError(setting: name, value: group, allowed: "a share name without / + #")
+            }
+            topics.shareGroup = group
+        }
+
+        var ingest = IngestSettings()
+        ingest.maxBatchesPerTransaction = try env.int(["FIELDLOG_INGEST_MAX_BATCHES_PER_TRANSACTION"], default: 64, range: 1...1000)
+        ingest.maxQueuedMessages = try env.int(["FIELDLOG_INGEST_MAX_QUEUED_MESSAGES"], default: 20_000, range: 100...1_000_000)
+        if let p = overrides.metricsPort {
+            ingest.metricsPort = try EnvironmentReader.checkedInt(String(p), setting: "--metrics-port", range: 0...65535)
+        } else {
+            ingest.metricsPort = try env.int(["FIELDLOG_METRICS_PORT"], default: 9464, range: 0...65535)
+        }
+        if let (_, host) = env.string(["FIELDLOG_METRICS_HOST"]) { ingest.metricsHost = host }
+        return BackendConfiguration(database: database, broker: broker, topics: topics, ingest: ingest)
+    }
+}

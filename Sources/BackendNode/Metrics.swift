@@ -1,0 +1,93 @@
+// Metrics of the backend and the `GET /metrics` endpoint (Prometheus text format).
+//
+// Every metric is made with an explicit factory over the instance's own registry (not the
+// process-wide MetricsSystem), so each ingest service, and each test, counts on its own.
+import FieldlogCore
+import Foundation
+import Hummingbird
+import Logging
+import Metrics
+import Prometheus
+
+/// The counters, gauges and timers of ingest. Names are the Prometheus names.
+final class BackendMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+
+    let rowsInserted: Metrics.Counter
+    let duplicates: Metrics.Counter
+    let acksSent: Metrics.Counter
+    let ackPublishFailures: Metrics.Counter
+    let deadlockRetries: Metrics.Counter
+    let databaseReconnects: Metrics.Counter
+    let droppedUnacked: Metrics.Counter
+    let legacyInserted: Metrics.Counter
+    let legacyDuplicates: Metrics.Counter
+    let commitLatency: Metrics.Timer
+    let batchesPerTransaction: Metrics.Recorder
+    let queueDepth: Metrics.Gauge
+
+    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var f = PrometheusMetricsFactory(registry: registry)
+        f.durationHistogramBuckets["fieldlog_commit_seconds"] = [
+            .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+            .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
+        ]
+        f.valueHistogramBuckets["fieldlog_batches_per_transaction"] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+        factory = f
+        rowsInserted = Metrics.Counter(label: "fieldlog_rows_inserted_total", factory: f)
+        duplicates = Metrics.Counter(label: "fieldlog_duplicates_absorbed_total", factory: f)
+        acksSent = Metrics.Counter(label: "fieldlog_acks_sent_total", factory: f)
+        ackPublishFailures = Metrics.Counter(label: "fieldlog_ack_publish_failures_total", factory: f)
+        deadlockRetries = Metrics.Counter(label: "fieldlog_deadlock_retries_total", factory: f)
+        databaseReconnects = Metrics.Counter(label: "fieldlog_database_reconnects_total", factory: f)
+        droppedUnacked = Metrics.Counter(label: "fieldlog_messages_dropped_unacked_total", factory: f)
+        legacyInserted = Metrics.Counter(label: "fieldlog_legacy_rows_inserted_total", factory: f)
+        legacyDuplicates = Metrics.Counter(label: "fieldlog_legacy_duplicates_absorbed_total", factory: f)
+        commitLatency = Metrics.Timer(label: "fieldlog_commit_seconds", preferredDisplayUnit: .seconds, factory: f)
+        batchesPerTransaction = Metrics.Recorder(label: "fieldlog_batches_per_transaction", aggregate: true, factory: f)
+        queueDepth = Metrics.Gauge(label: "fieldlog_ingest_queue_depth", factory: f)
+    }
+
+    /// `fieldlog_messages_received_total{kind}`; kind is batch, status, response, legacy or unknown.
+    func received(_ kind: String) {
+        Metrics.Counter(label: "fieldlog_messages_received_total", dimensions: [("kind", kind)], factory: factory).increment()
+    }
+
+    /// `fieldlog_dead_letters_total{reason}`.
+    func deadLetter(_ cause: DeadLetterCause, count: Int = 1) {
+        Metrics.Counter(label: "fieldlog_dead_letters_total", dimensions: [("reason", cause.rawValue)], factory: factory).increment(by: count)
+    }
+
+    /// `fieldlog_device_lag_records{device}`: highest sequence number received minus acked-through,
+    /// and `fieldlog_device_delay_seconds{device}`: receive time minus the newest record's device time.
+    func deviceLag(_ device: DeviceID, records: UInt64, delaySeconds: Double?) {
+        Metrics.Gauge(label: "fieldlog_device_lag_records", dimensions: [("device", device.rawValue)], factory: factory).record(Double(records))
+        if let delaySeconds {
+            Metrics.Gauge(label: "fieldlog_device_delay_seconds", dimensions: [("device", device.rawValue)], factory: factory).record(delaySeconds)
+        }
+    }
+
+    func text() -> String { registry.emitToString() }
+}
+
+/// The HTTP endpoint: `GET /metrics` (Prometheus text), `GET /health` ("ok").
+enum MetricsEndpoint {
+    static func buildRouter(metrics: BackendMetrics) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/metrics") { _, _ -> Response in
+            let body = metrics.text()
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
+        router.get("/health") { _, _ in "ok\n" }
+        return router
+    }
+
+    static func buildApplication(metrics: BackendMetrics, host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
+        Application(router: buildRouter(metrics: metrics),
+                    configuration: .init(address: .hostname(host, port: port), serverName: "fieldlog-backend"),
+                    logger: logger)
+    }
+}

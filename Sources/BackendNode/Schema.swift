@@ -1,0 +1,266 @@
+// The MariaDB schema of the backend and its versioned migrations.
+//
+// Theory of operation: `schema_migrations` holds one row per applied migration. `migrate`
+// reads the highest applied version; a version above `Schema.migrations.last` means the
+// database was upgraded by a newer program, and this one refuses to touch it. Missing
+// migrations are applied in order, each followed by its version row. DDL in MariaDB commits
+// implicitly, so every statement is written to be re-runnable (IF NOT EXISTS, OR REPLACE):
+// a migration interrupted half-way is finished by the next `migrate`.
+//
+// Write-path design for Galera (issue 11): no row is updated by every batch. A batch inserts
+// its readings, its loss markers and one immutable `batch_ranges` row in one transaction;
+// progress (stored-through, highest seen, gaps) is derived from `batch_ranges`, never kept in
+// a counter. See Coverage.swift and docs/backend.md.
+import FieldlogCore
+import Foundation
+import MariaDB
+
+/// One schema change, applied once per database.
+struct Migration: Sendable {
+    var version: Int
+    var name: String
+    var statements: [String]
+}
+
+/// The schema this program knows.
+enum Schema {
+    /// Device ids are ASCII (DeviceID allows A–Z a–z 0–9 . _ -) and compared byte for byte.
+    static let deviceColumn = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL"
+    static let sensorColumn = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL"
+
+    static let migrations: [Migration] = [
+        Migration(version: 1, name: "tables: devices, epochs, readings, values, ranges, losses, dead letters, legacy, commands", statements: [
+            """
+            CREATE TABLE IF NOT EXISTS devices (
+              device_id \(deviceColumn) PRIMARY KEY,
+              protocol ENUM('fieldlog','legacy') NOT NULL,
+              first_seen_at DATETIME(3) NOT NULL,
+              device_type VARCHAR(128) NULL,
+              app_id VARCHAR(128) NULL,
+              app_name VARCHAR(128) NULL,
+              status_state VARCHAR(16) NULL,
+              status_epoch BIGINT UNSIGNED NULL,
+              status_head BIGINT UNSIGNED NULL,
+              status_acked BIGINT UNSIGNED NULL,
+              status_measuring TINYINT(1) NULL,
+              status_device_ms BIGINT NULL,
+              status_received_at DATETIME(3) NULL
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS epochs (
+              device_id \(deviceColumn),
+              epoch BIGINT UNSIGNED NOT NULL,
+              first_seen_at DATETIME(3) NOT NULL,
+              reported_head BIGINT UNSIGNED NOT NULL DEFAULT 0,
+              reported_at DATETIME(3) NULL,
+              PRIMARY KEY (device_id, epoch)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS readings (
+              device_id \(deviceColumn),
+              epoch BIGINT UNSIGNED NOT NULL,
+              seq BIGINT UNSIGNED NOT NULL,
+              device_ms BIGINT NOT NULL,
+              device_time DATETIME(3) NULL,
+              clock_unsynchronized TINYINT(1) NOT NULL,
+              received_at DATETIME(3) NOT NULL,
+              missing_sensors VARCHAR(4200) CHARACTER SET ascii NULL,
+              PRIMARY KEY (device_id, epoch, seq),
+              KEY readings_by_time (device_id, device_time)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS reading_values (
+              device_id \(deviceColumn),
+              epoch BIGINT UNSIGNED NOT NULL,
+              seq BIGINT UNSIGNED NOT NULL,
+              sensor \(sensorColumn),
+              device_time DATETIME(3) NULL,
+              num_value DOUBLE NULL,
+              text_value VARCHAR(256) NULL,
+              PRIMARY KEY (device_id, epoch, seq, sensor),
+              KEY values_by_sensor_time (device_id, sensor, device_time)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS batch_ranges (
+              device_id \(deviceColumn),
+              epoch BIGINT UNSIGNED NOT NULL,
+              first_seq BIGINT UNSIGNED NOT NULL,
+              last_seq BIGINT UNSIGNED NOT NULL,
+              stored_at DATETIME(3) NOT NULL,
+              compacted TINYINT(1) NOT NULL DEFAULT 0,
+              PRIMARY KEY (device_id, epoch, first_seq, last_seq),
+              KEY ranges_by_last (device_id, epoch, last_seq)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS loss_ranges (
+              device_id \(deviceColumn),
+              epoch BIGINT UNSIGNED NOT NULL,
+              first_seq BIGINT UNSIGNED NOT NULL,
+              last_seq BIGINT UNSIGNED NOT NULL,
+              reason VARCHAR(32) CHARACTER SET ascii NOT NULL,
+              detail VARCHAR(1024) NOT NULL,
+              device_recorded_ms BIGINT NOT NULL,
+              received_at DATETIME(3) NOT NULL,
+              PRIMARY KEY (device_id, epoch, first_seq, last_seq)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS dead_letters (
+              id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+              received_at DATETIME(3) NOT NULL,
+              topic VARCHAR(512) NOT NULL,
+              reason VARCHAR(32) CHARACTER SET ascii NOT NULL,
+              detail VARCHAR(1024) NOT NULL,
+              device_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
+              epoch BIGINT UNSIGNED NULL,
+              seq BIGINT UNSIGNED NULL,
+              payload_bytes INT UNSIGNED NOT NULL,
+              payload_head VARBINARY(512) NOT NULL,
+              UNIQUE KEY dead_letters_rejected_record (device_id, epoch, seq),
+              KEY dead_letters_by_reason (reason, received_at)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS legacy_readings (
+              device_id \(deviceColumn),
+              stream_id VARCHAR(41) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+              device_ms BIGINT NOT NULL,
+              device_time DATETIME(3) NULL,
+              received_at DATETIME(3) NOT NULL,
+              PRIMARY KEY (device_id, stream_id),
+              KEY legacy_by_time (device_id, device_time)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS legacy_values (
+              device_id \(deviceColumn),
+              stream_id VARCHAR(41) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+              sensor \(sensorColumn),
+              device_time DATETIME(3) NULL,
+              num_value DOUBLE NULL,
+              text_value VARCHAR(256) NULL,
+              PRIMARY KEY (device_id, stream_id, sensor),
+              KEY legacy_values_by_sensor_time (device_id, sensor, device_time)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS commands (
+              request_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+              device_id \(deviceColumn),
+              command VARCHAR(32) CHARACTER SET ascii NOT NULL,
+              epoch BIGINT UNSIGNED NULL,
+              first_seq BIGINT UNSIGNED NULL,
+              last_seq BIGINT UNSIGNED NULL,
+              payload TEXT NOT NULL,
+              sent_at DATETIME(3) NOT NULL,
+              response_at DATETIME(3) NULL,
+              outcome VARCHAR(32) NULL,
+              response TEXT NULL,
+              KEY commands_by_device (device_id, sent_at)
+            ) ENGINE=InnoDB
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS command_responses (
+              id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+              device_id \(deviceColumn),
+              request_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
+              command VARCHAR(64) NOT NULL,
+              ok TINYINT(1) NOT NULL,
+              received_at DATETIME(3) NOT NULL,
+              payload TEXT NOT NULL,
+              KEY responses_by_device (device_id, received_at),
+              KEY responses_by_request (request_id)
+            ) ENGINE=InnoDB
+            """,
+        ]),
+        Migration(version: 2, name: "views: sensor_values (one row per device, time, sensor, value) and epoch_progress", statements: [
+            """
+            CREATE OR REPLACE VIEW sensor_values AS
+              SELECT v.device_id, v.device_time AS time, v.sensor, v.num_value, v.text_value,
+                     'fieldlog' AS source, v.epoch, v.seq
+                FROM reading_values v
+              UNION ALL
+              SELECT l.device_id, l.device_time AS time, l.sensor, l.num_value, l.text_value,
+                     'legacy' AS source, NULL AS epoch, NULL AS seq
+                FROM legacy_values l
+            """,
+            // Gaps and islands over batch_ranges: a range starts a gap when its first number is
+            // above 1 + the highest last number of the ranges before it (ordered by first).
+            """
+            CREATE OR REPLACE VIEW epoch_progress AS
+              SELECT device_id, epoch,
+                     COALESCE(MIN(CASE WHEN first_seq > covered_before + 1 THEN covered_before END), MAX(last_seq)) AS stored_through,
+                     MAX(last_seq) AS highest_seen,
+                     MAX(stored_at) AS last_stored_at,
+                     COUNT(*) AS range_rows
+                FROM (SELECT device_id, epoch, first_seq, last_seq, stored_at,
+                             COALESCE(MAX(last_seq) OVER (PARTITION BY device_id, epoch ORDER BY first_seq, last_seq
+                                                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS covered_before
+                        FROM batch_ranges) r
+               GROUP BY device_id, epoch
+            """,
+        ]),
+    ]
+
+    static var latestVersion: Int { migrations.last!.version }
+}
+
+/// Why `migrate` (or a command that needs the schema) cannot go on.
+struct SchemaError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Applies the migrations.
+struct Migrator {
+    var connection: MariaDBConnection
+
+    static let createVersionTable = """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+          version INT NOT NULL PRIMARY KEY,
+          name VARCHAR(255) NOT NULL,
+          applied_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
+        ) ENGINE=InnoDB
+        """
+
+    /// The highest applied version, 0 for an empty database.
+    func currentVersion() async throws -> Int {
+        try await connection.query(Self.createVersionTable)
+        let result = try await connection.query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return Int(result.rows.first?.first?.int64 ?? 0)
+    }
+
+    /// Applies what is missing; returns the versions applied (empty when up to date).
+    @discardableResult
+    func migrate() async throws -> [Int] {
+        let current = try await currentVersion()
+        guard current <= Schema.latestVersion else {
+            throw SchemaError(description: "the database schema is at version \(current), newer than this fieldlog-backend knows (\(Schema.latestVersion)); upgrade fieldlog-backend, it will not touch a newer schema")
+        }
+        var applied: [Int] = []
+        for migration in Schema.migrations where migration.version > current {
+            for statement in migration.statements {
+                try await connection.query(statement)
+            }
+            try await connection.execute("INSERT IGNORE INTO schema_migrations (version, name) VALUES (?, ?)",
+                                         [.int(Int64(migration.version)), .string(migration.name)])
+            applied.append(migration.version)
+        }
+        return applied
+    }
+
+    /// Throws unless the schema is exactly the one this program knows (ingest, audit, replay).
+    func requireCurrent() async throws {
+        let current = try await currentVersion()
+        if current < Schema.latestVersion {
+            throw SchemaError(description: "the database schema is at version \(current), this fieldlog-backend needs \(Schema.latestVersion): run `fieldlog-backend migrate`")
+        }
+        if current > Schema.latestVersion {
+            throw SchemaError(description: "the database schema is at version \(current), newer than this fieldlog-backend knows (\(Schema.latestVersion)); upgrade fieldlog-backend")
+        }
+    }
+}

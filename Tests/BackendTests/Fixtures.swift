@@ -1,0 +1,105 @@
+// Shared helpers of the backend tests: a fresh migrated database on the stack, batches, writers.
+import FieldlogCore
+import Foundation
+import Logging
+import MariaDB
+import Sync
+import TestSupport
+import XCTest
+@testable import BackendNode
+
+/// A fresh database on the shared stack's MariaDB, migrated, dropped at the end.
+final class TestDatabase: @unchecked Sendable {
+    // @unchecked: immutable after init.
+    let stack: Stack
+    let name: String
+    let settings: DatabaseSettings
+
+    init(_ prefix: String = "backend") throws {
+        guard let stack = try Stack.available() else { throw XCTSkip("no service stack (run scripts/stack up)") }
+        self.stack = stack
+        name = try stack.createDatabase(prefix)
+        settings = DatabaseSettings(addresses: [DatabaseAddress(host: stack.mariaDBHost, port: stack.mariaDBPort)],
+                                    user: stack.mariaDBUser, password: stack.mariaDBPassword, database: name,
+                                    connectTimeout: .seconds(2), readTimeout: .seconds(10))
+    }
+
+    func connect() async throws -> MariaDBConnection {
+        let c = try await connectFirst(settings, logger: Logger(label: "test"))
+        return c
+    }
+
+    func migrated() async throws -> MariaDBConnection {
+        let c = try await connect()
+        try await Migrator(connection: c).migrate()
+        return c
+    }
+
+    /// Environment for a spawned `fieldlog-backend` that uses this database.
+    var environment: [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["FIELDLOG_MARIADB_ADDRESSES"] = "\(stack.mariaDBHost):\(stack.mariaDBPort)"
+        env["FIELDLOG_MARIADB_USER"] = stack.mariaDBUser
+        env["FIELDLOG_MARIADB_PASSWORD"] = stack.mariaDBPassword
+        env["FIELDLOG_MARIADB_DATABASE"] = name
+        env["FIELDLOG_MQTT_HOST"] = stack.mqttHost
+        env["FIELDLOG_MQTT_PORT"] = String(stack.mqttPort)
+        env["FIELDLOG_MQTT_BACKEND_USER"] = stack.mqttBackendUser
+        env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = stack.mqttBackendPassword
+        env["FIELDLOG_METRICS_PORT"] = "0"
+        return env
+    }
+
+    func scalar(_ sql: String) throws -> String {
+        try stack.sql(sql, database: name).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func drop() { try? stack.dropDatabase(name) }
+}
+
+enum Fixtures {
+    static func device(_ prefix: String = "dev") -> DeviceID { try! DeviceID(Stack.uniqueName(prefix)) }
+
+    static func record(_ seq: UInt64, value: Double? = nil) -> LogRecord {
+        LogRecord(sequence: SequenceNumber(seq),
+                  timestamp: DeviceTimestamp(unixMilliseconds: 1_764_000_000_000 + Int64(seq) * 1000),
+                  values: try! SensorValues(["temp": .number(value ?? Double(seq) / 10), "state": .text("ok")]))
+    }
+
+    /// A batch first…last of records only.
+    static func batch(_ device: DeviceID, _ epoch: Epoch, _ first: UInt64, _ last: UInt64) -> Batch {
+        Batch(device: device, epoch: epoch, range: SequenceRange(checked: SequenceNumber(first), SequenceNumber(last)),
+              records: (first...last).map { record($0) })
+    }
+
+    /// The store request the receiver state machine makes of an encoded batch (StoreRequest has no public initialiser).
+    static func request(_ b: Batch) -> StoreRequest {
+        var machine = ReceiverStateMachine()
+        let m = message(b)
+        guard case .store(_, let request)? = machine.messageReceived(topic: m.topic, payload: m.payload).first else {
+            preconditionFailure("fixture batch \(b.range) was not accepted")
+        }
+        return request
+    }
+
+    static func message(_ b: Batch) -> InboundMessage {
+        InboundMessage(topic: TopicTemplates.defaults.batch.topic(device: b.device), payload: SyncCodec.encode(b))
+    }
+
+    static func fastSettings() -> IngestSettings {
+        var s = IngestSettings()
+        s.reconnectBackoffFirst = .milliseconds(50)
+        s.reconnectBackoffMax = .milliseconds(500)
+        s.metricsPort = 0
+        return s
+    }
+}
+
+/// Acks a test writer published, in order.
+final class AckRecorder: @unchecked Sendable {
+    // @unchecked: `acks` only touched under `lock`.
+    private let lock = NSLock()
+    private var acks: [Ack] = []
+    var all: [Ack] { lock.withLock { acks } }
+    func append(_ a: Ack) { lock.withLock { acks.append(a) } }
+}

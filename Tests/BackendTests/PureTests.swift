@@ -1,0 +1,126 @@
+// Tests of the pure parts (no IO): coverage, configuration, seed-format parsing, time formatting.
+import FieldlogCore
+import Sync
+import XCTest
+@testable import BackendNode
+
+final class CoverageTests: XCTestCase {
+    private func r(_ a: UInt64, _ b: UInt64) -> SequenceRange { SequenceRange(checked: SequenceNumber(a), SequenceNumber(b)) }
+
+    func testGivenAdjacentAndOverlappingRangesThePrefixIsTheirUnion() {
+        var c = Coverage()
+        c.insert(r(11, 20))
+        XCTAssertEqual(c.contiguousThrough, .zero, "1 is not covered")
+        XCTAssertEqual(c.gaps(), [r(1, 10)])
+        c.insert(r(1, 10))
+        XCTAssertEqual(c.contiguousThrough, SequenceNumber(20), "adjacent ranges merge")
+        c.insert(r(25, 30))
+        c.insert(r(15, 22))
+        XCTAssertEqual(c.ranges, [r(1, 22), r(25, 30)])
+        XCTAssertEqual(c.gaps(), [r(23, 24)])
+        XCTAssertEqual(c.highest, SequenceNumber(30))
+        c.insert(r(23, 24))
+        XCTAssertEqual(c.ranges, [r(1, 30)])
+    }
+
+    func testCoverageAgreesWithTheSpecsAckRuleOnRandomRanges() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            var ranges: [SequenceRange] = []
+            for _ in 0..<Int.random(in: 0...8, using: &rng) {
+                let a = UInt64.random(in: 1...40, using: &rng)
+                ranges.append(r(a, a + UInt64.random(in: 0...6, using: &rng)))
+            }
+            let c = Coverage(ranges)
+            XCTAssertEqual(c.contiguousThrough, AckRule.storedThrough(checkpoint: .zero, ranges: ranges), "\(ranges)")
+            let through = c.contiguousThrough
+            XCTAssertEqual(c.gaps(after: through), AckRule.missing(after: through, ranges: ranges), "\(ranges)")
+            // Every number up to `through` is inside some range: the ack never passes a hole.
+            for s in stride(from: UInt64(1), through: through.rawValue, by: 1) {
+                XCTAssertTrue(ranges.contains { $0.contains(SequenceNumber(s)) })
+            }
+        }
+    }
+}
+
+final class ConfigurationTests: XCTestCase {
+    func testDefaultsAndAddressList() throws {
+        let c = try BackendConfiguration.load(environment: EnvironmentReader([
+            "FIELDLOG_MARIADB_ADDRESSES": "db1:3307, db2 ,[::1]:3308", "FIELDLOG_MARIADB_PASSWORD": "pw",
+        ]))
+        XCTAssertEqual(c.database.addresses, [DatabaseAddress(host: "db1", port: 3307), DatabaseAddress(host: "db2", port: 3306),
+                                              DatabaseAddress(host: "::1", port: 3308)])
+        XCTAssertEqual(c.database.database, "fieldlog")
+        XCTAssertEqual(c.broker.port, 1883)
+        XCTAssertEqual(c.ingest.metricsPort, 9464)
+        XCTAssertEqual(c.topics.shared(c.topics.templates.batch.filter), "$share/fieldlog-ingest/fieldlog/v1/devices/+/batch")
+    }
+
+    func testSeedEnvironmentNamesAreHonoured() throws {
+        let c = try BackendConfiguration.load(environment: EnvironmentReader([
+            "MQTT_HOST": "broker", "MQTT_PORT": "8883", "MQTT_USERNAME": "u", "MQTT_PASSWORD": "p",
+        ]))
+        XCTAssertEqual(c.broker.host, "broker")
+        XCTAssertEqual(c.broker.port, 8883)
+        XCTAssertEqual(c.broker.user, "u")
+    }
+
+    func testBadValuesNameSettingValueAndWhatIsAllowed() {
+        func error(_ env: [String: String], overrides: SettingOverrides = SettingOverrides()) -> String {
+            do {
+                _ = try BackendConfiguration.load(environment: EnvironmentReader(env), overrides: overrides)
+                return "no error"
+            } catch { return error.description }
+        }
+        let port = error(["FIELDLOG_MQTT_PORT": "70000"])
+        XCTAssertTrue(port.contains("FIELDLOG_MQTT_PORT") && port.contains("70000") && port.contains("1…65535"), port)
+        let list = error(["FIELDLOG_MARIADB_ADDRESSES": "db1:notaport"])
+        XCTAssertTrue(list.contains("FIELDLOG_MARIADB_ADDRESSES") && list.contains("db1:notaport") && list.contains("host[:port]"), list)
+        let db = error([:], overrides: SettingOverrides(database: "drop table;"))
+        XCTAssertTrue(db.contains("--database") && db.contains("A–Z"), db)
+        let metrics = error([:], overrides: SettingOverrides(metricsPort: -1))
+        XCTAssertTrue(metrics.contains("--metrics-port"), metrics)
+        let topic = error(["FIELDLOG_TOPIC_BATCH": "fieldlog/+/batch"])
+        XCTAssertTrue(topic.contains("FIELDLOG_TOPIC_BATCH"), topic)
+    }
+}
+
+final class LegacyParserTests: XCTestCase {
+    let device = try! DeviceID("seed-1")
+
+    func testSeedListIsParsedWithNumbersAndText() throws {
+        let json = #"[{"_id":"1621122796939-0","_device_uuid":"seed-1","_device_type":"raspberrypi4-64","_app_id":"1","_app_name":"iot","random":"0.25","label":"warm"},{"_id":"1621122798941-0","_device_uuid":"seed-1","random":"0.5"}]"#
+        let m = try LegacyParser.parse(Array(json.utf8), device: device)
+        XCTAssertEqual(m.readings.count, 2)
+        XCTAssertEqual(m.readings[0].streamMilliseconds, 1_621_122_796_939)
+        XCTAssertEqual(m.readings[0].values.map(\.name), ["label", "random"])
+        XCTAssertEqual(m.readings[0].values[1].value, .number(0.25))
+        XCTAssertEqual(m.readings[0].values[0].value, .text("warm"))
+        XCTAssertEqual(m.deviceType, "raspberrypi4-64")
+    }
+
+    func testBadSeedMessagesGiveReasons() {
+        func reason(_ json: String) -> DeadLetterCause? {
+            do { _ = try LegacyParser.parse(Array(json.utf8), device: device); return nil } catch { return error.reason }
+        }
+        XCTAssertEqual(reason("not json"), .legacyMalformed)
+        XCTAssertEqual(reason(#"{"_id":"1-0"}"#), .legacyMalformed)
+        XCTAssertEqual(reason(#"[{"random":"1"}]"#), .legacyMalformed, "no _id")
+        XCTAssertEqual(reason(#"[{"_id":"1-0","_device_uuid":"other","random":"1"}]"#), .deviceMismatch)
+        XCTAssertEqual(reason(#"[{"_id":"1-0","bad name":"1"}]"#), .legacyMalformed)
+    }
+}
+
+final class SQLTimeTests: XCTestCase {
+    func testDatetimeFormatting() {
+        XCTAssertEqual(SQLTime.datetime(unixMilliseconds: 0), "1970-01-01 00:00:00.000")
+        XCTAssertEqual(SQLTime.datetime(unixMilliseconds: 1_621_122_796_939), "2021-05-15 23:53:16.939")
+        XCTAssertEqual(SQLTime.datetime(unixMilliseconds: 951_782_400_000), "2000-02-29 00:00:00.000")
+        XCTAssertEqual(SQLTime.datetime(unixMilliseconds: -1), "1969-12-31 23:59:59.999")
+        XCTAssertNil(SQLTime.datetime(unixMilliseconds: .max))
+    }
+
+    func testEverySyncDeadLetterReasonHasABackendCause() {
+        for r in Sync.DeadLetterReason.allCases { XCTAssertEqual(DeadLetterCause(r).rawValue, r.rawValue) }
+    }
+}

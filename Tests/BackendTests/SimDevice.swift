@@ -1,0 +1,153 @@
+// A minimal device for the ingest tests: publishes encoded batches as its own MQTT user,
+// takes acks (the highest `through` wins, as the device rule says) and resends whatever is
+// not acknowledged. Not a model of the real device's sender; just enough protocol to drive ingest.
+import FieldlogCore
+import Foundation
+import Logging
+import MQTT
+import Sync
+import TestSupport
+@testable import BackendNode
+
+final class SimDevice: @unchecked Sendable {
+    // @unchecked: `acked` and `acks` are only touched under `lock`; the rest is immutable.
+    let id: DeviceID
+    let epoch: Epoch
+    let records: UInt64
+    let batchSize: UInt64
+    let client: MQTTClient
+    private let lock = NSLock()
+    private var ackedThrough = SequenceNumber.zero
+    private var ackLog: [Ack] = []
+    private var listener: Task<Void, Never>?
+    /// Messages other than acks (commands on the request topic), for tests that answer them.
+    let otherMessages: AsyncStream<MQTTMessage>
+    private let otherContinuation: AsyncStream<MQTTMessage>.Continuation
+
+    var acked: SequenceNumber { lock.withLock { ackedThrough } }
+    var acks: [Ack] { lock.withLock { ackLog } }
+
+    private init(id: DeviceID, epoch: Epoch, records: UInt64, batchSize: UInt64, client: MQTTClient) {
+        self.id = id
+        self.epoch = epoch
+        self.records = records
+        self.batchSize = batchSize
+        self.client = client
+        (otherMessages, otherContinuation) = AsyncStream.makeStream(of: MQTTMessage.self)
+    }
+
+    static func connect(stack: Stack, host: String? = nil, port: Int? = nil, records: UInt64, batchSize: UInt64 = 10) async throws -> SimDevice {
+        let id = Fixtures.device("sim")
+        let password = Stack.uniqueName("pw")
+        try stack.addMQTTUser(id.rawValue, password: password)
+        let client = try MQTTClient(configuration: MQTTConfiguration(
+            host: host ?? stack.mqttHost, port: port ?? stack.mqttPort, clientID: id.rawValue, username: id.rawValue, password: password,
+            reconnect: MQTTReconnectPolicy(minDelay: .milliseconds(100), maxDelay: .seconds(1))), logger: Logger(label: "sim"))
+        try await client.connect()
+        let device = SimDevice(id: id, epoch: Epoch.random(), records: records, batchSize: batchSize, client: client)
+        try await client.subscribe(TopicTemplates.defaults.ack.topic(device: id), qos: .atLeastOnce)
+        device.listen()
+        return device
+    }
+
+    private func listen() {
+        let messages = client.messages
+        let other = otherContinuation
+        listener = Task { [weak self] in
+            for await m in messages {
+                guard m.topic.hasSuffix("/ack") else {
+                    other.yield(m)
+                    continue
+                }
+                guard let self, let ack = try? SyncCodec.decodeAck(m.payload, expectedDevice: self.id), ack.epoch == self.epoch else { continue }
+                self.lock.withLock {
+                    self.ackLog.append(ack)
+                    if ack.through > self.ackedThrough { self.ackedThrough = ack.through }
+                }
+            }
+        }
+    }
+
+    func batch(_ index: UInt64) -> Batch {
+        let first = index * batchSize + 1
+        return Fixtures.batch(id, epoch, first, min(first + batchSize - 1, records))
+    }
+
+    var batchCount: UInt64 { (records + batchSize - 1) / batchSize }
+
+    /// Publishes batches `indices` (QoS 1; returns after the broker's PUBACKs).
+    func publish(_ indices: Range<UInt64>) async throws {
+        let topic = TopicTemplates.defaults.batch.topic(device: id)
+        for i in indices { try await client.publish(topic, payload: SyncCodec.encode(batch(i)), qos: .atLeastOnce) }
+    }
+
+    /// Publishes one arbitrary batch.
+    func publish(_ b: Batch) async throws {
+        try await client.publish(TopicTemplates.defaults.batch.topic(device: id), payload: SyncCodec.encode(b), qos: .atLeastOnce)
+    }
+
+    /// Waits until everything is acked, resending what is not every `resendEvery`; returns the acked-through.
+    @discardableResult
+    func sync(timeout: Duration, resendEvery: Duration = .seconds(1)) async throws -> SequenceNumber {
+        let deadline = ContinuousClock.now + timeout
+        var lastSend = ContinuousClock.now
+        while acked.rawValue < records && ContinuousClock.now < deadline {
+            if ContinuousClock.now - lastSend >= resendEvery {
+                try await publish(acked.rawValue / batchSize..<batchCount)
+                lastSend = ContinuousClock.now
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return acked
+    }
+
+    /// Waits until acked-through reaches `target` (no resends), or the timeout passes.
+    func waitAcked(_ target: UInt64, timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while acked.rawValue < target && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+    }
+
+    func close() async {
+        listener?.cancel()
+        otherContinuation.finish()
+        await client.disconnect()
+    }
+}
+
+struct IngestDidNotStart: Error, CustomStringConvertible { var description: String }
+
+/// `fieldlog-backend` as a child process.
+enum Backend {
+    static func ingest(_ name: String, environment: [String: String], directory: TemporaryDirectory) throws -> ManagedProcess {
+        let p = ManagedProcess(executable: try Binaries.path("fieldlog-backend"), arguments: ["ingest"],
+                               logPath: directory.file("\(name).log"), environment: environment)
+        try p.start()
+        return p
+    }
+
+    /// Waits until the process logged that it is subscribed and running.
+    static func waitRunning(_ p: ManagedProcess, timeout: Duration = .seconds(20)) throws {
+        let deadline = ContinuousClock.now + timeout
+        while !p.log().contains("ingest running") {
+            guard p.isRunning, ContinuousClock.now < deadline else {
+                throw IngestDidNotStart(description: "ingest did not start: \(p.log())")
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+    }
+
+    /// Runs a one-shot command; returns its exit status and standard output.
+    static func run(_ arguments: [String], environment: [String: String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Binaries.path("fieldlog-backend"))
+        process.arguments = arguments
+        process.environment = environment
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

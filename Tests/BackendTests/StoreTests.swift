@@ -1,0 +1,134 @@
+// Schema, store and audit against the stack's real MariaDB (each test in a fresh database).
+import FieldlogCore
+import Foundation
+import Logging
+import MariaDB
+import Sync
+import TestSupport
+import XCTest
+@testable import BackendNode
+
+final class MigrationTests: XCTestCase {
+    func testMigrateCreatesTheSchemaRerunIsANoOpAndANewerSchemaIsRefused() async throws {
+        let db = try TestDatabase("migrate")
+        defer { db.drop() }
+        let c = try await db.connect()
+        let migrator = Migrator(connection: c)
+        let value1 = try await migrator.currentVersion()
+        XCTAssertEqual(value1, 0)
+        let value2 = try await migrator.migrate()
+        XCTAssertEqual(value2, Schema.migrations.map(\.version))
+        let value3 = try await migrator.migrate()
+        XCTAssertEqual(value3, [], "re-running applies nothing")
+        let value4 = try await migrator.currentVersion()
+        XCTAssertEqual(value4, Schema.latestVersion)
+        try await migrator.requireCurrent()
+        for table in ["devices", "epochs", "readings", "reading_values", "batch_ranges", "loss_ranges", "dead_letters",
+                      "legacy_readings", "legacy_values", "commands", "command_responses", "sensor_values", "epoch_progress"] {
+            XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '\(table)'"), "1", table)
+        }
+        try await c.query("INSERT INTO schema_migrations (version, name) VALUES (\(Schema.latestVersion + 1), 'from the future')")
+        do {
+            try await migrator.migrate()
+            XCTFail("a newer schema must be refused")
+        } catch let e as SchemaError {
+            XCTAssertTrue(e.description.contains("newer than this fieldlog-backend knows"), e.description)
+        }
+        do {
+            try await migrator.requireCurrent()
+            XCTFail("a newer schema must be refused")
+        } catch is SchemaError {}
+        await c.close()
+    }
+}
+
+final class StoreTests: XCTestCase {
+    func testTheSameBatchTwiceIsStoredOnceAndCountedAsDuplicates() async throws {
+        let db = try TestDatabase("store")
+        defer { db.drop() }
+        let c = try await db.migrated()
+        let store = Store(connection: c)
+        try await store.prepareSession()
+        let device = Fixtures.device(), epoch = Epoch.random()
+        var b = Fixtures.batch(device, epoch, 1, 5)
+        b.losses = [LossMarker(range: SequenceRange(checked: SequenceNumber(6), SequenceNumber(7)), reason: .diskQuota,
+                               recordedAtUnixMilliseconds: 1_764_000_000_000, detail: "quota 10 MiB")]
+        b.range = SequenceRange(checked: SequenceNumber(1), SequenceNumber(7))
+        b.rejected = []
+        let first = try await store.storeBatches([Fixtures.request(b)], newDevices: [device], newEpochs: [(device, epoch)])
+        XCTAssertEqual(first.map(\.recordsInserted), [5])
+        let again = try await store.storeBatches([Fixtures.request(b), Fixtures.request(b)], newDevices: [device], newEpochs: [(device, epoch)])
+        XCTAssertEqual(again.map(\.recordsInserted), [0, 0])
+        XCTAssertEqual(again.map(\.duplicates), [5, 5])
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings"), "5")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values"), "10")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM loss_ranges"), "1")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM batch_ranges"), "1")
+        let coverage = try await store.coverage(device: device, epoch: epoch)
+        XCTAssertEqual(coverage.contiguousThrough, SequenceNumber(7), "the declared loss counts as accounted for")
+        // The documented Grafana view: one row per (device, time, sensor, value).
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(time, ' ', sensor, '=', num_value) FROM sensor_values WHERE device_id = '\(device)' AND seq = 2 AND sensor = 'temp'"),
+                       "2025-11-24 16:00:02.000 temp=0.2")
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(stored_through, ' ', highest_seen) FROM epoch_progress WHERE device_id = '\(device)'"), "7 7")
+        await c.close()
+    }
+
+    func testProgressViewAuditAndCompactionAgreeOnAGap() async throws {
+        let db = try TestDatabase("gap")
+        defer { db.drop() }
+        let c = try await db.migrated()
+        let store = Store(connection: c)
+        try await store.prepareSession()
+        let device = Fixtures.device(), epoch = Epoch.random()
+        for (a, b) in [(1, 10), (11, 20), (31, 40), (21, 25)] as [(UInt64, UInt64)] {
+            _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, a, b))], newDevices: [device], newEpochs: [(device, epoch)])
+        }
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(stored_through, ' ', highest_seen) FROM epoch_progress WHERE device_id = '\(device)'"), "25 40")
+        let replaced = try await store.compactRanges(device: device, epoch: epoch, through: SequenceNumber(25))
+        XCTAssertEqual(replaced, 3)
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM batch_ranges"), "2")
+        let value5 = try await store.compactRanges(device: device, epoch: epoch, through: SequenceNumber(30))
+        XCTAssertEqual(value5, 0, "never compacts over a gap")
+        let coverage = try await store.coverage(device: device, epoch: epoch)
+        XCTAssertEqual(coverage.contiguousThrough, SequenceNumber(25))
+        XCTAssertEqual(coverage.gaps(), [SequenceRange(checked: SequenceNumber(26), SequenceNumber(30))])
+
+        let report = try await Auditor(connection: c).run()
+        XCTAssertTrue(report.hasGaps)
+        let e = try XCTUnwrap(report.devices.first?.epochs.first)
+        XCTAssertEqual(e.storedThrough, 25)
+        XCTAssertEqual(e.highestSeen, 40)
+        XCTAssertEqual(e.gaps, [EpochAudit.Range(SequenceRange(checked: SequenceNumber(26), SequenceNumber(30)))])
+        XCTAssertEqual(report.repairRequests.map(\.range), [SequenceRange(checked: SequenceNumber(26), SequenceNumber(30))])
+        XCTAssertTrue(report.text().contains("GAP 26…30"), report.text())
+
+        _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 26, 30))], newDevices: [], newEpochs: [])
+        let value6 = try await Auditor(connection: c).run().hasGaps
+        XCTAssertFalse(value6)
+        await c.close()
+    }
+
+    func testAnEpochEndedWithUnstoredRecordsIsReported() async throws {
+        let db = try TestDatabase("epochs")
+        defer { db.drop() }
+        let c = try await db.migrated()
+        let store = Store(connection: c)
+        try await store.prepareSession()
+        let device = Fixtures.device(), old = Epoch(1), new = Epoch(2)
+        _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, old, 1, 10))], newDevices: [device], newEpochs: [(device, old)])
+        try await store.recordStatus(Status(device: device, state: .online, epoch: old, head: SequenceNumber(15), acked: SequenceNumber(10)))
+        let value7 = try await Auditor(connection: c).run().hasGaps
+        XCTAssertFalse(value7, "records above the highest stored of the current epoch are backlog")
+        try await Task.sleep(for: .milliseconds(5))
+        _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, new, 1, 3))], newDevices: [], newEpochs: [(device, new)])
+        try await store.recordStatus(Status(device: device, state: .online, epoch: new, head: SequenceNumber(3), acked: SequenceNumber(3)))
+        let report = try await Auditor(connection: c).run(device: device)
+        XCTAssertTrue(report.hasGaps)
+        let ended = try XCTUnwrap(report.devices.first?.epochs.first { $0.epoch == old.hex })
+        XCTAssertTrue(ended.ended)
+        XCTAssertEqual(ended.unstoredAtEnd, EpochAudit.Range(SequenceRange(checked: SequenceNumber(11), SequenceNumber(15))))
+        let current = try XCTUnwrap(report.devices.first?.epochs.first { $0.epoch == new.hex })
+        XCTAssertFalse(current.ended)
+        await c.close()
+    }
+}
