@@ -1,7 +1,7 @@
 import FieldlogCore
 @testable import Sync
 
-// A deterministic simulation of the whole protocol (spec/protocol.md §7), in the manner of
+// A deterministic simulation of the whole protocol (spec/protocol.md §8), in the manner of
 // TigerBeetle's VOPR: one seed drives a device (durable log + SenderStateMachine), a broker
 // that loses, duplicates, delays and reorders messages, keeps a retained ack and drops
 // connections, two receivers on a shared subscription (ReceiverStateMachine + a store
