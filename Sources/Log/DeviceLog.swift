@@ -499,6 +499,19 @@ public final class DeviceLog: @unchecked Sendable {
         return try await read { try Self.readState($0, path: path).acked }
     }
 
+    /// The oldest sequence number still held (head + 1 when nothing is): what a sender may
+    /// still load. Two index lookups, unlike `status()`, which counts every record (a sender
+    /// asking per batch made draining a large backlog quadratic).
+    public func retainedFrom() async throws -> SequenceNumber {
+        let path = self.path
+        return try await read { c in
+            try c.readTransaction {
+                let head = try Self.readState(c, path: path).head
+                return try c.scalarInt("SELECT min(seq) FROM records").map { SequenceNumber(UInt64($0)) } ?? head.next
+            }
+        }
+    }
+
     /// Records with seq ≥ `from`, in order: at most `limit` records and, after the first,
     /// at most `maxBytes` of encoded bodies. Gaps (loss markers, trimmed records) are skipped.
     public func records(from: SequenceNumber, limit: Int, maxBytes: Int = .max) async throws -> [LogRecord] {
