@@ -115,32 +115,63 @@ func freePort() throws -> Int {
     return Int(UInt16(bigEndian: addr.sin_port))
 }
 
+/// Starts `executable` with stdin from /dev/null and stdout/stderr to files (posix_spawn:
+/// Foundation's `Process` needs the main run loop to notice an exit, which an async `main`
+/// does not run).
+func spawn(_ executable: String, _ arguments: [String], environment: [String: String]?, stdout: String, stderr: String) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+    if stderr == stdout {
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    } else {
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+    }
+    let env = environment ?? ProcessInfo.processInfo.environment
+    var cArgs = ([executable] + arguments).map { strdup($0) } + [nil]
+    var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
+    // The calling thread may block signals (the Swift runtime's threads do): give the child an
+    // empty mask and default handlers, or daemons started by scripts/stack ignore SIGHUP/SIGTERM.
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    posix_spawnattr_setsigmask(&attr, &empty)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for s in [SIGHUP, SIGTERM, SIGINT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2] { sigaddset(&defaults, s) }
+    posix_spawnattr_setsigdefault(&attr, &defaults)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, executable, &actions, &attr, &cArgs, &cEnv)
+    guard rc == 0 else { throw BenchError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+    return pid
+}
+
+/// Exit code of a reaped status (128 + signal when killed).
+func exitCode(_ raw: Int32) -> Int32 {
+    let signal = raw & 0x7f
+    return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+}
+
 /// Runs a program to completion; returns its standard output; throws with its stderr on failure.
 /// Output goes through files, not pipes: `scripts/stack up` leaves daemons behind that would
 /// hold a pipe open forever.
 @discardableResult
 func runTool(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = arguments
-    if let environment { p.environment = environment }
     let base = NSTemporaryDirectory() + "/fieldlog-bench-tool-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    _ = FileManager.default.createFile(atPath: base + ".out", contents: nil)
-    _ = FileManager.default.createFile(atPath: base + ".err", contents: nil)
     defer { try? FileManager.default.removeItem(atPath: base + ".out"); try? FileManager.default.removeItem(atPath: base + ".err") }
-    let out = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".out"))
-    let err = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".err"))
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    p.waitUntilExit()
-    try? out.close()
-    try? err.close()
+    let pid = try spawn(path, arguments, environment: environment, stdout: base + ".out", stderr: base + ".err")
+    var raw: Int32 = 0
+    while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
     let o = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
     let e = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
-    guard p.terminationStatus == 0 else {
-        throw BenchError("\(path) \(arguments.joined(separator: " ")) exited \(p.terminationStatus): \(e)")
+    guard exitCode(raw) == 0 else {
+        throw BenchError("\(path) \(arguments.joined(separator: " ")) exited \(exitCode(raw)): \(e)")
     }
     return o
 }
@@ -155,37 +186,38 @@ func which(_ tool: String) -> String? {
 
 /// A child process of one of our programs, stopped by PID.
 final class Child: @unchecked Sendable {
-    // @unchecked: `process` is only touched by the benchmark task that owns this child.
+    // @unchecked: `exited` is only touched under `lock`.
     let name: String
-    let process: Process
+    let pid: pid_t
     let logPath: String
+    private let lock = NSLock()
+    private var exited = false
 
     init(name: String, executable: String, arguments: [String], environment: [String: String], logPath: String) throws {
         self.name = name
         self.logPath = logPath
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = environment
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
+        pid = try spawn(executable, arguments, environment: environment, stdout: logPath, stderr: logPath)
     }
 
-    var pid: Int32 { process.processIdentifier }
-    var isRunning: Bool { process.isRunning }
+    var isRunning: Bool {
+        lock.withLock {
+            if exited { return false }
+            var raw: Int32 = 0
+            if waitpid(pid, &raw, WNOHANG) == 0 { return true }
+            exited = true
+            return false
+        }
+    }
 
     /// SIGTERM, then SIGKILL after `grace`.
     func stop(grace: Duration = .seconds(10)) async {
-        guard process.isRunning else { return }
+        guard isRunning else { return }
         kill(pid, SIGTERM)
         let start = ContinuousClock.now
-        while process.isRunning && ContinuousClock.now - start < grace { try? await Task.sleep(for: .milliseconds(20)) }
-        if process.isRunning {
+        while isRunning && ContinuousClock.now - start < grace { try? await Task.sleep(for: .milliseconds(20)) }
+        if isRunning {
             kill(pid, SIGKILL)
-            while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+            while isRunning { try? await Task.sleep(for: .milliseconds(20)) }
         }
     }
 
