@@ -81,7 +81,7 @@ struct SyncCommand: AsyncParsableCommand {
 
 struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "config", abstract: "Inspect the configuration.",
-                                                    subcommands: [ConfigCheck.self])
+                                                    subcommands: [ConfigCheck.self, ConfigExample.self])
 }
 
 struct ConfigCheck: AsyncParsableCommand {
@@ -93,4 +93,11 @@ struct ConfigCheck: AsyncParsableCommand {
         let c = try options.load()
         print(c.effectiveDescription())
     }
+}
+
+struct ConfigExample: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "example",
+        abstract: "Print a commented example configuration file with every setting and its default.")
+    func run() async throws { print(Settings.exampleFile(), terminator: "") }
 }

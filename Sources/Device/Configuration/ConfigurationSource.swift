@@ -16,6 +16,7 @@ public struct ConfigurationProblem: Hashable, Sendable, CustomStringConvertible 
 /// Thrown when the configuration has problems; lists every one of them.
 public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
     public var problems: [ConfigurationProblem]
+    public init(problems: [ConfigurationProblem]) { self.problems = problems }
     public var description: String {
         "invalid configuration:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
     }

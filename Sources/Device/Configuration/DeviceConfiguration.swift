@@ -1,5 +1,6 @@
 import FieldlogCore
 import Foundation
+import Sync
 
 /// How durable an append is (mirrors the log's setting; parsed here so a typo fails at start).
 public enum LogDurabilitySetting: String, Sendable, CaseIterable {
@@ -185,14 +186,26 @@ public struct DeviceConfiguration: Sendable {
             port: Int(r.integer("REDIS_PORT", 1...65535)), database: Int(r.integer("REDIS_DB", 0...15)),
             streamMaxLength: Int(r.integer("REDIS_STREAM_MAXLEN", 100...10_000_000)))
 
-        let placeholders = [
-            "%(device_uuid)s": deviceID.rawValue, "%(device_type)s": identity.deviceType,
-            "%(app_id)s": identity.appID, "%(app_name)s": identity.appName,
-        ]
+        // Topics: the protocol's templates and environment names (Sync.TopicTemplates), so the
+        // device and the backend read the same settings the same way.
+        var topicEnv: [String: String] = [:]
+        for (k, v) in source.values where k.hasPrefix("FIELDLOG_TOPIC_") || k.hasPrefix("MQTT_TOPIC_") { topicEnv[k] = v.value }
+        var templates = TopicTemplates.defaults
+        do { templates = try TopicTemplates.fromEnvironment(topicEnv) } catch {
+            let name = error.description.split(separator: ":").first.map(String.init) ?? "FIELDLOG_TOPIC_*"
+            let raw = source.values[name]
+            r.problems.append(.init(setting: name, value: raw?.value ?? "", source: raw?.source ?? .builtIn, allowed: error.description))
+        }
+        let ident = DeviceIdentity(deviceType: identity.deviceType.isEmpty ? "unknown" : identity.deviceType,
+                                   appID: identity.appID.isEmpty ? "0" : identity.appID,
+                                   appName: identity.appName.isEmpty ? "fieldlog" : identity.appName)
         let topics = Topics(
-            broadcast: r.topic("MQTT_TOPIC_BROADCAST", placeholders), request: r.topic("MQTT_TOPIC_REQUEST", placeholders),
-            response: r.topic("MQTT_TOPIC_RESPONSE", placeholders), values: r.topic("MQTT_TOPIC_VALUES", placeholders),
-            ack: r.topic("MQTT_TOPIC_ACK", placeholders), status: r.topic("MQTT_TOPIC_STATUS", placeholders))
+            broadcast: templates.broadcast.topic(device: deviceID, identity: ident),
+            request: templates.request.topic(device: deviceID, identity: ident),
+            response: templates.response.topic(device: deviceID, identity: ident),
+            values: templates.batch.topic(device: deviceID, identity: ident),
+            ack: templates.ack.topic(device: deviceID, identity: ident),
+            status: templates.status.topic(device: deviceID, identity: ident))
         let tls = r.bool("MQTT_TLS_ENABLE")
         mqtt = MQTTSettings(
             enabled: r.bool("MQTT_ENABLE"), host: r.nonEmpty("MQTT_HOST"),
@@ -254,12 +267,12 @@ public struct DeviceConfiguration: Sendable {
             case "FIELDLOG_DEVICE_ID": derived = " (effective: \(identity.deviceID))"
             case "MQTT_CLIENT_ID": derived = raw == nil ? " (effective: \(mqtt.clientID))" : ""
             case "MQTT_USERNAME": derived = raw == nil ? " (effective: \(mqtt.username))" : ""
-            case "MQTT_TOPIC_BROADCAST": derived = " (effective: \(mqtt.topics.broadcast))"
-            case "MQTT_TOPIC_REQUEST": derived = " (effective: \(mqtt.topics.request))"
-            case "MQTT_TOPIC_RESPONSE": derived = " (effective: \(mqtt.topics.response))"
-            case "MQTT_TOPIC_VALUES": derived = " (effective: \(mqtt.topics.values))"
-            case "MQTT_TOPIC_ACK": derived = " (effective: \(mqtt.topics.ack))"
-            case "MQTT_TOPIC_STATUS": derived = " (effective: \(mqtt.topics.status))"
+            case "FIELDLOG_TOPIC_BATCH": derived = " (effective: \(mqtt.topics.values))"
+            case "FIELDLOG_TOPIC_ACK": derived = " (effective: \(mqtt.topics.ack))"
+            case "FIELDLOG_TOPIC_STATUS": derived = " (effective: \(mqtt.topics.status))"
+            case "FIELDLOG_TOPIC_REQUEST": derived = " (effective: \(mqtt.topics.request))"
+            case "FIELDLOG_TOPIC_RESPONSE": derived = " (effective: \(mqtt.topics.response))"
+            case "FIELDLOG_TOPIC_BROADCAST": derived = " (effective: \(mqtt.topics.broadcast))"
             default: break
             }
             out.append("\(s.name)=\(value)  # \(raw?.source.description ?? "unset")\(derived)")
@@ -369,15 +382,6 @@ struct Reader {
             problem(name, "a readable file (it does not exist or cannot be read)")
         }
         return v
-    }
-
-    mutating func topic(_ name: String, _ placeholders: [String: String]) -> String {
-        var t = raw(name).value
-        for (k, v) in placeholders { t = t.replacingOccurrences(of: k, with: v) }
-        if t.isEmpty || t.contains("+") || t.contains("#") || t.contains("%(") || t.utf8.count > 1024 {
-            problem(name, "an MQTT topic without wildcards (+ #), at most 1024 bytes; placeholders: %(device_uuid)s %(device_type)s %(app_id)s %(app_name)s")
-        }
-        return t
     }
 
     mutating func commandLine(_ name: String, allowEmpty: Bool) -> [String] {

@@ -93,12 +93,16 @@ public enum Settings {
         .init("MQTT_TLS_CA_CERTS", nil, group: "mqtt", "CA certificate file (PEM) for TLS."),
         .init("MQTT_TLS_CERTFILE", nil, group: "mqtt", "Client certificate (PEM) for TLS client auth."),
         .init("MQTT_TLS_KEYFILE", nil, group: "mqtt", "Client key (PEM) for TLS client auth."),
-        .init("MQTT_TOPIC_BROADCAST", "fieldlog/v1/broadcast/control", group: "mqtt", "Broadcast command topic (placeholders %(device_uuid)s %(device_type)s %(app_id)s %(app_name)s)."),
-        .init("MQTT_TOPIC_REQUEST", "fieldlog/v1/devices/%(device_uuid)s/request", group: "mqtt", "Per-device command topic."),
-        .init("MQTT_TOPIC_RESPONSE", "fieldlog/v1/devices/%(device_uuid)s/response", group: "mqtt", "Command response topic."),
-        .init("MQTT_TOPIC_VALUES", "fieldlog/v1/devices/%(device_uuid)s/batch", group: "mqtt", "Batch (values) topic."),
-        .init("MQTT_TOPIC_ACK", "fieldlog/v1/devices/%(device_uuid)s/ack", group: "mqtt", "Ack topic (retained, from the backend)."),
-        .init("MQTT_TOPIC_STATUS", "fieldlog/v1/devices/%(device_uuid)s/status", group: "mqtt", "Status topic (retained, with last will)."),
+        .init("FIELDLOG_TOPIC_BATCH", nil, group: "mqtt", "Batch topic template (default fieldlog/v1/devices/{device}/batch); placeholders {device} {device_type} {app_id} {app_name} or the seed's %(device_uuid)s forms, each a whole topic level."),
+        .init("FIELDLOG_TOPIC_ACK", nil, group: "mqtt", "Ack topic template (default fieldlog/v1/devices/{device}/ack; retained, from the backend)."),
+        .init("FIELDLOG_TOPIC_STATUS", nil, group: "mqtt", "Status topic template (default fieldlog/v1/devices/{device}/status; retained, with last will)."),
+        .init("FIELDLOG_TOPIC_REQUEST", nil, group: "mqtt", "Command topic template (default fieldlog/v1/devices/{device}/request); MQTT_TOPIC_REQUEST also works."),
+        .init("FIELDLOG_TOPIC_RESPONSE", nil, group: "mqtt", "Command response topic template (default fieldlog/v1/devices/{device}/response); MQTT_TOPIC_RESPONSE also works."),
+        .init("FIELDLOG_TOPIC_BROADCAST", nil, group: "mqtt", "Broadcast command topic (default fieldlog/v1/broadcast/control); MQTT_TOPIC_BROADCAST also works."),
+        .init("MQTT_TOPIC_REQUEST", nil, group: "mqtt", "The seed's name for FIELDLOG_TOPIC_REQUEST (e.g. iot-projekt/device/%(device_uuid)s/request)."),
+        .init("MQTT_TOPIC_RESPONSE", nil, group: "mqtt", "The seed's name for FIELDLOG_TOPIC_RESPONSE."),
+        .init("MQTT_TOPIC_BROADCAST", nil, group: "mqtt", "The seed's name for FIELDLOG_TOPIC_BROADCAST (e.g. iot-projekt/device/broadcast/control)."),
+        .init("MQTT_TOPIC_VALUES", nil, group: "mqtt", "The seed's value-list topic: read by the backend from legacy seed devices; a Fieldlog device publishes numbered batches on FIELDLOG_TOPIC_BATCH instead (protocol §2.2)."),
 
         // Sync
         .init("SYNC_ENABLED", "true", group: "sync", "Whether the sender starts enabled; Redis key mqtt_sender:enabled overrides it at runtime."),
@@ -129,4 +133,29 @@ public enum Settings {
     ]
 
     static let byName: [String: SettingDefinition] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+}
+
+extension Settings {
+    /// A commented example configuration file: every setting with its help and default,
+    /// commented out (deploy/device/device.env.example is made by `fieldlog-device config example`).
+    public static func exampleFile() -> String {
+        var out = """
+        # fieldlog-device configuration: KEY=value lines, `#` comments.
+        # Environment variables of the same names override this file (so systemd's
+        # EnvironmentFile=, docker's env_file and balena's device variables all work).
+        # Every value is checked at start; `fieldlog-device config check` prints the effective
+        # configuration with secrets masked. Lines below are the built-in defaults, commented out.
+
+        """
+        var group = ""
+        for s in all {
+            if s.group != group {
+                group = s.group
+                out += "\n# ---- \(group) ----\n"
+            }
+            out += "# \(s.help)\n"
+            out += "#\(s.name)=\(s.defaultValue ?? "")\n"
+        }
+        return out
+    }
 }

@@ -40,6 +40,14 @@ struct LogKeeper: Service {
     }
 }
 
+/// Runs the log's Redis mirror (stream `measurement:values`) until shutdown.
+struct MirrorService: Service {
+    let mirror: HotStateMirror
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await mirror.run() }
+    }
+}
+
 /// The node's shared state, seen by commands and the status server.
 public final class NodeEnvironment: CommandEnvironment, StatusProvider, @unchecked Sendable {
     // @unchecked: `agent` is set once before the group starts; everything else is immutable.
@@ -177,6 +185,12 @@ public enum DeviceNode {
             let rc = RedisConfiguration(host: c.redis.host, port: c.redis.port, connectTimeout: .seconds(1), commandTimeout: .seconds(2),
                                         database: c.redis.database)
             services.append(SwitchPoller(redis: rc, settings: settings, metrics: metrics, logger: logger))
+            if components.contains(.sampler) {
+                // The process that samples also mirrors its log into the stream measurement:values.
+                var hc = HotStateConfiguration(redis: rc)
+                hc.streamMaxLength = c.redis.streamMaxLength
+                services.append(MirrorService(mirror: HotStateMirror(log: log, configuration: hc, logger: logger)))
+            }
         }
         if components.contains(.status) && c.status.port != 0 {
             services.append(StatusServer.buildApplication(env, host: c.status.host, port: c.status.port, logger: logger))

@@ -102,7 +102,7 @@ public actor RuntimeSettings {
     public private(set) var pendingWrites: [SwitchKey: SwitchValue] = [:]
     /// Whether the last attempt to reach Redis worked (for /status and /metrics).
     public private(set) var redisAvailable: Bool = false
-    private var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
+    private var waiters: [UUID: Waiter] = [:]
 
     public init(defaults: DeviceSwitches) {
         switches = defaults
@@ -158,11 +158,11 @@ public actor RuntimeSettings {
         let id = UUID()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                waiters[id] = c
-                Task { [weak self] in
+                let timer = Task { [weak self] in
                     try? await Task.sleep(for: timeout)
-                    await self?.wake(id)
+                    if !Task.isCancelled { await self?.wake(id) }
                 }
+                waiters[id] = Waiter(continuation: c, timer: timer)
             }
         } onCancel: {
             Task { await self.wake(id) }
@@ -170,12 +170,23 @@ public actor RuntimeSettings {
     }
 
     private func wake(_ id: UUID) {
-        waiters.removeValue(forKey: id)?.resume()
+        guard let w = waiters.removeValue(forKey: id) else { return }
+        w.timer.cancel()
+        w.continuation.resume()
     }
 
     private func wakeWaiters() {
         let all = waiters
         waiters = [:]
-        for c in all.values { c.resume() }
+        for w in all.values {
+            w.timer.cancel()
+            w.continuation.resume()
+        }
     }
+}
+
+/// A task sleeping in `waitForChange`, with the timer that ends its wait.
+struct Waiter {
+    let continuation: CheckedContinuation<Void, Never>
+    let timer: Task<Void, Never>
 }

@@ -1,6 +1,6 @@
 // The switch poller: keeps `RuntimeSettings` and Redis in step.
 //
-// Theory of operation: every `pollInterval` it first writes the switches changed locally
+// Theory of operation: every `pollInterval`, and at once after a local change, it first writes the switches changed locally
 // (commands, the button) with SET, then reads all four with one pipelined GET. A key that is
 // absent keeps the last known value (the seed's fallback); an invalid value is logged and
 // ignored. When Redis does not answer, nothing changes: the sampler and the sender go on with
@@ -36,7 +36,8 @@ public struct SwitchPoller: Service {
                     else { logger.warning("Redis unreachable; keeping the last known switches", metadata: ["redis": "\(redis.configuration.endpointDescription)"]) }
                     wasUp = up
                 }
-                try? await Task.sleep(for: pollInterval)
+                // Wake early on a local change, so it reaches Redis within milliseconds.
+                await settings.waitForChange(timeout: pollInterval)
             }
         }
         redis.close()

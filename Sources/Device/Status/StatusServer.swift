@@ -110,7 +110,7 @@ enum StatusPage {
         let coords = points.map { p -> String in
             let x = pad + (Double(p.0) - t0) / tspan * (w - 2 * pad)
             let y = h - pad - (p.1 - lo) / span * (h - 2 * pad)
-            return String(format: "%.1f,%.1f", x, y)
+            return "\((x * 10).rounded() / 10),\((y * 10).rounded() / 10)"
         }.joined(separator: " ")
         let last = values.last.map { String($0) } ?? "-"
         return """
@@ -127,9 +127,12 @@ enum StatusPage {
         }
     }
 
+    /// UTC ISO 8601 without Foundation's formatters (they load ICU: megabytes of memory).
     static func iso(_ ms: Int64) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+        var t = time_t(ms / 1000)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        func pad(_ v: Int32, _ n: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, n - s.count)) + s }
+        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ms % 1000), 3))Z"
     }
 }

@@ -71,6 +71,9 @@ public final class SyncAgent: Service, @unchecked Sendable {
     private let events: AsyncStream<Event>
     private let eventSink: AsyncStream<Event>.Continuation
     private var replayWaiters: [String: CheckedContinuation<ReplayOutcome, any Error>] = [:]
+    /// Command messages, handled serially by one task of `run()`.
+    private let commandMessages: AsyncStream<MQTTMessage>
+    let commandSink: AsyncStream<MQTTMessage>.Continuation
     private var replayCounter = 0
 
     enum Event: Sendable {
@@ -90,6 +93,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
         self.metrics = metrics
         self.logger = logger
         (events, eventSink) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .unbounded)
+        // Bounded: a flood of commands must not grow memory without limit (QoS 1 redelivers).
+        (commandMessages, commandSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(256))
     }
 
     /// The command handler that answers messages on the request and broadcast topics.
@@ -160,12 +165,15 @@ public final class SyncAgent: Service, @unchecked Sendable {
         let settings = self.settings
         let loop = OwnerLoop(agent: self, mqtt: mqtt)
 
-        await withTaskGroup(of: Void.self) { group in
+        // Child tasks return true only for the owner loop: the group ends when the loop does.
+        await withTaskGroup(of: Bool.self) { group in
             group.addTask {
                 for await e in mqtt.events { sink.yield(.mqtt(e)) }
+                return false
             }
             group.addTask {
                 for await m in mqtt.messages { sink.yield(.message(m)) }
+                return false
             }
             group.addTask {
                 // The sender's pace: `mqtt_sender:interval`, woken early when a switch changes.
@@ -174,21 +182,59 @@ public final class SyncAgent: Service, @unchecked Sendable {
                     let interval = await settings.switches.senderInterval
                     await settings.waitForChange(timeout: interval)
                 }
+                return false
             }
             group.addTask {
-                // First connect in the background: a broker that is down at start is retried
-                // by the client with backoff; sampling goes on meanwhile.
-                do { try await mqtt.connect() } catch {
-                    self.logger.warning("MQTT connect failed; retrying in the background", metadata: ["error": "\(error)"])
+                // The first connect, retried with backoff and jitter until it works (the client
+                // reconnects by itself only after a first success); sampling goes on meanwhile.
+                let backoff = ReconnectBackoff(policy: self.configuration.mqtt.reconnect)
+                var attempt = 0
+                while !Task.isCancelled {
+                    do {
+                        try await mqtt.connect()
+                        break
+                    } catch let e as MQTTError where e.kind == .closed {
+                        break
+                    } catch {
+                        attempt += 1
+                        if attempt == 1 || attempt % 10 == 0 {
+                            self.logger.warning("MQTT connect failed; retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                        }
+                        self.updateSnapshot { $0.lastError = "\(error)" }
+                        try? await Task.sleep(for: backoff.delay(attempt: attempt, randomUnit: Double.random(in: 0..<1)))
+                    }
                 }
+                return false
+            }
+            group.addTask {
+                for await m in self.commandMessages {
+                    guard let handler = self.lock.withLock({ self.commandHandlerValue }) else { continue }
+                    let result = await handler.handle(m.payload)
+                    if let status = result.response?.status {
+                        // spec §3.5: `status` publishes a fresh status and replies with it.
+                        _ = try? await mqtt.publish(self.configuration.topics.status, payload: SyncCodec.encode(status), qos: .atLeastOnce,
+                                                    retain: true, properties: .init(contentType: SyncCodec.contentType))
+                    }
+                    do {
+                        try await mqtt.publish(self.configuration.topics.response, payload: result.payload, qos: .atLeastOnce, retain: false,
+                                               properties: .init(contentType: SyncCodec.contentType))
+                    } catch {
+                        self.logger.warning("cannot publish command response", metadata: ["error": "\(error)"])
+                    }
+                    await result.afterResponse?()
+                }
+                return false
             }
             group.addTask {
                 var machine = machine0
                 await loop.run(&machine)
+                return true
             }
-            // Graceful shutdown: stop the loop, publish offline status, disconnect.
+            // Graceful shutdown: stop the loop, then publish the offline status and disconnect.
             await withGracefulShutdownHandler {
-                await group.next()  // the loop ends on .shutdown (or when a task ends)
+                while let isLoop = await group.next() {
+                    if isLoop { break }
+                }
             } onGracefulShutdown: {
                 sink.yield(.shutdown)
             }
@@ -340,19 +386,9 @@ public final class SyncAgent: Service, @unchecked Sendable {
                     logger.warning("ignoring an undecodable ack", metadata: ["error": "\(error)"])
                 }
             } else if m.topic == topics.request || m.topic == topics.broadcast {
-                guard let handler = agent.lock.withLock({ agent.commandHandlerValue }) else { return }
-                // Commands run in their own task: a replay waits for this loop to build batches.
-                let mqtt = self.mqtt, topic = topics.response, logger = self.logger
-                Task {
-                    let result = await handler.handle(m.payload)
-                    do {
-                        try await mqtt.publish(topic, payload: result.payload, qos: .atLeastOnce, retain: false,
-                                               properties: .init(contentType: SyncCodec.contentType))
-                    } catch {
-                        logger.warning("cannot publish command response", metadata: ["error": "\(error)"])
-                    }
-                    await result.afterResponse?()
-                }
+                // Commands are answered one at a time, in arrival order, by their own task:
+                // a replay waits for this loop to build its batches.
+                agent.commandSink.yield(m)
             }
         }
 

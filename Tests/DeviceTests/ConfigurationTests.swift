@@ -1,0 +1,164 @@
+import Device
+import FieldlogCore
+import XCTest
+
+final class ConfigurationTests: XCTestCase {
+    func config(file: String = "", env: [String: String] = [:], host: String = "pi-1") throws(ConfigurationError) -> DeviceConfiguration {
+        var s = ConfigurationSource()
+        s.apply(fileContents: file, path: "device.env")
+        s.apply(environment: env)
+        return try DeviceConfiguration(source: s, hostName: host)
+    }
+
+    func problems(file: String = "", env: [String: String] = [:]) -> [ConfigurationProblem] {
+        do {
+            _ = try config(file: file, env: env)
+            XCTFail("expected a configuration error")
+            return []
+        } catch { return error.problems }
+    }
+
+    func testDefaultsGiveTheDocumentedValues() throws {
+        let c = try config()
+        XCTAssertEqual(c.identity.deviceID.rawValue, "pi-1", "host name is the fallback device id")
+        XCTAssertEqual(c.sampling.interval, .seconds(2))
+        XCTAssertEqual(c.sampling.sensors.map(\.name), ["random"], "the seed's field name")
+        guard case .simulated = c.sampling.sensors[0].kind else { return XCTFail("default sensor is simulated") }
+        XCTAssertEqual(c.log.durability, .full)
+        XCTAssertEqual(c.log.quotaPolicy, .stop)
+        XCTAssertEqual(c.redis.port, 6379)
+        XCTAssertEqual(c.mqtt.port, 1883)
+        XCTAssertEqual(c.mqtt.username, "pi-1")
+        XCTAssertEqual(c.mqtt.topics.values, "fieldlog/v1/devices/pi-1/batch")
+        XCTAssertEqual(c.status.host, "127.0.0.1", "status page is loopback by default")
+        XCTAssertEqual(c.commands.rebootCommand, [], "reboot is disabled by default")
+        XCTAssertEqual(c.button.bias, .up)
+        XCTAssertEqual(c.button.edge, .falling)
+        XCTAssertEqual(c.button.bounce, .milliseconds(20))
+    }
+
+    func testEnvironmentOverridesFileWhichOverridesDefaults() throws {
+        let file = """
+        # a comment
+        INTERVAL_SECONDS=5
+        export MQTT_HOST="broker.example"
+        REDIS_PORT = '6380'
+        """
+        let c = try config(file: file, env: ["INTERVAL_SECONDS": "0.5", "PATH": "/bin"])
+        XCTAssertEqual(c.sampling.interval, .milliseconds(500))
+        XCTAssertEqual(c.mqtt.host, "broker.example")
+        XCTAssertEqual(c.redis.port, 6380)
+        XCTAssertEqual(c.source.values["INTERVAL_SECONDS"]?.source, .environment)
+        XCTAssertEqual(c.source.values["MQTT_HOST"]?.source, .file(path: "device.env", line: 3))
+    }
+
+    func testIdentityPrefersExplicitIDThenBalenaUUIDThenHostName() throws {
+        XCTAssertEqual(try config(env: ["BALENA_DEVICE_UUID": "abc123"]).identity.deviceID.rawValue, "abc123")
+        XCTAssertEqual(try config(env: ["BALENA_DEVICE_UUID": "abc123", "FIELDLOG_DEVICE_ID": "dev-7"]).identity.deviceID.rawValue, "dev-7")
+    }
+
+    func testSeedTopicTemplatesAreFilledIn() throws {
+        let c = try config(env: [
+            "BALENA_DEVICE_UUID": "u1", "BALENA_APP_NAME": "app",
+            "MQTT_TOPIC_REQUEST": "iot-projekt/device/%(device_uuid)s/request",
+            "MQTT_TOPIC_BROADCAST": "iot-projekt/%(app_name)s/broadcast/control",
+            "FIELDLOG_TOPIC_BATCH": "plant-7/{device}/batch",
+        ])
+        XCTAssertEqual(c.mqtt.topics.request, "iot-projekt/device/u1/request")
+        XCTAssertEqual(c.mqtt.topics.broadcast, "iot-projekt/app/broadcast/control")
+        XCTAssertEqual(c.mqtt.topics.values, "plant-7/u1/batch")
+        XCTAssertEqual(c.mqtt.topics.ack, "fieldlog/v1/devices/u1/ack")
+    }
+
+    func testBadValuesNameSettingValueSourceAndWhatIsAllowed() {
+        let p = problems(file: "INTERVAL_SECONDS=fast\n", env: ["LOG_DURABILITY": "sometimes", "MQTT_PORT": "70000", "MQTT_TLS_ENABLE": "maybe"])
+        let bySetting = Dictionary(uniqueKeysWithValues: p.map { ($0.setting, $0) })
+        XCTAssertEqual(Set(bySetting.keys), ["INTERVAL_SECONDS", "LOG_DURABILITY", "MQTT_PORT", "MQTT_TLS_ENABLE"], "every problem is reported at once")
+        XCTAssertEqual(bySetting["INTERVAL_SECONDS"]?.value, "fast")
+        XCTAssertEqual(bySetting["INTERVAL_SECONDS"]?.source, .file(path: "device.env", line: 1))
+        XCTAssertTrue(bySetting["INTERVAL_SECONDS"]!.allowed.contains("0.05…86400"), bySetting["INTERVAL_SECONDS"]!.allowed)
+        XCTAssertTrue(bySetting["LOG_DURABILITY"]!.allowed.contains("full, normal"))
+        XCTAssertTrue(bySetting["MQTT_PORT"]!.allowed.contains("1…65535"))
+        XCTAssertTrue(bySetting["MQTT_TLS_ENABLE"]!.allowed.contains("true/false"))
+        let text = ConfigurationError(problems: p).description
+        XCTAssertTrue(text.contains("LOG_DURABILITY=\"sometimes\" (from environment)"), text)
+    }
+
+    func testUnknownKeyInFileIsAnError() {
+        let p = problems(file: "INTERVALL_SECONDS=3\n")
+        XCTAssertEqual(p.map(\.setting), ["INTERVALL_SECONDS"])
+        XCTAssertTrue(p[0].allowed.contains("unknown setting"))
+    }
+
+    func testBadDeviceIDIsReported() {
+        let p = problems(env: ["FIELDLOG_DEVICE_ID": "a/b"])
+        XCTAssertEqual(p.first?.setting, "FIELDLOG_DEVICE_ID")
+        XCTAssertEqual(p.first?.value, "a/b")
+    }
+
+    func testWildcardInTopicIsRejected() {
+        XCTAssertEqual(problems(env: ["FIELDLOG_TOPIC_BATCH": "a/+/{device}"]).map(\.setting), ["FIELDLOG_TOPIC_BATCH"])
+        XCTAssertEqual(problems(env: ["MQTT_TOPIC_REQUEST": "a/%(nope)s"]).map(\.setting), ["MQTT_TOPIC_REQUEST"])
+    }
+
+    func testSizesAcceptSuffixes() throws {
+        let c = try config(env: ["LOG_MAX_BYTES": "64M", "SYNC_BATCH_MAX_BYTES": "128k"])
+        XCTAssertEqual(c.log.maxBytes, 64 << 20)
+        XCTAssertEqual(c.sync.batchMaxBytes, 128 << 10)
+        XCTAssertEqual(problems(env: ["LOG_MAX_BYTES": "1k"]).map(\.setting), ["LOG_MAX_BYTES"], "a quota below 64k cannot work")
+        XCTAssertEqual(problems(env: ["SYNC_BATCH_MAX_BYTES": "2M"]).map(\.setting), ["SYNC_BATCH_MAX_BYTES"], "beyond the protocol's 256k")
+    }
+
+    func testButtonSettingsAreCaseInsensitiveLikeTheSeed() throws {
+        let c = try config(env: ["BUTTON_PULL_UP_DOWN": "down", "BUTTON_EVENT": "Rising", "BUTTON_PIN": "17"])
+        XCTAssertEqual(c.button.bias, .down)
+        XCTAssertEqual(c.button.edge, .rising)
+        XCTAssertEqual(c.button.line, 17)
+        XCTAssertEqual(problems(env: ["BUTTON_EVENT": "BOTH"]).map(\.setting), ["BUTTON_EVENT"])
+    }
+
+    func testSensorListParsing() throws {
+        let specs = try SensorSpec.parseList("t=iio:/sys/bus/iio/devices/iio:device0/in_temp_input; w=w1:28-0000abc ;r=simulated:7;x=command:/usr/bin/env printf '{\"a\": 1}'")
+        XCTAssertEqual(specs, [
+            SensorSpec(name: "t", kind: .iio(path: "/sys/bus/iio/devices/iio:device0/in_temp_input")),
+            SensorSpec(name: "w", kind: .oneWire(path: "/sys/bus/w1/devices/28-0000abc")),
+            SensorSpec(name: "r", kind: .simulated(seed: 7)),
+            SensorSpec(name: "x", kind: .command(arguments: ["/usr/bin/env", "printf", "{\"a\": 1}"])),
+        ])
+        XCTAssertEqual(problems(env: ["SENSORS": "t=thermo:1"]).map(\.setting), ["SENSORS"])
+        XCTAssertEqual(problems(env: ["SENSORS": "a=simulated;a=simulated"]).map(\.setting), ["SENSORS"])
+        XCTAssertEqual(problems(env: ["SENSORS": "t=iio:relative/path"]).map(\.setting), ["SENSORS"])
+        XCTAssertEqual(problems(env: ["SENSORS": ""]).map(\.setting), ["SENSORS"])
+    }
+
+    func testTLSFilesMustBeReadableWhenTLSIsOn() throws {
+        XCTAssertEqual(problems(env: ["MQTT_TLS_ENABLE": "1", "MQTT_TLS_CA_CERTS": "/nonexistent/ca.pem"]).map(\.setting), ["MQTT_TLS_CA_CERTS"])
+        _ = try config(env: ["MQTT_TLS_ENABLE": "0", "MQTT_TLS_CA_CERTS": "/nonexistent/ca.pem"])
+    }
+
+    func testEffectiveDescriptionMasksSecrets() throws {
+        let c = try config(env: ["MQTT_PASSWORD": "hunter2", "COMMAND_REBOOT": "systemctl reboot"])
+        let text = c.effectiveDescription()
+        XCTAssertFalse(text.contains("hunter2"))
+        XCTAssertTrue(text.contains("MQTT_PASSWORD=********  # environment"), text)
+        XCTAssertTrue(text.contains("FIELDLOG_TOPIC_BATCH=  # unset (effective: fieldlog/v1/devices/pi-1/batch)"), text)
+        XCTAssertEqual(c.commands.rebootCommand, ["systemctl", "reboot"])
+    }
+
+    func testCommandLineSplitting() throws {
+        XCTAssertEqual(try CommandLineSplitter.split(#"a "b c" 'd e' f\ g"#), ["a", "b c", "d e", "f g"])
+        XCTAssertEqual(try CommandLineSplitter.split(""), [])
+        XCTAssertThrowsError(try CommandLineSplitter.split(#"a "b"#))
+    }
+
+    func testMissingConfigFileIsAnError() {
+        XCTAssertThrowsError(try ConfigurationSource.load(file: "/nonexistent/device.env", environment: [:])) { e in
+            XCTAssertTrue("\(e)".contains("/nonexistent/device.env"))
+        }
+    }
+
+    func testEveryDefaultIsValid() throws {
+        // The built-in table must itself pass validation (a typo in a default would break every start).
+        _ = try config()
+    }
+}
