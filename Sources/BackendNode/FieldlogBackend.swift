@@ -83,10 +83,18 @@ extension FieldlogBackend {
                 services.append(MetricsService(metrics: metrics, host: config.ingest.metricsHost, port: config.ingest.metricsPort, logger: logger))
             }
             services.append(IngestService(configuration: config, metrics: metrics, logger: logger))
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            var groupConfiguration = ServiceGroupConfiguration(
                 services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            // A writer retrying against a database that is down does not finish on its own:
+            // after 10 s of graceful shutdown, cancel (nothing uncommitted is acked either way).
+            groupConfiguration.maximumGracefulShutdownDuration = .seconds(10)
+            let group = ServiceGroup(configuration: groupConfiguration)
+            do {
+                try await group.run()
+            } catch is CancellationError {
+                logger.info("ingest cancelled after the graceful shutdown period")
+            }
         }
     }
 

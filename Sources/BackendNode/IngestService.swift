@@ -41,11 +41,25 @@ struct IngestService: Service, CustomStringConvertible {
                                      properties: MQTTMessageProperties(contentType: SyncCodec.contentType))
         }
 
-        // Check the schema before taking any message (a clear error instead of endless retries).
-        let store = try await database.store()
-        try await Migrator(connection: store.connection).requireCurrent()
-
+        // Check the schema before taking any message: a wrong schema is a clear error and an
+        // exit; an unreachable database is waited for (ingest never exits because of an outage).
         var backoff = Duration.milliseconds(200)
+        while true {
+            let store: Store
+            do {
+                store = try await database.store()
+            } catch {
+                logger.warning("no MariaDB answers yet (\(configuration.database)), retrying in \(backoff): \(error)")
+                await database.failed()
+                try await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+                continue
+            }
+            try await Migrator(connection: store.connection).requireCurrent()
+            break
+        }
+
+        backoff = .milliseconds(200)
         while true {
             do {
                 try await client.connect()

@@ -120,7 +120,7 @@ enum Schema {
               epoch BIGINT UNSIGNED NULL,
               seq BIGINT UNSIGNED NULL,
               payload_bytes INT UNSIGNED NOT NULL,
-              payload_head VARBINARY(512) NOT NULL,
+              payload_head VARBINARY(1024) NOT NULL,
               UNIQUE KEY dead_letters_rejected_record (device_id, epoch, seq),
               KEY dead_letters_by_reason (reason, received_at)
             ) ENGINE=InnoDB

@@ -16,17 +16,24 @@ final class IngestProcessTests: XCTestCase {
         defer { db.drop() }
         let setup = try await db.migrated()
         let dir = try TemporaryDirectory("ingest-e2e")
-        defer { dir.remove() }
+        defer { if testRun?.hasSucceeded == true { dir.remove() } else { print("ingest logs kept in \(dir.path)") } }
+        let (broker, user, password) = try privateBroker()
         var env = db.environment
-        env["FIELDLOG_INGEST_GROUP"] = Stack.uniqueName("ingest")   // this test's own share group
+        env["FIELDLOG_MQTT_HOST"] = "127.0.0.1"
+        env["FIELDLOG_MQTT_PORT"] = String(broker.port)
+        env["FIELDLOG_MQTT_BACKEND_USER"] = user
+        env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = password
         let a = try Backend.ingest("a", environment: env, directory: dir)
-        let b = try Backend.ingest("b", environment: env, directory: dir)
+        let metricsPort = Ports.free()
+        var envB = env
+        envB["FIELDLOG_METRICS_PORT"] = String(metricsPort)
+        let b = try Backend.ingest("b", environment: envB, directory: dir)
         defer { a.stop(); b.stop() }
         try Backend.waitRunning(a)
         try Backend.waitRunning(b)
 
         var devices: [SimDevice] = []
-        for _ in 0..<3 { devices.append(try await SimDevice.connect(stack: db.stack, records: 400)) }
+        for _ in 0..<3 { devices.append(try await SimDevice.connect(broker: broker, records: 400)) }
         // First half of every device's batches, then SIGKILL one process while they are in flight.
         for d in devices { try await d.publish(0..<20) }
         a.kill9()
@@ -39,6 +46,11 @@ final class IngestProcessTests: XCTestCase {
             XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(d.id)'"), "400")
             XCTAssertEqual(try db.scalar("SELECT CONCAT(MIN(seq), ' ', MAX(seq)) FROM readings WHERE device_id = '\(d.id)'"), "1 400")
             XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values WHERE device_id = '\(d.id)'"), "800")
+        }
+        let metrics = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(metricsPort)/metrics"])
+        for name in ["fieldlog_rows_inserted_total", "fieldlog_acks_sent_total", "fieldlog_commit_seconds_bucket",
+                     "fieldlog_messages_received_total{kind=\"batch\"}", "fieldlog_device_lag_records{device=\"\(devices[0].id)\"}"] {
+            XCTAssertTrue(metrics.contains(name), "\(name) in /metrics: \(metrics)")
         }
         var audit = try Backend.run(["audit"], environment: env)
         XCTAssertEqual(audit.status, 0, audit.output)
@@ -65,7 +77,8 @@ final class IngestProcessTests: XCTestCase {
     }
 
     func testMariaDBOutageStopsAcksAndLosesNothingAcrossARestart() async throws {
-        guard let stack = try Stack.available() else { throw XCTSkip("no service stack (run scripts/stack up)") }
+        guard try Stack.available() != nil else { throw XCTSkip("no service stack (run scripts/stack up)") }
+        let (broker, user, password) = try privateBroker()
         let maria = try PrivateMariaDB()
         try maria.start()
         try maria.sql("CREATE DATABASE fieldlog CHARACTER SET utf8mb4")
@@ -77,19 +90,18 @@ final class IngestProcessTests: XCTestCase {
         env["FIELDLOG_MARIADB_USER"] = maria.user
         env["FIELDLOG_MARIADB_PASSWORD"] = maria.password
         env["FIELDLOG_MARIADB_DATABASE"] = "fieldlog"
-        env["FIELDLOG_MQTT_HOST"] = stack.mqttHost
-        env["FIELDLOG_MQTT_PORT"] = String(stack.mqttPort)
-        env["FIELDLOG_MQTT_BACKEND_USER"] = stack.mqttBackendUser
-        env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = stack.mqttBackendPassword
+        env["FIELDLOG_MQTT_HOST"] = "127.0.0.1"
+        env["FIELDLOG_MQTT_PORT"] = String(broker.port)
+        env["FIELDLOG_MQTT_BACKEND_USER"] = user
+        env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = password
         env["FIELDLOG_METRICS_PORT"] = "0"
-        env["FIELDLOG_INGEST_GROUP"] = Stack.uniqueName("outage")
         let migrate = try Backend.run(["migrate"], environment: env)
         XCTAssertEqual(migrate.status, 0, migrate.output)
         let ingest = try Backend.ingest("ingest", environment: env, directory: dir)
         defer { ingest.stop() }
         try Backend.waitRunning(ingest)
 
-        let device = try await SimDevice.connect(stack: stack, records: 300)
+        let device = try await SimDevice.connect(broker: broker, records: 300)
         try await device.publish(0..<10)
         try await device.waitAcked(100, timeout: .seconds(10))
         XCTAssertEqual(device.acked, SequenceNumber(100))
@@ -110,6 +122,81 @@ final class IngestProcessTests: XCTestCase {
         XCTAssertEqual(audit.status, 0, audit.output)
         XCTAssertTrue(ingest.log().contains("reconnecting"), "the outage was noticed")
         await device.close()
+    }
+}
+
+final class IngestBrokerTests: XCTestCase {
+    /// On a broker of its own: an ingest process on the shared broker would also receive (and ack
+    /// from its own test database) every other suite's device batches, breaking their tests.
+    func testEndToEndThroughTheBrokerWithASharedSubscription() async throws {
+        let db = try TestDatabase("shared")
+        defer { db.drop() }
+        let setup = try await db.migrated()
+        let (broker, user, password) = try privateBroker()
+        let dir = try TemporaryDirectory("ingest-shared")
+        defer { dir.remove() }
+        var env = db.environment
+        env["FIELDLOG_MQTT_HOST"] = "127.0.0.1"
+        env["FIELDLOG_MQTT_PORT"] = String(broker.port)
+        env["FIELDLOG_MQTT_BACKEND_USER"] = user
+        env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = password
+        env["FIELDLOG_INGEST_GROUP"] = Stack.uniqueName("ingest")
+        let metricsPort = Ports.free()
+        env["FIELDLOG_METRICS_PORT"] = String(metricsPort)
+        let ingest = try Backend.ingest("ingest", environment: env, directory: dir)
+        defer { ingest.stop() }
+        try Backend.waitRunning(ingest)
+        let device = try await SimDevice.connect(broker: broker, records: 50)
+        try await device.publish(0..<device.batchCount)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(device.id)'") != "50", ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(device.id)'"), "50")
+        try await device.waitAcked(50, timeout: .seconds(5))
+        XCTAssertEqual(device.acked, SequenceNumber(50))
+        // The counters move right after the commit and the ack; poll briefly.
+        var metrics = ""
+        let metricsDeadline = ContinuousClock.now + .seconds(5)
+        repeat {
+            metrics = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(metricsPort)/metrics"])
+            if metrics.contains("fieldlog_acks_sent_total 5\n") && metrics.contains("fieldlog_rows_inserted_total 50\n") { break }
+            try await Task.sleep(for: .milliseconds(100))
+        } while ContinuousClock.now < metricsDeadline
+        XCTAssertTrue(metrics.contains("fieldlog_acks_sent_total 5\n"), metrics)
+        XCTAssertTrue(metrics.contains("fieldlog_rows_inserted_total 50\n"), metrics)
+        await device.close()
+        await setup.close()
+    }
+
+    func testABrokerRestartLosesNothing() async throws {
+        let db = try TestDatabase("broker")
+        defer { db.drop() }
+        let setup = try await db.migrated()
+        let (broker, user, password) = try privateBroker()
+        let dir = try TemporaryDirectory("ingest-broker")
+        defer { dir.remove() }
+        var env = db.environment
+        env["FIELDLOG_MQTT_HOST"] = "127.0.0.1"
+        env["FIELDLOG_MQTT_PORT"] = String(broker.port)
+        env["FIELDLOG_MQTT_BACKEND_USER"] = user
+        env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = password
+        let ingest = try Backend.ingest("ingest", environment: env, directory: dir)
+        defer { ingest.stop() }
+        try Backend.waitRunning(ingest)
+        let device = try await SimDevice.connect(broker: broker, records: 200)
+        try await device.publish(0..<10)
+        try await device.waitAcked(100, timeout: .seconds(10))
+        broker.kill9()
+        try await Task.sleep(for: .milliseconds(500))
+        XCTAssertTrue(ingest.isRunning, "ingest does not exit when the broker is gone")
+        try broker.start()
+        try await device.publish(10..<device.batchCount)
+        let through = try await device.sync(timeout: .seconds(30))
+        XCTAssertEqual(through, SequenceNumber(200))
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(COUNT(*), ' ', MIN(seq), ' ', MAX(seq)) FROM readings WHERE device_id = '\(device.id)'"), "200 1 200")
+        await device.close()
+        await setup.close()
     }
 }
 

@@ -148,4 +148,63 @@ final class IngestWriterTests: XCTestCase {
         XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM command_responses WHERE request_id = 'r-1'"), "1")
         await setup.close()
     }
+
+    func testADeadlockIsRetriedCountedAndTheBatchStillStoredAndAcked() async throws {
+        let db = try TestDatabase("deadlock")
+        defer { db.drop() }
+        let setup = try await db.migrated()
+        let device = Fixtures.device(), epoch = Epoch.random()
+        let other = try await db.connect()
+        // Another transaction holds seq 2 of the device (and many other rows, so InnoDB picks
+        // the writer, the smaller transaction, as the deadlock victim).
+        let row = "(?, ?, ?, 0, NULL, 0, '2025-01-01 00:00:00', NULL)"
+        try await other.query("START TRANSACTION")
+        try await other.insertRows("INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)",
+                                   rows: (1...200).map { [.string("bulk"), .uint(1), .uint(UInt64($0)), .int(0), .null, .int(0), .string("2025-01-01 00:00:00"), .null] })
+        try await other.execute("INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors) VALUES \(row)",
+                                [.string(device.rawValue), .uint(epoch.rawValue), .uint(2)])
+        let metrics = BackendMetrics()
+        let acks = AckRecorder()
+        let w = writer(db, metrics: metrics) { _, payload in acks.append(try SyncCodec.decodeAck(payload)) }
+        let stored = Task { try await w.process([Fixtures.message(Fixtures.batch(device, epoch, 1, 3))]) }
+        // Wait until the writer is blocked on seq 2 (it inserted seq 1 first).
+        let deadline = ContinuousClock.now + .seconds(20)
+        let waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND INFO LIKE 'INSERT IGNORE INTO readings%'"
+        while (try await setup.query(waiting).rows.first?.first?.int64 ?? 0) < 1 {
+            guard ContinuousClock.now < deadline else { return XCTFail("the writer never waited for the lock on seq 2") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // Taking seq 1, which the writer holds, closes the cycle: InnoDB rolls the writer back (1213).
+        try await other.execute("INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors) VALUES \(row)",
+                                [.string(device.rawValue), .uint(epoch.rawValue), .uint(1)])
+        try await other.query("COMMIT")
+        try await stored.value
+        XCTAssertTrue(metrics.text().contains("fieldlog_deadlock_retries_total 1"), metrics.text())
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(device)'"), "3")
+        XCTAssertEqual(acks.all.map(\.through), [SequenceNumber(3)])
+        await other.close()
+        await setup.close()
+    }
+
+    func testMessagesQueuedFasterThanACommitShareOneTransactionAndAFullQueueRefuses() async throws {
+        let db = try TestDatabase("group")
+        defer { db.drop() }
+        let setup = try await db.migrated()
+        let metrics = BackendMetrics()
+        let acks = AckRecorder()
+        let w = writer(db, metrics: metrics) { _, payload in acks.append(try SyncCodec.decodeAck(payload)) }
+        let device = Fixtures.device(), epoch = Epoch.random()
+        let queue = InboundQueue(capacity: 20)
+        for i in 0..<20 { XCTAssertTrue(queue.offer(Fixtures.message(Fixtures.batch(device, epoch, UInt64(i * 5 + 1), UInt64(i * 5 + 5))))) }
+        XCTAssertFalse(queue.offer(Fixtures.message(Fixtures.batch(device, epoch, 101, 105))), "a full queue refuses: the message stays unacked")
+        queue.finish()
+        await w.run(queue: queue)
+        let text = metrics.text()
+        XCTAssertTrue(text.contains("fieldlog_batches_per_transaction_count 1\n"), text)
+        XCTAssertTrue(text.contains("fieldlog_batches_per_transaction_sum 20"), text)
+        XCTAssertEqual(acks.all.count, 20)
+        XCTAssertEqual(acks.all.map(\.through), Array(repeating: SequenceNumber(100), count: 20), "every ack of the group carries the prefix read after its commit")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings"), "100")
+        await setup.close()
+    }
 }

@@ -36,14 +36,38 @@ final class SimDevice: @unchecked Sendable {
         (otherMessages, otherContinuation) = AsyncStream.makeStream(of: MQTTMessage.self)
     }
 
-    static func connect(stack: Stack, host: String? = nil, port: Int? = nil, records: UInt64, batchSize: UInt64 = 10) async throws -> SimDevice {
+    /// A device on the shared stack's broker.
+    static func connect(stack: Stack, records: UInt64, batchSize: UInt64 = 10) async throws -> SimDevice {
+        try await connect(host: stack.mqttHost, port: stack.mqttPort, addUser: stack.addMQTTUser, records: records, batchSize: batchSize)
+    }
+
+    /// A device on a private broker.
+    static func connect(broker: PrivateMosquitto, records: UInt64, batchSize: UInt64 = 10) async throws -> SimDevice {
+        try await connect(host: "127.0.0.1", port: broker.port, addUser: broker.addUser, records: records, batchSize: batchSize)
+    }
+
+    static func connect(host: String, port: Int, addUser: (String, String) throws -> Void, records: UInt64, batchSize: UInt64) async throws -> SimDevice {
         let id = Fixtures.device("sim")
         let password = Stack.uniqueName("pw")
-        try stack.addMQTTUser(id.rawValue, password: password)
-        let client = try MQTTClient(configuration: MQTTConfiguration(
-            host: host ?? stack.mqttHost, port: port ?? stack.mqttPort, clientID: id.rawValue, username: id.rawValue, password: password,
-            reconnect: MQTTReconnectPolicy(minDelay: .milliseconds(100), maxDelay: .seconds(1))), logger: Logger(label: "sim"))
-        try await client.connect()
+        try addUser(id.rawValue, password)
+        // The broker reloads its password file on SIGHUP, at its next loop turn: retry a refusal
+        // briefly, with a fresh client each time.
+        var attempt = 0
+        var connected: MQTTClient?
+        while connected == nil {
+            let client = try MQTTClient(configuration: MQTTConfiguration(
+                host: host, port: port, clientID: id.rawValue, username: id.rawValue, password: password,
+                reconnect: MQTTReconnectPolicy(minDelay: .milliseconds(100), maxDelay: .seconds(1))), logger: Logger(label: "sim"))
+            do {
+                try await client.connect()
+                connected = client
+            } catch let e as MQTTError where e.kind == .connectRefused && attempt < 20 {
+                await client.disconnect()
+                attempt += 1
+                try await Task.sleep(for: .milliseconds(250))
+            }
+        }
+        let client = connected!
         let device = SimDevice(id: id, epoch: Epoch.random(), records: records, batchSize: batchSize, client: client)
         try await client.subscribe(TopicTemplates.defaults.ack.topic(device: id), qos: .atLeastOnce)
         device.listen()
@@ -115,6 +139,18 @@ final class SimDevice: @unchecked Sendable {
 }
 
 struct IngestDidNotStart: Error, CustomStringConvertible { var description: String }
+
+/// A broker of the test's own (deploy/ configuration: auth + ACL) with the backend's user.
+/// Used where the test counts acks: on the shared broker, any other receiver subscribed to
+/// every device's batch topic (another suite's ingest, in another share group) gets a copy of
+/// each batch too and acks it from its own store, which would make "acked" meaningless here.
+func privateBroker() throws -> (broker: PrivateMosquitto, user: String, password: String) {
+    let broker = try PrivateMosquitto()
+    let password = Stack.uniqueName("pw")
+    try broker.addUser("fieldlog-backend", password: password)
+    try broker.start()
+    return (broker, "fieldlog-backend", password)
+}
 
 /// `fieldlog-backend` as a child process.
 enum Backend {

@@ -102,6 +102,18 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(report.repairRequests.map(\.range), [SequenceRange(checked: SequenceNumber(26), SequenceNumber(30))])
         XCTAssertTrue(report.text().contains("GAP 26…30"), report.text())
 
+        let later = try await Auditor(connection: c, silentAfter: .seconds(60)).run(now: Date().addingTimeInterval(3600))
+        XCTAssertEqual(later.devices.map(\.silent), [true], "an hour without data is silent beyond 60 s")
+        XCTAssertEqual(report.devices.map(\.silent), [false])
+
+        // audit --repair asks the device for the gap (a replay command, recorded).
+        var env = db.environment
+        env["FIELDLOG_MQTT_HOST"] = db.stack.mqttHost
+        let repair = try Backend.run(["audit", "--repair"], environment: env)
+        XCTAssertEqual(repair.status, 1, repair.output)
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(command, ' ', first_seq, ' ', last_seq, ' ', epoch) FROM commands WHERE device_id = '\(device)'"),
+                       "replay 26 30 \(epoch.rawValue)")
+
         _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 26, 30))], newDevices: [], newEpochs: [])
         let value6 = try await Auditor(connection: c).run().hasGaps
         XCTAssertFalse(value6)
@@ -128,6 +140,15 @@ final class StoreTests: XCTestCase {
         XCTAssertTrue(ended.ended)
         XCTAssertEqual(ended.unstoredAtEnd, EpochAudit.Range(SequenceRange(checked: SequenceNumber(11), SequenceNumber(15))))
         let current = try XCTUnwrap(report.devices.first?.epochs.first { $0.epoch == new.hex })
+        // The web admin's fleet overview query (docs/backend.md).
+        let fleet = try db.scalar("""
+            SELECT d.device_id, d.protocol, d.status_state, d.status_epoch, d.status_head, d.status_acked,
+                   p.stored_through, p.highest_seen
+              FROM devices d
+              LEFT JOIN epoch_progress p ON p.device_id = d.device_id AND p.epoch = d.status_epoch
+             ORDER BY d.device_id
+            """)
+        XCTAssertEqual(fleet, "\(device)\tfieldlog\tonline\t2\t3\t3\t3\t3")
         XCTAssertFalse(current.ended)
         await c.close()
     }

@@ -98,7 +98,7 @@ final class Simulation {
     /// What a run exercised, summed over seeds to show the faults really happen.
     struct Stats {
         var resends = 0, replays = 0, notRetainedMarkers = 0, diskQuotaDrops = 0, deviceCrashes = 0
-        var receiverCrashes = 0, staleThroughs = 0, drops = 0, duplicates = 0, deadLetters = 0, rejected = 0
+        var receiverCrashes = 0, staleThroughs = 0, drops = 0, duplicates = 0, rejected = 0
         mutating func add(_ o: Stats) {
             resends += o.resends; replays += o.replays; notRetainedMarkers += o.notRetainedMarkers
             diskQuotaDrops += o.diskQuotaDrops; deviceCrashes += o.deviceCrashes; receiverCrashes += o.receiverCrashes
@@ -113,7 +113,7 @@ final class Simulation {
         self.verbose = verbose
         rng = SplitMix64(seed: seed)
         epoch = Epoch.random(using: &rng)
-        recordTarget = 8 + rng.below(25)
+        recordTarget = 6 + rng.below(20)
         batchTopic = topics.batch.topic(device: device)
         sender = Simulation.makeSender(device: device, epoch: epoch, head: .zero, acked: .zero, rng: &rng)
     }
@@ -136,7 +136,7 @@ final class Simulation {
     // MARK: Run
 
     func run() throws(SimulationFailure) {
-        let safetySteps = 100 + rng.below(160)
+        let safetySteps = 70 + rng.below(130)
         while step < safetySteps {
             step += 1
             try randomStep()

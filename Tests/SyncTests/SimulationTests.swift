@@ -1,4 +1,6 @@
+import Dispatch
 import Foundation
+import Synchronization
 import XCTest
 
 /// Runs the deterministic simulation (Simulation.swift) over many seeds.
@@ -23,17 +25,33 @@ final class SimulationTests: XCTestCase {
         let count = UInt64(env["FIELDLOG_SIM_SEEDS"] ?? "") ?? 10_000
         let base = UInt64(env["FIELDLOG_SIM_BASE"] ?? "") ?? 0x5EED_0000
         let start = Date()
-        var steps = 0
-        var stats = Simulation.Stats()
-        for seed in base..<(base + count) {
-            let sim = Simulation(seed: seed)
-            do { try sim.run() } catch {
-                XCTFail("\(error)\nreplay with: FIELDLOG_SIM_SEED=\(seed) swift test --filter SimulationTests/testManySeedsKeepEveryInvariantAndConverge")
-                return
+        // Seeds are independent: run them on every core, in chunks, each seed alone replayable.
+        struct Totals { var steps = 0; var stats = Simulation.Stats(); var failures: [SimulationFailure] = [] }
+        let totals = Mutex(Totals())
+        let chunks = 64
+        DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
+            var local = Totals()
+            var seed = base + UInt64(chunk)
+            while seed < base + count {
+                let sim = Simulation(seed: seed)
+                do throws(SimulationFailure) { try sim.run() } catch { local.failures.append(error); break }
+                local.steps += sim.step
+                local.stats.add(sim.stats)
+                seed += UInt64(chunks)
             }
-            steps += sim.step
-            stats.add(sim.stats)
+            totals.withLock { t in
+                t.steps += local.steps
+                t.stats.add(local.stats)
+                t.failures += local.failures
+            }
         }
+        let result = totals.withLock { $0 }
+        if let first = result.failures.min(by: { $0.seed < $1.seed }) {
+            XCTFail("\(first)\nreplay with: FIELDLOG_SIM_SEED=\(first.seed) swift test --filter SimulationTests/testManySeedsKeepEveryInvariantAndConverge")
+            return
+        }
+        let stats = result.stats
+        let steps = result.steps
         print("simulation: \(count) seeds, \(steps) steps, \(String(format: "%.1f", Date().timeIntervalSince(start))) s; exercised: \(stats)")
         // The run is only worth something if the faults really happened.
         XCTAssertGreaterThan(stats.resends, 0)

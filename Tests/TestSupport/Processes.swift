@@ -162,8 +162,19 @@ public final class ManagedProcess: @unchecked Sendable {
             var cArgs = argv.map { strdup($0) } + [nil]
             var cEnv = envStrings.map { strdup($0) } + [nil]
             defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
+            // A child inherits the signal mask of the thread that spawns it, and Swift
+            // concurrency / Dispatch worker threads block most signals: a broker started from an
+            // async test would then ignore SIGHUP (no password reload) and SIGTERM (no clean
+            // stop). Start every child with no blocked signals.
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            var emptyMask = sigset_t()
+            sigemptyset(&emptyMask)
+            posix_spawnattr_setsigmask(&attributes, &emptyMask)
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
             var newPID: pid_t = 0
-            let rc = posix_spawnp(&newPID, executable, &actions, nil, &cArgs, &cEnv)
+            let rc = posix_spawnp(&newPID, executable, &actions, &attributes, &cArgs, &cEnv)
             guard rc == 0 else {
                 throw CommandFailed(description: "could not start \(executable): \(String(cString: strerror(rc)))")
             }

@@ -104,6 +104,28 @@ public final class DeviceSync: Sendable {
     private let measuring = Mutex<Bool?>(nil)
     /// Replay commands waiting for `.replayFinished`, by request id.
     private let replayCommands = Mutex<[String: Command]>([:])
+    /// Recent request ids and their replies (nil while being carried out), so that a QoS 1
+    /// duplicate of a command is answered again without acting twice (spec §3.5).
+    private let recentCommands = Mutex(RecentCommands())
+
+    struct RecentCommands {
+        static let capacity = 64
+        var order: [String] = []
+        var replies: [String: CommandResponse?] = [:]
+
+        /// Records `id` as in progress; false when it was seen before.
+        mutating func begin(_ id: String) -> Bool {
+            guard replies[id] == nil else { return false }
+            replies[id] = .some(nil)
+            order.append(id)
+            if order.count > Self.capacity { replies[order.removeFirst()] = nil }
+            return true
+        }
+        mutating func finish(_ r: CommandResponse) {
+            guard let id = r.requestID, replies[id] != nil else { return }
+            replies[id] = .some(r)
+        }
+    }
 
     /// `head`/`acked` are the log's durable state at start-up. The client must be configured
     /// with `configuration.will`; `run()` connects it.
@@ -127,6 +149,7 @@ public final class DeviceSync: Sendable {
 
     /// Publishes a command response (QoS 1) on the device's response topic.
     public func respond(_ response: CommandResponse) async throws {
+        recentCommands.withLock { $0.finish(response) }
         let t = configuration.topics.response.topic(device: configuration.device, identity: configuration.identity)
         try await client.publish(t, payload: SyncCodec.encode(response), qos: .atLeastOnce,
                                  properties: MQTTMessageProperties(contentType: SyncCodec.contentType))
@@ -239,6 +262,15 @@ public final class DeviceSync: Sendable {
         guard case .success(let command) = decoded else {
             commandSink.yield(IncomingCommand(command: decoded, topic: m.topic))
             return
+        }
+        if let id = command.requestID {
+            let (fresh, cached) = recentCommands.withLock { r in (r.begin(id), r.replies[id] ?? nil) }
+            guard fresh else {
+                // A duplicate delivery: answer again if the first is done, never act twice.
+                logger.debug("sync ignored a repeated command", metadata: ["id": "\(id)", "command": "\(command.name)"])
+                if let cached { await reply(cached) }
+                return
+            }
         }
         switch command.kind {
         case .replay(let epoch, let range):
