@@ -28,6 +28,12 @@ struct StackOptions: ParsableArguments {
 
     @Flag(help: "Print one JSON object per benchmark instead of a table.")
     var json = false
+
+    @Option(help: "Run `fieldlog-backend ingest` under this command (profiling), e.g. \"valgrind --tool=callgrind\".")
+    var ingestWrapper: String?
+
+    @Option(help: "Run `fieldlog-device` under this command (profiling), e.g. \"valgrind --tool=callgrind\".")
+    var deviceWrapper: String?
 }
 
 struct BenchError: Error, CustomStringConvertible {
@@ -260,6 +266,8 @@ final class BenchStack: @unchecked Sendable {
     let owned: Bool
     let binDir: String
     let reporter: Reporter
+    var ingestWrapper: [String] = []
+    var deviceWrapper: [String] = []
 
     private init(environment: [String: String], stackDir: String, repo: String, owned: Bool, binDir: String, reporter: Reporter) {
         self.environment = environment
@@ -298,10 +306,20 @@ final class BenchStack: @unchecked Sendable {
         for tool in ["fieldlog-device", "fieldlog-backend"] where !FileManager.default.isExecutableFile(atPath: "\(binDir)/\(tool)") {
             throw BenchError("\(binDir)/\(tool) is missing: build it first (swift build -c release --product \(tool)), or use scripts/bench")
         }
+        func wrapped(_ s: BenchStack) throws -> BenchStack {
+            for (text, keyPath) in [(options.ingestWrapper, \BenchStack.ingestWrapper), (options.deviceWrapper, \BenchStack.deviceWrapper)] {
+                guard let text else { continue }
+                var words = text.split(separator: " ").map(String.init)
+                guard let tool = words.first, let path = tool.hasPrefix("/") ? tool : which(tool) else { throw BenchError("wrapper \(text.debugDescription) not found") }
+                words[0] = path
+                s[keyPath: keyPath] = words
+            }
+            return s
+        }
         if let file = options.stackEnv {
             let env = parseEnv(try String(contentsOfFile: file, encoding: .utf8))
             guard let d = env["FIELDLOG_STACK_DIR"] else { throw BenchError("\(file) has no FIELDLOG_STACK_DIR") }
-            return BenchStack(environment: env, stackDir: d, repo: repo, owned: false, binDir: binDir, reporter: reporter)
+            return try wrapped(BenchStack(environment: env, stackDir: d, repo: repo, owned: false, binDir: binDir, reporter: reporter))
         }
         let stackDir = dir + "/stack"
         var env = ProcessInfo.processInfo.environment
@@ -316,7 +334,7 @@ final class BenchStack: @unchecked Sendable {
             throw error
         }
         let stackEnv = parseEnv(try String(contentsOfFile: stackDir + "/stack.env", encoding: .utf8))
-        return BenchStack(environment: stackEnv, stackDir: stackDir, repo: repo, owned: true, binDir: binDir, reporter: reporter)
+        return try wrapped(BenchStack(environment: stackEnv, stackDir: stackDir, repo: repo, owned: true, binDir: binDir, reporter: reporter))
     }
 
     func stop() {
@@ -404,12 +422,14 @@ final class BenchStack: @unchecked Sendable {
     }
 
     func startBackend(database: String, dir: String, index: Int = 0) throws -> Child {
-        try Child(name: "fieldlog-backend ingest", executable: binDir + "/fieldlog-backend", arguments: ["ingest"],
+        let argv = ingestWrapper + [binDir + "/fieldlog-backend", "ingest"]
+        return try Child(name: "fieldlog-backend ingest", executable: argv[0], arguments: Array(argv.dropFirst()),
                   environment: backendEnvironment(database: database), logPath: "\(dir)/ingest-\(index).log")
     }
 
     func startDevice(_ command: [String], environment: [String: String], logPath: String) throws -> Child {
-        try Child(name: "fieldlog-device \(command.joined(separator: " "))", executable: binDir + "/fieldlog-device", arguments: command,
+        let argv = deviceWrapper + [binDir + "/fieldlog-device"] + command
+        return try Child(name: "fieldlog-device \(command.joined(separator: " "))", executable: argv[0], arguments: Array(argv.dropFirst()),
                   environment: environment, logPath: logPath)
     }
 
