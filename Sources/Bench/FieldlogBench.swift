@@ -12,7 +12,7 @@ struct FieldlogBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-bench",
         abstract: "Fieldlog benchmarks. Run a release build on the target machine.",
-        subcommands: [AppendBench.self])
+        subcommands: [AppendBench.self, DrainBench.self, FleetBench.self, FootprintBench.self, AllBench.self])
 }
 
 /// Latency samples of one run, in nanoseconds.
@@ -98,7 +98,7 @@ struct AppendBench: AsyncParsableCommand {
         rows.append(row)
         if json {
             let data = try! JSONSerialization.data(withJSONObject: row, options: [.sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+            FileHandle.standardOutput.write(Data((String(decoding: data, as: UTF8.self) + "\n").utf8))
         } else {
             func f(_ k: String, _ fmt: String) -> String { (row[k] as? Double).map { String(format: fmt, $0) } ?? "" }
             print(self.row([row["benchmark"] as! String, f("appends_per_s", "%.0f"), f("p50_ms", "%.3f"), f("p99_ms", "%.3f"),

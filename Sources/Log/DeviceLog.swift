@@ -499,6 +499,19 @@ public final class DeviceLog: @unchecked Sendable {
         return try await read { try Self.readState($0, path: path).acked }
     }
 
+    /// The oldest sequence number still held (head + 1 when nothing is): what a sender may
+    /// still load. Two index lookups, unlike `status()`, which counts every record (a sender
+    /// asking per batch made draining a large backlog quadratic).
+    public func retainedFrom() async throws -> SequenceNumber {
+        let path = self.path
+        return try await read { c in
+            try c.readTransaction {
+                let head = try Self.readState(c, path: path).head
+                return try c.scalarInt("SELECT min(seq) FROM records").map { SequenceNumber(UInt64($0)) } ?? head.next
+            }
+        }
+    }
+
     /// Records with seq ≥ `from`, in order: at most `limit` records and, after the first,
     /// at most `maxBytes` of encoded bodies. Gaps (loss markers, trimmed records) are skipped.
     public func records(from: SequenceNumber, limit: Int, maxBytes: Int = .max) async throws -> [LogRecord] {
@@ -650,8 +663,19 @@ public final class DeviceLog: @unchecked Sendable {
         let ackedValue = Int64(acked.rawValue)
         let countLimit = configuration.retentionMaxCount.map { ackedValue - Int64($0) } ?? -1
         let ageLimit: Int64 = configuration.retentionMaxAge.map { nowMs - $0.components.seconds * 1000 } ?? Int64.min
-        let trimmed = try c.run("DELETE FROM records WHERE seq <= ? AND (seq <= ? OR ts_ms < ?)",
-                                [.integer(ackedValue), .integer(countLimit), .integer(ageLimit)])
+        // Both limits become one sequence-number bound, so the DELETE is a primary-key range that
+        // touches only the rows it removes. (A condition on ts_ms made every ack scan every
+        // acknowledged record kept: draining a large backlog was quadratic, ~0.4 s per ack at
+        // 500,000 kept records.) Age trims from the oldest record up to the first one young
+        // enough to keep; after a clock step back, older-stamped records behind it are kept
+        // until it expires (kept longer, never trimmed early).
+        var bound = min(ackedValue, countLimit)
+        if ageLimit != Int64.min {
+            let firstYoung = try c.scalarInt("SELECT seq FROM records WHERE seq <= ? AND ts_ms >= ? ORDER BY seq LIMIT 1",
+                                             [.integer(ackedValue), .integer(ageLimit)])
+            bound = max(bound, min(ackedValue, (firstYoung ?? ackedValue + 1) - 1))
+        }
+        let trimmed = bound >= 1 ? try c.run("DELETE FROM records WHERE seq <= ?", [.integer(bound)]) : 0
         try c.run("DELETE FROM loss_markers WHERE last <= ? AND last < (SELECT coalesce(min(seq), ? + 1) FROM records)",
                   [.integer(ackedValue), .integer(ackedValue)])
         return trimmed

@@ -163,7 +163,7 @@ public struct DeviceConfiguration: Sendable {
                             appID: r.string("BALENA_APP_ID"), appName: r.string("BALENA_APP_NAME"))
 
         sampling = Sampling(
-            interval: r.seconds("INTERVAL_SECONDS", 0.05...86400),
+            interval: r.seconds("INTERVAL_SECONDS", 0.01...86400),
             enabled: r.bool("MEASUREMENT_ENABLED"),
             sensors: r.sensors("SENSORS"),
             sensorTimeout: r.seconds("SENSOR_TIMEOUT_SECONDS", 0.1...60))

@@ -58,7 +58,7 @@ public enum Settings {
 
         // Sampling
         .init("INTERVAL_SECONDS", "2", group: "sampling",
-              "Seconds between readings (0.05…86400); Redis key measurement:interval overrides it at runtime."),
+              "Seconds between readings (0.01…86400); Redis key measurement:interval overrides it at runtime."),
         .init("MEASUREMENT_ENABLED", "true", group: "sampling",
               "Whether sampling starts enabled; Redis key measurement:enabled overrides it at runtime."),
         .init("SENSORS", "random=simulated", group: "sampling",

@@ -18,7 +18,7 @@ public enum SwitchKey: String, Sendable, CaseIterable {
     case senderInterval = "mqtt_sender:interval"
 
     /// Allowed interval range in seconds.
-    static let intervalRange: ClosedRange<Double> = 0.05...86400
+    static let intervalRange: ClosedRange<Double> = 0.01...86400
 
     /// Parses a value as it may come from Redis or a command; throws naming the key and what is allowed.
     public func parse(_ text: String) throws(DomainError) -> SwitchValue {

@@ -408,8 +408,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
                             case .loss(let l): losses.append(l)
                             }
                         }
-                        let status = try await agent.log.status()
-                        let retainedFrom = status.oldestRetained ?? status.head.next
+                        let retainedFrom = try await agent.log.retainedFrom()
                         queue.append(contentsOf: machine.recordsLoaded(
                             from: from, records: records, losses: losses, retainedFrom: retainedFrom,
                             nowUnixMilliseconds: WallClock.now().unixMilliseconds, now: ContinuousClock.now))
