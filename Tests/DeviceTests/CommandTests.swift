@@ -87,7 +87,7 @@ final class CommandTests: XCTestCase {
         XCTAssertTrue(r2.message!.contains("read-only"))
         let r3 = await send(h, #"{"command": "set_config", "key": "measurement:interval", "value": "-1"}"#)
         XCTAssertEqual(r3.error, .invalidArgument)
-        XCTAssertTrue(r3.message!.contains("0.05…86400"), r3.message!)
+        XCTAssertTrue(r3.message!.contains("0.01…86400"), r3.message!)
         let s = await settings.switches
         XCTAssertEqual(s.measurementInterval, .seconds(2), "a rejected command changes nothing")
     }

@@ -76,7 +76,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(Set(bySetting.keys), ["INTERVAL_SECONDS", "LOG_DURABILITY", "MQTT_PORT", "MQTT_TLS_ENABLE"], "every problem is reported at once")
         XCTAssertEqual(bySetting["INTERVAL_SECONDS"]?.value, "fast")
         XCTAssertEqual(bySetting["INTERVAL_SECONDS"]?.source, .file(path: "device.env", line: 1))
-        XCTAssertTrue(bySetting["INTERVAL_SECONDS"]!.allowed.contains("0.05…86400"), bySetting["INTERVAL_SECONDS"]!.allowed)
+        XCTAssertTrue(bySetting["INTERVAL_SECONDS"]!.allowed.contains("0.01…86400"), bySetting["INTERVAL_SECONDS"]!.allowed)
         XCTAssertTrue(bySetting["LOG_DURABILITY"]!.allowed.contains("full, normal"))
         XCTAssertTrue(bySetting["MQTT_PORT"]!.allowed.contains("1…65535"))
         XCTAssertTrue(bySetting["MQTT_TLS_ENABLE"]!.allowed.contains("true/false"))
