@@ -101,7 +101,7 @@ let package = Package(
         // Benchmarks (not tests): `fieldlog-bench <name>`
         .executableTarget(
             name: "Bench",
-            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device",
+            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Processes",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
@@ -111,18 +111,20 @@ let package = Package(
                           path: "Sources/LogTorture", swiftSettings: strict),
 
         // Outage lab: fault-injecting proxy, fleet orchestration, seeded fault schedule, independent checker
-        .target(name: "OutageLab", dependencies: ["CSQLite", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        // Child processes (posix_spawn + a wait thread each), tools, loopback ports: for the lab, the benchmarks and the tests
+        .target(name: "Processes", swiftSettings: strict),
+        .target(name: "OutageLab", dependencies: ["CSQLite", "Processes", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .executableTarget(name: "LabNode", dependencies: ["OutageLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                           .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
 
         // Tests
-        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport", swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["Processes"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "LogTests", dependencies: ["FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "MQTT", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "WebTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
-        .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .testTarget(name: "DeviceTests", dependencies: ["Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "Processes", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "DeviceTests", dependencies: ["Processes", "Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "GaleraTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
     ]

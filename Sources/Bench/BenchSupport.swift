@@ -14,6 +14,7 @@ import Foundation
 import Logging
 import MariaDB
 import MQTT
+import Processes
 
 /// Options every stack benchmark takes.
 struct StackOptions: ParsableArguments {
@@ -101,138 +102,6 @@ struct BenchDirectory {
     func remove() { if !keep { try? FileManager.default.removeItem(atPath: path) } }
 }
 
-/// A loopback TCP port that was free a moment ago.
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw BenchError("socket: errno \(errno)") }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let rc = withUnsafeMutablePointer(to: &addr) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa -> Int32 in
-            guard bind(fd, sa, len) == 0 else { return -1 }
-            return getsockname(fd, sa, &len)
-        }
-    }
-    guard rc == 0 else { throw BenchError("bind/getsockname: errno \(errno)") }
-    return Int(UInt16(bigEndian: addr.sin_port))
-}
-
-/// Starts `executable` with stdin from /dev/null and stdout/stderr to files (posix_spawn:
-/// Foundation's `Process` needs the main run loop to notice an exit, which an async `main`
-/// does not run).
-func spawn(_ executable: String, _ arguments: [String], environment: [String: String]?, stdout: String, stderr: String) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_APPEND | O_CREAT, 0o644)
-    if stderr == stdout {
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    } else {
-        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_APPEND | O_CREAT, 0o644)
-    }
-    let env = environment ?? ProcessInfo.processInfo.environment
-    var cArgs = ([executable] + arguments).map { strdup($0) } + [nil]
-    var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
-    // The calling thread may block signals (the Swift runtime's threads do): give the child an
-    // empty mask and default handlers, or daemons started by scripts/stack ignore SIGHUP/SIGTERM.
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    defer { posix_spawnattr_destroy(&attr) }
-    var empty = sigset_t()
-    sigemptyset(&empty)
-    posix_spawnattr_setsigmask(&attr, &empty)
-    var defaults = sigset_t()
-    sigemptyset(&defaults)
-    for s in [SIGHUP, SIGTERM, SIGINT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2] { sigaddset(&defaults, s) }
-    posix_spawnattr_setsigdefault(&attr, &defaults)
-    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, executable, &actions, &attr, &cArgs, &cEnv)
-    guard rc == 0 else { throw BenchError("cannot start \(executable): \(String(cString: strerror(rc)))") }
-    return pid
-}
-
-/// Exit code of a reaped status (128 + signal when killed).
-func exitCode(_ raw: Int32) -> Int32 {
-    let signal = raw & 0x7f
-    return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-}
-
-/// Runs a program to completion; returns its standard output; throws with its stderr on failure.
-/// Output goes through files, not pipes: `scripts/stack up` leaves daemons behind that would
-/// hold a pipe open forever.
-@discardableResult
-func runTool(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
-    let base = NSTemporaryDirectory() + "/fieldlog-bench-tool-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    defer { try? FileManager.default.removeItem(atPath: base + ".out"); try? FileManager.default.removeItem(atPath: base + ".err") }
-    let pid = try spawn(path, arguments, environment: environment, stdout: base + ".out", stderr: base + ".err")
-    var raw: Int32 = 0
-    while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
-    let o = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
-    let e = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
-    guard exitCode(raw) == 0 else {
-        throw BenchError("\(path) \(arguments.joined(separator: " ")) exited \(exitCode(raw)): \(e)")
-    }
-    return o
-}
-
-func which(_ tool: String) -> String? {
-    for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
-        let p = "\(dir)/\(tool)"
-        if FileManager.default.isExecutableFile(atPath: p) { return p }
-    }
-    return nil
-}
-
-/// A child process of one of our programs, stopped by PID.
-final class Child: @unchecked Sendable {
-    // @unchecked: `exited` is only touched under `lock`.
-    let name: String
-    let pid: pid_t
-    let logPath: String
-    private let lock = NSLock()
-    private var exited = false
-
-    init(name: String, executable: String, arguments: [String], environment: [String: String], logPath: String) throws {
-        self.name = name
-        self.logPath = logPath
-        pid = try spawn(executable, arguments, environment: environment, stdout: logPath, stderr: logPath)
-    }
-
-    var isRunning: Bool {
-        lock.withLock {
-            if exited { return false }
-            var raw: Int32 = 0
-            if waitpid(pid, &raw, WNOHANG) == 0 { return true }
-            exited = true
-            return false
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after `grace`.
-    func stop(grace: Duration = .seconds(10)) async {
-        guard isRunning else { return }
-        kill(pid, SIGTERM)
-        let start = ContinuousClock.now
-        while isRunning && ContinuousClock.now - start < grace { try? await Task.sleep(for: .milliseconds(20)) }
-        if isRunning {
-            kill(pid, SIGKILL)
-            while isRunning { try? await Task.sleep(for: .milliseconds(20)) }
-        }
-    }
-
-    func tail(_ lines: Int = 20) -> String {
-        let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
-    }
-}
-
 /// /proc figures of a process: resident memory and CPU time.
 struct ProcSample {
     var rssKiB: Int
@@ -310,7 +179,7 @@ final class BenchStack: @unchecked Sendable {
             for (text, keyPath) in [(options.ingestWrapper, \BenchStack.ingestWrapper), (options.deviceWrapper, \BenchStack.deviceWrapper)] {
                 guard let text else { continue }
                 var words = text.split(separator: " ").map(String.init)
-                guard let tool = words.first, let path = tool.hasPrefix("/") ? tool : which(tool) else { throw BenchError("wrapper \(text.debugDescription) not found") }
+                guard let tool = words.first, let path = tool.hasPrefix("/") ? tool : Tool.which(tool) else { throw BenchError("wrapper \(text.debugDescription) not found") }
                 words[0] = path
                 s[keyPath: keyPath] = words
             }
@@ -323,14 +192,14 @@ final class BenchStack: @unchecked Sendable {
         }
         let stackDir = dir + "/stack"
         var env = ProcessInfo.processInfo.environment
-        env["FIELDLOG_REDIS_PORT"] = String(try freePort())
-        env["FIELDLOG_MQTT_PORT"] = String(try freePort())
-        env["FIELDLOG_MARIADB_PORT"] = String(try freePort())
+        env["FIELDLOG_REDIS_PORT"] = String(try Loopback.freePort())
+        env["FIELDLOG_MQTT_PORT"] = String(try Loopback.freePort())
+        env["FIELDLOG_MARIADB_PORT"] = String(try Loopback.freePort())
         reporter.note("starting a private stack in \(stackDir) (redis \(env["FIELDLOG_REDIS_PORT"]!), mqtt \(env["FIELDLOG_MQTT_PORT"]!), mariadb \(env["FIELDLOG_MARIADB_PORT"]!))")
         do {
-            try runTool(repo + "/scripts/stack", ["up", "--dir", stackDir], environment: env)
+            try Tool.run(repo + "/scripts/stack", ["up", "--dir", stackDir], environment: env)
         } catch {
-            _ = try? runTool(repo + "/scripts/stack", ["down", "--dir", stackDir], environment: env)
+            _ = try? Tool.run(repo + "/scripts/stack", ["down", "--dir", stackDir], environment: env)
             throw error
         }
         let stackEnv = parseEnv(try String(contentsOfFile: stackDir + "/stack.env", encoding: .utf8))
@@ -339,7 +208,7 @@ final class BenchStack: @unchecked Sendable {
 
     func stop() {
         guard owned else { return }
-        _ = try? runTool(repo + "/scripts/stack", ["down", "--dir", stackDir], environment: ProcessInfo.processInfo.environment)
+        _ = try? Tool.run(repo + "/scripts/stack", ["down", "--dir", stackDir], environment: ProcessInfo.processInfo.environment)
     }
 
     var mqttHost: String { environment["FIELDLOG_MQTT_HOST"] ?? "127.0.0.1" }
@@ -361,7 +230,7 @@ final class BenchStack: @unchecked Sendable {
         try await c.query("DROP DATABASE IF EXISTS `\(name)`")
         try await c.query("CREATE DATABASE `\(name)` CHARACTER SET utf8mb4")
         await c.close()
-        try runTool(binDir + "/fieldlog-backend", ["migrate"], environment: backendEnvironment(database: name))
+        try Tool.run(binDir + "/fieldlog-backend", ["migrate"], environment: backendEnvironment(database: name))
     }
 
     func dropDatabase(_ name: String) async {
@@ -403,12 +272,12 @@ final class BenchStack: @unchecked Sendable {
         guard let passwd = environment["FIELDLOG_MQTT_PASSWORD_FILE"], let pidFile = environment["FIELDLOG_MQTT_PID_FILE"] else {
             throw BenchError("the stack env names no MQTT password file / pid file")
         }
-        guard let tool = which("mosquitto_passwd") else { throw BenchError("mosquitto_passwd not found") }
+        guard let tool = Tool.which("mosquitto_passwd") else { throw BenchError("mosquitto_passwd not found") }
         // Hash a plain file in one go (-U), then append it: one process for any number of users.
         let plain = stackDir + "/bench-users-\(getpid()).tmp"
         try users.map { "\($0.0):\($0.1)" }.joined(separator: "\n").appending("\n").write(toFile: plain, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: plain) }
-        try runTool(tool, ["-U", plain])
+        try Tool.run(tool, ["-U", plain])
         let hashed = try String(contentsOfFile: plain, encoding: .utf8)
         let names = Set(users.map(\.0))
         let kept = ((try? String(contentsOfFile: passwd, encoding: .utf8)) ?? "").split(separator: "\n")
@@ -421,16 +290,16 @@ final class BenchStack: @unchecked Sendable {
         Thread.sleep(forTimeInterval: 0.3)
     }
 
-    func startBackend(database: String, dir: String, index: Int = 0) throws -> Child {
+    func startBackend(database: String, dir: String, index: Int = 0) throws -> ChildProcess {
         let argv = ingestWrapper + [binDir + "/fieldlog-backend", "ingest"]
-        return try Child(name: "fieldlog-backend ingest", executable: argv[0], arguments: Array(argv.dropFirst()),
-                  environment: backendEnvironment(database: database), logPath: "\(dir)/ingest-\(index).log")
+        let log = "\(dir)/ingest-\(index).log"
+        return try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), environment: backendEnvironment(database: database),
+                                      stdoutPath: log, stderrPath: log)
     }
 
-    func startDevice(_ command: [String], environment: [String: String], logPath: String) throws -> Child {
+    func startDevice(_ command: [String], environment: [String: String], logPath: String) throws -> ChildProcess {
         let argv = deviceWrapper + [binDir + "/fieldlog-device"] + command
-        return try Child(name: "fieldlog-device \(command.joined(separator: " "))", executable: argv[0], arguments: Array(argv.dropFirst()),
-                  environment: environment, logPath: logPath)
+        return try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), environment: environment, stdoutPath: logPath, stderrPath: logPath)
     }
 
     /// An MQTT client logged in as the backend user (allowed to publish under fieldlog/v1/backend/#).

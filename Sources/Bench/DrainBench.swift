@@ -3,6 +3,7 @@
 import ArgumentParser
 import FieldlogCore
 import Foundation
+import Processes
 @_spi(Testing) import Log
 import Logging
 import MariaDB
@@ -179,7 +180,7 @@ struct SocketBytes {
     var received: UInt64 = 0
 
     static func read(pid: Int32, port: Int) -> SocketBytes? {
-        guard let ss = which("ss"), let out = try? runTool(ss, ["-tinpH", "dst", "127.0.0.1:\(port)"]) else { return nil }
+        guard let ss = Tool.which("ss"), let out = try? Tool.run(ss, ["-tinpH", "dst", "127.0.0.1:\(port)"]) else { return nil }
         // Each socket: a line with users:((…pid=N…)) followed by a line of counters.
         let lines = out.split(separator: "\n")
         var result: SocketBytes?

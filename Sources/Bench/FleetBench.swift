@@ -19,6 +19,7 @@ import Foundation
 import Log
 import Logging
 import MariaDB
+import Processes
 import ServiceLifecycle
 
 struct FleetBench: AsyncParsableCommand {
@@ -99,7 +100,7 @@ struct FleetBench: AsyncParsableCommand {
         let users = names.map { ($0, "pw-\($0.hashValue & 0xFFFFFF)-\(UInt32.random(in: 0...UInt32.max))") }
         try stack.addMQTTUsers(users)
 
-        var processes: [Child] = []
+        var processes: [ChildProcess] = []
         for i in 0..<ingests { processes.append(try stack.startBackend(database: database, dir: runDir, index: i)) }
         defer { let p = processes; Task { for c in p { await c.stop() } } }
         try await Task.sleep(for: .seconds(1))

@@ -2,6 +2,7 @@
 // resumed and restarted by PID — never by name — with its output appended to a log file.
 // The lab remembers which stops it caused, so a process that dies on its own is reported.
 import Foundation
+import Processes
 
 /// A process the lab owns.
 public final class LabProcess: @unchecked Sendable {
@@ -12,7 +13,7 @@ public final class LabProcess: @unchecked Sendable {
     public let logPath: String
     private let lock = NSLock()
     private var environment: [String: String]
-    private var process: Child?
+    private var process: ChildProcess?
     private var stoppedByLab = true
     private var paused = false
     private var unexpectedExits: [String] = []
@@ -45,7 +46,7 @@ public final class LabProcess: @unchecked Sendable {
             } else {
                 try banner.write(toFile: logPath, atomically: false, encoding: .utf8)
             }
-            let p = try Child.spawn(executable, arguments, environment: environment, stdoutPath: logPath, stderrPath: logPath) { [weak self] c in
+            let p = try ChildProcess.spawn(executable, arguments, environment: environment, stdoutPath: logPath, stderrPath: logPath) { [weak self] c in
                 self?.exited(c)
             }
             process = p
@@ -55,7 +56,7 @@ public final class LabProcess: @unchecked Sendable {
         }
     }
 
-    private func exited(_ c: Child) {
+    private func exited(_ c: ChildProcess) {
         lock.withLock {
             guard process === c, !stoppedByLab else { return }
             unexpectedExits.append("\(name) (pid \(c.pid)) exited on its own: \(c.ending ?? "?"); see \(logPath)")
@@ -64,17 +65,15 @@ public final class LabProcess: @unchecked Sendable {
 
     /// SIGKILL: a crash or power cut as far as the process can tell. Waits for it to be gone.
     public func kill9() {
-        guard let p = lock.withLock({ () -> Child? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
+        guard let p = lock.withLock({ () -> ChildProcess? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
         p.signal(SIGKILL)
         p.wait()
     }
 
     /// SIGTERM (graceful), SIGKILL after `graceSeconds`.
     public func stop(graceSeconds: Double = 10) {
-        guard let p = lock.withLock({ () -> Child? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
-        p.signal(SIGCONT)
-        p.signal(SIGTERM)
-        if !p.wait(timeoutSeconds: graceSeconds) { p.signal(SIGKILL); p.wait() }
+        guard let p = lock.withLock({ () -> ChildProcess? in stoppedByLab = true; paused = false; return process }), p.isRunning else { return }
+        p.terminate(graceSeconds: graceSeconds)
     }
 
     /// SIGSTOP: a hung process.

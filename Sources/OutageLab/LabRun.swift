@@ -19,6 +19,7 @@
 //     `fieldlog-backend audit --json`, and the liveness of every process the lab did not kill.
 import Foundation
 import Logging
+import Processes
 
 /// Everything a run needs to know.
 public struct LabOptions: Sendable {
@@ -276,7 +277,7 @@ public final class LabRun: @unchecked Sendable {
                 throw LabError.configuration("scenario \(options.scenario.name) needs \(shape.galeraNodes > 0 ? "a Galera" : "a single-MariaDB") stack")
             }
         } else {
-            stack = LabStack(directory: workDir + "/stack", script: options.stackScript, galeraNodes: shape.galeraNodes, logger: logger)
+            stack = try LabStack(directory: workDir + "/stack", script: options.stackScript, galeraNodes: shape.galeraNodes, logger: logger)
             progress("lab: starting a stack of its own under \(workDir)/stack")
         }
         try stack.up()
@@ -290,7 +291,7 @@ public final class LabRun: @unchecked Sendable {
                                    password: try stack.value("FIELDLOG_MARIADB_PASSWORD"), database: "mysql")
         _ = try admin.rows("CREATE DATABASE `\(databaseName)` CHARACTER SET utf8mb4")
         dbAccess = DatabaseAccess(host: admin.host, port: admin.port, user: admin.user, password: admin.password, database: databaseName)
-        try runTool(options.backendBinary, ["migrate"], environment: backendEnvironment(mqttPort: try stack.port("FIELDLOG_MQTT_PORT"),
+        try Tool.run(options.backendBinary, ["migrate"], environment: backendEnvironment(mqttPort: try stack.port("FIELDLOG_MQTT_PORT"),
                                                                                           mariadb: addresses.joined(separator: ",")))
         var rng = SplitMix64(seed: options.seed ^ 0x5EED_F1E1_D106)
         let mqttPort = try stack.port("FIELDLOG_MQTT_PORT")
@@ -360,7 +361,7 @@ public final class LabRun: @unchecked Sendable {
                                logPath: workDir + "/logs/\(id).log")
             devices.append(LabDevice(index: i, id: id, logPath: logPath, redisDB: i % 16, proxy: proxy, process: p, clockFile: clockFile))
             // Redis switches of an earlier run on a reused stack must not pause this one.
-            _ = try? runTool("redis-cli", ["-h", "127.0.0.1", "-p", String(redisPort), "-n", String(i % 16), "DEL",
+            _ = try? Tool.run("redis-cli", ["-h", "127.0.0.1", "-p", String(redisPort), "-n", String(i % 16), "DEL",
                                            "measurement:enabled", "measurement:interval", "mqtt_sender:enabled", "mqtt_sender:interval"])
         }
         for d in devices { try d.process.start() }
@@ -510,7 +511,7 @@ public final class LabRun: @unchecked Sendable {
     private func stopSampling() {
         guard let port = try? stack.port("FIELDLOG_REDIS_PORT") else { return }
         for d in devices {
-            _ = try? runTool("redis-cli", ["-h", "127.0.0.1", "-p", String(port), "-n", String(d.redisDB), "SET", "measurement:enabled", "0"])
+            _ = try? Tool.run("redis-cli", ["-h", "127.0.0.1", "-p", String(port), "-n", String(d.redisDB), "SET", "measurement:enabled", "0"])
         }
         // Wait until heads stop moving; restart devices that keep sampling with MEASUREMENT_ENABLED=false.
         var last: [Int: UInt64] = [:]
@@ -608,7 +609,7 @@ public final class LabRun: @unchecked Sendable {
         do {
             let env = try backendEnvironment(mqttPort: try stack.port("FIELDLOG_MQTT_PORT"),
                                              mariadb: try stack.value("FIELDLOG_MARIADB_ADDRESSES"))
-            let r = try runToolStatus(options.backendBinary, ["audit", "--json"], environment: env, timeoutSeconds: 120)
+            let r = try Tool.status(options.backendBinary, ["audit", "--json"], environment: env, timeoutSeconds: 120)
             auditStatus = r.status
             auditSummary = (r.stdout + r.stderr).trimmingCharacters(in: .whitespacesAndNewlines)
             try? auditSummary.write(toFile: workDir + "/audit.json", atomically: true, encoding: .utf8)

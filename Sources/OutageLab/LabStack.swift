@@ -9,6 +9,7 @@
 // uses a stack that is already up (its stack.env) and never takes it down.
 import Foundation
 import Logging
+import Processes
 
 /// A service of the stack the lab can fault.
 public enum ServiceName: Hashable, Sendable, CustomStringConvertible {
@@ -37,15 +38,15 @@ public final class LabStack: @unchecked Sendable {
     public private(set) var env: [String: String] = [:]
 
     /// A new stack of the lab's own under `directory`, on free ports.
-    public init(directory: String, script: String, galeraNodes: Int = 0, logger: Logger) {
+    public init(directory: String, script: String, galeraNodes: Int = 0, logger: Logger) throws {
         self.directory = directory
         self.script = script
         self.galeraNodes = galeraNodes
         self.ownsStack = true
         self.logger = logger
         var p: [String: String] = [
-            "FIELDLOG_REDIS_PORT": String(freePort()), "FIELDLOG_MQTT_PORT": String(freePort()),
-            "FIELDLOG_MARIADB_PORT": String(freePort()),
+            "FIELDLOG_REDIS_PORT": String(try Loopback.freePort()), "FIELDLOG_MQTT_PORT": String(try Loopback.freePort()),
+            "FIELDLOG_MARIADB_PORT": String(try Loopback.freePort()),
         ]
         // Galera uses port, port+1, … and +1000…+1200 offsets for its cluster traffic.
         if galeraNodes > 0 { p["FIELDLOG_GALERA_PORT"] = String(20_000 + Int.random(in: 0..<8_000)) }
@@ -83,7 +84,7 @@ public final class LabStack: @unchecked Sendable {
         for (k, v) in ports { e[k] = v }
         var full = args + ["--dir", directory]
         if galeraNodes > 0 && args.first == "up" { full += ["--galera", String(galeraNodes)] }
-        let r = try runToolStatus(script, full, environment: e, timeoutSeconds: timeoutSeconds)
+        let r = try Tool.status(script, full, environment: e, timeoutSeconds: timeoutSeconds)
         guard r.status == 0 else {
             throw LabError.command("scripts/stack \(full.joined(separator: " ")) exited \(r.status): \(r.stderr.suffix(1500)) \(r.stdout.suffix(500))")
         }
@@ -180,20 +181,4 @@ public final class LabStack: @unchecked Sendable {
         guard let p = Int(try value(key)) else { throw LabError.configuration("\(key) is not a port") }
         return p
     }
-}
-
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
-public func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    precondition(fd >= 0, "socket() failed")
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-    }
-    precondition(ok, "could not bind an ephemeral port")
-    return Int(UInt16(bigEndian: addr.sin_port))
 }

@@ -10,6 +10,7 @@
 // the checker.
 import CSQLite
 import Foundation
+import Processes
 
 /// A device's declared loss range, as read from its log or from the database.
 public struct DeclaredLoss: Hashable, Sendable {
@@ -155,7 +156,7 @@ public struct DatabaseAccess: Sendable {
         // The password goes through MYSQL_PWD, not the command line (visible in process lists).
         var env = ProcessInfo.processInfo.environment
         env["MYSQL_PWD"] = password
-        let out = try runTool("mariadb", ["--no-defaults", "-h", host, "-P", String(port), "-u", user,
+        let out = try Tool.run("mariadb", ["--no-defaults", "-h", host, "-P", String(port), "-u", user,
                                           "--batch", "--skip-column-names", "--connect-timeout=5", database, "-e", sql],
                               environment: env, timeoutSeconds: timeoutSeconds)
         return out.split(separator: "\n", omittingEmptySubsequences: true).map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
@@ -190,37 +191,4 @@ public struct DatabaseDeviceView: Sendable {
         }
         return view
     }
-}
-
-/// Runs a tool to completion; throws with its stderr when it exits non-zero. Returns stdout.
-@discardableResult
-public func runTool(_ tool: String, _ arguments: [String], environment: [String: String]? = nil,
-                    timeoutSeconds: Double = 120, allowedExitCodes: Set<Int32> = [0]) throws -> String {
-    let r = try runToolStatus(tool, arguments, environment: environment, timeoutSeconds: timeoutSeconds)
-    guard allowedExitCodes.contains(r.status) else {
-        let shown = arguments.map { $0.hasPrefix("-p") && $0.count > 2 ? "-p***" : $0 }.joined(separator: " ")
-        throw LabError.command("\(tool) \(shown) exited \(r.status): \(r.stderr.suffix(2000))")
-    }
-    return r.stdout
-}
-
-/// Runs a tool to completion and returns its status, stdout and stderr. Output goes through
-/// temporary files, not pipes: a daemon started by the tool (scripts/stack) may inherit the
-/// descriptors and would keep a pipe open forever.
-public func runToolStatus(_ tool: String, _ arguments: [String], environment: [String: String]? = nil,
-                          timeoutSeconds: Double = 120) throws -> (status: Int32, stdout: String, stderr: String) {
-    let base = FileManager.default.temporaryDirectory.path + "/fieldlog-lab-tool-\(UInt64.random(in: 0...UInt64.max))"
-    let outPath = base + ".out", errPath = base + ".err"
-    defer { try? FileManager.default.removeItem(atPath: outPath); try? FileManager.default.removeItem(atPath: errPath) }
-    var env = environment ?? ProcessInfo.processInfo.environment
-    if env["PATH"] == nil { env["PATH"] = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin" }
-    let child = try Child.spawn(tool, arguments, environment: env, stdoutPath: outPath, stderrPath: errPath)
-    guard child.wait(timeoutSeconds: timeoutSeconds) else {
-        child.signal(SIGKILL)
-        child.wait()
-        throw LabError.timeout("\(tool) did not finish within \(Int(timeoutSeconds)) s")
-    }
-    let stdout = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-    let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-    return (child.exitCode ?? -1, stdout, stderr)
 }

@@ -36,19 +36,7 @@ final class TestDatabase: @unchecked Sendable {
     }
 
     /// Environment for a spawned `fieldlog-backend` that uses this database.
-    var environment: [String: String] {
-        var env = ProcessInfo.processInfo.environment
-        env["FIELDLOG_MARIADB_ADDRESSES"] = "\(stack.mariaDBHost):\(stack.mariaDBPort)"
-        env["FIELDLOG_MARIADB_USER"] = stack.mariaDBUser
-        env["FIELDLOG_MARIADB_PASSWORD"] = stack.mariaDBPassword
-        env["FIELDLOG_MARIADB_DATABASE"] = name
-        env["FIELDLOG_MQTT_HOST"] = stack.mqttHost
-        env["FIELDLOG_MQTT_PORT"] = String(stack.mqttPort)
-        env["FIELDLOG_MQTT_BACKEND_USER"] = stack.mqttBackendUser
-        env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = stack.mqttBackendPassword
-        env["FIELDLOG_METRICS_PORT"] = "0"
-        return env
-    }
+    var environment: [String: String] { stack.backendEnvironment(database: name) }
 
     func scalar(_ sql: String) throws -> String {
         try stack.sql(sql, database: name).trimmingCharacters(in: .whitespacesAndNewlines)

@@ -23,14 +23,14 @@ final class IngestProcessTests: XCTestCase {
         env["FIELDLOG_MQTT_PORT"] = String(broker.port)
         env["FIELDLOG_MQTT_BACKEND_USER"] = user
         env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = password
-        let a = try Backend.ingest("a", environment: env, directory: dir)
+        let a = try BackendProcess.ingest("a", environment: env, directory: dir)
         let metricsPort = Ports.free()
         var envB = env
         envB["FIELDLOG_METRICS_PORT"] = String(metricsPort)
-        let b = try Backend.ingest("b", environment: envB, directory: dir)
+        let b = try BackendProcess.ingest("b", environment: envB, directory: dir)
         defer { a.stop(); b.stop() }
-        try Backend.waitRunning(a)
-        try Backend.waitRunning(b)
+        try BackendProcess.waitRunning(a)
+        try BackendProcess.waitRunning(b)
 
         var devices: [SimDevice] = []
         for _ in 0..<3 { devices.append(try await SimDevice.connect(broker: broker, records: 400)) }
@@ -52,7 +52,7 @@ final class IngestProcessTests: XCTestCase {
                      "fieldlog_messages_received_total{kind=\"batch\"}", "fieldlog_device_lag_records{device=\"\(devices[0].id)\"}"] {
             XCTAssertTrue(metrics.contains(name), "\(name) in /metrics: \(metrics)")
         }
-        var audit = try Backend.run(["audit"], environment: env)
+        var audit = try BackendProcess.run(["audit"], environment: env)
         XCTAssertEqual(audit.status, 0, audit.output)
         XCTAssertTrue(audit.output.contains("RESULT: nothing missing"), audit.output)
 
@@ -67,7 +67,7 @@ final class IngestProcessTests: XCTestCase {
         try await Task.sleep(for: .milliseconds(300))
         XCTAssertEqual(d.acked, SequenceNumber(400), "the ack stops before the gap")
         XCTAssertTrue(d.acks.contains { $0.missing == [SequenceRange(checked: SequenceNumber(401), SequenceNumber(410))] }, "\(d.acks.suffix(3))")
-        audit = try Backend.run(["audit", "--device", d.id.rawValue, "--json"], environment: env)
+        audit = try BackendProcess.run(["audit", "--device", d.id.rawValue, "--json"], environment: env)
         XCTAssertEqual(audit.status, 1, audit.output)
         let report = try JSONDecoder().decode(AuditReport.self, from: Data(audit.output.utf8))
         XCTAssertEqual(report.devices.first?.epochs.first?.gaps, [EpochAudit.Range(SequenceRange(checked: SequenceNumber(401), SequenceNumber(410)))])
@@ -95,11 +95,11 @@ final class IngestProcessTests: XCTestCase {
         env["FIELDLOG_MQTT_BACKEND_USER"] = user
         env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = password
         env["FIELDLOG_METRICS_PORT"] = "0"
-        let migrate = try Backend.run(["migrate"], environment: env)
+        let migrate = try BackendProcess.run(["migrate"], environment: env)
         XCTAssertEqual(migrate.status, 0, migrate.output)
-        let ingest = try Backend.ingest("ingest", environment: env, directory: dir)
+        let ingest = try BackendProcess.ingest("ingest", environment: env, directory: dir)
         defer { ingest.stop() }
-        try Backend.waitRunning(ingest)
+        try BackendProcess.waitRunning(ingest)
 
         let device = try await SimDevice.connect(broker: broker, records: 300)
         try await device.publish(0..<10)
@@ -118,7 +118,7 @@ final class IngestProcessTests: XCTestCase {
         XCTAssertEqual(through, SequenceNumber(300))
         XCTAssertEqual(try maria.sql("SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM readings", database: "fieldlog")
                         .trimmingCharacters(in: .whitespacesAndNewlines), "300\t300\t1\t300")
-        let audit = try Backend.run(["audit"], environment: env)
+        let audit = try BackendProcess.run(["audit"], environment: env)
         XCTAssertEqual(audit.status, 0, audit.output)
         XCTAssertTrue(ingest.log().contains("reconnecting"), "the outage was noticed")
         await device.close()
@@ -143,9 +143,9 @@ final class IngestBrokerTests: XCTestCase {
         env["FIELDLOG_INGEST_GROUP"] = Stack.uniqueName("ingest")
         let metricsPort = Ports.free()
         env["FIELDLOG_METRICS_PORT"] = String(metricsPort)
-        let ingest = try Backend.ingest("ingest", environment: env, directory: dir)
+        let ingest = try BackendProcess.ingest("ingest", environment: env, directory: dir)
         defer { ingest.stop() }
-        try Backend.waitRunning(ingest)
+        try BackendProcess.waitRunning(ingest)
         let device = try await SimDevice.connect(broker: broker, records: 50)
         try await device.publish(0..<device.batchCount)
         let deadline = ContinuousClock.now + .seconds(20)
@@ -181,9 +181,9 @@ final class IngestBrokerTests: XCTestCase {
         env["FIELDLOG_MQTT_PORT"] = String(broker.port)
         env["FIELDLOG_MQTT_BACKEND_USER"] = user
         env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = password
-        let ingest = try Backend.ingest("ingest", environment: env, directory: dir)
+        let ingest = try BackendProcess.ingest("ingest", environment: env, directory: dir)
         defer { ingest.stop() }
-        try Backend.waitRunning(ingest)
+        try BackendProcess.waitRunning(ingest)
         let device = try await SimDevice.connect(broker: broker, records: 200)
         try await device.publish(0..<10)
         try await device.waitAcked(100, timeout: .seconds(10))
@@ -219,7 +219,7 @@ final class ReplayCommandTests: XCTestCase {
             }
             return nil
         }
-        let result = try Backend.run(["replay", "--device", device.id.rawValue, "--epoch", device.epoch.hex, "--from", "1", "--to", "5", "--wait", "10"],
+        let result = try BackendProcess.run(["replay", "--device", device.id.rawValue, "--epoch", device.epoch.hex, "--from", "1", "--to", "5", "--wait", "10"],
                                      environment: db.environment)
         answered.cancel()
         XCTAssertEqual(result.status, 0, result.output)
@@ -228,7 +228,7 @@ final class ReplayCommandTests: XCTestCase {
         let requestID = try XCTUnwrap(answeredID)
         XCTAssertEqual(try db.scalar("SELECT CONCAT(command, ' ', first_seq, ' ', last_seq, ' ', outcome) FROM commands WHERE request_id = '\(requestID)'"),
                        "replay 1 5 resent 3…5; not-retained 1…2")
-        let bad = try Backend.run(["replay", "--device", "no/such", "--from", "1", "--to", "5"], environment: db.environment)
+        let bad = try BackendProcess.run(["replay", "--device", "no/such", "--from", "1", "--to", "5"], environment: db.environment)
         XCTAssertNotEqual(bad.status, 0)
         await device.close()
         await setup.close()

@@ -138,7 +138,6 @@ final class SimDevice: @unchecked Sendable {
     }
 }
 
-struct IngestDidNotStart: Error, CustomStringConvertible { var description: String }
 
 /// A broker of the test's own (deploy/ configuration: auth + ACL) with the backend's user.
 /// Used where the test counts acks: on the shared broker, any other receiver subscribed to
@@ -152,38 +151,3 @@ func privateBroker() throws -> (broker: PrivateMosquitto, user: String, password
     return (broker, "fieldlog-backend", password)
 }
 
-/// `fieldlog-backend` as a child process.
-enum Backend {
-    static func ingest(_ name: String, environment: [String: String], directory: TemporaryDirectory) throws -> ManagedProcess {
-        let p = ManagedProcess(executable: try Binaries.path("fieldlog-backend"), arguments: ["ingest"],
-                               logPath: directory.file("\(name).log"), environment: environment)
-        try p.start()
-        return p
-    }
-
-    /// Waits until the process logged that it is subscribed and running.
-    static func waitRunning(_ p: ManagedProcess, timeout: Duration = .seconds(20)) throws {
-        let deadline = ContinuousClock.now + timeout
-        while !p.log().contains("ingest running") {
-            guard p.isRunning, ContinuousClock.now < deadline else {
-                throw IngestDidNotStart(description: "ingest did not start: \(p.log())")
-            }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-    }
-
-    /// Runs a one-shot command; returns its exit status and standard output.
-    static func run(_ arguments: [String], environment: [String: String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Binaries.path("fieldlog-backend"))
-        process.arguments = arguments
-        process.environment = environment
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-}

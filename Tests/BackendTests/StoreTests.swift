@@ -109,7 +109,7 @@ final class StoreTests: XCTestCase {
         // audit --repair asks the device for the gap (a replay command, recorded).
         var env = db.environment
         env["FIELDLOG_MQTT_HOST"] = db.stack.mqttHost
-        let repair = try Backend.run(["audit", "--repair"], environment: env)
+        let repair = try BackendProcess.run(["audit", "--repair"], environment: env)
         XCTAssertEqual(repair.status, 1, repair.output)
         XCTAssertEqual(try db.scalar("SELECT CONCAT(command, ' ', first_seq, ' ', last_seq, ' ', epoch) FROM commands WHERE device_id = '\(device)'"),
                        "replay 26 30 \(epoch.rawValue)")

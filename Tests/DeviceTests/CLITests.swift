@@ -1,22 +1,13 @@
 import Foundation
+import Processes
 import TestSupport
 import XCTest
 
 /// `fieldlog-device config check` as an operator runs it.
 final class CLITests: XCTestCase {
     func run(_ args: [String], env: [String: String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try Binaries.path("fieldlog-device"))
-        p.arguments = args
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        let r = try Tool.status(try Binaries.path("fieldlog-device"), args, environment: env)
+        return (r.status, r.stdout, r.stderr)
     }
 
     func testConfigCheckPrintsEffectiveConfigurationWithSecretsMasked() throws {

@@ -76,7 +76,7 @@ final class GaleraClusterTests: XCTestCase {
     func testFleetThroughTwoIngestsSurvivesASIGKILLedNodeAndItsISTRejoinStoringEverythingExactlyOnce() async throws {
         let g = try Self.cluster()
         let (name, env) = try database(g, preferring: 1)
-        let migrate = try Backend.run(["migrate"], environment: env)
+        let migrate = try BackendProcess.run(["migrate"], environment: env)
         XCTAssertEqual(migrate.status, 0, migrate.output)
         let dir = try TemporaryDirectory("galera-ingest")
         defer { if testRun?.hasSucceeded == true { dir.remove() } else { print("ingest logs kept in \(dir.path)") } }
@@ -90,11 +90,11 @@ final class GaleraClusterTests: XCTestCase {
         envA["FIELDLOG_METRICS_PORT"] = String(metricsA)
         envB["FIELDLOG_METRICS_PORT"] = String(metricsB)
         envB["FIELDLOG_MARIADB_ADDRESSES"] = g.addresses(preferring: 2)
-        let a = try Backend.ingest("a", environment: envA, directory: dir)
-        let b = try Backend.ingest("b", environment: envB, directory: dir)
+        let a = try BackendProcess.ingest("a", environment: envA, directory: dir)
+        let b = try BackendProcess.ingest("b", environment: envB, directory: dir)
         defer { a.stop(); b.stop() }
-        try Backend.waitRunning(a)
-        try Backend.waitRunning(b)
+        try BackendProcess.waitRunning(a)
+        try BackendProcess.waitRunning(b)
         XCTAssertTrue(a.log().contains("127.0.0.1:\(g.port(1))"), "ingest a starts on node 1: \(a.log())")
 
         // 6 devices × 2 000 records (200 batches of 10, one every 100 ms): about 20 s of traffic.
@@ -161,24 +161,24 @@ final class GaleraClusterTests: XCTestCase {
         XCTAssertEqual(try g.status("wsrep_cluster_size", node: 1), "3")
         print("galera: node 1 caught up by \(transfer)")
 
-        var audit = try Backend.run(["audit"], environment: env)
+        var audit = try BackendProcess.run(["audit"], environment: env)
         if audit.status != 0 {
             // A gap can be transient while two processes store adjacent batches (docs/backend.md).
             try await Task.sleep(for: .seconds(1))
-            audit = try Backend.run(["audit"], environment: env)
+            audit = try BackendProcess.run(["audit"], environment: env)
         }
         XCTAssertEqual(audit.status, 0, audit.output)
         XCTAssertTrue(audit.output.contains("RESULT: nothing missing"), audit.output)
 
         // Ingest a lost its node and moved on; deadlock/certification retries are counted.
-        let textA = try Backend.metrics(port: metricsA), textB = try Backend.metrics(port: metricsB)
-        XCTAssertGreaterThanOrEqual(Backend.counter("fieldlog_database_reconnects_total", in: textA), 1, textA)
+        let textA = try BackendProcess.metrics(port: metricsA), textB = try BackendProcess.metrics(port: metricsB)
+        XCTAssertGreaterThanOrEqual(BackendProcess.counter("fieldlog_database_reconnects_total", in: textA), 1, textA)
         XCTAssertTrue(textA.contains("fieldlog_deadlock_retries_total"), textA)
         XCTAssertTrue(textB.contains("fieldlog_deadlock_retries_total"), textB)
         XCTAssertTrue(a.log().contains("connected to MariaDB") && a.log().contains("127.0.0.1:\(g.port(2))"),
                       "ingest a failed over to node 2: \(a.log().suffix(2000))")
-        let retries = Backend.counter("fieldlog_deadlock_retries_total", in: textA) + Backend.counter("fieldlog_deadlock_retries_total", in: textB)
-        let reconnects = Backend.counter("fieldlog_database_reconnects_total", in: textA) + Backend.counter("fieldlog_database_reconnects_total", in: textB)
+        let retries = BackendProcess.counter("fieldlog_deadlock_retries_total", in: textA) + BackendProcess.counter("fieldlog_deadlock_retries_total", in: textB)
+        let reconnects = BackendProcess.counter("fieldlog_database_reconnects_total", in: textA) + BackendProcess.counter("fieldlog_database_reconnects_total", in: textB)
 
         // Ingest never stood still longer than the failure detection (plus one resend interval
         // of the devices and a scheduling allowance for this shared 2-core machine).
@@ -199,7 +199,7 @@ final class GaleraClusterTests: XCTestCase {
     func testCertificationConflictsBetweenNodesAreRetriedCountedAndNeverAckAheadOfTheStore() async throws {
         let g = try Self.cluster()
         let (name, env) = try database(g, preferring: 1)
-        let migrate = try Backend.run(["migrate"], environment: env)
+        let migrate = try BackendProcess.run(["migrate"], environment: env)
         XCTAssertEqual(migrate.status, 0, migrate.output)
         func settings(_ node: Int) -> DatabaseSettings {
             DatabaseSettings(addresses: [DatabaseAddress(host: "127.0.0.1", port: g.port(node))], user: g.user, password: g.password,
@@ -258,7 +258,7 @@ final class GaleraClusterTests: XCTestCase {
         var round = 0
         var devices: [DeviceID] = []
         func retries() -> Double {
-            Backend.counter("fieldlog_deadlock_retries_total", in: metricsA.text()) + Backend.counter("fieldlog_deadlock_retries_total", in: metricsB.text())
+            BackendProcess.counter("fieldlog_deadlock_retries_total", in: metricsA.text()) + BackendProcess.counter("fieldlog_deadlock_retries_total", in: metricsB.text())
         }
         // Adjacent batches conflict only on the new device's `devices`/`epochs` row, if at all.
         let adjacentRetries = retries()
@@ -281,7 +281,7 @@ final class GaleraClusterTests: XCTestCase {
                             .trimmingCharacters(in: .whitespacesAndNewlines), "400 1 400", "device \(device) stored exactly once")
             XCTAssertEqual(acks.all.filter { $0.device == device }.map(\.through).max(), SequenceNumber(400))
         }
-        let inserted = Backend.counter("fieldlog_rows_inserted_total", in: metricsA.text()) + Backend.counter("fieldlog_rows_inserted_total", in: metricsB.text())
+        let inserted = BackendProcess.counter("fieldlog_rows_inserted_total", in: metricsA.text()) + BackendProcess.counter("fieldlog_rows_inserted_total", in: metricsB.text())
         XCTAssertEqual(inserted, Double(600 + 400 * devices.count), "every record inserted once across both writers")
         XCTAssertEqual(violations.all, [], "an ack passed what was stored")
         await checker.close()

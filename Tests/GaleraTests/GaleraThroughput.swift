@@ -59,7 +59,7 @@ final class GaleraThroughput: XCTestCase {
         env["FIELDLOG_MQTT_BACKEND_PASSWORD"] = g.mqttBackendPassword
         env["FIELDLOG_METRICS_PORT"] = "0"
         env["FIELDLOG_INGEST_GROUP"] = Stack.uniqueName("bench")
-        let migrate = try Backend.run(["migrate"], environment: env)
+        let migrate = try BackendProcess.run(["migrate"], environment: env)
         XCTAssertEqual(migrate.status, 0, migrate.output)
         let dir = try TemporaryDirectory("galera-bench")
         defer { dir.remove() }
@@ -68,9 +68,9 @@ final class GaleraThroughput: XCTestCase {
         for (i, list) in addresses.enumerated() {
             var e = env
             e["FIELDLOG_MARIADB_ADDRESSES"] = list
-            processes.append(try Backend.ingest("ingest\(i)", environment: e, directory: dir))
+            processes.append(try BackendProcess.ingest("ingest\(i)", environment: e, directory: dir))
         }
-        for p in processes { try Backend.waitRunning(p) }
+        for p in processes { try BackendProcess.waitRunning(p) }
         let fleet = try await Fleet.connect(count: devices, port: g.mqttPort, addUser: g.addMQTTUser, records: records)
         let start = ContinuousClock.now
         try await fleet.stream(interval: .milliseconds(2), window: 32, timeout: .seconds(600))

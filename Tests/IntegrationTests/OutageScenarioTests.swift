@@ -10,6 +10,7 @@
 import Foundation
 import Logging
 import OutageLab
+import Processes
 import TestSupport
 import XCTest
 
@@ -26,7 +27,7 @@ final class OutageScenarioTests: XCTestCase {
         env["FIELDLOG_REDIS_PORT"] = String(Ports.free())
         env["FIELDLOG_MQTT_PORT"] = String(Ports.free())
         env["FIELDLOG_MARIADB_PORT"] = String(Ports.free())
-        let r = try runToolStatus(Stack.packageRoot + "/scripts/stack", ["up", "--dir", dir], environment: env, timeoutSeconds: 180)
+        let r = try Tool.status(Stack.packageRoot + "/scripts/stack", ["up", "--dir", dir], environment: env, timeoutSeconds: 180)
         guard r.status == 0 else {
             stackFailure = "the lab stack did not start: \(r.stderr) \(r.stdout)"
             throw LabError.command(stackFailure!)
@@ -34,7 +35,7 @@ final class OutageScenarioTests: XCTestCase {
         stackDir = dir
         atexit {
             if let d = OutageScenarioTests.stackDir {
-                _ = try? runToolStatus(Stack.packageRoot + "/scripts/stack", ["down", "--dir", d], timeoutSeconds: 120)
+                _ = try? Tool.status(Stack.packageRoot + "/scripts/stack", ["down", "--dir", d], timeoutSeconds: 120)
                 try? FileManager.default.removeItem(atPath: d)
             }
         }

@@ -2,6 +2,7 @@
 import FieldlogCore
 import Foundation
 @testable import Log
+import Processes
 import TestSupport
 import XCTest
 
@@ -10,17 +11,8 @@ final class LogCLITests: XCTestCase {
 
     /// Runs the CLI; returns (status, stdout, stderr).
     func cli(_ arguments: [String]) throws -> (Int32, String, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try deviceExecutable())
-        p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        let r = try Tool.status(try deviceExecutable(), arguments)
+        return (r.status, r.stdout, r.stderr)
     }
 
     func testAppendStatusDumpCheck() async throws {

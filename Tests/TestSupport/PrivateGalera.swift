@@ -4,6 +4,7 @@
 // Redis and Mosquitto (deploy/ configuration: auth + ACL), which a test may use as its private
 // broker. `down()` stops exactly the processes this stack started, by PID.
 import Foundation
+import Processes
 
 /// A private Galera cluster (plus the private Redis and Mosquitto `scripts/stack` starts with it).
 public final class PrivateGalera: @unchecked Sendable {
@@ -128,22 +129,14 @@ public final class PrivateGalera: @unchecked Sendable {
         }
     }
 
-    /// Runs `scripts/stack ARGS --dir DIRECTORY` to completion. Not through pipes: the
-    /// services it starts in the background would keep a pipe open. Spawned by ManagedProcess,
-    /// so the services start with no blocked signals (they must obey SIGTERM at `down`).
+    /// Runs `scripts/stack ARGS --dir DIRECTORY` to completion (through files, not pipes: the
+    /// services it starts in the background would keep a pipe open; with no blocked signals, so
+    /// the services obey SIGTERM at `down`).
     static func stack(_ arguments: [String], directory: String, environment: [String: String] = [:]) throws {
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        let log = directory + "/stack-\(arguments[0])-\(UInt32.random(in: 0...UInt32.max)).log"
-        let p = ManagedProcess(executable: Stack.packageRoot + "/scripts/stack", arguments: arguments + ["--dir", directory],
-                               logPath: log, environment: env)
-        try p.start()
-        let status = p.waitForExit(timeout: .seconds(300))
-        let output = p.log()
-        try? FileManager.default.removeItem(atPath: log)
-        guard status == 0 else {
-            if status == nil { p.kill9() }
-            throw CommandFailed(description: "scripts/stack \(arguments.joined(separator: " ")) --dir \(directory) \(status.map { "exited \($0)" } ?? "did not finish in 300 s"): \(output.suffix(3000))")
+        let env = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let r = try Tool.status(Stack.packageRoot + "/scripts/stack", arguments + ["--dir", directory], environment: env, timeoutSeconds: 300)
+        guard r.status == 0 else {
+            throw CommandFailed(description: "scripts/stack \(arguments.joined(separator: " ")) --dir \(directory) exited \(r.status): \((r.stdout + r.stderr).suffix(3000))")
         }
     }
 

@@ -334,13 +334,12 @@ func waitFor<T>(_ what: String, timeout: Duration = .seconds(20), _ body: () asy
         if let v = try await body() { return v }
         try await Task.sleep(for: .milliseconds(200))
     }
-    throw XCTSkip("timed out waiting for \(what)") as Error
+    throw CommandFailed(description: "timed out after \(timeout) waiting for \(what)")
 }
 
 /// Runs a program with extra environment variables (through env(1)); returns its stdout.
 @discardableResult
 func runWithEnvironment(_ program: String, _ arguments: [String], environment: [String: String], input: String? = nil) throws -> String {
-    let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-    guard let first = assignments.first else { return try Shell.run(program, arguments, input: input) }
-    return try Shell.run(first, Array(assignments.dropFirst()) + [program] + arguments, input: input)
+    let env = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    return try Shell.run(program, arguments, environment: env, input: input)
 }
