@@ -6,7 +6,7 @@
 //   FieldlogCore  domain types shared by all (DeviceID, Epoch, SequenceNumber, LogRecord,
 //                 LossMarker) and the WorkerThread that keeps blocking C calls off the cooperative pool
 //   Log           the device's durable SQLite log and its Redis hot-state mirror
-//   Sync          the sync protocol: messages, codec, sans-IO state machines, MQTT transport
+//   Sync          the sync protocol: messages, codec, sans-IO state machines (no IO)
 //   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
 //   Redis         thin, safe wrapper over hiredis
 //   MariaDB       thin, safe wrapper over MariaDB Connector/C
@@ -57,7 +57,7 @@ let package = Package(
 
         // Product libraries
         .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "Sync", dependencies: ["FieldlogCore", "MQTT", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Sync", dependencies: ["FieldlogCore"], swiftSettings: strict),
 
         // The device node's components (sampler, button, sync agent, commands, status server)
         .target(name: "CDeviceSupport"),
@@ -121,7 +121,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Processes"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "MQTT", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
         .testTarget(name: "WebTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "Processes", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "DeviceTests", dependencies: ["Processes", "Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),

@@ -4,3 +4,7 @@
 //   Codec/          strict JSON reader/writer and SyncCodec (encode / decode with dead-letter reasons)
 //   Topics.swift    configurable topic templates (defaults and the seed's names)
 //   StateMachines/  SenderStateMachine (device) and ReceiverStateMachine (backend), sans-IO
+//
+// Nothing here does IO. The MQTT shells that drive these machines are the device's
+// `SyncAgent` (Sources/Device/Sync) and the backend's `IngestService`/`IngestWriter`
+// (Sources/BackendNode); spec/protocol.md §7.

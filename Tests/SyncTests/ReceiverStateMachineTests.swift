@@ -127,20 +127,3 @@ final class ReceiverStateMachineTests: XCTestCase {
         XCTAssertThrowsError(try TopicTemplate("a/{device}/{device}"))
     }
 }
-
-/// The device transport's memory of recent command ids (spec §3.5: a QoS 1 duplicate is
-/// answered again, never carried out twice).
-final class RecentCommandsTests: XCTestCase {
-    func testRepeatedIdsAreRecognisedAndAnsweredFromTheCache() {
-        var r = DeviceSync.RecentCommands()
-        XCTAssertTrue(r.begin("a"))
-        XCTAssertFalse(r.begin("a"), "in progress: a duplicate is not carried out")
-        XCTAssertEqual(r.replies["a"], .some(nil))
-        r.finish(CommandResponse(requestID: "a", command: "reboot"))
-        XCTAssertFalse(r.begin("a"))
-        XCTAssertEqual(r.replies["a"], .some(CommandResponse(requestID: "a", command: "reboot")))
-        for k in 0..<DeviceSync.RecentCommands.capacity { XCTAssertTrue(r.begin("id\(k)")) }
-        XCTAssertTrue(r.begin("a"), "forgotten after \(DeviceSync.RecentCommands.capacity) newer ids")
-        XCTAssertEqual(r.order.count, DeviceSync.RecentCommands.capacity)
-    }
-}
