@@ -2,7 +2,9 @@
 // `fieldlog-backend` actually reads. The backend has no settings table to generate a reference
 // from (Configuration.swift reads each variable where it is used), so this checks the other
 // direction by behaviour: a variable counts as read when setting it alone changes the loaded
-// configuration (BackendConfiguration, WebSettings, log level) or makes loading fail.
+// configuration (BackendConfiguration, WebSettings, log level) or makes loading fail. Names of
+// device settings are allowed where the guides say what to set on a device; they are checked
+// against docs/device-configuration.md, which DeviceTests checks against the device's code.
 import Foundation
 import TestSupport
 import XCTest
@@ -34,7 +36,20 @@ final class DocumentedSettingsTests: XCTestCase {
     static let files = ["docs/backend.md", "docs/web-admin.md", "docs/operating-backend.md", "docs/scaling.md",
                         "deploy/backend/README.md", "deploy/backend/backend.env.example", "deploy/backend/docker-compose.yml",
                         "deploy/backend/Dockerfile.backend", "deploy/backend/fieldlog-ingest@.service",
-                        "deploy/backend/fieldlog-web.service"]
+                        "deploy/backend/fieldlog-web.service", "docs/migrating-from-seed.md"]
+
+    /// The device's settings, from docs/device-configuration.md (generated from the device's code
+    /// and checked against it by DeviceTests.ConfigurationReferenceTests): the operating and
+    /// migration guides name device settings too, where they say what to set on a device.
+    private func deviceSettings() throws -> Set<String> {
+        let text = try String(contentsOfFile: Stack.packageRoot + "/docs/device-configuration.md", encoding: .utf8)
+        let names = text.split(separator: "\n").compactMap { line -> String? in
+            guard line.hasPrefix("| `"), let end = line.dropFirst(3).firstIndex(of: "`") else { return nil }
+            return String(line[line.index(line.startIndex, offsetBy: 3)..<end])
+        }
+        XCTAssertGreaterThan(names.count, 40, "docs/device-configuration.md lists the device's settings")
+        return Set(names)
+    }
 
     /// Names in these files that are not `fieldlog-backend`'s on purpose (scripts, tests), each said so where it appears.
     static let notTheBackends: Set<String> = [
@@ -45,6 +60,7 @@ final class DocumentedSettingsTests: XCTestCase {
     func testEveryVariableTheBackendDocsNameIsOneTheBackendReads() throws {
         let baseline = snapshot([:])
         XCTAssertFalse(baseline.hasPrefix("error"), "the defaults load: \(baseline)")
+        let device = try deviceSettings()
         let pattern = try NSRegularExpression(pattern: #"\b(?:FIELDLOG|MQTT)_[A-Z0-9_]*[A-Z0-9]\b(?![_*…])"#)
         var checked = Set<String>()
         for path in Self.files {
@@ -56,7 +72,8 @@ final class DocumentedSettingsTests: XCTestCase {
                 let name = ns.substring(with: m.range)
                 if Self.notTheBackends.contains(name) { continue }
                 checked.insert(name)
-                XCTAssertTrue(isRead(name, baseline: baseline), "\(path) names \(name), which fieldlog-backend does not read")
+                XCTAssertTrue(isRead(name, baseline: baseline) || device.contains(name),
+                              "\(path) names \(name), which neither fieldlog-backend reads nor is a device setting (docs/device-configuration.md)")
             }
         }
         // The scan found the documented settings (database, broker, topics, ingest, web, log level).
