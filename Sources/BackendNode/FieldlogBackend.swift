@@ -34,12 +34,18 @@ struct CommonOptions: ParsableArguments {
                                                                   mqttPort: mqttPort, metricsPort: metricsPort))
     }
 
-    func bootstrapLogging() throws -> Logger {
-        let text = logLevel ?? ProcessInfo.processInfo.environment["FIELDLOG_LOG_LEVEL"] ?? "info"
+    /// The log level: `--log-level`, else FIELDLOG_LOG_LEVEL, else info.
+    static func logLevel(option: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> Logger.Level {
+        let text = option ?? environment["FIELDLOG_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: text) else {
-            throw ConfigurationError(setting: logLevel != nil ? "--log-level" : "FIELDLOG_LOG_LEVEL", value: text,
+            throw ConfigurationError(setting: option != nil ? "--log-level" : "FIELDLOG_LOG_LEVEL", value: text,
                                      allowed: Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
         }
+        return level
+    }
+
+    func bootstrapLogging() throws -> Logger {
+        let level = try Self.logLevel(option: logLevel)
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level

@@ -81,7 +81,7 @@ struct SyncCommand: AsyncParsableCommand {
 
 struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "config", abstract: "Inspect the configuration.",
-                                                    subcommands: [ConfigCheck.self, ConfigExample.self])
+                                                    subcommands: [ConfigCheck.self, ConfigExample.self, ConfigReference.self])
 }
 
 struct ConfigCheck: AsyncParsableCommand {
@@ -100,4 +100,11 @@ struct ConfigExample: AsyncParsableCommand {
         commandName: "example",
         abstract: "Print a commented example configuration file with every setting and its default.")
     func run() async throws { print(Settings.exampleFile(), terminator: "") }
+}
+
+struct ConfigReference: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reference",
+        abstract: "Print the configuration reference as Markdown (docs/device-configuration.md is made by this).")
+    func run() async throws { print(Settings.referenceMarkdown(), terminator: "") }
 }
