@@ -259,8 +259,8 @@ final class Store: Sendable {
         try await connection.transaction { s in
             try s.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', ?)", [d, .string(now)])
             try s.execute("""
-                UPDATE devices SET status_state = ?, status_epoch = ?, status_head = ?, status_acked = ?, status_measuring = ?,
-                       status_device_ms = ?, status_received_at = ? WHERE device_id = ?
+                UPDATE devices SET protocol = 'fieldlog', status_state = ?, status_epoch = ?, status_head = ?, status_acked = ?,
+                       status_measuring = ?, status_device_ms = ?, status_received_at = ? WHERE device_id = ?
                 """, [.string(status.state.rawValue), status.epoch.map { .uint($0.rawValue) } ?? .null,
                       status.head.map { .uint($0.rawValue) } ?? .null, status.acked.map { .uint($0.rawValue) } ?? .null,
                       status.measuring.map { .int($0 ? 1 : 0) } ?? .null, status.atUnixMilliseconds.map { .int($0) } ?? .null,

@@ -154,7 +154,8 @@ public struct TopicTemplates: Hashable, Sendable {
     public static func fromEnvironment(_ env: [String: String], base: TopicTemplates = .defaults) throws(DomainError) -> TopicTemplates {
         var t = base
         for (keyPath, names) in environmentNames {
-            guard let name = names.first(where: { env[$0] != nil }), let value = env[name] else { continue }
+            // An empty value means unset, as for every other setting.
+            guard let name = names.first(where: { !(env[$0] ?? "").isEmpty }), let value = env[name] else { continue }
             do { t[keyPath: keyPath] = try TopicTemplate(value) } catch { throw DomainError("\(name): \(error.description)") }
         }
         for (keyPath, names) in environmentNames where keyPath != \TopicTemplates.broadcast {

@@ -123,6 +123,11 @@ final class IngestWriterTests: XCTestCase {
         XCTAssertEqual(report.devices.first?.legacyReadings, 8)
         XCTAssertTrue(report.devices.first?.note?.contains("no delivery guarantee") == true)
         XCTAssertFalse(report.hasGaps)
+        // The device is migrated to Fieldlog (docs/migrating-from-seed.md): its first status says so.
+        let status = Status(device: device, state: .online, epoch: Epoch(3), head: SequenceNumber(0), acked: SequenceNumber(0),
+                            atUnixMilliseconds: 1_764_000_000_000, measuring: true)
+        try await w.process([InboundMessage(topic: TopicTemplates.defaults.status.topic(device: device), payload: SyncCodec.encode(status))])
+        XCTAssertEqual(try db.scalar("SELECT protocol FROM devices WHERE device_id = '\(device)'"), "fieldlog")
         await setup.close()
     }
 

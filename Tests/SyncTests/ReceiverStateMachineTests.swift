@@ -119,6 +119,8 @@ final class ReceiverStateMachineTests: XCTestCase {
         XCTAssertEqual(t.request.topic(device: dev, identity: DeviceIdentity(appName: "app")), "x/app/dev-1/req")
         XCTAssertEqual(t.request.device(inTopic: "x/app/dev-1/req"), dev)
         XCTAssertEqual(t.batch.topic(device: dev), "y/dev-1/b")
+        XCTAssertEqual(try TopicTemplates.fromEnvironment(["FIELDLOG_TOPIC_ACK": "", "MQTT_TOPIC_REQUEST": ""]), TopicTemplates.defaults,
+                       "an empty value means unset, as for every other setting")
         XCTAssertThrowsError(try TopicTemplates.fromEnvironment(["FIELDLOG_TOPIC_ACK": "fixed/ack"])) {
             XCTAssertTrue("\($0)".contains("FIELDLOG_TOPIC_ACK"), "\($0)")
         }
