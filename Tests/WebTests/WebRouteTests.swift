@@ -108,6 +108,35 @@ final class WebRouteTests: XCTestCase {
         }
     }
 
+    func testSessionTokensAreStoredHashedAndGuessingIsThrottled() async throws {
+        let h = try await WebHarness.make()
+        defer { Task { await h.close() } }
+        try await h.application.test(.router) { client in
+            let s = try await client.signIn()
+            let token = String(s.cookie.dropFirst(WebSettings.sessionCookie.count + 1))
+            let sql = "SELECT COUNT(*) FROM web_sessions WHERE token = "
+            XCTAssertEqual(try h.db.stack.sql(sql + "'\(token)'", database: h.db.name).trimmingCharacters(in: .whitespacesAndNewlines), "0",
+                           "the cookie's token is not stored")
+            XCTAssertEqual(try h.db.stack.sql(sql + "SHA2('\(token)', 256)", database: h.db.name).trimmingCharacters(in: .whitespacesAndNewlines), "1",
+                           "its SHA-256 is")
+            // Five wrong passwords in a row; then even the right one is refused for a while.
+            func apiSignIn(_ password: String) async throws -> TestResponse {
+                try await client.execute(uri: "/api/session", method: .post, headers: [.contentType: "application/json"],
+                                         body: ByteBuffer(string: #"{"user":"operator","password":"\#(password)"}"#))
+            }
+            for _ in 0..<5 {
+                let wrong = try await apiSignIn("wrong-password")
+                XCTAssertEqual(wrong.status, .unauthorized)
+            }
+            let refused = try await apiSignIn("correct horse battery")
+            XCTAssertEqual(refused.status, .tooManyRequests)
+            XCTAssertTrue(String(buffer: refused.body).contains("Too many failed sign-ins"), String(buffer: refused.body))
+            // The signed-in session is not affected.
+            let fleet = try await client.execute(uri: "/", method: .get, headers: s.headers)
+            XCTAssertEqual(fleet.status, .ok)
+        }
+    }
+
     func testPagesAndAPIShowTheFleetDeviceReadingsAndAudit() async throws {
         let h = try await WebHarness.make()
         defer { Task { await h.close() } }

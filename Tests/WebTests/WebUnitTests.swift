@@ -94,4 +94,28 @@ final class WebUnitTests: XCTestCase {
         XCTAssertFalse(constantTimeEqual("abc", "abd"))
         XCTAssertFalse(constantTimeEqual("abc", "abcd"))
     }
+
+    func testSignInThrottleDelaysAfterFreeFailuresDoublesAndForgetsOnSuccess() {
+        let t = SignInThrottle(freeFailures: 3, capacity: 2)
+        let t0 = ContinuousClock.now
+        for k in 0..<3 {
+            XCTAssertNil(t.refusal(user: "a", now: t0), "attempt \(k + 1) is free")
+            t.failed(user: "a", now: t0)
+        }
+        XCTAssertEqual(t.refusal(user: "a", now: t0), .seconds(30))
+        XCTAssertEqual(t.refusal(user: "a", now: t0 + .seconds(20)), .seconds(10))
+        XCTAssertNil(t.refusal(user: "a", now: t0 + .seconds(30)))
+        t.failed(user: "a", now: t0 + .seconds(30))
+        XCTAssertEqual(t.refusal(user: "a", now: t0 + .seconds(30)), .seconds(60), "doubles per further failure")
+        XCTAssertNil(t.refusal(user: "b", now: t0), "per user name")
+        XCTAssertEqual(SignInThrottle.delay(afterFailures: 20), .seconds(900), "at most 15 min")
+        t.succeeded(user: "a")
+        XCTAssertNil(t.refusal(user: "a", now: t0 + .seconds(30)))
+        // Bounded: a third name pushes out the stalest.
+        for _ in 0..<3 { t.failed(user: "x", now: t0) }
+        for _ in 0..<3 { t.failed(user: "y", now: t0 + .seconds(1)) }
+        for _ in 0..<3 { t.failed(user: "z", now: t0 + .seconds(2)) }
+        XCTAssertNil(t.refusal(user: "x", now: t0 + .seconds(2)), "dropped: the stalest")
+        XCTAssertNotNil(t.refusal(user: "z", now: t0 + .seconds(2)))
+    }
 }

@@ -10,11 +10,15 @@
 // forms in the `csrf` field, the JSON API in the `X-CSRF-Token` header; a wrong or missing
 // token is a 403. The sign-in form itself is protected by a double-submit token (a short-lived
 // cookie that must equal the form field), so a foreign page cannot sign a browser in.
+// The table keeps only a SHA-256 of each session token (computed by MariaDB's SHA2), so a
+// copy of the database does not hand out live sessions. `SignInThrottle` slows down password
+// guessing against a user name.
 import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdBcrypt
 import Logging
+import Synchronization
 
 /// The request context of the web admin: Hummingbird's core plus the signed-in session.
 struct WebContext: RequestContext {
@@ -158,5 +162,49 @@ extension WebSettings {
 
     func signInCookie(_ token: String) -> Cookie {
         Cookie(name: Self.signInCookie, value: token, maxAge: 3600, path: "/signin", secure: secureCookies, httpOnly: true, sameSite: .strict)
+    }
+}
+
+/// Slows down password guessing against one user name: after `freeFailures` failed sign-ins
+/// in a row, the next attempt for that name is refused until a delay has passed (30 s, then
+/// doubling per further failure, at most 15 min). A successful sign-in clears the name. Kept in
+/// memory per web process (a restart forgets it) and bounded: at most `capacity` names, the
+/// stalest dropped first. Time is passed in, so the rule is tested without waiting.
+final class SignInThrottle: Sendable {
+    struct Entry { var failures: Int; var lastFailure: ContinuousClock.Instant }
+    let freeFailures: Int
+    let capacity: Int
+    private let entries = Mutex<[String: Entry]>([:])
+
+    init(freeFailures: Int = 5, capacity: Int = 10_000) {
+        precondition(freeFailures >= 1 && capacity >= 1)
+        self.freeFailures = freeFailures
+        self.capacity = capacity
+    }
+
+    /// How long `user` must still wait before trying again, or nil when an attempt is allowed.
+    func refusal(user: String, now: ContinuousClock.Instant) -> Duration? {
+        entries.withLock { e in
+            guard let entry = e[user], entry.failures >= freeFailures else { return nil }
+            let wait = Self.delay(afterFailures: entry.failures - freeFailures + 1) - (now - entry.lastFailure)
+            return wait > .zero ? wait : nil
+        }
+    }
+
+    func failed(user: String, now: ContinuousClock.Instant) {
+        entries.withLock { e in
+            if e[user] == nil && e.count >= capacity, let stalest = e.min(by: { $0.value.lastFailure < $1.value.lastFailure })?.key {
+                e[stalest] = nil
+            }
+            e[user, default: Entry(failures: 0, lastFailure: now)].failures += 1
+            e[user]?.lastFailure = now
+        }
+    }
+
+    func succeeded(user: String) { entries.withLock { _ = $0.removeValue(forKey: user) } }
+
+    /// 30 s for the first refused attempt, doubling, at most 15 min.
+    static func delay(afterFailures n: Int) -> Duration {
+        .seconds(min(30 * (1 << min(max(n - 1, 0), 10)), 900))
     }
 }

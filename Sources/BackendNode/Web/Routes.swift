@@ -22,6 +22,7 @@ struct WebDependencies: Sendable {
     var commands: CommandDispatcher
     var settings: WebSettings
     var logger: Logger
+    var signInThrottle = SignInThrottle()
 }
 
 /// Builds the router with every page, API call and asset.
@@ -183,9 +184,17 @@ struct WebRoutes: Sendable {
 
     func authenticate(user: String, password: String) async throws -> WebSession? {
         guard Passwords.checkUserName(user) == nil, !password.isEmpty, password.utf8.count <= 72 else { return nil }
+        if let wait = deps.signInThrottle.refusal(user: user, now: .now) {
+            deps.logger.notice("web: sign-in for \(user.debugDescription) refused: too many failures")
+            throw HTTPError(.tooManyRequests, message: "Too many failed sign-ins for this user name. Try again in \(wait.components.seconds + 1) s.")
+        }
         let hash = try await store.passwordHash(user: user)
         let ok = await Passwords.verify(password, hash: hash ?? Passwords.dummyHash)
-        guard ok, hash != nil else { return nil }
+        guard ok, hash != nil else {
+            deps.signInThrottle.failed(user: user, now: .now)
+            return nil
+        }
+        deps.signInThrottle.succeeded(user: user)
         deps.logger.info("web: \(user) signed in")
         return try await store.createSession(user: user)
     }

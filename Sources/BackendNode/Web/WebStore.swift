@@ -155,7 +155,7 @@ final class WebStore: Sendable {
         try await run("create session") { s in
             try await s.connection.execute("DELETE FROM web_sessions WHERE expires_at < ?", [.string(SQLTime.now())])
             try await s.connection.execute(
-                "INSERT INTO web_sessions (token, user_name, csrf_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO web_sessions (token, user_name, csrf_token, created_at, expires_at) VALUES (SHA2(?, 256), ?, ?, ?, ?)",
                 [.string(session.token), .string(user), .string(session.csrfToken), .string(SQLTime.now()),
                  .string(SQLTime.datetime(unixMilliseconds: session.expiresAtMs)!)])
         }
@@ -167,7 +167,7 @@ final class WebStore: Sendable {
         guard token.utf8.count == 64, token.utf8.allSatisfy({ isHexDigit($0) }) else { return nil }
         return try await run("read session") { s in
             let r = try await s.connection.execute(
-                "SELECT user_name, csrf_token, expires_at FROM web_sessions WHERE token = ? AND expires_at > ?",
+                "SELECT user_name, csrf_token, expires_at FROM web_sessions WHERE token = SHA2(?, 256) AND expires_at > ?",
                 [.string(token), .string(SQLTime.now())])
             guard let row = r.rows.first, let user = row[0].string, let csrf = row[1].string,
                   let exp = row[2].string.flatMap(WebTime.milliseconds(sql:)) else { return nil }
@@ -177,7 +177,7 @@ final class WebStore: Sendable {
 
     func deleteSession(token: String) async throws {
         try await run("delete session") { s in
-            try await s.connection.execute("DELETE FROM web_sessions WHERE token = ?", [.string(token)])
+            try await s.connection.execute("DELETE FROM web_sessions WHERE token = SHA2(?, 256)", [.string(token)])
         }
     }
 
