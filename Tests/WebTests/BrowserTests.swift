@@ -3,9 +3,12 @@
 // HTTP API. Signs in, opens the device page, sees a chart with data, stops measuring, sees
 // the device's answer and the readings stop. Screenshots go to .run/screenshots/.
 //
-// The device: when no `fieldlog-device run` is built, `ProtocolDevice` below plays one with
-// the protocol's own messages (Sync's codec): it publishes batches and its status as the
-// device user, and answers commands on its response topic as spec/protocol.md says.
+// The device: `ProtocolDevice` below plays one with the protocol's own messages (Sync's
+// codec): it publishes batches and its status as the device user, and answers commands on its
+// response topic as spec/protocol.md says. It holds back records 8…10 until asked to replay
+// them, so the audit page has a gap that its replay button closes — something a healthy
+// `fieldlog-device` never shows. The real device behind the same pages runs in
+// scripts/checks/demo and in DeviceTests' command tests.
 import FieldlogCore
 import Foundation
 import MQTT
