@@ -378,13 +378,16 @@ public final class MariaDBSession: @unchecked Sendable {
             let end = min(start + rowsPerExecute, rows.count)
             let buffers = BulkBuffers(rows: rows[start..<end], kinds: kinds)
             defer { buffers.deallocate() }
+            // Back to single-row execution afterwards (`execute` may run the same cached
+            // statement), unless a failure closed the statement (a lost connection, 2014, 2057).
+            defer {
+                if statements[sql]?.statement == stmt {
+                    var single: UInt32 = 0
+                    _ = mysql_stmt_attr_set(stmt, STMT_ATTR_ARRAY_SIZE, &single)
+                }
+            }
             var size = UInt32(end - start)
             guard mysql_stmt_attr_set(stmt, STMT_ATTR_ARRAY_SIZE, &size) == 0 else { throw statementFailure(stmt, sql, operation + " (array size)") }
-            // Back to single-row execution afterwards: `execute` may run the same cached statement.
-            defer {
-                var single: UInt32 = 0
-                _ = mysql_stmt_attr_set(stmt, STMT_ATTR_ARRAY_SIZE, &single)
-            }
             guard mysql_stmt_bind_param(stmt, buffers.binds) == 0 else { throw statementFailure(stmt, sql, operation + " (binding)") }
             guard mysql_stmt_execute(stmt) == 0 else { throw statementFailure(stmt, sql, operation) }
             affected += mysql_stmt_affected_rows(stmt)
