@@ -1,8 +1,8 @@
 // Store: every write the backend makes to MariaDB, and the reads that derive progress.
 //
 // Theory of operation: `storeBatches` writes a group of validated batches in ONE transaction:
-// readings and their values (multi-row prepared INSERT IGNORE, so a resent record is absorbed
-// as a duplicate), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
+// readings and their values (array-bound prepared INSERT IGNORE, `insertBulk`, so a resent record
+// is absorbed as a duplicate), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
 // one immutable `batch_ranges` row per batch. Nothing in that transaction updates a row that
 // another batch also writes, so concurrent ingest processes (and Galera nodes) seldom conflict;
 // when they do (1213), the caller retries the whole transaction. After the commit,
@@ -95,9 +95,21 @@ enum SQLTime {
         if m <= 2 { y += 1 }
         guard (1000...9999).contains(y) else { return nil }
         let h = msOfDay / 3_600_000, mi = (msOfDay / 60_000) % 60, s = (msOfDay / 1000) % 60, f = msOfDay % 1000
-        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        let fff = f < 10 ? "00\(f)" : f < 100 ? "0\(f)" : "\(f)"
-        return "\(y)-\(two(m))-\(two(d)) \(two(h)):\(two(mi)):\(two(s)).\(fff)"
+        // Written digit by digit into one buffer: the ingest formats one per stored reading, and
+        // string interpolation of the parts cost several allocations each (drain profile).
+        return String(unsafeUninitializedCapacity: 23) { out in
+            func put(_ v: Int64, _ digits: Int, at i: Int) {
+                var v = v
+                for k in stride(from: i + digits - 1, through: i, by: -1) {
+                    out[k] = UInt8(ascii: "0") + UInt8(v % 10)
+                    v /= 10
+                }
+            }
+            put(y, 4, at: 0); out[4] = UInt8(ascii: "-"); put(m, 2, at: 5); out[7] = UInt8(ascii: "-"); put(d, 2, at: 8)
+            out[10] = UInt8(ascii: " "); put(h, 2, at: 11); out[13] = UInt8(ascii: ":"); put(mi, 2, at: 14); out[16] = UInt8(ascii: ":")
+            put(s, 2, at: 17); out[19] = UInt8(ascii: "."); put(f, 3, at: 20)
+            return 23
+        }
     }
 
     static func now() -> String {
@@ -178,8 +190,8 @@ final class Store: Sendable {
             if !epochRows.isEmpty {
                 try s.insertRows("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at)", rows: epochRows)
             }
-            let n = try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: rows.0)
-            try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: rows.1)
+            let n = try s.insertBulk("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: rows.0)
+            try s.insertBulk("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: rows.1)
             try s.insertRows("INSERT IGNORE INTO loss_ranges (device_id, epoch, first_seq, last_seq, reason, detail, device_recorded_ms, received_at)", rows: rows.2)
             try s.insertRows(Self.deadLetterInsert, rows: rows.3)
             try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: rows.4)

@@ -42,7 +42,7 @@ struct AllBench: AsyncParsableCommand {
             }
         }
         await attempt("drain") {
-            [try await DrainBench.measure(stack: stack, dir: dir.path, readings: drainReadings, sensors: 1, window: 4, batchRecords: 500,
+            [try await DrainBench.measure(stack: stack, dir: dir.path, readings: drainReadings, sensors: 1, window: 16, batchRecords: 500,
                                           ceilingReadings: 200_000, ceilingMessages: 20_000, timeout: 600, reporter: reporter)]
         }
         for s in ["1000x1", "100x100"] {

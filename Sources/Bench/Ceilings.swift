@@ -34,9 +34,12 @@ func batchPayloadBytes(records: Int, sensors: Int) -> Int {
 enum Ceilings {
     /// The same rows the ingest writes for `readings` readings (a `readings` row, one
     /// `reading_values` row per sensor, one `batch_ranges` row per batch), inserted by
-    /// multi-row prepared INSERT IGNORE over one connection, one transaction per `batch`
-    /// readings. Rows are built before the clock starts. Returns readings/s.
-    static func mariaDBInsert(stack: BenchStack, database: String, readings: Int, sensors: Int, batch: Int) async throws -> Double {
+    /// the same statements as the ingest (`insertBulk`: one array-bound INSERT IGNORE per table,
+    /// Store.swift) over one connection, one `batch_ranges` row per `batch` readings and one
+    /// transaction per `perTransaction` readings (the most the ingest commits at once in the
+    /// same run: its window of batches). Rows are built before the clock starts. Returns readings/s.
+    static func mariaDBInsert(stack: BenchStack, database: String, readings: Int, sensors: Int, batch: Int,
+                              perTransaction: Int) async throws -> Double {
         let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
         defer { Task { await c.close() } }
         try await c.query("SET time_zone = '+00:00'")
@@ -47,26 +50,30 @@ enum Ceilings {
         try await c.execute("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at) VALUES (?, ?, ?)", [device, epoch, now])
         var groups: [(readings: [[MariaDBValue]], values: [[MariaDBValue]], range: [[MariaDBValue]])] = []
         var seq: UInt64 = 0
+        let batchesPerTransaction = max(1, perTransaction / batch)
         while seq < UInt64(readings) {
-            let first = seq + 1
-            var r: [[MariaDBValue]] = [], v: [[MariaDBValue]] = []
-            for _ in 0..<min(batch, readings - Int(seq)) {
-                seq += 1
-                let ms = 1_700_000_000_000 + Int64(seq) * 10
-                let time = MariaDBValue.string(SQLTimeText.datetime(ms))
-                r.append([device, epoch, .uint(seq), .int(ms), time, .int(0), now, .null])
-                for (name, value) in benchReading(sensors: sensors, seed: Int(seq)).sorted {
-                    guard case .number(let d) = value else { continue }
-                    v.append([device, epoch, .uint(seq), .string(name), time, .double(d), .null])
+            var r: [[MariaDBValue]] = [], v: [[MariaDBValue]] = [], ranges: [[MariaDBValue]] = []
+            for _ in 0..<batchesPerTransaction where seq < UInt64(readings) {
+                let first = seq + 1
+                for _ in 0..<min(batch, readings - Int(seq)) {
+                    seq += 1
+                    let ms = 1_700_000_000_000 + Int64(seq) * 10
+                    let time = MariaDBValue.string(SQLTimeText.datetime(ms))
+                    r.append([device, epoch, .uint(seq), .int(ms), time, .int(0), now, .null])
+                    for (name, value) in benchReading(sensors: sensors, seed: Int(seq)).sorted {
+                        guard case .number(let d) = value else { continue }
+                        v.append([device, epoch, .uint(seq), .string(name), time, .double(d), .null])
+                    }
                 }
+                ranges.append([device, epoch, .uint(first), .uint(seq), now])
             }
-            groups.append((r, v, [[device, epoch, .uint(first), .uint(seq), now]]))
+            groups.append((r, v, ranges))
         }
         let start = ContinuousClock.now
         for g in groups {
             try await c.transaction { s in
-                try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: g.readings)
-                try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: g.values)
+                try s.insertBulk("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: g.readings)
+                try s.insertBulk("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: g.values)
                 try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: g.range)
             }
         }

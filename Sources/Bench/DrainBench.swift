@@ -21,8 +21,8 @@ struct DrainBench: AsyncParsableCommand {
     @Option(help: "Sensors per reading (the device's default configuration has one).")
     var sensors: Int = 1
 
-    @Option(help: "Batches in flight (SYNC_WINDOW of the device).")
-    var window: Int = 4
+    @Option(help: "Batches in flight (SYNC_WINDOW of the device; its default).")
+    var window: Int = 16
 
     @Option(help: "Records per batch (SYNC_BATCH_MAX_RECORDS of the device).")
     var batchRecords: Int = 500
@@ -100,7 +100,7 @@ struct DrainBench: AsyncParsableCommand {
         let payloadBytes = batchPayloadBytes(records: batchRecords, sensors: sensors)
         reporter.note("drain: ceilings (MariaDB \(ceilingReadings) readings direct, mosquitto \(ceilingMessages) × \(payloadBytes) B)")
         let dbCeiling = try await Ceilings.mariaDBInsert(stack: stack, database: ceilingDatabase, readings: ceilingReadings,
-                                                         sensors: sensors, batch: batchRecords)
+                                                         sensors: sensors, batch: batchRecords, perTransaction: window * batchRecords)
         let mqttMessages = try await Ceilings.mqttPublish(stack: stack, payloadBytes: payloadBytes, messages: ceilingMessages, inFlight: 1000)
         let mqttReadings = mqttMessages * Double(batchRecords)
 
@@ -120,6 +120,13 @@ struct DrainBench: AsyncParsableCommand {
             // Keep every acknowledged record: trimming is not what this measures.
             "LOG_RETENTION_RECORDS": String(readings), "LOG_RETENTION_SECONDS": "315360000"])
         reporter.note("drain: starting fieldlog-device sync (window \(window), \(batchRecords) records per batch)")
+        // The services' CPU over the drain (owned stacks only: their PID files are ours to read).
+        let mosquittoPID = FleetBench.pid(fromFile: stack.stackDir + "/mosquitto/mosquitto.pid")
+        let mariadbPID = FleetBench.pid(fromFile: stack.stackDir + "/mariadb/mariadbd.pid") ?? FleetBench.pid(fromFile: stack.stackDir + "/mariadb/mariadb.pid")
+        func serviceCPU() -> (broker: Double, db: Double) {
+            (mosquittoPID.flatMap { try? ProcSample.read(pid: $0).cpuSeconds } ?? 0, mariadbPID.flatMap { try? ProcSample.read(pid: $0).cpuSeconds } ?? 0)
+        }
+        let servicesBefore = serviceCPU()
         let start = ContinuousClock.now
         let agent = try stack.startDevice(["sync"], environment: env, logPath: dir + "/drain-device.log")
         defer { Task { await agent.stop() } }
@@ -144,6 +151,8 @@ struct DrainBench: AsyncParsableCommand {
         let deviceCPU = (try? ProcSample.read(pid: agent.pid))?.cpuSeconds ?? 0
         let ingestCPU = (try? ProcSample.read(pid: ingest.pid))?.cpuSeconds ?? 0
         let deviceRSS = (try? ProcSample.read(pid: agent.pid))?.rssKiB ?? 0
+        let servicesAfter = serviceCPU()
+        let mosquittoCPU = servicesAfter.broker - servicesBefore.broker, mariadbCPU = servicesAfter.db - servicesBefore.db
         await agent.stop()
         await ingest.stop()
 
@@ -159,12 +168,14 @@ struct DrainBench: AsyncParsableCommand {
         let ceiling = min(dbCeiling, mqttReadings)
         return [
             "benchmark": "drain", "readings": readings, "sensors_per_reading": sensors, "window_batches": window,
-            "records_per_batch": batchRecords, "batch_payload_bytes": payloadBytes,
+            "records_per_batch": batchRecords, "batch_payload_bytes": payloadBytes, "ceiling_readings_per_transaction": window * batchRecords,
             "fill_readings_per_s": fillRate, "fill_method": "DeviceLog.append, 256 concurrent appenders, durability normal",
             "readings_per_s": rate, "time_to_empty_s": elapsed, "first_ack_s": firstAckAt ?? 0,
             "wire_bytes_sent_per_reading": Double(bytes.sent) / Double(readings),
             "wire_bytes_received_per_reading": Double(bytes.received) / Double(readings),
             "device_cpu_s": deviceCPU, "ingest_cpu_s": ingestCPU, "device_rss_kib": deviceRSS,
+            "mosquitto_cpu_s": mosquittoCPU, "mariadb_cpu_s": mariadbCPU,
+            "cpu_us_per_reading": (deviceCPU + ingestCPU + mosquittoCPU + mariadbCPU) / Double(readings) * 1e6,
             "stored_readings": stored,
             "ceiling_mariadb_direct_readings_per_s": dbCeiling,
             "ceiling_mosquitto_messages_per_s": mqttMessages, "ceiling_mosquitto_readings_per_s": mqttReadings,

@@ -1,5 +1,6 @@
 // Tests of the pure parts (no IO): coverage, configuration, seed-format parsing, time formatting.
 import FieldlogCore
+import Foundation
 import Sync
 import XCTest
 @testable import BackendNode
@@ -118,6 +119,24 @@ final class SQLTimeTests: XCTestCase {
         XCTAssertEqual(SQLTime.datetime(unixMilliseconds: 951_782_400_000), "2000-02-29 00:00:00.000")
         XCTAssertEqual(SQLTime.datetime(unixMilliseconds: -1), "1969-12-31 23:59:59.999")
         XCTAssertNil(SQLTime.datetime(unixMilliseconds: .max))
+        XCTAssertEqual(SQLTime.datetime(unixMilliseconds: -30_610_224_000_000), "1000-01-01 00:00:00.000")
+        XCTAssertEqual(SQLTime.datetime(unixMilliseconds: 253_402_300_799_999), "9999-12-31 23:59:59.999")
+        XCTAssertNil(SQLTime.datetime(unixMilliseconds: 253_402_300_800_000))
+        XCTAssertNil(SQLTime.datetime(unixMilliseconds: -30_610_224_000_001))
+        // Every field's digits in place (against Foundation's formatter), across a few centuries.
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        var x: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for _ in 0..<2000 {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            let ms = Int64(x % 8_000_000_000_000) - 2_000_000_000_000
+            let seconds = ms >= 0 ? ms / 1000 : (ms - 999) / 1000 // whole seconds are exact as a Double
+            let millis = ms - seconds * 1000
+            let expected = formatter.string(from: Date(timeIntervalSince1970: Double(seconds))) + "." + String(format: "%03d", Int(millis))
+            XCTAssertEqual(SQLTime.datetime(unixMilliseconds: ms), expected, "\(ms)")
+        }
     }
 
     func testEverySyncDeadLetterReasonHasABackendCause() {

@@ -109,7 +109,7 @@ public enum Settings {
         .init("SYNC_INTERVAL_SECONDS", "1", group: "sync", "Seconds between send rounds (0.05…3600); Redis key mqtt_sender:interval overrides it."),
         .init("SYNC_BATCH_MAX_RECORDS", "500", group: "sync", "Records per batch (1…1000)."),
         .init("SYNC_BATCH_MAX_BYTES", "64k", group: "sync", "Bytes per batch (32k…256k, the protocol's limits). Suffixes k, M allowed."),
-        .init("SYNC_WINDOW", "4", group: "sync", "Batches in flight before waiting for an ack (1…64)."),
+        .init("SYNC_WINDOW", "16", group: "sync", "Batches in flight before waiting for an ack (1…64)."),
         .init("SYNC_RESEND_SECONDS", "5", group: "sync", "First resend timeout for an unacked batch (0.5…3600); doubles per resend up to 300 s."),
 
         // Button
