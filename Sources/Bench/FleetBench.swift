@@ -201,7 +201,7 @@ struct FleetBench: AsyncParsableCommand {
             }
             if unacked == 0 { break }
             if secondsSince(drainStart) > 120 { throw BenchError("fleet: \(unacked) readings still unacked 120 s after sampling stopped") }
-            try await Task.sleep(for: .milliseconds(200))
+            try await Task.sleep(for: .seconds(1))
         }
         let drainSeconds = secondsSince(drainStart)
         var heads: [String: UInt64] = [:]
