@@ -28,7 +28,7 @@ struct FleetBench: AsyncParsableCommand {
 
     @OptionGroup var stackOptions: StackOptions
 
-    @Option(help: "Scenarios DEVICESxRATE (readings/s per device), e.g. 1000x1 100x100.")
+    @Option(parsing: .upToNextOption, help: "Scenarios DEVICESxRATE (readings/s per device), e.g. 1000x1 100x100.")
     var scenarios: [String] = ["1000x1", "100x100"]
 
     @Option(parsing: .upToNextOption, help: "Ingest process counts to run each scenario against.")
