@@ -202,7 +202,8 @@ final class Store: Sendable {
     /// per 64 keys instead of one round trip per device (an ingest group of a large fleet
     /// touches as many devices as it holds batches). The result is in the order of `keys`.
     func committedRanges(of keys: [(device: DeviceID, epoch: Epoch, above: SequenceNumber)]) async throws -> [[SequenceRange]] {
-        var byKey: [String: [SequenceRange]] = [:]
+        // Rows by (device, epoch) and first_seq: a key asked twice (in two chunks) finds a row twice.
+        var byKey: [String: [UInt64: SequenceRange]] = [:]
         func name(_ d: String, _ e: UInt64) -> String { "\(e) \(d)" }
         var start = 0
         while start < keys.count {
@@ -217,10 +218,12 @@ final class Store: Sendable {
                 guard let d = row[0].string, let e = row[1].uint64, let f = row[2].uint64, let l = row[3].uint64, f >= 1, f <= l else {
                     throw SchemaError(description: "batch_ranges holds an invalid range \(row)")
                 }
-                byKey[name(d, e), default: []].append(SequenceRange(checked: SequenceNumber(f), SequenceNumber(l)))
+                byKey[name(d, e), default: [:]][f] = SequenceRange(checked: SequenceNumber(f), SequenceNumber(l))
             }
         }
-        return keys.map { byKey[name($0.device.rawValue, $0.epoch.rawValue)] ?? [] }
+        return keys.map { k in
+            (byKey[name(k.device.rawValue, k.epoch.rawValue)] ?? [:]).values.filter { $0.last > k.above }.sorted { $0.first < $1.first }
+        }
     }
 
     /// The committed batch ranges of (device, epoch) that end above `hint`.
