@@ -49,7 +49,7 @@ struct AllBench: AsyncParsableCommand {
             for n in [1, 2] {
                 await attempt("fleet-\(s)-ingest\(n)") {
                     [try await FleetBench.measure(stack: stack, dir: dir.path, scenario: FleetBench.Scenario(s)!, ingests: n,
-                                                  seconds: seconds, warmup: 3, durability: "full", senderInterval: 0.1, reporter: reporter)]
+                                                  seconds: seconds, warmup: 3, durability: "full", senderInterval: 1, reporter: reporter)]
                 }
             }
         }

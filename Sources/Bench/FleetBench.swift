@@ -29,7 +29,7 @@ struct FleetBench: AsyncParsableCommand {
 
     @OptionGroup var stackOptions: StackOptions
 
-    @Option(help: "Scenarios DEVICESxRATE (readings/s per device), e.g. 1000x1 100x100.")
+    @Option(parsing: .upToNextOption, help: "Scenarios DEVICESxRATE (readings/s per device), e.g. 1000x1 100x100.")
     var scenarios: [String] = ["1000x1", "100x100"]
 
     @Option(parsing: .upToNextOption, help: "Ingest process counts to run each scenario against.")
@@ -44,8 +44,8 @@ struct FleetBench: AsyncParsableCommand {
     @Option(help: "Log durability of the simulated devices (full is the device default).")
     var durability: String = "full"
 
-    @Option(help: "Sender interval of the devices in seconds (SYNC_INTERVAL_SECONDS; device default 1).")
-    var senderInterval: Double = 0.1
+    @Option(help: "Sender interval of the devices in seconds (SYNC_INTERVAL_SECONDS; device default 1; the sender also wakes on each append).")
+    var senderInterval: Double = 1
 
     func validate() throws {
         for s in scenarios where Scenario(s) == nil { throw ValidationError("scenario \(s.debugDescription) is not DEVICESxRATE (1…5000 devices, rate 0.01…100/s)") }
@@ -109,9 +109,10 @@ struct FleetBench: AsyncParsableCommand {
         reporter.note("fleet: \(scenario.devices) devices × \(scenario.rate)/s against \(ingests) ingest process(es)")
         var logger = Logger(label: "bench.fleet")
         logger.logLevel = .error
-        var services: [any Service] = []
-        var nodes: [NodeEnvironment] = []
-        for (name, password) in users {
+        // Open the logs (each creates its schema with fsyncs) a few at a time, not one by one.
+        let openStart = ContinuousClock.now
+        var built: [Int: ([any Service], NodeEnvironment)] = [:]
+        let config = { (name: String, password: String) throws -> DeviceConfiguration in
             var source = ConfigurationSource()
             for (k, v) in [("FIELDLOG_DEVICE_ID", name), ("LOG_PATH", "\(runDir)/\(name).sqlite3"), ("LOG_DURABILITY", durability),
                            ("MQTT_HOST", stack.mqttHost), ("MQTT_PORT", String(stack.mqttPort)), ("MQTT_PASSWORD", password),
@@ -119,11 +120,29 @@ struct FleetBench: AsyncParsableCommand {
                            ("SYNC_INTERVAL_SECONDS", String(senderInterval)), ("MEASUREMENT_ENABLED", "false")] {
                 source.set(k, v)
             }
-            let c = try DeviceConfiguration(source: source)
-            let (s, env) = try await DeviceNode.services(for: c, components: [.sampler, .sync], logger: logger)
-            services += s
-            nodes.append(env)
+            return try DeviceConfiguration(source: source)
         }
+        let configurations = try users.map { try config($0.0, $0.1) }
+        let deviceLogger = logger
+        try await withThrowingTaskGroup(of: (Int, [any Service], NodeEnvironment).self) { group in
+            var next = 0
+            func add() {
+                let i = next, c = configurations[i]
+                next += 1
+                group.addTask {
+                    let (s, env) = try await DeviceNode.services(for: c, components: [.sampler, .sync], logger: deviceLogger)
+                    return (i, s, env)
+                }
+            }
+            while next < min(16, configurations.count) { add() }
+            while let (i, s, env) = try await group.next() {
+                built[i] = (s, env)
+                if next < configurations.count { add() }
+            }
+        }
+        let services = (0..<users.count).flatMap { built[$0]!.0 }
+        let nodes = (0..<users.count).map { built[$0]!.1 }
+        let openSeconds = secondsSince(openStart)
         let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) }, logger: logger))
         let running = Task { try await group.run() }
         defer { running.cancel() }
@@ -134,9 +153,14 @@ struct FleetBench: AsyncParsableCommand {
         defer { Task { await sql.close() } }
         try await sql.query("SET time_zone = '+00:00'")
         let connectStart = ContinuousClock.now
+        var lastNote = connectStart
         while true {
             let online = try await sql.query("SELECT count(*) FROM devices WHERE status_state = 'online'").rows[0][0].int64 ?? 0
             if online >= Int64(scenario.devices) { break }
+            if ContinuousClock.now - lastNote > .seconds(10) {
+                lastNote = .now
+                reporter.note("fleet: \(online) of \(scenario.devices) devices online after \(Int(secondsSince(connectStart))) s")
+            }
             if secondsSince(connectStart) > 180 { throw BenchError("fleet: only \(online) of \(scenario.devices) devices online after 180 s") }
             try await Task.sleep(for: .milliseconds(250))
         }
@@ -147,17 +171,24 @@ struct FleetBench: AsyncParsableCommand {
         // Measure.
         let mosquitto = pid(fromFile: stack.stackDir + "/mosquitto/mosquitto.pid")
         let mariadb = pid(fromFile: stack.stackDir + "/mariadb/mariadbd.pid") ?? pid(fromFile: stack.stackDir + "/mariadb/mariadb.pid")
-        let cpuBefore = (bench: cpu(getpid()), ingest: processes.map { cpu($0.pid) }, broker: mosquitto.map(cpu) ?? 0, db: mariadb.map(cpu) ?? 0)
-        let t0 = try await sql.query("SELECT DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%d %H:%i:%s.%f')").rows[0][0].string ?? ""
-        var appendedBefore: UInt64 = 0
-        for n in nodes { appendedBefore += (try await n.log.head()).rawValue }
-        let start = ContinuousClock.now
+        // CPU and the window's bounds are sampled back to back (reading 1,000 log heads here
+        // took seconds under load and skewed every rate): the window is [t0, t1) on MariaDB's
+        // clock, offered = readings whose device timestamp falls in it (counted after the drain,
+        // when every reading is stored), stored = readings whose received_at falls in it.
+        func sample() -> (bench: Double, ingest: [Double], broker: Double, db: Double) {
+            (bench: cpu(getpid()), ingest: processes.map { cpu($0.pid) }, broker: mosquitto.map(cpu) ?? 0, db: mariadb.map(cpu) ?? 0)
+        }
+        let clockQuery = "SELECT DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%d %H:%i:%s.%f'), CAST(ROUND(UNIX_TIMESTAMP(UTC_TIMESTAMP(3)) * 1000) AS SIGNED)"
+        let cpuBefore = sample()
+        let cpuStart = ContinuousClock.now
+        let r0 = try await sql.query(clockQuery).rows[0]
+        let (t0, t0ms) = (r0[0].string ?? "", r0[1].int64 ?? 0)
         try await Task.sleep(for: .seconds(window))
-        let elapsed = secondsSince(start)
-        let t1 = try await sql.query("SELECT DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%d %H:%i:%s.%f')").rows[0][0].string ?? ""
-        var appendedAfter: UInt64 = 0
-        for n in nodes { appendedAfter += (try await n.log.head()).rawValue }
-        let cpuAfter = (bench: cpu(getpid()), ingest: processes.map { cpu($0.pid) }, broker: mosquitto.map(cpu) ?? 0, db: mariadb.map(cpu) ?? 0)
+        let r1 = try await sql.query(clockQuery).rows[0]
+        let (t1, t1ms) = (r1[0].string ?? "", r1[1].int64 ?? 0)
+        let cpuAfter = sample()
+        let cpuSeconds = secondsSince(cpuStart)
+        let elapsed = Double(t1ms - t0ms) / 1000
 
         // Stop sampling, let every log drain, then check nothing was lost.
         for n in nodes { await n.settings.set(.measurementEnabled, .enabled(false)) }
@@ -171,7 +202,7 @@ struct FleetBench: AsyncParsableCommand {
             }
             if unacked == 0 { break }
             if secondsSince(drainStart) > 120 { throw BenchError("fleet: \(unacked) readings still unacked 120 s after sampling stopped") }
-            try await Task.sleep(for: .milliseconds(200))
+            try await Task.sleep(for: .seconds(1))
         }
         let drainSeconds = secondsSince(drainStart)
         var heads: [String: UInt64] = [:]
@@ -198,18 +229,19 @@ struct FleetBench: AsyncParsableCommand {
         }
         for (d, h) in heads where seen[d] == nil { lost += h }
         let totalAppended = heads.values.reduce(0, +)
+        let offeredInWindow = try await sql.query("SELECT count(*) FROM readings WHERE device_ms >= \(t0ms) AND device_ms < \(t1ms)").rows[0][0].int64 ?? 0
 
         await group.triggerGracefulShutdown()
         _ = try? await running.value
         for p in processes { await p.stop() }
 
-        let offered = Double(appendedAfter - appendedBefore) / elapsed
+        let offered = Double(offeredInWindow) / elapsed
         let storedRate = Double(stored) / elapsed
         let cpuShare: [String: Double] = [
-            "devices_in_bench_process": (cpuAfter.bench - cpuBefore.bench) / elapsed * 100,
-            "ingest": zip(cpuAfter.ingest, cpuBefore.ingest).map { $0 - $1 }.reduce(0, +) / elapsed * 100,
-            "mosquitto": (cpuAfter.broker - cpuBefore.broker) / elapsed * 100,
-            "mariadb": (cpuAfter.db - cpuBefore.db) / elapsed * 100,
+            "devices_in_bench_process": (cpuAfter.bench - cpuBefore.bench) / cpuSeconds * 100,
+            "ingest": zip(cpuAfter.ingest, cpuBefore.ingest).map { $0 - $1 }.reduce(0, +) / cpuSeconds * 100,
+            "mosquitto": (cpuAfter.broker - cpuBefore.broker) / cpuSeconds * 100,
+            "mariadb": (cpuAfter.db - cpuBefore.db) / cpuSeconds * 100,
         ]
         let total = cpuShare.values.reduce(0, +)
         let busiest = cpuShare.max { $0.value < $1.value }!
@@ -226,7 +258,7 @@ struct FleetBench: AsyncParsableCommand {
             "benchmark": "fleet-\(scenario.devices)x\(scenario.rate == scenario.rate.rounded() ? String(Int(scenario.rate)) : String(scenario.rate))-ingest\(ingests)",
             "devices": scenario.devices, "readings_per_s_per_device": scenario.rate, "ingest_processes": ingests,
             "durability": durability, "sender_interval_s": senderInterval, "simulation": "in-process: DeviceNode.services([.sampler, .sync]) per device",
-            "seconds": elapsed, "connect_all_s": connectSeconds,
+            "seconds": elapsed, "open_logs_s": openSeconds, "connect_all_s": connectSeconds,
             "offered_readings_per_s": offered, "stored_readings_per_s": storedRate, "ratio_stored_to_offered": storedRate / max(offered, 1),
             "latency_p50_ms": latencies.percentile(0.5), "latency_p99_ms": latencies.percentile(0.99), "latency_max_ms": latencies.maxMs,
             "latency_definition": "readings.received_at (ingest, in the storing transaction) − device timestamp of the reading",

@@ -4,12 +4,20 @@
 // - `MQTTConnectionCore` owns the handle and frees it exactly once, in its deinit, which can
 //   only run after the network thread ended (the thread holds the core) and the client let go.
 // - The network thread connects (blocking connect happens there, never on the cooperative
-//   pool), then runs `mosquitto_loop` until the connection breaks; then it waits an
-//   exponential backoff with jitter (`ReconnectBackoff`) and calls `mosquitto_reconnect`.
+//   pool), then runs the loop until the connection breaks; then it waits an exponential
+//   backoff with jitter (`ReconnectBackoff`) and calls `mosquitto_reconnect`.
 //   We do not use `mosquitto_loop_start`: its built-in reconnect has whole-second delays, no
 //   jitter, and its thread quits for good on TLS or protocol errors.
 //   `mosquitto_threaded_set(true)` makes publish/subscribe from other threads safe: the library
-//   queues the packet and wakes the loop.
+//   queues the packet; we then wake the loop through our own eventfd (`LoopWaker`).
+// - The loop is poll(2) over the socket and the eventfd, then the library's external-loop
+//   calls (`mosquitto_loop_read`/`_write`/`_misc`), not `mosquitto_loop`: that one uses
+//   select(2) and returns MOSQ_ERR_INVAL for any socket numbered FD_SETSIZE (1024) or above,
+//   so a process with many open files (a backend with many HTTP or database connections, a
+//   fleet simulation with a log per device) could never get its connection going: every
+//   CONNECT went unsent and the broker logged "Client <unknown> closed its connection".
+//   During a TLS handshake (TLS 1.3 finishes it on the first reads; see `loopOnce`)
+//   `mosquitto_loop` is still used while the descriptors fit, which libmosquitto handles itself.
 // - libmosquitto's callbacks run on the network thread and only hand events over: they reach
 //   a `CallbackBox` (the C context pointer, via Unmanaged), which resumes the continuation
 //   waiting for that packet id, or yields to the `messages`/`events` AsyncStreams.
@@ -101,6 +109,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
     private let configuration: MQTTConfiguration
     private let logger: Logger
     private let backoff: ReconnectBackoff
+    private let waker: LoopWaker
     private let control = NSCondition()
     private var threadRunning = false
     private var stopRequested = false
@@ -133,6 +142,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         backoff = ReconnectBackoff(policy: policy)
+        waker = try LoopWaker(operation: operation)
         box = CallbackBox(logger: logger, messages: messages, events: events)
         let context = Unmanaged.passUnretained(box).toOpaque()
         guard let mosq = mosquitto_new(configuration.clientID, configuration.cleanStart, context) else {
@@ -252,7 +262,8 @@ final class MQTTConnectionCore: @unchecked Sendable {
                     continue
                 }
             }
-            let rc = mosquitto_loop(handle, 100, 1)
+            let rc = loopOnce(timeoutMilliseconds: loopTimeout(awaitingConnAckSince: connAckTimedOut ? nil : awaitingConnAckSince),
+                              awaitingConnAck: awaitingConnAckSince != nil)
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 if box.takeConnectedSinceLastCheck() {
                     attempt = 0
@@ -292,6 +303,49 @@ final class MQTTConnectionCore: @unchecked Sendable {
         if let exitError { box.failConnectWaiter(exitError) }
         for waiter in waiters { waiter.resume() }
         logger.debug("mqtt network thread ended", metadata: ["client": "\(configuration.clientID)"])
+    }
+
+    /// How long one `loopOnce` may wait: up to 1 s (keep-alive is whole seconds and every
+    /// queued packet wakes the loop at once), shorter while a CONNACK is due or a stop waits.
+    private func loopTimeout(awaitingConnAckSince since: ContinuousClock.Instant?) -> Int32 {
+        if isStopRequested() { return 100 }
+        guard let since else { return 1000 }
+        let left = configuration.connectTimeout - (ContinuousClock.now - since)
+        let ms = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
+        return Int32(max(1, min(1000, ms)))
+    }
+
+    /// One turn of the network loop, with `mosquitto_loop`'s result codes: wait (poll) until
+    /// the socket is readable, writable while the library has something to send, or the waker
+    /// was signalled; then read, write and run the keep-alive. On a broken connection the
+    /// library's read/write calls close the socket and report it (as `mosquitto_loop` does).
+    private func loopOnce(timeoutMilliseconds: Int32, awaitingConnAck: Bool) -> Int32 {
+        let sock = mosquitto_socket(handle)
+        guard sock >= 0 else { return MOSQ_ERR_NO_CONN.rawValue }
+        // A TLS handshake in progress (no CONNACK yet) is finished only inside mosquitto_loop;
+        // use it while both its descriptors fit select(2). It returns MOSQ_ERR_INVAL otherwise,
+        // and we go on with poll: TLS 1.3 (the default with OpenSSL 3) completes the handshake on
+        // the first reads, which mosquitto_loop_read does.
+        if configuration.tls != nil && awaitingConnAck && sock < selectLimit {
+            let rc = mosquitto_loop(handle, min(timeoutMilliseconds, 100), 1)
+            if rc != MOSQ_ERR_INVAL.rawValue { return rc }
+        }
+        var fds = [pollfd(fd: sock, events: Int16(POLLIN) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0),
+                   pollfd(fd: waker.descriptor, events: Int16(POLLIN), revents: 0)]
+        let n = poll(&fds, 2, timeoutMilliseconds)
+        if n < 0 { return errno == EINTR ? MOSQ_ERR_SUCCESS.rawValue : MOSQ_ERR_ERRNO.rawValue }
+        if fds[1].revents != 0 { waker.drain() }
+        if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+            let rc = mosquitto_loop_read(handle, 1)
+            if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
+        }
+        // Write whatever is queued: packets from other threads (they signalled the waker),
+        // PUBACKs the read just queued, or the rest of a packet the socket took only partly.
+        if mosquitto_want_write(handle) {
+            let rc = mosquitto_loop_write(handle, 1)
+            if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
+        }
+        return mosquitto_loop_misc(handle)
     }
 
     private func connectV5() -> Int32 {
@@ -345,6 +399,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
         box.markClosed()
         if first && running {
             _ = mosquitto_disconnect_v5(handle, Int32(reason.rawValue), nil)
+            waker.signal()
         }
         if !running { box.finishStreams() }
     }
@@ -391,6 +446,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
                 return
             }
             box.registerPublish(mid: mid, topic: topic, qos: qos, continuation: continuation)
+            waker.signal()
         }
     }
 
@@ -407,6 +463,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
                 return
             }
             box.registerSubscribe(mid: mid, subscription: .init(filter: filter, qos: qos, options: options), continuation: continuation)
+            waker.signal()
         }
     }
 
@@ -422,6 +479,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
                 return
             }
             box.registerUnsubscribe(mid: mid, filter: filter, continuation: continuation)
+            waker.signal()
         }
     }
 }
@@ -429,4 +487,34 @@ final class MQTTConnectionCore: @unchecked Sendable {
 /// The reason's name from libmosquitto (e.g. "Not authorized").
 func reasonName(_ code: UInt8) -> String {
     String(cString: mosquitto_reason_string(Int32(code)))
+}
+
+/// FD_SETSIZE of glibc: `mosquitto_loop` (select) refuses descriptors from here up.
+let selectLimit: Int32 = 1024
+
+/// An eventfd that wakes the network thread's poll(2) when another thread queued a packet
+/// (libmosquitto's own wake-up pipe is private to `mosquitto_loop`). Owns the descriptor.
+final class LoopWaker: Sendable {
+    let descriptor: Int32
+
+    init(operation: String) throws {
+        descriptor = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard descriptor >= 0 else {
+            throw MQTTError(operation: operation, kind: .library, message: "eventfd failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    deinit { close(descriptor) }
+
+    /// Wakes the loop (never blocks: the counter saturates long before it could).
+    func signal() {
+        var one: UInt64 = 1
+        _ = write(descriptor, &one, 8)
+    }
+
+    /// Resets the counter after a wake-up.
+    func drain() {
+        var value: UInt64 = 0
+        _ = read(descriptor, &value, 8)
+    }
 }

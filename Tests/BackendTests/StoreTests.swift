@@ -73,6 +73,45 @@ final class StoreTests: XCTestCase {
         await c.close()
     }
 
+    /// The ingest reads a whole group's progress in one statement (chunks of 64 keys): the same
+    /// ranges as one read per (device, epoch), in the order asked, empty for unknown keys.
+    func testProgressOfManyDevicesInOneReadMatchesOneReadPerDevice() async throws {
+        let db = try TestDatabase("progress-many")
+        defer { db.drop() }
+        let c = try await db.migrated()
+        let store = Store(connection: c)
+        try await store.prepareSession()
+        let devices = (0..<70).map { _ in Fixtures.device() }
+        let epoch = Epoch.random(), otherEpoch = Epoch.random()
+        var requests = devices.enumerated().map { i, d in Fixtures.request(Fixtures.batch(d, epoch, 1, UInt64(i % 5 + 1))) }
+        requests.append(Fixtures.request(Fixtures.batch(devices[0], epoch, 11, 12)))
+        requests.append(Fixtures.request(Fixtures.batch(devices[0], otherEpoch, 1, 3)))
+        _ = try await store.storeBatches(requests, newDevices: devices, newEpochs: devices.map { ($0, epoch) } + [(devices[0], otherEpoch)])
+        let unknown = Fixtures.device()
+        let keys = devices.map { (device: $0, epoch: epoch, above: SequenceNumber.zero) }
+            + [(device: devices[0], epoch: otherEpoch, above: SequenceNumber(1)), (device: devices[0], epoch: epoch, above: SequenceNumber(5)),
+               (device: unknown, epoch: epoch, above: SequenceNumber.zero)]
+        let together = try await store.committedRanges(of: keys)
+        XCTAssertEqual(together.count, keys.count)
+        for (k, ranges) in zip(keys, together) {
+            let alone = try await store.committedRanges(device: k.device, epoch: k.epoch, above: k.above)
+            XCTAssertEqual(ranges, alone, "\(k.device) \(k.epoch) above \(k.above)")
+        }
+        XCTAssertEqual(together[0].map(\.description), [SequenceRange(checked: SequenceNumber(1), SequenceNumber(1)), SequenceRange(checked: SequenceNumber(11), SequenceNumber(12))].map(\.description))
+        XCTAssertEqual(together[keys.count - 2].count, 1, "only the range ending above 5")
+        XCTAssertEqual(together.last, [], "a device never seen has no ranges")
+
+        // A group's statuses in one transaction, in arrival order (the later one wins).
+        try await store.recordStatuses([
+            Status(device: devices[1], state: .online, epoch: epoch, head: SequenceNumber(2), acked: SequenceNumber(1), atUnixMilliseconds: 1_764_000_000_000),
+            Status(device: devices[2], state: .online, epoch: epoch, head: SequenceNumber(3), acked: SequenceNumber(3), atUnixMilliseconds: 1_764_000_000_000),
+            Status(device: devices[1], state: .offline, epoch: epoch, head: SequenceNumber(2), acked: SequenceNumber(2), atUnixMilliseconds: 1_764_000_000_500),
+        ])
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(status_state, ' ', status_acked) FROM devices WHERE device_id = '\(devices[1])'"), "offline 2")
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(status_state, ' ', status_acked) FROM devices WHERE device_id = '\(devices[2])'"), "online 3")
+        await c.close()
+    }
+
     func testProgressViewAuditAndCompactionAgreeOnAGap() async throws {
         let db = try TestDatabase("gap")
         defer { db.drop() }

@@ -323,6 +323,43 @@ final class MQTTTests: XCTestCase {
         for c in [pub, first, second] { await c.disconnect() }
     }
 
+    // MARK: many open files
+
+    /// Opens descriptors until the next one is numbered above select(2)'s limit (1024).
+    private func holdDescriptorsAboveSelectLimit() -> [Int32] {
+        var held: [Int32] = []
+        while true {
+            let fd = open("/dev/null", O_RDONLY)
+            guard fd >= 0 else { break }
+            held.append(fd)
+            if fd > 1100 { break }
+        }
+        return held
+    }
+
+    /// A process with more than 1,024 open files (a fleet simulation, a busy backend) still
+    /// connects, publishes and receives: libmosquitto's select()-based loop refused such sockets.
+    func testConnectsPublishesAndReceivesWithItsSocketAboveTheSelectLimit() async throws {
+        let held = holdDescriptorsAboveSelectLimit()
+        defer { for fd in held { close(fd) } }
+        XCTAssertGreaterThan(held.last ?? 0, 1024, "could not open enough descriptors (ulimit -n?)")
+        let device = try newDevice()
+        let sub = try backend()
+        let inbox = Inbox.collecting(sub.messages)
+        try await sub.connect()
+        try await sub.subscribe(topic(device.id, "batch"), qos: .atLeastOnce)
+        let pub = try client(user: device.id, password: device.password)
+        try await pub.connect()
+        for i in 0..<50 {
+            try await pub.publish(topic(device.id, "batch"), payload: Array("m\(i)".utf8), qos: .atLeastOnce)
+        }
+        try await inbox.wait(for: "50 messages through sockets above 1024") { $0.count == 50 }
+        let got = await inbox.items.map(\.payloadString)
+        XCTAssertEqual(got, (0..<50).map { "m\($0)" })
+        await pub.disconnect()
+        await sub.disconnect()
+    }
+
     // MARK: TLS
 
     /// Done-when: TLS with a CA the test made; refused when the client trusts another CA.
@@ -355,6 +392,19 @@ final class MQTTTests: XCTestCase {
         try await trusted.publish("fieldlog/v1/backend/tls-test", payload: Array("over TLS".utf8), qos: .atLeastOnce)
         try await inbox.wait(for: "the message over TLS") { $0.first?.payloadString == "over TLS" }
         await trusted.disconnect()
+
+        // The same with the socket numbered above select(2)'s limit (the poll loop does the handshake).
+        do {
+            let held = holdDescriptorsAboveSelectLimit()
+            defer { for fd in held { close(fd) } }
+            let high = try client(user: "fieldlog-backend", password: "backend-pw", port: tlsPort, tls: .init(caFile: dir.file("ca.pem")))
+            let highInbox = Inbox.collecting(high.messages)
+            try await high.connect()
+            try await high.subscribe("fieldlog/v1/backend/tls-test-high")
+            try await high.publish("fieldlog/v1/backend/tls-test-high", payload: Array("over TLS, fd > 1024".utf8), qos: .atLeastOnce)
+            try await highInbox.wait(for: "the message over TLS above fd 1024") { $0.first?.payloadString == "over TLS, fd > 1024" }
+            await high.disconnect()
+        }
 
         let untrusting = try client(user: "fieldlog-backend", password: "backend-pw", port: tlsPort,
                                     tls: .init(caFile: dir.file("other-ca.pem")))

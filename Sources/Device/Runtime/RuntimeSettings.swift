@@ -153,8 +153,10 @@ public actor RuntimeSettings {
     public func setRedisAvailable(_ available: Bool) { redisAvailable = available }
 
     /// Waits until a switch changes or `timeout` passes (the sampler and sender sleep here,
-    /// so a switch flipped from 1 h to 1 s takes effect at once).
-    public func waitForChange(timeout: Duration) async {
+    /// so a switch flipped from 1 h to 1 s takes effect at once). With `orAppend`, a record
+    /// appended in this process (`appended()`) ends the wait too: the sender publishes a new
+    /// reading at once instead of up to one sender interval later.
+    public func waitForChange(timeout: Duration, orAppend: Bool = false) async {
         let id = UUID()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
@@ -162,11 +164,16 @@ public actor RuntimeSettings {
                     try? await Task.sleep(for: timeout)
                     if !Task.isCancelled { await self?.wake(id) }
                 }
-                waiters[id] = Waiter(continuation: c, timer: timer)
+                waiters[id] = Waiter(continuation: c, timer: timer, wakeOnAppend: orAppend)
             }
         } onCancel: {
             Task { await self.wake(id) }
         }
+    }
+
+    /// The sampler of this process appended a record durably: wakes the waits that asked for it.
+    public func appended() {
+        for (id, w) in waiters where w.wakeOnAppend { wake(id) }
     }
 
     private func wake(_ id: UUID) {
@@ -189,4 +196,5 @@ public actor RuntimeSettings {
 struct Waiter {
     let continuation: CheckedContinuation<Void, Never>
     let timer: Task<Void, Never>
+    var wakeOnAppend = false
 }

@@ -158,6 +158,7 @@ public struct Sampler: Service {
             metrics.appendLatency.record(ContinuousClock.now - start)
             metrics.appends.increment()
             metrics.head.set(Double(seq.rawValue))
+            await settings.appended()
             await recent.add(.init(sequence: seq, timestamp: timestamp, values: reading.values, missing: reading.missingSensors))
             await recent.noteError(reading.errors.isEmpty ? nil : reading.errors.map(\.description).joined(separator: "; "))
             let streak = await recent.appendResult(failed: false)

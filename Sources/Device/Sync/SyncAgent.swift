@@ -3,8 +3,9 @@
 // Theory of operation: one owner loop consumes one event stream and is the only code that
 // touches the `SenderStateMachine`. Events come from small forwarding tasks: the MQTT
 // client's connection events and messages (acks, commands), a tick every
-// `mqtt_sender:interval` that reads the log's head (so records appended by another process
-// sharing the log file are picked up too), the resend timer, and replay requests from the
+// `mqtt_sender:interval` and right after each append of this process's sampler, which reads
+// the log's head (so records appended by another process sharing the log file are picked up
+// too, within an interval), the resend timer, and replay requests from the
 // command handler. The loop feeds each event to the state machine and performs the actions
 // it returns: load records from the log, publish a batch (QoS 1; the PUBACK only counts a
 // metric, it proves nothing about storage), persist the acked pointer in the log (which
@@ -176,11 +177,13 @@ public final class SyncAgent: Service, @unchecked Sendable {
                 return false
             }
             group.addTask {
-                // The sender's pace: `mqtt_sender:interval`, woken early when a switch changes.
+                // The sender's pace: `mqtt_sender:interval`, woken early when a switch changes
+                // or the sampler of this process appended (then the reading goes out at once;
+                // the interval still picks up records appended by another process).
                 while !Task.isCancelled {
                     sink.yield(.tick)
                     let interval = await settings.switches.senderInterval
-                    await settings.waitForChange(timeout: interval)
+                    await settings.waitForChange(timeout: interval, orAppend: true)
                 }
                 return false
             }
