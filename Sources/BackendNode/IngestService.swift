@@ -70,9 +70,23 @@ struct IngestService: Service, CustomStringConvertible {
                 backoff = min(backoff * 2, .seconds(5))
             }
         }
+        // The connection may drop again before the SUBACKs come back (a flapping network, a
+        // broker restarting): the client reconnects by itself, so a subscription that failed
+        // for want of a connection is simply asked for again. A refusal (the ACL) is a
+        // configuration error and ends the process with the broker's reason.
         for filter in writer.subscriptionFilters {
             let shared = configuration.topics.shared(filter)
-            try await client.subscribe(shared, qos: .atLeastOnce)
+            backoff = .milliseconds(200)
+            while true {
+                do {
+                    try await client.subscribe(shared, qos: .atLeastOnce)
+                    break
+                } catch let error as MQTTError where error.kind == .notConnected || error.kind == .connection {
+                    logger.warning("subscribe to \(shared) failed for want of a connection, retrying in \(backoff): \(error)")
+                    try await Task.sleep(for: backoff)
+                    backoff = min(backoff * 2, .seconds(5))
+                }
+            }
             logger.info("subscribed", metadata: ["filter": "\(shared)"])
         }
         let address = await database.address
