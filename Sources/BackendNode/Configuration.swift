@@ -93,8 +93,10 @@ struct TopicSettings: Sendable {
 
 /// Ingest limits and timing.
 struct IngestSettings: Sendable {
-    /// Most batches committed in one transaction. Default 64, 1…1000.
-    var maxBatchesPerTransaction: Int = 64
+    /// Most batches committed in one transaction. Default 512, 1…1000: a fleet of many
+    /// devices sends many small batches, and each group pays one commit and a few round trips
+    /// (64 held 1,000 devices at 1 reading/s to ~730 stored/s; docs/benchmarks.md).
+    var maxBatchesPerTransaction: Int = 512
     /// Most messages held in memory waiting for the database; beyond it new messages are
     /// dropped unacked (the devices resend them). Default 20 000, 100…1 000 000.
     var maxQueuedMessages: Int = 20_000
@@ -212,7 +214,7 @@ struct BackendConfiguration: Sendable {
         }
 
         var ingest = IngestSettings()
-        ingest.maxBatchesPerTransaction = try env.int(["FIELDLOG_INGEST_MAX_BATCHES_PER_TRANSACTION"], default: 64, range: 1...1000)
+        ingest.maxBatchesPerTransaction = try env.int(["FIELDLOG_INGEST_MAX_BATCHES_PER_TRANSACTION"], default: 512, range: 1...1000)
         ingest.maxQueuedMessages = try env.int(["FIELDLOG_INGEST_MAX_QUEUED_MESSAGES"], default: 20_000, range: 100...1_000_000)
         if let p = overrides.metricsPort {
             ingest.metricsPort = try EnvironmentReader.checkedInt(String(p), setting: "--metrics-port", range: 0...65535)
