@@ -303,6 +303,16 @@ public final class MariaDBSession: @unchecked Sendable {
 
     // MARK: multi-row insert
 
+    /// The number of values per row, nil for no rows; throws when rows are empty or differ.
+    static func rowWidth(_ rows: [[MariaDBValue]], operation: String) throws -> Int? {
+        guard let width = rows.first?.count else { return nil }
+        guard width > 0 else { throw MariaDBError.usage(operation, "rows have no values") }
+        if let bad = rows.firstIndex(where: { $0.count != width }) {
+            throw MariaDBError.usage(operation, "row \(bad) has \(rows[bad].count) values, row 0 has \(width)")
+        }
+        return width
+    }
+
     /// Inserts `rows` with as few round trips as possible: `insertPrefix VALUES (?,…),(?,…)… suffix`,
     /// at most `maxRowsPerStatement` rows (and 65 535 parameters) per statement. Statements are
     /// cached per row count, so a steady batch size prepares once. Several statements are not
@@ -315,13 +325,9 @@ public final class MariaDBSession: @unchecked Sendable {
     @discardableResult
     public func insertRows(_ insertPrefix: String, rows: [[MariaDBValue]], suffix: String = "",
                            maxRowsPerStatement: Int = 500) throws -> UInt64 {
-        guard let width = rows.first?.count else { return 0 }
         let operation = "insert rows with \(Self.excerpt(insertPrefix))"
-        guard width > 0 else { throw MariaDBError.usage(operation, "rows have no values") }
+        guard let width = try Self.rowWidth(rows, operation: operation) else { return 0 }
         guard maxRowsPerStatement >= 1 else { throw MariaDBError.usage(operation, "maxRowsPerStatement must be at least 1") }
-        if let bad = rows.firstIndex(where: { $0.count != width }) {
-            throw MariaDBError.usage(operation, "row \(bad) has \(rows[bad].count) values, row 0 has \(width)")
-        }
         let chunk = min(maxRowsPerStatement, 65_535 / width)
         guard chunk >= 1 else { throw MariaDBError.usage(operation, "a row of \(width) values exceeds 65 535 parameters") }
         let tuple = "(" + Array(repeating: "?", count: width).joined(separator: ",") + ")"
@@ -355,13 +361,9 @@ public final class MariaDBSession: @unchecked Sendable {
     /// by itself: call it inside `MariaDBConnection.transaction`.
     @discardableResult
     public func insertBulk(_ insertPrefix: String, rows: [[MariaDBValue]], rowsPerExecute: Int = 1000) throws -> UInt64 {
-        guard let width = rows.first?.count else { return 0 }
         let operation = "bulk insert with \(Self.excerpt(insertPrefix))"
-        guard width > 0 else { throw MariaDBError.usage(operation, "rows have no values") }
+        guard let width = try Self.rowWidth(rows, operation: operation) else { return 0 }
         guard rowsPerExecute >= 1 else { throw MariaDBError.usage(operation, "rowsPerExecute must be at least 1") }
-        if let bad = rows.firstIndex(where: { $0.count != width }) {
-            throw MariaDBError.usage(operation, "row \(bad) has \(rows[bad].count) values, row 0 has \(width)")
-        }
         let mysql = try open(operation)
         guard fieldlog_mariadb_bulk_supported(mysql) != 0, let kinds = BulkBuffers.columnKinds(rows, width: width) else {
             return try insertRows(insertPrefix, rows: rows, maxRowsPerStatement: rowsPerExecute)
