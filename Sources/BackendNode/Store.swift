@@ -1,8 +1,9 @@
 // Store: every write the backend makes to MariaDB, and the reads that derive progress.
 //
 // Theory of operation: `storeBatches` writes a group of validated batches in ONE transaction:
-// readings and their values (array-bound prepared INSERT IGNORE, `insertBulk`, so a resent record
-// is absorbed as a duplicate), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
+// readings and their values (multi-row prepared INSERT IGNORE, `insertRows`, so a resent record
+// is absorbed as a duplicate; not the array-bound `insertBulk`, which lost and double-counted
+// rows when Galera aborted the transaction under it — GaleraClusterTests), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
 // one immutable `batch_ranges` row per batch. Nothing in that transaction updates a row that
 // another batch also writes, so concurrent ingest processes (and Galera nodes) seldom conflict;
 // when they do (1213), the caller retries the whole transaction. After the commit,
@@ -190,8 +191,8 @@ final class Store: Sendable {
             if !epochRows.isEmpty {
                 try s.insertRows("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at)", rows: epochRows)
             }
-            let n = try s.insertBulk("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: rows.0)
-            try s.insertBulk("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: rows.1)
+            let n = try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: rows.0)
+            try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: rows.1)
             try s.insertRows("INSERT IGNORE INTO loss_ranges (device_id, epoch, first_seq, last_seq, reason, detail, device_recorded_ms, received_at)", rows: rows.2)
             try s.insertRows(Self.deadLetterInsert, rows: rows.3)
             try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: rows.4)

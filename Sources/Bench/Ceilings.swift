@@ -34,7 +34,7 @@ func batchPayloadBytes(records: Int, sensors: Int) -> Int {
 enum Ceilings {
     /// The same rows the ingest writes for `readings` readings (a `readings` row, one
     /// `reading_values` row per sensor, one `batch_ranges` row per batch), inserted by
-    /// the same statements as the ingest (`insertBulk`: one array-bound INSERT IGNORE per table,
+    /// the same statements as the ingest (`insertRows`: multi-row INSERT IGNORE per table,
     /// Store.swift) over one connection, one `batch_ranges` row per `batch` readings and one
     /// transaction per `perTransaction` readings (the most the ingest commits at once in the
     /// same run: its window of batches). Rows are built before the clock starts. Returns readings/s.
@@ -72,8 +72,8 @@ enum Ceilings {
         let start = ContinuousClock.now
         for g in groups {
             try await c.transaction { s in
-                try s.insertBulk("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: g.readings)
-                try s.insertBulk("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: g.values)
+                try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: g.readings)
+                try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: g.values)
                 try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: g.range)
             }
         }
