@@ -2,8 +2,8 @@
 //
 // Theory of operation: `storeBatches` writes a group of validated batches in ONE transaction:
 // readings and their values (multi-row prepared INSERT IGNORE, `insertRows`, so a resent record
-// is absorbed as a duplicate; not the array-bound `insertBulk`, which lost and double-counted
-// rows when Galera aborted the transaction under it — GaleraClusterTests), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
+// is absorbed as a duplicate; an array-bound bulk execute was tried and lost or double-counted
+// rows when Galera aborted the transaction under it — docs/benchmarks.md), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
 // one immutable `batch_ranges` row per batch. Nothing in that transaction updates a row that
 // another batch also writes, so concurrent ingest processes (and Galera nodes) seldom conflict;
 // when they do (1213), the caller retries the whole transaction. After the commit,

@@ -92,7 +92,7 @@ public final class ManagedProcess: @unchecked Sendable {
 
     /// SIGTERM, then SIGKILL after `grace`.
     public func stop(grace: Duration = .seconds(10)) {
-        current?.terminate(graceSeconds: Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18)
+        current?.terminate(graceSeconds: grace / .seconds(1))
     }
 
     /// SIGKILL: a crash, as far as the process can tell.
@@ -109,7 +109,7 @@ public final class ManagedProcess: @unchecked Sendable {
     /// Waits until the child exits by itself, up to `timeout`; returns its status or nil.
     public func waitForExit(timeout: Duration) -> Int32? {
         guard let c = current else { return nil }
-        c.wait(timeoutSeconds: Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18)
+        c.wait(timeoutSeconds: timeout / .seconds(1))
         return c.exitCode
     }
 
