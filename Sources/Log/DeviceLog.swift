@@ -109,7 +109,29 @@ public final class DeviceLog: @unchecked Sendable {
         var epoch: Epoch
     }
 
+    /// Opens (and if need be creates) the log, retrying an open that SQLite refused as busy.
+    ///
+    /// SQLite answers `SQLITE_BUSY` without calling the busy handler where waiting could
+    /// deadlock. Two processes that create the same log at once both switch it to WAL, each
+    /// upgrading a read lock it holds, and one of them gets that answer at once. Everything an
+    /// open does is idempotent (the schema is created only if it is still missing, inside a
+    /// write transaction), so a busy open starts again, until the busy timeout.
     private static func openOnThread(path: String, device: DeviceID?, configuration: LogConfiguration) throws -> Opened {
+        let deadline = ContinuousClock.now + configuration.busyTimeout
+        var pause = Duration.milliseconds(1)
+        while true {
+            do {
+                return try openOnce(path: path, device: device, configuration: configuration)
+            } catch LogError.sqlite(let error) where error.isBusy && ContinuousClock.now < deadline {
+                let jitter = Duration.microseconds(Int64.random(in: 0...1000))
+                let (seconds, attoseconds) = (pause + jitter).components
+                Thread.sleep(forTimeInterval: Double(seconds) + Double(attoseconds) / 1e18)
+                pause = min(pause * 2, .milliseconds(50))
+            }
+        }
+    }
+
+    private static func openOnce(path: String, device: DeviceID?, configuration: LogConfiguration) throws -> Opened {
         var isDirectory: ObjCBool = false
         let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
         if isDirectory.boolValue { throw LogError.notAFieldlogLog(path: path, reason: "it is a directory") }
@@ -132,7 +154,7 @@ public final class DeviceLog: @unchecked Sendable {
                 throw LogError.corrupt(path: path, detail: "could not set synchronous=\(synchronous)")
             }
             // Identify the file before writing anything to it.
-            var (appID, tables) = try identify(connection, path: path)
+            var (appID, tables) = try connection.readTransaction { try identify(connection, path: path) }
             if appID == 0 && tables == 0 {
                 guard let device else { throw LogError.notAFieldlogLog(path: path, reason: "the database is empty") }
                 // The log's creation (and its epoch) is always made durable, whatever the
@@ -145,7 +167,7 @@ public final class DeviceLog: @unchecked Sendable {
                     guard appID == 0 && tables == 0 else { return }
                     try createSchema(connection, device: device)
                 }
-                (appID, tables) = try identify(connection, path: path)
+                (appID, tables) = try connection.readTransaction { try identify(connection, path: path) }
                 try connection.execute("PRAGMA synchronous=\(synchronous)")
             }
             guard appID == applicationID else {
@@ -177,6 +199,9 @@ public final class DeviceLog: @unchecked Sendable {
         }
     }
 
+    /// The application id and the number of schema objects. Read both in one transaction: a
+    /// process creating the log at the same moment must not be seen half done (no id yet,
+    /// tables already there), which would look like another application's database.
     private static func identify(_ c: SQLiteConnection, path: String) throws -> (Int32, Int64) {
         let appID = Int32(truncatingIfNeeded: try c.scalarInt("PRAGMA application_id") ?? 0)
         let tables = try c.scalarInt("SELECT count(*) FROM sqlite_master") ?? 0
