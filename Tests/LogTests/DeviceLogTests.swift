@@ -277,6 +277,33 @@ final class DeviceLogTests: XCTestCase {
         await again.close()
     }
 
+    /// The stored checksum is part of the file format: CRC-32 (IEEE) over the sequence number
+    /// and timestamp (8 bytes little-endian each), the unsynchronised flag and the body.
+    /// Checked against a plain bitwise CRC-32, itself checked against the standard check value.
+    func testRecordChecksumIsCRC32OfTheDocumentedBytes() {
+        func bitwiseCRC32(_ bytes: [UInt8]) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for b in bytes {
+                crc ^= UInt32(b)
+                for _ in 0..<8 { crc = (crc & 1) != 0 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+            }
+            return ~crc
+        }
+        XCTAssertEqual(bitwiseCRC32(Array("123456789".utf8)), 0xCBF4_3926)
+        func littleEndian(_ v: Int64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+        var rng = SystemRandomNumberGenerator()
+        let edges: [Int64] = [0, 1, 255, 256, Int64.max, -1, Int64.min]
+        for i in 0..<500 {
+            let seq = i < edges.count ? edges[i] : Int64.random(in: 1...Int64.max, using: &rng)
+            let ts = i < edges.count ? edges[edges.count - 1 - i] : Int64.random(in: 0...4_000_000_000_000, using: &rng)
+            let unsynced = Bool.random(using: &rng)
+            let body = (0..<Int.random(in: 0...300, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let expected = bitwiseCRC32(littleEndian(seq) + littleEndian(ts) + [unsynced ? 1 : 0] + body)
+            XCTAssertEqual(RecordEncoding.checksum(seq: seq, timestampMs: ts, unsynced: unsynced, body: body), expected,
+                           "seq \(seq) ts \(ts) unsynced \(unsynced) body \(body.count) bytes")
+        }
+    }
+
     func testTwoConnectionsOnOneFileShareHeadAndAcks() async throws {
         let path = dir.file("two.db")
         let writer = try await DeviceLog.open(path: path, device: device)
