@@ -107,10 +107,19 @@ struct AppendBench: AsyncParsableCommand {
         }
     }
 
+    /// Every configuration starts from an empty file: a `--dir` used before still holds the
+    /// last run's files (the raw ceiling's inserts would collide with its rows).
+    static func removeLeftovers(_ path: String) throws {
+        for file in [path, path + "-wal", path + "-shm"] where FileManager.default.fileExists(atPath: file) {
+            try FileManager.default.removeItem(atPath: file)
+        }
+    }
+
     /// DeviceLog appends from `concurrency` tasks for `seconds`.
     func measure(path: String, durability: Durability, concurrency: Int) async throws -> (Double, LatencyStats, Double) {
         var logger = Logger(label: "bench")
         logger.logLevel = .error
+        try Self.removeLeftovers(path)
         let log = try await DeviceLog.open(path: path, device: try DeviceID("bench"), configuration: LogConfiguration(durability: durability), logger: logger)
         // Warm up (file growth, caches).
         for _ in 0..<100 { _ = try await log.append(Self.reading) }
@@ -151,6 +160,7 @@ struct AppendBench: AsyncParsableCommand {
     /// Plain C API: the same rows (body + checksum) into the same table shape, WAL with the
     /// same synchronous setting, `batch` rows per transaction, for `seconds`.
     func rawCeiling(path: String, durability: Durability, batch: Int) throws -> Double {
+        try Self.removeLeftovers(path)
         var db: OpaquePointer?
         guard sqlite3_open(path, &db) == SQLITE_OK else { throw ValidationError("cannot open \(path)") }
         defer { sqlite3_close(db) }
