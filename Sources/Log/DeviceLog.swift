@@ -14,6 +14,9 @@
 //   append or ack in between, and a commit that failed is in doubt (its WAL frames may
 //   reappear after recovery); reading the head afresh means a sequence number is never
 //   handed out twice in one history.
+// - Opening is idempotent, so processes may create one file at once: the file is identified
+//   in one read transaction, the schema is created only if still missing (inside BEGIN
+//   IMMEDIATE), and an open that SQLite refuses as busy without waiting starts again.
 // - Invariants (preconditions, durable data): a new record's seq is head + 1; acked ≤ head.
 //   Bad input from callers and damage found on disk become thrown `LogError`s.
 import CSQLite
