@@ -9,5 +9,4 @@
 static inline int fieldlog_mysql_library_init(void) {
     return mysql_library_init(0, NULL, NULL);
 }
-
 #endif

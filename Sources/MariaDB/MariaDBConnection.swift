@@ -105,7 +105,6 @@ public final class MariaDBConnection: Sendable {
         }
     }
 
-
     /// The server's id for this connection (for `KILL CONNECTION` and the process list).
     public func connectionID() async throws -> UInt64 {
         try await withSession { try $0.connectionID() }
