@@ -24,6 +24,24 @@ struct IngestService: Service, CustomStringConvertible {
     /// What ServiceLifecycle logs (never the configuration: it holds passwords).
     var description: String { "IngestService" }
 
+    /// Runs `attempt` until it succeeds, logging `what` and waiting 200 ms, doubling up to 5 s,
+    /// after each failure that `retryable` accepts (any, unless given); other errors end it.
+    @discardableResult
+    private static func retrying<T>(_ logger: Logger, _ what: @autoclosure () -> String,
+                                    if retryable: (any Error) -> Bool = { _ in true },
+                                    _ attempt: () async throws -> T) async throws -> T {
+        var backoff = Duration.milliseconds(200)
+        while true {
+            do {
+                return try await attempt()
+            } catch where retryable(error) {
+                logger.warning("\(what()), retrying in \(backoff): \(error)")
+                try await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+    }
+
     func run() async throws {
         let broker = configuration.broker
         let clientID = "\(broker.clientIDPrefix)-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
@@ -43,49 +61,20 @@ struct IngestService: Service, CustomStringConvertible {
 
         // Check the schema before taking any message: a wrong schema is a clear error and an
         // exit; an unreachable database is waited for (ingest never exits because of an outage).
-        var backoff = Duration.milliseconds(200)
-        while true {
-            let store: Store
-            do {
-                store = try await database.store()
-            } catch {
-                logger.warning("no MariaDB answers yet (\(configuration.database)), retrying in \(backoff): \(error)")
-                await database.failed()
-                try await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(5))
-                continue
-            }
-            try await Migrator(connection: store.connection).requireCurrent()
-            break
+        let store = try await Self.retrying(logger, "no MariaDB answers yet (\(configuration.database))") {
+            do { return try await database.store() } catch { await database.failed(); throw error }
         }
-
-        backoff = .milliseconds(200)
-        while true {
-            do {
-                try await client.connect()
-                break
-            } catch {
-                logger.warning("broker \(broker.host):\(broker.port) not reachable, retrying in \(backoff): \(error)")
-                try await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(5))
-            }
-        }
+        try await Migrator(connection: store.connection).requireCurrent()
+        try await Self.retrying(logger, "broker \(broker.host):\(broker.port) not reachable") { try await client.connect() }
         // The connection may drop again before the SUBACKs come back (a flapping network, a
         // broker restarting): the client reconnects by itself, so a subscription that failed
         // for want of a connection is simply asked for again. A refusal (the ACL) is a
         // configuration error and ends the process with the broker's reason.
         for filter in writer.subscriptionFilters {
             let shared = configuration.topics.shared(filter)
-            backoff = .milliseconds(200)
-            while true {
-                do {
-                    try await client.subscribe(shared, qos: .atLeastOnce)
-                    break
-                } catch let error as MQTTError where error.kind == .notConnected || error.kind == .connection {
-                    logger.warning("subscribe to \(shared) failed for want of a connection, retrying in \(backoff): \(error)")
-                    try await Task.sleep(for: backoff)
-                    backoff = min(backoff * 2, .seconds(5))
-                }
+            try await Self.retrying(logger, "subscribe to \(shared) failed for want of a connection",
+                                    if: { ($0 as? MQTTError).map { $0.kind == .notConnected || $0.kind == .connection } ?? false }) {
+                try await client.subscribe(shared, qos: .atLeastOnce)
             }
             logger.info("subscribed", metadata: ["filter": "\(shared)"])
         }
