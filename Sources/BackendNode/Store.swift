@@ -216,8 +216,8 @@ final class Store: Sendable {
     /// touches as many devices as it holds batches). The result is in the order of `keys`.
     func committedRanges(of keys: [(device: DeviceID, epoch: Epoch, above: SequenceNumber)]) async throws -> [[SequenceRange]] {
         // Rows by (device, epoch) and first_seq: a key asked twice (in two chunks) finds a row twice.
-        var byKey: [String: [UInt64: SequenceRange]] = [:]
-        func name(_ d: String, _ e: UInt64) -> String { "\(e) \(d)" }
+        struct Key: Hashable { var device: String, epoch: UInt64 }
+        var byKey: [Key: [UInt64: SequenceRange]] = [:]
         var start = 0
         while start < keys.count {
             let chunk = keys[start..<min(start + 64, keys.count)]
@@ -231,11 +231,11 @@ final class Store: Sendable {
                 guard let d = row[0].string, let e = row[1].uint64, let f = row[2].uint64, let l = row[3].uint64, f >= 1, f <= l else {
                     throw SchemaError(description: "batch_ranges holds an invalid range \(row)")
                 }
-                byKey[name(d, e), default: [:]][f] = SequenceRange(checked: SequenceNumber(f), SequenceNumber(l))
+                byKey[Key(device: d, epoch: e), default: [:]][f] = SequenceRange(checked: SequenceNumber(f), SequenceNumber(l))
             }
         }
         return keys.map { k in
-            (byKey[name(k.device.rawValue, k.epoch.rawValue)] ?? [:]).values.filter { $0.last > k.above }.sorted { $0.first < $1.first }
+            (byKey[Key(device: k.device.rawValue, epoch: k.epoch.rawValue)] ?? [:]).values.filter { $0.last > k.above }.sorted { $0.first < $1.first }
         }
     }
 
@@ -254,17 +254,9 @@ final class Store: Sendable {
 
     /// The committed coverage of (device, epoch) above `hint` (1…hint is known to be covered).
     func coverage(device: DeviceID, epoch: Epoch, after hint: SequenceNumber = .zero) async throws -> Coverage {
-        let result = try await connection.execute(
-            "SELECT first_seq, last_seq FROM batch_ranges WHERE device_id = ? AND epoch = ? AND last_seq > ? ORDER BY first_seq",
-            [.string(device.rawValue), .uint(epoch.rawValue), .uint(hint.rawValue)])
         var coverage = Coverage()
         if hint > .zero { coverage.insert(SequenceRange(checked: SequenceNumber(1), hint)) }
-        for row in result.rows {
-            guard let f = row[0].uint64, let l = row[1].uint64, f >= 1, f <= l else {
-                throw SchemaError(description: "batch_ranges holds an invalid range \(row) for \(device) epoch \(epoch)")
-            }
-            coverage.insert(SequenceRange(checked: SequenceNumber(f), SequenceNumber(l)))
-        }
+        for range in try await committedRanges(device: device, epoch: epoch, above: hint) { coverage.insert(range) }
         return coverage
     }
 
