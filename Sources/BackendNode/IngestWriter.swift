@@ -325,7 +325,9 @@ final class IngestWriter: @unchecked Sendable {
             metrics.deviceLag(k.device, records: highestCommitted.rawValue - through.rawValue,
                               delaySeconds: newestDeviceMs[k].map { Double(nowMs - $0) / 1000 })
         }
-        var acks: [(topic: String, payload: [UInt8], what: String)] = []
+        // Acks by topic (one per device), topics in the order first seen.
+        var topicOrder: [String] = []
+        var byTopic: [String: [(payload: [UInt8], what: String)]] = [:]
         for (token, r) in stores {
             guard let outcome = outcomes[Key(device: r.device, epoch: r.epoch)] else {
                 _ = machine.storeFailed(token)
@@ -334,19 +336,14 @@ final class IngestWriter: @unchecked Sendable {
             for action in machine.storeCommitted(token, outcome: outcome) {
                 guard case .publishAck(let topic, let payload, let ack) = action else { continue }
                 precondition(ack.through == outcome.storedThrough, "ack passes what was read as stored")
-                acks.append((topic, payload, "\(r.device) \(r.range)"))
+                if byTopic[topic] == nil { topicOrder.append(topic) }
+                byTopic[topic, default: []].append((payload, "\(r.device) \(r.range)"))
             }
         }
         // The acks of different devices go out concurrently (one broker round trip for the
         // group, not one per batch: waiting for each PUBACK in turn capped a 1,000-device fleet
         // at ~150 batches/s); one device's acks keep their order on its topic.
         let (publish, metrics, logger) = (publishAck, self.metrics, self.logger)
-        var topicOrder: [String] = []
-        var byTopic: [String: [(payload: [UInt8], what: String)]] = [:]
-        for a in acks {
-            if byTopic[a.topic] == nil { topicOrder.append(a.topic) }
-            byTopic[a.topic, default: []].append((a.payload, a.what))
-        }
         await withTaskGroup(of: Void.self) { group in
             for topic in topicOrder {
                 let list = byTopic[topic]!
