@@ -206,6 +206,15 @@ final class BenchStack: @unchecked Sendable {
         return try wrapped(BenchStack(environment: stackEnv, stackDir: stackDir, repo: repo, owned: true, binDir: binDir, reporter: reporter))
     }
 
+    /// PIDs of the stack's mosquitto and mariadbd, from the PID files `scripts/stack` writes
+    /// (nil when not found, e.g. for a stack given by --stack-env elsewhere).
+    var servicePIDs: (mosquitto: Int32?, mariadb: Int32?) {
+        func pid(_ file: String) -> Int32? {
+            (try? String(contentsOfFile: stackDir + "/" + file, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        return (pid("mosquitto/mosquitto.pid"), pid("mariadb/mariadbd.pid") ?? pid("mariadb/mariadb.pid"))
+    }
+
     func stop() {
         guard owned else { return }
         _ = try? Tool.run(repo + "/scripts/stack", ["down", "--dir", stackDir], environment: ProcessInfo.processInfo.environment)

@@ -121,11 +121,8 @@ struct DrainBench: AsyncParsableCommand {
             "LOG_RETENTION_RECORDS": String(readings), "LOG_RETENTION_SECONDS": "315360000"])
         reporter.note("drain: starting fieldlog-device sync (window \(window), \(batchRecords) records per batch)")
         // The services' CPU over the drain (owned stacks only: their PID files are ours to read).
-        let mosquittoPID = FleetBench.pid(fromFile: stack.stackDir + "/mosquitto/mosquitto.pid")
-        let mariadbPID = FleetBench.pid(fromFile: stack.stackDir + "/mariadb/mariadbd.pid") ?? FleetBench.pid(fromFile: stack.stackDir + "/mariadb/mariadb.pid")
-        func serviceCPU() -> (broker: Double, db: Double) {
-            (mosquittoPID.flatMap { try? ProcSample.read(pid: $0).cpuSeconds } ?? 0, mariadbPID.flatMap { try? ProcSample.read(pid: $0).cpuSeconds } ?? 0)
-        }
+        let (mosquittoPID, mariadbPID) = stack.servicePIDs
+        func serviceCPU() -> (broker: Double, db: Double) { (mosquittoPID.map(FleetBench.cpu) ?? 0, mariadbPID.map(FleetBench.cpu) ?? 0) }
         let servicesBefore = serviceCPU()
         let start = ContinuousClock.now
         let agent = try stack.startDevice(["sync"], environment: env, logPath: dir + "/drain-device.log")

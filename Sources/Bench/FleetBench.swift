@@ -83,10 +83,6 @@ struct FleetBench: AsyncParsableCommand {
     /// CPU seconds of a process (0 when it is gone).
     static func cpu(_ pid: Int32) -> Double { (try? ProcSample.read(pid: pid))?.cpuSeconds ?? 0 }
 
-    static func pid(fromFile path: String) -> Int32? {
-        (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-    }
-
     static func measure(stack: BenchStack, dir: String, scenario: Scenario, ingests: Int, seconds window: Double, warmup: Double,
                         durability: String, senderInterval: Double, reporter: Reporter) async throws -> [String: Any] {
         let tag = "\(getpid())-\(scenario.devices)x\(Int(scenario.rate))-\(ingests)"
@@ -169,8 +165,7 @@ struct FleetBench: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(warmup))
 
         // Measure.
-        let mosquitto = pid(fromFile: stack.stackDir + "/mosquitto/mosquitto.pid")
-        let mariadb = pid(fromFile: stack.stackDir + "/mariadb/mariadbd.pid") ?? pid(fromFile: stack.stackDir + "/mariadb/mariadb.pid")
+        let (mosquitto, mariadb) = stack.servicePIDs
         // CPU and the window's bounds are sampled back to back (reading 1,000 log heads here
         // took seconds under load and skewed every rate): the window is [t0, t1) on MariaDB's
         // clock, offered = readings whose device timestamp falls in it (counted after the drain,
