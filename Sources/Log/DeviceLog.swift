@@ -126,9 +126,7 @@ public final class DeviceLog: @unchecked Sendable {
             do {
                 return try openOnce(path: path, device: device, configuration: configuration)
             } catch LogError.sqlite(let error) where error.isBusy && ContinuousClock.now < deadline {
-                let jitter = Duration.microseconds(Int64.random(in: 0...1000))
-                let (seconds, attoseconds) = (pause + jitter).components
-                Thread.sleep(forTimeInterval: Double(seconds) + Double(attoseconds) / 1e18)
+                Thread.sleep(forTimeInterval: (pause + .microseconds(Int64.random(in: 0...1000))) / .seconds(1))
                 pause = min(pause * 2, .milliseconds(50))
             }
         }

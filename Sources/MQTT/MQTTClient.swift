@@ -311,8 +311,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
         if isStopRequested() { return 100 }
         guard let since else { return 1000 }
         let left = configuration.connectTimeout - (ContinuousClock.now - since)
-        let ms = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
-        return Int32(max(1, min(1000, ms)))
+        return Int32(max(1, min(1000, left / .milliseconds(1) + 1)))
     }
 
     /// One turn of the network loop, with `mosquitto_loop`'s result codes: wait (poll) until
