@@ -8,8 +8,13 @@
 // Seed devices never resend. Their values topic therefore has a second client with a
 // persistent session (clean start off, a stable client id per process, a session expiry):
 // while this process is down or restarting, and while the broker restarts (with persistence),
-// the broker keeps this member's seed messages and delivers them on reconnect, so seed devices
-// lose nothing a persistent subscriber would receive.
+// the broker keeps this process's seed messages and delivers them on reconnect, so seed
+// devices lose nothing a persistent subscriber would receive. That subscription is NOT shared:
+// mosquitto 2.0 does not restore shared subscriptions from its persistence file (after a broker
+// restart the session comes back without it, and every seed message goes nowhere until the
+// process subscribes again), and a shared member that is gone for good would keep its share of
+// the messages in a session nobody reads. So every ingest process takes every seed message,
+// and the store keeps one (INSERT IGNORE by device and stream id).
 // Every message goes to the IngestWriter (Sync's IngestStateMachine and its thin shell), which
 // asks this side to pause and resume reading (backpressure) and publishes acks (QoS 1,
 // retained) only after commits.
@@ -59,8 +64,8 @@ struct IngestService: Service, CustomStringConvertible {
             logger: logger)
     }
 
-    /// Connects (waiting for the broker) and subscribes to `filters` in the shared group.
-    private func start(_ client: MQTTClient, filters: [String]) async throws -> MQTTConnAck {
+    /// Connects (waiting for the broker) and subscribes to `filters`, in the shared group when `shared`.
+    private func start(_ client: MQTTClient, filters: [String], shared: Bool) async throws -> MQTTConnAck {
         let broker = configuration.broker
         let ack = try await Self.retrying(logger, "broker \(broker.host):\(broker.port) not reachable") { try await client.connect() }
         // The connection may drop again before the SUBACKs come back (a flapping network, a
@@ -68,12 +73,12 @@ struct IngestService: Service, CustomStringConvertible {
         // for want of a connection is simply asked for again. A refusal (the ACL) is a
         // configuration error and ends the process with the broker's reason.
         for filter in filters {
-            let shared = configuration.topics.shared(filter)
-            try await Self.retrying(logger, "subscribe to \(shared) failed for want of a connection",
+            let filter = shared ? configuration.topics.shared(filter) : filter
+            try await Self.retrying(logger, "subscribe to \(filter) failed for want of a connection",
                                     if: { ($0 as? MQTTError).map { $0.kind == .notConnected || $0.kind == .connection } ?? false }) {
-                try await client.subscribe(shared, qos: .atLeastOnce)
+                try await client.subscribe(filter, qos: .atLeastOnce)
             }
-            logger.info("subscribed", metadata: ["filter": "\(shared)"])
+            logger.info("subscribed", metadata: ["filter": "\(filter)"])
         }
         return ack
     }
@@ -99,10 +104,10 @@ struct IngestService: Service, CustomStringConvertible {
             do { return try await database.store() } catch { await database.failed(); throw error }
         }
         try await Migrator(connection: store.connection).requireCurrent()
-        _ = try await start(client, filters: [templates.batch.filter, templates.status.filter, templates.response.filter])
+        _ = try await start(client, filters: [templates.batch.filter, templates.status.filter, templates.response.filter], shared: true)
         var seedSession = "none"
         if let seedClient {
-            seedSession = try await start(seedClient, filters: [templates.legacyValues.filter]).sessionPresent ? "resumed" : "new"
+            seedSession = try await start(seedClient, filters: [templates.legacyValues.filter], shared: false).sessionPresent ? "resumed" : "new"
         }
         let address = await database.address
         logger.info("ingest running", metadata: ["seed-values client": "\(ingest.clientID)", "seed-values session": "\(seedSession)",
@@ -134,6 +139,8 @@ struct IngestService: Service, CustomStringConvertible {
             switch event {
             case .connected(let sessionPresent):
                 logger.info("broker connected", metadata: ["session": "\(clientID == nil ? "clean" : sessionPresent ? "resumed" : "new")"])
+            case .disconnected(nil):
+                logger.info("broker disconnected")
             case .disconnected(let e):
                 if let clientID, let e, "\(e)".contains("Session taken over") {
                     logger.critical("another process connected with this ingest's client id \(clientID); give each ingest process its own FIELDLOG_INGEST_INSTANCE (or FIELDLOG_INGEST_CLIENT_ID)")
@@ -158,6 +165,9 @@ struct MetricsService: Service, CustomStringConvertible {
 
     func run() async throws {
         let app = MetricsEndpoint.buildApplication(metrics: metrics, host: host, port: port, logger: logger)
-        try await app.runService()
+        // `run()`, not `runService()`: the latter starts a ServiceGroup of its own that catches
+        // SIGTERM itself, so the server could stop before the ingest group asked it to, and the
+        // group then reported a service that "finished unexpectedly" (exit status 1).
+        try await app.run()
     }
 }
