@@ -96,6 +96,11 @@ final class IngestWriter: Sendable {
     private func drive(_ inputs: AsyncStream<Input>, _ continuation: AsyncStream<Input>.Continuation) async {
         var machine = Machine(configuration: configuration)
         var finishing = false
+        // Acks go out on a task of their own, in commit order, so the next transaction never waits
+        // for the broker's PUBACKs (a broker busy with a flood answers slowly).
+        let (ackStream, acks) = AsyncStream.makeStream(of: [AckMessage].self)
+        await withDiscardingTaskGroup { publisher in
+        publisher.addTask { for await batch in ackStream { await self.publish(batch) } }
         await withDiscardingTaskGroup { tasks in
             for await input in inputs {
                 if Task.isCancelled { break }
@@ -120,7 +125,7 @@ final class IngestWriter: Sendable {
                     actions = []
                 }
                 for action in actions {
-                    await perform(action, tasks: &tasks, continuation: continuation)
+                    await perform(action, tasks: &tasks, continuation: continuation, acks: acks)
                 }
                 metrics.queueDepth.record(machine.queuedMessages)
                 metrics.queueBytes.record(machine.queuedBytes)
@@ -128,9 +133,13 @@ final class IngestWriter: Sendable {
             }
             tasks.cancelAll()
         }
+        // The acks of what committed still go out (the publisher ends when they have).
+        acks.finish()
+        }
     }
 
-    private func perform(_ action: Machine.Action, tasks: inout DiscardingTaskGroup, continuation: AsyncStream<Input>.Continuation) async {
+    private func perform(_ action: Machine.Action, tasks: inout DiscardingTaskGroup, continuation: AsyncStream<Input>.Continuation,
+                         acks: AsyncStream<[AckMessage]>.Continuation) async {
         switch action {
         case .pauseReading:
             metrics.readingPaused.record(1)
@@ -177,8 +186,8 @@ final class IngestWriter: Sendable {
                     continuation.yield(.progress(id, .failure(StoreFailureBox(failure: Self.classify(error)))))
                 }
             }
-        case .publishAcks(let acks):
-            await publish(acks)
+        case .publishAcks(let list):
+            acks.yield(list)
         case .compact(let key, let through):
             let (database, logger) = (self.database, self.logger)
             tasks.addTask {

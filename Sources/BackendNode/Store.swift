@@ -81,7 +81,7 @@ final class Store: Sendable {
         }
         let deadLetters = rows.deadLetters.map { d -> [MariaDBValue] in
             [now, .string(d.topic), .string(d.reason), .string(d.detail), text(d.device), d.epoch.map(MariaDBValue.uint) ?? .null,
-             d.seq.map(MariaDBValue.uint) ?? .null, .uint(d.payloadBytes), .bytes(d.payloadHead)]
+             d.seq.map(MariaDBValue.uint) ?? .null, .uint(d.payloadBytes), .bytes(d.payloadHead), d.dedupKey.map(MariaDBValue.bytes) ?? .null]
         }
         let ranges = rows.ranges.map { [.string($0.device), .uint($0.epoch), .uint($0.first), .uint($0.last), now] as [MariaDBValue] }
         let legacyReadings = rows.legacyReadings.map { r -> [MariaDBValue] in
@@ -237,7 +237,7 @@ final class Store: Sendable {
         _ = try await write(StoreRows(tx))
     }
 
-    static let deadLetterInsert = "INSERT IGNORE INTO dead_letters (received_at, topic, reason, detail, device_id, epoch, seq, payload_bytes, payload_head)"
+    static let deadLetterInsert = "INSERT IGNORE INTO dead_letters (received_at, topic, reason, detail, device_id, epoch, seq, payload_bytes, payload_head, dedup_key)"
 
     /// Records a command sent to a device.
     func recordCommand(requestID: String, device: DeviceID, command: String, epoch: Epoch?, range: SequenceRange?, payload: String) async throws {

@@ -72,7 +72,12 @@ public enum HostilePayloads {
                              #""first":1,"last":2,"records":[{"seq":2,"ts":1,"values":{}},{"seq":1,"ts":1,"values":{}}]"#])
             return (batchTopic, Array(#"{"v":1,"type":"batch","device":"\#(d)","epoch":"\#(epoch)",\#(body)}"#.utf8))
         case .deviceMismatch:
-            return (topics.batch.topic(device: try! DeviceID("someone-else")), validBatch())
+            // On its own topic (the broker's ACL keeps it off others'), naming another device.
+            let other = SyncCodec.encode(Batch(device: try! DeviceID("someone-else"), epoch: Epoch.random(using: &g),
+                                               range: SequenceRange(checked: SequenceNumber(1), SequenceNumber(1)),
+                                               records: [LogRecord(sequence: SequenceNumber(1), timestamp: DeviceTimestamp(unixMilliseconds: 1),
+                                                                   values: try! SensorValues(["t": .number(1)]))]))
+            return (pick([batchTopic, topics.status.topic(device: device)]), other)
         case .unknownEpoch:
             return (batchTopic, validBatch(first: UInt64.random(in: 1...1_000_000, using: &g), count: UInt64.random(in: 1...20, using: &g)))
         case .injection:

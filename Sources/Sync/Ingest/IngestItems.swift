@@ -65,11 +65,14 @@ public struct DeadLetter: Hashable, Sendable {
     /// The first `DeadLetter.excerptBytes` of the payload.
     public var payloadExcerpt: [UInt8]
     public var payloadBytes: Int
+    /// For a message every ingest process receives (seed values, §6.3): a digest of topic and
+    /// payload, stored under a unique key, so N processes keep ONE dead letter of it.
+    public var dedupKey: [UInt8]?
 
     public static let excerptBytes = 1_024
 
     public init(topic: String, reason: DeadLetterReason, message: String, topicDevice: DeviceID?,
-                epoch: Epoch? = nil, sequence: SequenceNumber? = nil, payload: [UInt8], payloadBytes: Int? = nil) {
+                epoch: Epoch? = nil, sequence: SequenceNumber? = nil, payload: [UInt8], payloadBytes: Int? = nil, dedupKey: [UInt8]? = nil) {
         self.topic = topic
         self.reason = reason
         self.message = message
@@ -78,6 +81,21 @@ public struct DeadLetter: Hashable, Sendable {
         self.sequence = sequence
         self.payloadExcerpt = Array(payload.prefix(Self.excerptBytes))
         self.payloadBytes = payloadBytes ?? payload.count
+        self.dedupKey = dedupKey
+    }
+
+    /// 16 bytes identifying (topic, payload): two 64-bit FNV-1a hashes with different offsets.
+    /// Not cryptographic: it only tells repeats of one device's own message apart from others.
+    public static func dedupKey(topic: String, payload: [UInt8]) -> [UInt8] {
+        var a: UInt64 = 0xcbf2_9ce4_8422_2325, b: UInt64 = 0x6c62_272e_07bb_0142
+        func mix(_ byte: UInt8) {
+            a = (a ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+            b = (b ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 ^ (b >> 29)
+        }
+        for byte in topic.utf8 { mix(byte) }
+        mix(0)
+        for byte in payload { mix(byte) }
+        return (0..<8).map { UInt8(truncatingIfNeeded: a >> (8 * $0)) } + (0..<8).map { UInt8(truncatingIfNeeded: b >> (8 * $0)) }
     }
 }
 
@@ -155,7 +173,11 @@ public enum IngestItem: Hashable, Sendable {
         if configuration.acceptLegacyValues, let device = t.legacyValues.device(inTopic: topic) {
             do {
                 return .legacy(try LegacyValues.decode(payload, device: device, maxBytes: maxBytes))
-            } catch { return dead(device, error) }
+            } catch {
+                // Every ingest process takes every seed message: one dead letter for all of them.
+                return .deadLetter(DeadLetter(topic: topic, reason: error.reason, message: error.message, topicDevice: device, payload: payload,
+                                              dedupKey: DeadLetter.dedupKey(topic: topic, payload: payload)))
+            }
         }
         return dead(nil, SyncDecodingError(.unknownTopic, "topic \(TextLimit.prefix(topic, maxBytes: 200).debugDescription) matches no subscribed template"))
     }

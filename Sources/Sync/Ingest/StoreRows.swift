@@ -45,6 +45,8 @@ public struct StoreRows: Hashable, Sendable {
         public var device: String?, epoch: UInt64?, seq: UInt64?
         public var payloadBytes: UInt64
         public var payloadHead: [UInt8]
+        /// Unique when set: a dead letter every ingest process writes is kept once.
+        public var dedupKey: [UInt8]?
     }
     /// `legacy_readings` (INSERT IGNORE on device, stream id).
     public struct LegacyReading: Hashable, Sendable {
@@ -149,7 +151,7 @@ public struct StoreRows: Hashable, Sendable {
         DeadLetterRow(topic: TextLimit.clip(d.topic, maxBytes: maxTopicBytes), reason: d.reason.rawValue,
                    detail: TextLimit.clip(d.message, maxBytes: maxDetailBytes), device: d.topicDevice?.rawValue,
                    epoch: d.epoch?.rawValue, seq: d.sequence?.rawValue, payloadBytes: UInt64(max(0, d.payloadBytes)),
-                   payloadHead: Array(d.payloadExcerpt.prefix(DeadLetter.excerptBytes)))
+                   payloadHead: Array(d.payloadExcerpt.prefix(DeadLetter.excerptBytes)), dedupKey: d.dedupKey)
     }
 
     // MARK: Column checks
@@ -197,6 +199,7 @@ public struct StoreRows: Hashable, Sendable {
             check(d.device.map(Columns.deviceID) ?? true, "dead_letters.device_id")
             check(d.seq.map(Columns.sequence) ?? true, "dead_letters.seq")
             check(d.payloadBytes <= UInt64(UInt32.max) && d.payloadHead.count <= 1_024, "dead_letters.payload")
+            check(d.dedupKey.map { $0.count == 16 } ?? true, "dead_letters.dedup_key")
         }
         for r in legacyReadings {
             check(Columns.deviceID(r.device) && Columns.ascii(r.streamID, 41) && !r.streamID.isEmpty, "legacy_readings key")

@@ -51,6 +51,10 @@ public struct IngestConfiguration: Sendable, Hashable {
     public var maxMessagesPerTransaction: Int = 512
     /// Most payload bytes in one transaction.
     public var maxBytesPerTransaction: Int = 8 << 20
+    /// Most payload bytes of one device in one transaction (at least one message is always
+    /// taken): a device sending a flood gets this share of each transaction, so the others'
+    /// messages wait for a short transaction, never for a long one full of the flood.
+    public var maxBytesPerDevicePerTransaction: Int = 1 << 20
     /// Backoff after a connection-level failure: first, doubling up to max.
     public var reconnectBackoffFirst: Duration = .milliseconds(200)
     public var reconnectBackoffMax: Duration = .seconds(5)
@@ -70,7 +74,9 @@ public struct IngestConfiguration: Sendable, Hashable {
         if maxMessageBytes < 1_024 || maxMessageBytes > ProtocolLimits.maxMessageBytes { return "maxMessageBytes must be 1024…\(ProtocolLimits.maxMessageBytes)" }
         if maxQueuedBytes < 2 * maxMessageBytes { return "maxQueuedBytes must hold at least two messages (\(2 * maxMessageBytes) bytes)" }
         if maxQueuedBytesPerDevice < maxMessageBytes || maxQueuedBytesPerDevice > maxQueuedBytes { return "maxQueuedBytesPerDevice must be maxMessageBytes…maxQueuedBytes" }
-        if maxMessagesPerTransaction < 1 || maxBytesPerTransaction < 1 { return "maxMessagesPerTransaction and maxBytesPerTransaction must be at least 1" }
+        if maxMessagesPerTransaction < 1 || maxBytesPerTransaction < 1 || maxBytesPerDevicePerTransaction < 1 {
+            return "maxMessagesPerTransaction, maxBytesPerTransaction and maxBytesPerDevicePerTransaction must be at least 1"
+        }
         if reconnectBackoffFirst <= .zero || reconnectBackoffMax < reconnectBackoffFirst { return "reconnect backoff must satisfy 0 < first ≤ max" }
         if conflictRetries < 0 || unknownErrorAttempts < 1 || compactEveryBatches < 1 || maxCachedEpochs < 1 { return "retry counts and cache sizes out of range" }
         return nil
@@ -503,13 +509,19 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             next.item = .batch(b.rejectingAllRecords(reason: TextLimit.clip(reason, maxBytes: ProtocolLimits.maxTextBytes)))
             next.stage = .recordsRejected
         case (.original, _), (.recordsRejected, _):
+            var key: [UInt8]?
+            // Every process refuses the same seed message: the same key (topic, size and head) in each.
+            if case .legacy = w.item { key = DeadLetter.dedupKey(topic: "\(w.topic) \(w.payloadBytes)", payload: w.payloadHead) }
+            if case .deadLetter(let d) = w.item { key = d.dedupKey }
             next.item = .deadLetter(DeadLetter(topic: w.topic, reason: .storeRefused, message: reason, topicDevice: w.item.device,
-                                               payload: w.payloadHead, payloadBytes: w.payloadBytes))
+                                               payload: w.payloadHead, payloadBytes: w.payloadBytes, dedupKey: key))
             next.stage = .deadLettered
         case (.deadLettered, _):
             // A minimal dead letter: nothing of the message's text, only what we wrote ourselves.
+            var key: [UInt8]?
+            if case .deadLetter(let d) = w.item { key = d.dedupKey }
             next.item = .deadLetter(DeadLetter(topic: "", reason: .storeRefused, message: "a dead letter for this device was refused too",
-                                               topicDevice: w.item.device, payload: [], payloadBytes: w.payloadBytes))
+                                               topicDevice: w.item.device, payload: [], payloadBytes: w.payloadBytes, dedupKey: key))
             next.stage = .minimal
         case (.minimal, _):
             return nil
@@ -555,10 +567,20 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
     private mutating func formGroup() -> [Action] {
         var taken: [Queued] = []
         var bytes = 0
-        while taken.count < configuration.maxMessagesPerTransaction, bytes < configuration.maxBytesPerTransaction, !rotation.isEmpty {
+        var perDevice: [DeviceID?: Int] = [:]
+        var skipped = 0  // devices in a row that have had their share of this transaction
+        while taken.count < configuration.maxMessagesPerTransaction, bytes < configuration.maxBytesPerTransaction,
+              !rotation.isEmpty, skipped < rotation.count {
             if cursor >= rotation.count { cursor = 0 }
             let key = rotation[cursor]
+            if (perDevice[key] ?? 0) >= configuration.maxBytesPerDevicePerTransaction {
+                skipped += 1
+                cursor += 1
+                continue
+            }
+            skipped = 0
             let q = buckets[key]!.pop()
+            perDevice[key, default: 0] += q.payload.count
             buckets[key]!.bytes -= q.cost
             queuedBytes -= q.cost
             queuedMessages -= 1
