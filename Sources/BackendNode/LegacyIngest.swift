@@ -136,13 +136,13 @@ extension Store {
         let meta: [MariaDBValue] = [m.deviceType.map(MariaDBValue.string) ?? .null, m.appID.map(MariaDBValue.string) ?? .null,
                                     m.appName.map(MariaDBValue.string) ?? .null]
         let rows = (readingRows, valueRows)
-        let inserted: UInt64 = try await connection.transaction { s in
-            try s.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at, device_type, app_id, app_name) VALUES (?, 'legacy', ?, ?, ?, ?)",
-                          [d, .string(now)] + meta)
-            let n = try s.insertRows("INSERT IGNORE INTO legacy_readings (device_id, stream_id, device_ms, device_time, received_at)", rows: rows.0)
-            try s.insertRows("INSERT IGNORE INTO legacy_values (device_id, stream_id, sensor, device_time, num_value, text_value)", rows: rows.1)
+        // Checked inserts (Store.swift): a row INSERT IGNORE dropped for another reason than a duplicate fails the transaction.
+        let counts = try await connection.transaction { s in
+            try s.insert(.legacyDevices, [[d, .string("legacy"), .string(now)] + meta])
+            let n = try s.insert(.legacyReadings, rows.0)
+            try s.insert(.legacyValues, rows.1)
             return n
         }
-        return (Int(inserted), m.readings.count - Int(inserted))
+        return (counts.inserted, counts.duplicates)
     }
 }

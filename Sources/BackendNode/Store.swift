@@ -1,13 +1,18 @@
 // Store: every write the backend makes to MariaDB, and the reads that derive progress.
 //
 // Theory of operation: `storeBatches` writes a group of validated batches in ONE transaction:
-// readings and their values (multi-row prepared INSERT IGNORE, `insertRows`, so a resent record
-// is absorbed as a duplicate; an array-bound bulk execute was tried and lost or double-counted
-// rows when Galera aborted the transaction under it — docs/benchmarks.md), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
-// one immutable `batch_ranges` row per batch. Nothing in that transaction updates a row that
-// another batch also writes, so concurrent ingest processes (and Galera nodes) seldom conflict;
-// when they do (1213), the caller retries the whole transaction. After the commit,
-// `coverage(...)` reads the committed ranges; the ack is their contiguous prefix (Coverage.swift).
+// readings and their values (multi-row prepared INSERT IGNORE, so a resent record is absorbed
+// as a duplicate), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
+// one immutable `batch_ranges` row per batch. Every INSERT is checked (`CheckedTable`,
+// MariaDB's `insertIgnoringDuplicates`): rows inserted + rows proven to be duplicates must be
+// the rows sent, else `MariaDBRowsNotWritten` rolls the transaction back, so a row INSERT
+// IGNORE dropped silently can never be acked; and the session refuses to go on in a
+// transaction the server ended without an error (`MariaDBError.transactionEndedByServer`, the
+// cause of the array-bound insert loss under Galera, docs/benchmarks.md). Nothing in that
+// transaction updates a row that another batch also writes, so concurrent ingest processes
+// (and Galera nodes) seldom conflict; when they do (1213), the caller retries the whole
+// transaction. After the commit, `coverage(...)` reads the committed ranges; the ack is their
+// contiguous prefix (Coverage.swift).
 import FieldlogCore
 import Foundation
 import Logging
@@ -184,25 +189,21 @@ final class Store: Sendable {
         let deviceRows: [[MariaDBValue]] = newDevices.map { [.string($0.rawValue), .string("fieldlog"), .string(now)] }
         let epochRows: [[MariaDBValue]] = newEpochs.map { [.string($0.0.rawValue), .uint($0.1.rawValue), .string(now)] }
         let rows = (readingRows, valueRows, lossRows, rejectedRows, rangeRows)
-        let inserted: UInt64 = try await connection.transaction { s in
-            if !deviceRows.isEmpty {
-                try s.insertRows("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at)", rows: deviceRows)
-            }
-            if !epochRows.isEmpty {
-                try s.insertRows("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at)", rows: epochRows)
-            }
-            let n = try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: rows.0)
-            try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: rows.1)
-            try s.insertRows("INSERT IGNORE INTO loss_ranges (device_id, epoch, first_seq, last_seq, reason, detail, device_recorded_ms, received_at)", rows: rows.2)
-            try s.insertRows(Self.deadLetterInsert, rows: rows.3)
-            try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: rows.4)
+        let inserted: Int = try await connection.transaction { s in
+            if !deviceRows.isEmpty { try s.insert(.devices, deviceRows) }
+            if !epochRows.isEmpty { try s.insert(.epochs, epochRows) }
+            let n = try s.insert(.readings, rows.0).inserted
+            try s.insert(.readingValues, rows.1)
+            try s.insert(.lossRanges, rows.2)
+            try s.insert(.deadLetters, rows.3)
+            try s.insert(.batchRanges, rows.4)
             return n
         }
         // Attribute inserted rows to batches: exact when the group holds one batch; for a group,
         // duplicates are counted in total (the per-batch split is not needed by anyone).
         let totalRecords = perBatchRecordCounts.reduce(0, +)
-        precondition(inserted <= UInt64(totalRecords), "inserted \(inserted) readings from \(totalRecords) records")
-        var remainingInserted = Int(inserted)
+        precondition(inserted <= totalRecords, "inserted \(inserted) readings from \(totalRecords) records")
+        var remainingInserted = inserted
         return zip(batches, perBatchRecordCounts).map { b, count in
             let ins = min(count, remainingInserted)
             remainingInserted -= ins
@@ -277,8 +278,8 @@ final class Store: Sendable {
             for r in rows.rows { c.insert(SequenceRange(checked: SequenceNumber(r[0].uint64!), SequenceNumber(r[1].uint64!))) }
             guard c.contiguousThrough >= through else { return 0 }
             let deleted = try s.execute("DELETE FROM batch_ranges WHERE device_id = ? AND epoch = ? AND last_seq <= ?", key).affectedRows
-            try s.execute("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at, compacted) VALUES (?, ?, 1, ?, ?, 1)",
-                          key + [.string(now)])
+            // Checked: the rows just deleted must be replaced, or the ledger would shrink.
+            try s.insert(.compactedRange, [[key[0], key[1], .uint(1), key[2], .string(now), .int(1)]])
             return Int(deleted)
         }
     }
@@ -294,10 +295,15 @@ final class Store: Sendable {
     /// group: a fleet of 1,000 devices sends ~100 a second).
     func recordStatuses(_ statuses: [Status]) async throws {
         let now = SQLTime.now()
+        var seen = Set<DeviceID>()
+        let deviceRows: [[MariaDBValue]] = statuses.compactMap { status in
+            seen.insert(status.device).inserted ? [.string(status.device.rawValue), .string("fieldlog"), .string(now)] : nil
+        }
         try await connection.transaction { s in
+            // Every status's device row first (one checked statement), then the updates in arrival order.
+            try s.insert(.devices, deviceRows)
             for status in statuses {
                 let d = MariaDBValue.string(status.device.rawValue)
-                try s.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', ?)", [d, .string(now)])
                 try s.execute("""
                     UPDATE devices SET protocol = 'fieldlog', status_state = ?, status_epoch = ?, status_head = ?, status_acked = ?,
                            status_measuring = ?, status_device_ms = ?, status_received_at = ? WHERE device_id = ?
@@ -315,8 +321,6 @@ final class Store: Sendable {
         }
     }
 
-    static let deadLetterInsert = "INSERT IGNORE INTO dead_letters (received_at, topic, reason, detail, device_id, epoch, seq, payload_bytes, payload_head)"
-
     static func deadLetterRow(_ d: DeadLetterRow, now: String) -> [MariaDBValue] {
         [.string(now), .string(d.topic), .string(d.reason.rawValue), .string(d.detail),
          d.device.map { .string($0.rawValue) } ?? .null, d.epoch.map { .uint($0.rawValue) } ?? .null,
@@ -327,16 +331,24 @@ final class Store: Sendable {
         guard !letters.isEmpty else { return }
         let now = SQLTime.now()
         let rows = letters.map { Self.deadLetterRow($0, now: now) }
-        try await connection.insertRows(Self.deadLetterInsert, rows: rows)
+        try await connection.transaction { try $0.insert(.deadLetters, rows) }
     }
 
     /// Records a command sent to a device.
     func recordCommand(requestID: String, device: DeviceID, command: String, epoch: Epoch?, range: SequenceRange?, payload: String) async throws {
-        try await connection.execute("""
+        let result = try await connection.execute("""
             INSERT INTO commands (request_id, device_id, command, epoch, first_seq, last_seq, payload, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """, [.string(requestID), .string(device.rawValue), .string(command), epoch.map { .uint($0.rawValue) } ?? .null,
                   range.map { .uint($0.first.rawValue) } ?? .null, range.map { .uint($0.last.rawValue) } ?? .null,
                   .string(payload), .string(SQLTime.now())])
+        try Self.requireOneRow(result, table: "commands")
+    }
+
+    /// A plain INSERT of one row either fails or inserts it; anything else is a server fault.
+    static func requireOneRow(_ result: MariaDBResult, table: String) throws {
+        guard result.affectedRows == 1 else {
+            throw MariaDBRowsNotWritten(table: table, sent: 1, inserted: Int(result.affectedRows), missing: result.affectedRows == 0 ? 1 : 0)
+        }
     }
 
     /// Records a device's answer to a command; updates the command's row when the request id is known.
@@ -346,13 +358,52 @@ final class Store: Sendable {
         let now = SQLTime.now()
         let p = String(decoding: payload.utf8.prefix(65_000), as: UTF8.self)
         return try await connection.transaction { s in
-            try s.execute("INSERT INTO command_responses (device_id, request_id, command, ok, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                          [.string(device.rawValue), requestID.map(MariaDBValue.string) ?? .null, .string(String(command.prefix(64))),
-                           .int(ok ? 1 : 0), .string(now), .string(p)])
+            try Self.requireOneRow(s.execute("INSERT INTO command_responses (device_id, request_id, command, ok, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                                             [.string(device.rawValue), requestID.map(MariaDBValue.string) ?? .null, .string(String(command.prefix(64))),
+                                              .int(ok ? 1 : 0), .string(now), .string(p)]), table: "command_responses")
             guard let requestID else { return false }
             let n = try s.execute("UPDATE commands SET response_at = ?, outcome = ?, response = ? WHERE request_id = ? AND device_id = ?",
                                   [.string(now), .string(outcome), .string(p), .string(requestID), .string(device.rawValue)]).affectedRows
             return n > 0
         }
+    }
+}
+
+/// A table the backend writes with a checked INSERT IGNORE (MariaDB's `insertIgnoringDuplicates`):
+/// its columns in the order the rows are built, and the unique key that makes a row a duplicate.
+struct CheckedTable: Sendable {
+    var name: String
+    var columns: [String]
+    var key: [String]
+
+    static let devices = CheckedTable(name: "devices", columns: ["device_id", "protocol", "first_seen_at"], key: ["device_id"])
+    static let legacyDevices = CheckedTable(name: "devices", columns: ["device_id", "protocol", "first_seen_at", "device_type", "app_id", "app_name"],
+                                            key: ["device_id"])
+    static let epochs = CheckedTable(name: "epochs", columns: ["device_id", "epoch", "first_seen_at"], key: ["device_id", "epoch"])
+    static let readings = CheckedTable(name: "readings", columns: ["device_id", "epoch", "seq", "device_ms", "device_time", "clock_unsynchronized",
+                                                                   "received_at", "missing_sensors"], key: ["device_id", "epoch", "seq"])
+    static let readingValues = CheckedTable(name: "reading_values", columns: ["device_id", "epoch", "seq", "sensor", "device_time", "num_value", "text_value"],
+                                            key: ["device_id", "epoch", "seq", "sensor"])
+    static let lossRanges = CheckedTable(name: "loss_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "reason", "detail",
+                                                                        "device_recorded_ms", "received_at"], key: ["device_id", "epoch", "first_seq", "last_seq"])
+    /// Rejected records are unique per (device, epoch, seq); other dead letters (NULL seq) all go in.
+    static let deadLetters = CheckedTable(name: "dead_letters", columns: ["received_at", "topic", "reason", "detail", "device_id", "epoch", "seq",
+                                                                          "payload_bytes", "payload_head"], key: ["device_id", "epoch", "seq"])
+    static let batchRanges = CheckedTable(name: "batch_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "stored_at"],
+                                          key: ["device_id", "epoch", "first_seq", "last_seq"])
+    static let compactedRange = CheckedTable(name: "batch_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "stored_at", "compacted"],
+                                             key: ["device_id", "epoch", "first_seq", "last_seq"])
+    static let legacyReadings = CheckedTable(name: "legacy_readings", columns: ["device_id", "stream_id", "device_ms", "device_time", "received_at"],
+                                             key: ["device_id", "stream_id"])
+    static let legacyValues = CheckedTable(name: "legacy_values", columns: ["device_id", "stream_id", "sensor", "device_time", "num_value", "text_value"],
+                                           key: ["device_id", "stream_id", "sensor"])
+}
+
+extension MariaDBSession {
+    /// Checked INSERT IGNORE of `rows` into `table`; throws `MariaDBRowsNotWritten` when a row
+    /// was neither inserted nor already there.
+    @discardableResult
+    func insert(_ table: CheckedTable, _ rows: [[MariaDBValue]]) throws -> InsertCounts {
+        try insertIgnoringDuplicates(into: table.name, columns: table.columns, key: table.key, rows: rows)
     }
 }
