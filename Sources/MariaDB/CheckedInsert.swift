@@ -12,7 +12,6 @@
 // in their key cannot be duplicates (a unique key admits any number of NULLs): they go in a
 // statement of their own and every one of them must be inserted. The follow-up count costs a
 // round trip only when there were duplicates (a resend), never on the first write.
-import CMariaDB
 
 /// What a checked INSERT IGNORE wrote: `inserted + duplicates` is the number of rows sent.
 public struct InsertCounts: Sendable, Hashable {
@@ -152,9 +151,8 @@ extension MariaDBSession {
     /// How many of `keys` (distinct) are in `table`.
     private func countPresent(table: String, key: [String], keys: [[MariaDBValue]]) throws -> Int {
         var present = 0
-        for chunk in Self.keyChunks(keys, width: key.count) {
-            let sql = "SELECT COUNT(*) FROM \(table) WHERE " + Self.keyCondition(key, count: chunk.count)
-            present += Int(try execute(sql, chunk.flatMap { $0 }).rows.first?.first?.int64 ?? 0)
+        for lookup in Self.keyLookups(key, keys) {
+            present += Int(try execute("SELECT COUNT(*) FROM \(table) WHERE " + lookup.condition, lookup.binds).rows.first?.first?.int64 ?? 0)
         }
         return present
     }
@@ -167,9 +165,9 @@ extension MariaDBSession {
             return v
         }
         var found = Set<[MariaDBValue]>()
-        for chunk in Self.keyChunks(keys, width: key.count) {
-            let sql = "SELECT \(key.joined(separator: ", ")) FROM \(table) WHERE " + Self.keyCondition(key, count: chunk.count)
-            for row in try execute(sql, chunk.flatMap { $0 }).rows { found.insert(row.map(canonical)) }
+        for lookup in Self.keyLookups(key, keys) {
+            let sql = "SELECT \(key.joined(separator: ", ")) FROM \(table) WHERE " + lookup.condition
+            for row in try execute(sql, lookup.binds).rows { found.insert(row.map(canonical)) }
         }
         return Array(keys.lazy.filter { !found.contains($0.map(canonical)) }.prefix(limit))
     }
@@ -180,15 +178,42 @@ extension MariaDBSession {
         return rows.map { r in "\(r[0].string ?? "") \(r[1].string ?? ""): \(r[2].string ?? "")" }
     }
 
-    /// `(a = ? AND b = ?) OR …`: point lookups the range optimizer turns into index dives.
-    static func keyCondition(_ key: [String], count: Int) -> String {
-        let one = "(" + key.map { "\($0) = ?" }.joined(separator: " AND ") + ")"
-        return Array(repeating: one, count: count).joined(separator: " OR ")
-    }
-
-    /// Keys in chunks of at most 500 (and 65 535 parameters).
-    static func keyChunks(_ keys: [[MariaDBValue]], width: Int) -> [ArraySlice<[MariaDBValue]>] {
-        let size = max(1, min(500, 65_535 / max(width, 1)))
-        return stride(from: 0, to: keys.count, by: size).map { keys[$0..<min($0 + size, keys.count)] }
+    /// WHERE conditions that find `keys` (distinct, each in the order of `key`), as statements
+    /// the optimizer plans cheaply: the keys grouped by every column but one, the one with the
+    /// most distinct values, which goes in an IN list: `(a = ? AND b = ? AND c IN (?, …)) OR …`,
+    /// at most 500 values and 64 groups per statement. (500 keys as `(a = ? AND b = ? AND c = ?)
+    /// OR …` took MariaDB about 0.1 s to plan; `c IN (…)` with the rest equal, about 4 ms.)
+    static func keyLookups(_ key: [String], _ keys: [[MariaDBValue]]) -> [(condition: String, binds: [MariaDBValue])] {
+        guard !keys.isEmpty else { return [] }
+        let distinctPerColumn = key.indices.map { c in Set(keys.map { $0[c] }).count }
+        let listColumn = key.indices.max { distinctPerColumn[$0] < distinctPerColumn[$1] }!
+        let equalColumns = key.indices.filter { $0 != listColumn }
+        var order: [[MariaDBValue]] = [], lists: [[MariaDBValue]: [MariaDBValue]] = [:]
+        for k in keys {
+            let group = equalColumns.map { k[$0] }
+            if lists[group] == nil { order.append(group) }
+            lists[group, default: []].append(k[listColumn])
+        }
+        var out: [(condition: String, binds: [MariaDBValue])] = []
+        var parts: [String] = [], binds: [MariaDBValue] = [], values = 0
+        func flush() {
+            if !parts.isEmpty { out.append((parts.joined(separator: " OR "), binds)) }
+            parts = []; binds = []; values = 0
+        }
+        for group in order {
+            var rest = lists[group]![...]
+            while !rest.isEmpty {
+                if parts.count == 64 || values == 500 { flush() }
+                let chunk = rest.prefix(500 - values)
+                rest = rest.dropFirst(chunk.count)
+                let equal = equalColumns.map { "\(key[$0]) = ?" }
+                let list = "\(key[listColumn]) IN (" + Array(repeating: "?", count: chunk.count).joined(separator: ",") + ")"
+                parts.append("(" + (equal + [list]).joined(separator: " AND ") + ")")
+                binds += group + chunk
+                values += chunk.count
+            }
+        }
+        flush()
+        return out
     }
 }

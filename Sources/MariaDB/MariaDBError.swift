@@ -73,7 +73,7 @@ public struct MariaDBError: Error, CustomStringConvertible, Sendable {
     /// 40001, so `isDeadlock`): retry the whole transaction.
     static func transactionEndedByServer(_ operation: String) -> MariaDBError {
         MariaDBError(operation: operation, code: 1213, sqlState: "40001",
-                     message: "the server ended the open transaction without reporting an error (the last statement returned OK without SERVER_STATUS_IN_TRANS); its writes are rolled back, nothing after it was run: retry the transaction",
+                     message: "the server ended the open transaction although the last statement returned OK (no SERVER_STATUS_IN_TRANS; under Galera: an aborted array-bound INSERT, rolled back); nothing after it was run: retry the transaction",
                      endedTransactionSilently: true)
     }
 
