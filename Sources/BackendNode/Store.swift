@@ -1,13 +1,18 @@
 // Store: every write the backend makes to MariaDB, and the reads that derive progress.
 //
 // Theory of operation: `storeBatches` writes a group of validated batches in ONE transaction:
-// readings and their values (multi-row prepared INSERT IGNORE, `insertRows`, so a resent record
-// is absorbed as a duplicate; an array-bound bulk execute was tried and lost or double-counted
-// rows when Galera aborted the transaction under it — docs/benchmarks.md), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
-// one immutable `batch_ranges` row per batch. Nothing in that transaction updates a row that
-// another batch also writes, so concurrent ingest processes (and Galera nodes) seldom conflict;
-// when they do (1213), the caller retries the whole transaction. After the commit,
-// `coverage(...)` reads the committed ranges; the ack is their contiguous prefix (Coverage.swift).
+// readings and their values (multi-row prepared INSERT IGNORE, so a resent record is absorbed
+// as a duplicate), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
+// one immutable `batch_ranges` row per batch. Every INSERT is checked (`CheckedTable`,
+// MariaDB's `insertIgnoringDuplicates`): rows inserted + rows proven to be duplicates must be
+// the rows sent, else `MariaDBRowsNotWritten` rolls the transaction back, so a row INSERT
+// IGNORE dropped silently can never be acked; and the session refuses to go on in a
+// transaction the server ended without an error (`MariaDBError.transactionEndedByServer`, the
+// cause of the array-bound insert loss under Galera, docs/benchmarks.md). Nothing in that
+// transaction updates a row that another batch also writes, so concurrent ingest processes
+// (and Galera nodes) seldom conflict; when they do (1213), the caller retries the whole
+// transaction. After the commit, `coverage(...)` reads the committed ranges; the ack is their
+// contiguous prefix (Coverage.swift).
 import FieldlogCore
 import Foundation
 import Logging
@@ -92,21 +97,24 @@ final class Store: Sendable {
         }
         let statuses = rows.statuses
         let responses = rows.responses
+        // Checked inserts (CheckedTable): a row INSERT IGNORE dropped for another reason than a
+        // duplicate key fails the whole transaction (MariaDBRowsNotWritten), so it is never acked.
+        let plainLetters = zip(rows.deadLetters, deadLetters).filter { $0.0.dedupKey == nil }.map(\.1)
+        let seedLetters = zip(rows.deadLetters, deadLetters).filter { $0.0.dedupKey != nil }.map(\.1)
+        let statusDevices = Array(Set(statuses.map(\.device))).sorted().map { [.string($0), .string("fieldlog"), now, .null, .null, .null] as [MariaDBValue] }
         return try await connection.transaction { s in
-            if !devices.isEmpty {
-                try s.insertRows("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at, device_type, app_id, app_name)", rows: devices)
-            }
-            if !epochs.isEmpty { try s.insertRows("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at)", rows: epochs) }
-            let inserted = try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: readings)
-            try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: values)
-            try s.insertRows("INSERT IGNORE INTO loss_ranges (device_id, epoch, first_seq, last_seq, reason, detail, device_recorded_ms, received_at)", rows: losses)
-            try s.insertRows(Self.deadLetterInsert, rows: deadLetters)
-            try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: ranges)
-            let legacyInserted = try s.insertRows("INSERT IGNORE INTO legacy_readings (device_id, stream_id, device_ms, device_time, received_at)", rows: legacyReadings)
-            try s.insertRows("INSERT IGNORE INTO legacy_values (device_id, stream_id, sensor, device_time, num_value, text_value)", rows: legacyValues)
+            if !devices.isEmpty || !statusDevices.isEmpty { try s.insert(.devices, devices + statusDevices) }
+            if !epochs.isEmpty { try s.insert(.epochs, epochs) }
+            let inserted = try s.insert(.readings, readings).inserted
+            try s.insert(.readingValues, values)
+            try s.insert(.lossRanges, losses)
+            try s.insert(.deadLetters, plainLetters)
+            try s.insert(.seedDeadLetters, seedLetters)
+            try s.insert(.batchRanges, ranges)
+            let legacyInserted = try s.insert(.legacyReadings, legacyReadings).inserted
+            try s.insert(.legacyValues, legacyValues)
             for st in statuses {
                 let d = MariaDBValue.string(st.device)
-                try s.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', ?)", [d, now])
                 try s.execute("""
                     UPDATE devices SET protocol = 'fieldlog', status_state = ?, status_epoch = ?, status_head = ?, status_acked = ?,
                            status_measuring = ?, status_device_ms = ?, status_received_at = ? WHERE device_id = ?
@@ -121,14 +129,15 @@ final class Store: Sendable {
                 }
             }
             for r in responses {
-                try s.execute("INSERT INTO command_responses (device_id, request_id, command, ok, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                              [.string(r.device), text(r.requestID), .string(r.command), .int(r.ok ? 1 : 0), now, .string(r.payload)])
+                try Self.requireOneRow(s.execute("INSERT INTO command_responses (device_id, request_id, command, ok, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                                                 [.string(r.device), text(r.requestID), .string(r.command), .int(r.ok ? 1 : 0), now, .string(r.payload)]),
+                                       table: "command_responses")
                 if let id = r.requestID {
                     try s.execute("UPDATE commands SET response_at = ?, outcome = ?, response = ? WHERE request_id = ? AND device_id = ?",
                                   [now, .string(r.outcome), .string(r.payload), .string(id), .string(r.device)])
                 }
             }
-            return WriteResult(readingsInserted: Int(inserted), legacyInserted: Int(legacyInserted))
+            return WriteResult(readingsInserted: inserted, legacyInserted: legacyInserted)
         }
     }
 
@@ -217,8 +226,8 @@ final class Store: Sendable {
             for r in rows.rows { if let range = Self.validRange(r[0].uint64, r[1].uint64) { c.insert(range) } }
             guard c.contiguousThrough >= through else { return 0 }
             let deleted = try s.execute("DELETE FROM batch_ranges WHERE device_id = ? AND epoch = ? AND last_seq <= ?", key).affectedRows
-            try s.execute("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at, compacted) VALUES (?, ?, 1, ?, ?, 1)",
-                          key + [.string(now)])
+            // Checked: the rows just deleted must be replaced, or the ledger would shrink.
+            try s.insert(.compactedRange, [[key[0], key[1], .uint(1), key[2], .string(now), .int(1)]])
             return Int(deleted)
         }
     }
@@ -237,15 +246,22 @@ final class Store: Sendable {
         _ = try await write(StoreRows(tx))
     }
 
-    static let deadLetterInsert = "INSERT IGNORE INTO dead_letters (received_at, topic, reason, detail, device_id, epoch, seq, payload_bytes, payload_head, dedup_key)"
 
     /// Records a command sent to a device.
     func recordCommand(requestID: String, device: DeviceID, command: String, epoch: Epoch?, range: SequenceRange?, payload: String) async throws {
-        try await connection.execute("""
+        let result = try await connection.execute("""
             INSERT INTO commands (request_id, device_id, command, epoch, first_seq, last_seq, payload, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """, [.string(requestID), .string(device.rawValue), .string(command), epoch.map { .uint($0.rawValue) } ?? .null,
                   range.map { .uint($0.first.rawValue) } ?? .null, range.map { .uint($0.last.rawValue) } ?? .null,
                   .string(payload), .string(SQLTime.now())])
+        try Self.requireOneRow(result, table: "commands")
+    }
+
+    /// A plain INSERT of one row either fails or inserts it; anything else is a server fault.
+    static func requireOneRow(_ result: MariaDBResult, table: String) throws {
+        guard result.affectedRows == 1 else {
+            throw MariaDBRowsNotWritten(table: table, sent: 1, inserted: Int(result.affectedRows), missing: result.affectedRows == 0 ? 1 : 0)
+        }
     }
 
     /// Records a device's answer to a command, and its outcome on the command's row when the
@@ -254,5 +270,45 @@ final class Store: Sendable {
         var tx = IngestTransaction()
         tx.responses = [ResponseRecord(device: device, response: response)]
         _ = try await write(StoreRows(tx))
+    }
+}
+
+/// A table the backend writes with a checked INSERT IGNORE (MariaDB's `insertIgnoringDuplicates`):
+/// its columns in the order the rows are built, and the unique key that makes a row a duplicate.
+struct CheckedTable: Sendable {
+    var name: String
+    var columns: [String]
+    var key: [String]
+
+    static let devices = CheckedTable(name: "devices", columns: ["device_id", "protocol", "first_seen_at", "device_type", "app_id", "app_name"],
+                                      key: ["device_id"])
+    static let epochs = CheckedTable(name: "epochs", columns: ["device_id", "epoch", "first_seen_at"], key: ["device_id", "epoch"])
+    static let readings = CheckedTable(name: "readings", columns: ["device_id", "epoch", "seq", "device_ms", "device_time", "clock_unsynchronized",
+                                                                   "received_at", "missing_sensors"], key: ["device_id", "epoch", "seq"])
+    static let readingValues = CheckedTable(name: "reading_values", columns: ["device_id", "epoch", "seq", "sensor", "device_time", "num_value", "text_value"],
+                                            key: ["device_id", "epoch", "seq", "sensor"])
+    static let lossRanges = CheckedTable(name: "loss_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "reason", "detail",
+                                                                        "device_recorded_ms", "received_at"], key: ["device_id", "epoch", "first_seq", "last_seq"])
+    /// Rejected records are unique per (device, epoch, seq); other dead letters (NULL seq) all go in.
+    static let deadLetters = CheckedTable(name: "dead_letters", columns: ["received_at", "topic", "reason", "detail", "device_id", "epoch", "seq",
+                                                                          "payload_bytes", "payload_head", "dedup_key"], key: ["device_id", "epoch", "seq"])
+    /// Dead letters of messages every ingest process receives (seed values): unique per `dedup_key`.
+    static let seedDeadLetters = CheckedTable(name: "dead_letters", columns: deadLetters.columns, key: ["dedup_key"])
+    static let batchRanges = CheckedTable(name: "batch_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "stored_at"],
+                                          key: ["device_id", "epoch", "first_seq", "last_seq"])
+    static let compactedRange = CheckedTable(name: "batch_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "stored_at", "compacted"],
+                                             key: ["device_id", "epoch", "first_seq", "last_seq"])
+    static let legacyReadings = CheckedTable(name: "legacy_readings", columns: ["device_id", "stream_id", "device_ms", "device_time", "received_at"],
+                                             key: ["device_id", "stream_id"])
+    static let legacyValues = CheckedTable(name: "legacy_values", columns: ["device_id", "stream_id", "sensor", "device_time", "num_value", "text_value"],
+                                           key: ["device_id", "stream_id", "sensor"])
+}
+
+extension MariaDBSession {
+    /// Checked INSERT IGNORE of `rows` into `table`; throws `MariaDBRowsNotWritten` when a row
+    /// was neither inserted nor already there.
+    @discardableResult
+    func insert(_ table: CheckedTable, _ rows: [[MariaDBValue]]) throws -> InsertCounts {
+        try insertIgnoringDuplicates(into: table.name, columns: table.columns, key: table.key, rows: rows)
     }
 }
