@@ -202,7 +202,7 @@ public enum SyncCodec {
 
     /// Decodes a batch. `expectedDevice` (from the topic) is compared with the batch's device.
     /// Records with invalid content but a readable sequence number are not an error: they are
-    /// returned in `Batch.rejected` (spec §5.4).
+    /// returned in `Batch.rejected` (spec §5.3).
     public static func decodeBatch(_ bytes: [UInt8], expectedDevice: DeviceID? = nil,
                                    maxBytes: Int = ProtocolLimits.maxMessageBytes) throws(SyncDecodingError) -> Batch {
         var f = try envelope(bytes, maxBytes: maxBytes, type: "batch")

@@ -42,7 +42,7 @@ public enum ProtocolLimits {
 
 /// One record in a batch that the sender could read but the receiver could not accept
 /// (a value out of the protocol's limits, a bad sensor name...). It is kept aside, stored in
-/// the dead-letter table by the backend and acknowledged as rejected (spec §5.4).
+/// the dead-letter table by the backend and acknowledged as rejected (spec §5.3).
 public struct RejectedRecord: Hashable, Sendable {
     public var sequence: SequenceNumber
     public var reason: String
