@@ -35,7 +35,7 @@ extension Page {
             }
         }
         let summary: HTML = problems == 0 ? "<p class=\"alert good\">Nothing is missing: every record the devices reported is stored or accounted for.</p>"
-            : "<p class=\"alert bad\">\(problems) range\(problems == 1 ? "" : "s") of records are missing. Ask the device to resend them with “Request replay”; its answer shows on the device page.</p>"
+            : "<p class=\"alert bad\">\(problems) range\(problems == 1 ? "" : "s") of records are missing. \(session.role >= .operator ? "Ask the device to resend them with “Request replay”; its answer shows on the device page." : "An operator can ask the device to resend them.")</p>"
         if rows.isEmpty { rows = "<tr><td colspan=\"6\" class=\"empty\">No gaps, losses or silent devices.</td></tr>" }
         return layout(title: "Audit", session: session, active: "audit", body: """
         <div class="pagehead"><h1>Audit</h1><span class="muted small">Gaps and losses across the fleet · \(plural(report.devices.count, "device"))</span></div>

@@ -77,8 +77,30 @@ enum Passwords {
         await offPool { Bcrypt.verify(password, hash: hash) }
     }
 
-    /// A hash to verify against when the user does not exist, so both cases take the same time.
-    static let dummyHash = Bcrypt.hash("fieldlog-no-such-user", cost: 12)
+    /// Whether `password` matches `hash`; without a hash (no such user) it checks against a
+    /// dummy of the same cost and says no, so both take the same time.
+    static func verify(_ password: String, hash: String?, cost: UInt8) async -> Bool {
+        await offPool {
+            guard let hash else {
+                _ = Bcrypt.verify(password, hash: dummyHash(cost: cost))
+                return false
+            }
+            return Bcrypt.verify(password, hash: hash)
+        }
+    }
+
+    /// A hash to verify against when the user does not exist (or is disabled), at the cost of
+    /// real hashes, so both cases take the same time. Made once per cost.
+    static func dummyHash(cost: UInt8) -> String {
+        dummyHashes.withLock { d in
+            if let h = d[cost] { return h }
+            let h = Bcrypt.hash("fieldlog-no-such-user", cost: cost)
+            d[cost] = h
+            return h
+        }
+    }
+
+    private static let dummyHashes = Mutex<[UInt8: String]>([:])
 
     /// Checks a new password; the message says what is wrong.
     static func check(_ password: String) -> String? {

@@ -209,8 +209,7 @@ struct WebRoutes: Sendable {
         }
         let checked: Bool? = try await deps.signInGate.run {
             let hash = try await store.passwordHash(user: user)
-            let ok = await Passwords.verify(password, hash: hash ?? Passwords.dummyHash)
-            return ok && hash != nil
+            return await Passwords.verify(password, hash: hash, cost: deps.settings.bcryptCost)
         }
         guard let ok = checked else {
             throw HTTPError(.tooManyRequests, message: "Too many sign-ins at once. Try again in a few seconds.")
@@ -254,6 +253,10 @@ struct WebRoutes: Sendable {
 
     func apiSignOut(_ request: Request, _ context: WebContext) async throws -> Response {
         guard let s = context.session else { throw HTTPError(.unauthorized, message: "Not signed in.") }
+        // /api/session is public (for signing in), so SessionMiddleware did not check the token.
+        guard let given = request.headers[HTTPField.Name("X-CSRF-Token")!], constantTimeEqual(given, s.csrfToken) else {
+            throw HTTPError(.forbidden, message: "missing or wrong X-CSRF-Token header")
+        }
         try await store.deleteSession(token: s.token)
         var r = Response(status: .noContent)
         r.setCookie(deps.settings.expiredCookie(WebSettings.sessionCookie))
