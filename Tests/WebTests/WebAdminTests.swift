@@ -199,12 +199,24 @@ final class WebAdminTests: XCTestCase {
         let real = try DeviceID(Stack.uniqueName("flreal"))
         try await h.storeReadings(real, epoch: Epoch(5), count: 30, missing: 10...12)
         try await h.storeReadings(real, epoch: Epoch(6), count: 4)
+        // Overlapping rows (a resend cut differently) around a gap, and rows that do not start at 1.
+        let odd = try DeviceID(Stack.uniqueName("flodd"))
+        let s = try await h.store.database.store()
+        try await s.connection.execute("INSERT INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', NOW(3))", [.string(odd.rawValue)])
+        try await s.connection.insertRows("INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head)",
+                                          rows: [[.string(odd.rawValue), .uint(1), .string(SQLTime.now()), .uint(10)],
+                                                 [.string(odd.rawValue), .uint(2), .string(SQLTime.now()), .uint(30)]])
+        try await s.connection.insertRows("INSERT INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: [
+            [1, 5], [4, 6], [3, 4], [9, 10], [2, 3],
+        ].map { [.string(odd.rawValue), .uint(1), .uint($0[0]), .uint($0[1]), .string(SQLTime.now())] } + [
+            [5, 9], [12, 20], [12, 14], [25, 26],
+        ].map { [.string(odd.rawValue), .uint(2), .uint($0[0]), .uint($0[1]), .string(SQLTime.now())] })
         try await h.application.test(.router) { client in
             let s = try await client.signIn(user: WebTestDatabase.viewer)
             // The fleet summary agrees with the audit, device by device.
             let audit = try await h.store.audit()
             let fleet = try await h.store.fleet()
-            XCTAssertEqual(fleet.count, 121)
+            XCTAssertEqual(fleet.count, 122)
             for d in audit.devices {
                 let f = try XCTUnwrap(fleet.first { $0.device == d.device })
                 XCTAssertEqual(f.missingRecords, d.epochs.reduce(0) { $0 + $1.missingCount }, d.device)
@@ -214,13 +226,16 @@ final class WebAdminTests: XCTestCase {
                 XCTAssertEqual(f.storedThrough, d.epochs.first { $0.epoch == f.epoch }?.storedThrough, d.device)
             }
             XCTAssertEqual(fleet.first { $0.device == real.rawValue }?.missingRecords, 3 + 5, "the gap and the ended epoch's last 5")
+            let o = try XCTUnwrap(fleet.first { $0.device == odd.rawValue })
+            XCTAssertEqual(o.missingRecords, 2 + 4 + 2 + 4, "7…8 of epoch 1; 1…4, 10…11, 21…24 of epoch 2 (27…30 of the current epoch are backlog)")
+            XCTAssertEqual(o.storedThrough, 0, "epoch 2 does not start at 1")
 
             let all = try jsonBody(try await client.get("/api/devices?pageSize=1000", s))
-            XCTAssertEqual(all["total"] as? Int, 121)
+            XCTAssertEqual(all["total"] as? Int, 122)
             let counts = try XCTUnwrap(all["counts"] as? [String: Any])
             XCTAssertEqual(counts["offline"] as? Int, 30)
             XCTAssertEqual(counts["silent"] as? Int, 12)
-            XCTAssertEqual(counts["gaps"] as? Int, 25)
+            XCTAssertEqual(counts["gaps"] as? Int, 26)
             XCTAssertEqual(counts["deadLetters"] as? Int, 14)
             func devices(_ query: String) async throws -> (names: [String], total: Int) {
                 let b = try jsonBody(try await client.get("/api/devices?\(query)", s))
@@ -229,8 +244,8 @@ final class WebAdminTests: XCTestCase {
             expectEqual(try await devices("filter=offline&pageSize=10").total, 30)
             expectEqual(try await devices("q=\(prefix)-011").names, (110...119).map { "\(prefix)-0\($0)" })
             let gaps = try await devices("filter=gaps&sort=device&dir=desc&page=1&pageSize=5")
-            XCTAssertEqual(gaps.total, 25)
-            XCTAssertEqual(gaps.names, [95, 90, 85, 80, 75].map { "\(prefix)-00\($0)" })
+            XCTAssertEqual(gaps.total, 26)
+            XCTAssertEqual(gaps.names, [100, 95, 90, 85, 80].map { "\(prefix)-\(String($0).leftPadded(to: 4))" }, "after flreal, flodd, 115, 110, 105")
             expectEqual(try await devices("filter=backlog").total, 120 - 18 + 1, "head − acked > 0 but every 7th; and the real device")
             expectEqual(try await devices("filter=dead-letters").total, 14)
 

@@ -1,15 +1,16 @@
 // Fleet: every device's summary, for a fleet of 10,000 and more.
 //
 // Theory of operation: `FleetLoader` reads the whole fleet in one job on the connection with
-// six set-based queries (devices with their status; epochs; per (device, epoch) the count,
-// lowest, highest and newest of its `batch_ranges` rows; the rows themselves only for the
-// epochs that are not one range from 1, i.e. that may have gaps; dead letters and seed
-// readings per device) and derives the same numbers as the `Auditor` (gaps, missing records,
-// records an ended epoch never delivered, last seen, silent), so the fleet page never
-// disagrees with `fieldlog-backend audit`; `WebRouteTests` checks the two side by side.
-// The result is a `FleetSnapshot`; `FleetCache` keeps the last one for
-// `WebSettings.fleetCacheAge` and lets concurrent requests share one load, so a page view
-// costs a filter, a sort and a slice in memory. `FleetQuery` is that filter, sort and slice:
+// five set-based queries (devices with their status; epochs; per (device, epoch) the gaps,
+// missing records, contiguous prefix and newest row of its `batch_ranges`, computed by the
+// server; dead letters and seed readings per device) and derives the same numbers as the
+// `Auditor` (gaps, missing records, records an ended epoch never delivered, last seen,
+// silent), so the fleet page never disagrees with `fieldlog-backend audit`; `WebAdminTests`
+// checks the two side by side, overlapping ranges included. The result is a `FleetSnapshot`;
+// `FleetCache` keeps the last one: younger than `WebSettings.fleetCacheAge` it is served as it
+// is; older (by at most `staleServedFor`) it is still served while one background load
+// replaces it; without one, a request waits for the load, which concurrent requests share.
+// So a page view costs a filter, a sort and a slice in memory. `FleetQuery` is that filter, sort and slice:
 // pure, parsed from the request (a 400 that names a wrong parameter), and the same for the
 // page, the JSON API and the live updates.
 import FieldlogCore
@@ -202,16 +203,45 @@ actor FleetCache {
     private var current: FleetSnapshot?
     private var loading: Task<FleetSnapshot, any Error>?
 
-    /// The snapshot, loaded anew when it is older than `maxAge`.
+    /// How long past `maxAge` a snapshot is still served while a new one loads.
+    static let staleServedFor: Duration = .seconds(60)
+
+    /// The snapshot: as it is when younger than `maxAge`; as it is while a load replaces it
+    /// when younger than `maxAge` + `staleServedFor` (and `maxAge` > 0); else after a load.
     func snapshot(maxAge: Duration, load: @escaping @Sendable () async throws -> FleetSnapshot) async throws -> FleetSnapshot {
-        if let c = current, ContinuousClock.now - c.loadedAt <= maxAge { return c }
-        if let loading { return try await loading.value }
+        if let c = current {
+            let age = ContinuousClock.now - c.loadedAt
+            if age <= maxAge { return c }
+            if maxAge > .zero, age <= maxAge + Self.staleServedFor {
+                if loading == nil { startLoad(load) }
+                return c
+            }
+        }
+        let task = loading ?? startLoad(load)
+        do {
+            let s = try await task.value
+            finished(task, s)
+            return s
+        } catch {
+            finished(task, nil)
+            throw error
+        }
+    }
+
+    @discardableResult
+    private func startLoad(_ load: @escaping @Sendable () async throws -> FleetSnapshot) -> Task<FleetSnapshot, any Error> {
         let task = Task { try await load() }
         loading = task
-        defer { loading = nil }
-        let s = try await task.value
-        current = s
-        return s
+        // A load nobody waits for (a stale snapshot was served) still lands here.
+        Task { await self.finished(task, try? await task.value) }
+        return task
+    }
+
+    /// Keeps a finished load's snapshot when it is newer; a failed load leaves the last one.
+    /// Called by whoever sees the load end first, so the next request never reuses a done load.
+    private func finished(_ task: Task<FleetSnapshot, any Error>, _ s: FleetSnapshot?) {
+        if let s, current.map({ s.loadedAt > $0.loadedAt }) ?? true { current = s }
+        if loading == task { loading = nil }
     }
 }
 
@@ -239,7 +269,8 @@ struct FleetLoader {
     let silentAfterMs: Int64
 
     struct Key: Hashable { var device: String; var epoch: UInt64 }
-    struct RangeSummary { var count: Int64; var first: UInt64; var last: UInt64; var lastStoredAt: String? }
+    /// What the rows of one (device, epoch) cover: the numbers `Coverage` derives, from the server.
+    struct RangeSummary { var gaps: Int; var missing: UInt64; var storedThrough: UInt64; var highest: UInt64; var lastStoredAt: String? }
 
     func load(nowMs: Int64 = WebTime.nowMilliseconds()) throws -> [FleetDevice] {
         let filter = device == nil ? "" : " WHERE device_id = ?"
@@ -249,8 +280,20 @@ struct FleetLoader {
               FROM devices\(filter) ORDER BY device_id
             """, binds).rows
         let epochRows = try session.execute("SELECT device_id, epoch, reported_head FROM epochs\(filter) ORDER BY device_id, first_seen_at, epoch", binds).rows
-        let summaries = try session.execute(
-            "SELECT device_id, epoch, COUNT(*), MIN(first_seq), MAX(last_seq), MAX(stored_at) FROM batch_ranges\(filter) GROUP BY device_id, epoch", binds).rows
+        // Per (device, epoch): its gaps, missing records, contiguous prefix, highest and newest
+        // row, computed by the server in one pass in key order (gaps and islands: a row starts
+        // a gap when its first number is above 1 + the highest last number before it), so a
+        // fleet whose ranges are not yet compacted sends one row per epoch, not one per batch.
+        let summaries = try session.execute("""
+            SELECT device_id, epoch, SUM(first_seq > covered + 1),
+                   SUM(CASE WHEN first_seq > covered + 1 THEN first_seq - covered - 1 ELSE 0 END),
+                   COALESCE(MIN(CASE WHEN first_seq > covered + 1 THEN covered END), MAX(last_seq)), MAX(last_seq), MAX(stored_at)
+              FROM (SELECT device_id, epoch, first_seq, last_seq, stored_at,
+                           COALESCE(MAX(last_seq) OVER (PARTITION BY device_id, epoch ORDER BY first_seq, last_seq
+                                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS covered
+                      FROM batch_ranges\(filter)) r
+             GROUP BY device_id, epoch
+            """, binds).rows
         let dead = try session.execute(
             "SELECT device_id, COUNT(*) FROM dead_letters WHERE device_id IS NOT NULL\(device == nil ? "" : " AND device_id = ?") GROUP BY device_id", binds).rows
         let legacy = try session.execute("SELECT device_id, MAX(received_at) FROM legacy_readings\(filter) GROUP BY device_id", binds).rows
@@ -258,22 +301,8 @@ struct FleetLoader {
         var ranges: [Key: RangeSummary] = [:]
         for r in summaries {
             guard let d = r[0].string, let e = r[1].uint64 else { continue }
-            ranges[Key(device: d, epoch: e)] = RangeSummary(count: r[2].int64 ?? 0, first: r[3].uint64 ?? 0, last: r[4].uint64 ?? 0, lastStoredAt: r[5].string)
-        }
-        // Only epochs that are not a single range from 1 can have gaps: read their rows.
-        let irregular = ranges.filter { $0.value.count > 1 || $0.value.first != 1 }.map(\.key)
-        var coverage: [Key: Coverage] = [:]
-        var start = 0
-        while start < irregular.count {
-            let chunk = irregular[start..<min(start + 200, irregular.count)]
-            start += chunk.count
-            let condition = Array(repeating: "(device_id = ? AND epoch = ?)", count: chunk.count).joined(separator: " OR ")
-            let rows = try session.execute("SELECT device_id, epoch, first_seq, last_seq FROM batch_ranges WHERE \(condition)",
-                                           chunk.flatMap { [MariaDBValue.string($0.device), .uint($0.epoch)] }).rows
-            for r in rows {
-                guard let d = r[0].string, let e = r[1].uint64, let f = r[2].uint64, let l = r[3].uint64, f >= 1, f <= l else { continue }
-                coverage[Key(device: d, epoch: e), default: Coverage()].insert(SequenceRange(checked: SequenceNumber(f), SequenceNumber(l)))
-            }
+            ranges[Key(device: d, epoch: e)] = RangeSummary(gaps: Int(r[2].int64 ?? 0), missing: r[3].uint64 ?? 0, storedThrough: r[4].uint64 ?? 0,
+                                                            highest: r[5].uint64 ?? 0, lastStoredAt: r[6].string)
         }
         var epochs: [String: [(epoch: UInt64, reportedHead: UInt64)]] = [:]
         for r in epochRows { if let d = r[0].string, let e = r[1].uint64 { epochs[d, default: []].append((e, r[2].uint64 ?? 0)) } }
@@ -293,19 +322,16 @@ struct FleetLoader {
             var missing: UInt64 = 0
             var storedThrough: UInt64?
             for (epoch, reportedHead) in known {
-                let k = Key(device: id, epoch: epoch)
-                let summary = ranges[k]
-                let c = coverage[k] ?? summary.map { Coverage([SequenceRange(checked: SequenceNumber($0.first), SequenceNumber($0.last))]) } ?? Coverage()
-                let gaps = c.gaps()
-                gapCount += gaps.count
-                missing += gaps.reduce(0) { $0 + ($1.last.rawValue - $1.first.rawValue + 1) }
-                let highest = c.highest.rawValue
+                let summary = ranges[Key(device: id, epoch: epoch)]
+                gapCount += summary?.gaps ?? 0
+                missing += summary?.missing ?? 0
+                let highest = summary?.highest ?? 0
                 // An epoch the device has left: what it reported above the highest stored never arrives.
                 if current != nil, current != epoch, reportedHead > highest {
                     gapCount += 1
                     missing += reportedHead - highest
                 }
-                if epoch == current { storedThrough = c.contiguousThrough.rawValue }
+                if epoch == current { storedThrough = summary?.storedThrough ?? 0 }
                 if let t = summary?.lastStoredAt, t > (lastSeen ?? "") { lastSeen = t }
             }
             if let t = legacySeen[id], t > (lastSeen ?? "") { lastSeen = t }
