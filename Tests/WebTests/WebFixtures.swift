@@ -84,7 +84,7 @@ struct WebHarness {
 
     func close() async {
         publisherTask.cancel()
-        await store.database.close()
+        await store.close()
         db.drop()
     }
 
@@ -209,6 +209,38 @@ func expectNotNil<T>(_ v: T?, _ message: @autoclosure () -> String = "", file: S
     XCTAssertNotNil(v, message(), file: file, line: line)
 }
 
+func expectGreater<T: Comparable>(_ a: T, _ b: T, _ message: @autoclosure () -> String = "", file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertGreaterThan(a, b, message(), file: file, line: line)
+}
+
 func unwrap<T>(_ v: T?, _ message: @autoclosure () -> String = "", file: StaticString = #filePath, line: UInt = #line) throws -> T {
     try XCTUnwrap(v, message(), file: file, line: line)
+}
+
+/// A fleet made with SQL (fast), with every kind of device the filters select.
+func insertFleet(_ s: Store, count: Int, prefix: String) async throws {
+    let now = SQLTime.now()
+    let old = SQLTime.datetime(unixMilliseconds: WebTime.nowMilliseconds() - 3_600_000)!
+    var devices: [[MariaDBValue]] = [], epochs: [[MariaDBValue]] = [], ranges: [[MariaDBValue]] = [], dead: [[MariaDBValue]] = []
+    for i in 0..<count {
+        let id = MariaDBValue.string("\(prefix)-\(String(i).leftPadded(to: 4))")
+        let offline = i % 4 == 0, silent = i % 10 == 0
+        let head = UInt64(100 + i % 7)
+        devices.append([id, .string(offline ? "offline" : "online"), .uint(1), .uint(head), .uint(100), .string(silent ? old : now), .string(silent ? old : now)])
+        epochs.append([id, .uint(1), .string(now), .uint(head)])
+        if i % 5 == 0 {
+            ranges.append([id, .uint(1), .uint(1), .uint(40), .string(silent ? old : now)])
+            ranges.append([id, .uint(1), .uint(45), .uint(100), .string(silent ? old : now)])
+        } else {
+            ranges.append([id, .uint(1), .uint(1), .uint(100), .string(silent ? old : now)])
+        }
+        if i % 9 == 0 { dead.append([id, .string(now)]) }
+    }
+    try await s.connection.insertRows("""
+        INSERT INTO devices (device_id, status_state, status_epoch, status_head, status_acked, status_received_at, first_seen_at, protocol, status_measuring)
+        """, rows: devices.map { $0 + [.string("fieldlog"), .int(1)] })
+    try await s.connection.insertRows("INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head)", rows: epochs)
+    try await s.connection.insertRows("INSERT INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: ranges)
+    try await s.connection.insertRows("INSERT INTO dead_letters (device_id, received_at, topic, reason, detail, payload_bytes, payload_head)",
+                                      rows: dead.map { $0 + [.string("t"), .string("malformed-json"), .string("bad"), .uint(3), .bytes([0x7B, 0x78, 0x7D])] })
 }

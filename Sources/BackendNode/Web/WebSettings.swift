@@ -23,8 +23,8 @@ struct WebSettings: Sendable {
     /// bcrypt cost of new password hashes. Default 12, 4…16 (tests use 4).
     var bcryptCost: UInt8 = 12
     /// How old the fleet overview's snapshot may be before a request reads the fleet anew.
-    /// Default 5 s, 0…300 (0: every request reads it; see Fleet.swift).
-    var fleetCacheAge: Duration = .seconds(5)
+    /// Default 10 s, 0…300 (0: every request reads it; see Fleet.swift).
+    var fleetCacheAge: Duration = .seconds(10)
     /// How often a live page's stream looks for changes. Default 1 s (tests use less).
     var liveInterval: Duration = .seconds(1)
     /// A live stream ends after this long; the browser reconnects by itself. Default 10 min.
@@ -59,7 +59,7 @@ struct WebSettings: Sendable {
         s.commandTimeout = .seconds(try env.int(["FIELDLOG_WEB_COMMAND_TIMEOUT_SECONDS"], default: 30, range: 1...3600))
         s.silentAfter = .seconds(try env.int(["FIELDLOG_WEB_SILENT_AFTER_SECONDS"], default: 600, range: 10...30 * 86400))
         s.bcryptCost = UInt8(try env.int(["FIELDLOG_WEB_BCRYPT_COST"], default: 12, range: 4...16))
-        s.fleetCacheAge = .seconds(try env.int(["FIELDLOG_WEB_FLEET_CACHE_SECONDS"], default: 5, range: 0...300))
+        s.fleetCacheAge = .seconds(try env.int(["FIELDLOG_WEB_FLEET_CACHE_SECONDS"], default: 10, range: 0...300))
         s.liveMaxStreams = try env.int(["FIELDLOG_WEB_LIVE_MAX_STREAMS"], default: 200, range: 1...10_000)
         s.signInConcurrency = try env.int(["FIELDLOG_WEB_SIGNIN_CONCURRENCY"], default: 4, range: 1...64)
         if let (name, list) = env.string(["FIELDLOG_WEB_TRUSTED_PROXIES"]) {

@@ -77,15 +77,24 @@ final class WebStore: Sendable {
     let settings: WebSettings
     let logger: Logger
     let fleetCache = FleetCache()
+    /// A second connection, for reading the whole fleet (Fleet.swift).
+    let fleetDatabase: DatabaseClient
 
     init(database: DatabaseClient, settings: WebSettings, logger: Logger) {
         self.database = database
         self.settings = settings
         self.logger = logger
+        fleetDatabase = DatabaseClient(settings: database.settings, logger: logger)
+    }
+
+    func close() async {
+        await database.close()
+        await fleetDatabase.close()
     }
 
     /// Runs `body` on the current connection; a lost connection becomes a 503 and is dropped.
-    func run<T: Sendable>(_ what: String, _ body: @Sendable (Store) async throws -> T) async throws -> T {
+    func run<T: Sendable>(_ what: String, on client: DatabaseClient? = nil, _ body: @Sendable (Store) async throws -> T) async throws -> T {
+        let database = client ?? self.database
         let store: Store
         do {
             store = try await database.store()
