@@ -28,7 +28,7 @@ extension Page {
             }
             let link = "/devices/\(d.device)"
             if d.silent {
-                rows += "<tr><td data-label=\"Device\"><a href=\"\(link)\">\(d.device)</a></td><td data-label=\"Epoch\">—</td><td data-label=\"Problem\"><span class=\"badge warn\">silent</span></td><td data-label=\"Records\" colspan=\"3\">nothing received since \(time(WebTime.iso(sql: d.lastSeenAt)))</td></tr>"
+                rows += "<tr><td data-label=\"Device\"><a href=\"\(link)\">\(d.device)</a></td><td data-label=\"Epoch\">—</td><td data-label=\"Problem\"><span class=\"badge warn\">silent</span></td><td data-label=\"Records\" colspan=\"3\"><div class=\"cell\">nothing received since \(time(WebTime.iso(sql: d.lastSeenAt)))</div></td></tr>"
             }
             if d.legacyReadings != nil {
                 rows += "<tr><td data-label=\"Device\"><a href=\"\(link)\">\(d.device)</a></td><td data-label=\"Epoch\">—</td><td data-label=\"Problem\"><span class=\"badge info\">seed device</span></td><td data-label=\"Note\" colspan=\"3\">\(d.note ?? "")</td></tr>"
@@ -62,7 +62,7 @@ extension Page {
             <tr><td data-label="Received">\(time(d.receivedAt))</td>\
             <td data-label="Reason"><span class="badge warn">\(d.reason)</span></td>\
             <td data-label="Device">\(device)</td><td data-label="Epoch / seq">\(record)</td>\
-            <td data-label="Detail" class="detail">\(d.detail)<div class="muted small">topic <code>\(d.topic)</code></div></td>\
+            <td data-label="Detail" class="detail"><div class="cell">\(d.detail)<div class="muted small">topic <code>\(d.topic)</code></div></div></td>\
             <td data-label="Payload" class="payloadcell"><details><summary>\(size)</summary>\(head)</details></td></tr>
             """
         }.joined()
@@ -166,7 +166,7 @@ extension Page {
             return """
             <tr><td data-label="When">\(time(e.at))</td><td data-label="Who"><strong>\(e.actor)</strong></td>\
             <td data-label="Did"><span class="badge info soft">\(e.action)</span></td><td data-label="To">\(target)</td>\
-            <td data-label="What">\(e.detail)\(e.requestId.map { r -> HTML in " <span class=\"muted small\">request <code>\(r)</code></span>" })</td></tr>
+            <td data-label="What"><div class="cell">\(e.detail)\(e.requestId.map { r -> HTML in " <span class=\"muted small\">request <code>\(r)</code></span>" })</div></td></tr>
             """
         }.joined()
         let base: [(String, String?)] = [("target", target), ("action", action)]

@@ -69,6 +69,8 @@ enum Assets {
     .grid td.empty,.empty{color:var(--muted);text-align:center;padding:1.5rem}
     .scroll-x{overflow-x:auto;margin-bottom:1rem} .scroll-x table.grid{margin:0}
     .devlink{font-weight:700;font-size:1.02rem}
+    .grid time,.grid code,.grid td[data-label=Device] a,.grid .badge{white-space:nowrap}
+    .grid td[data-label=Status] .badge{margin:0 .2rem .15rem 0}
     .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:.9rem}
     .fact{display:flex;flex-direction:column;align-items:flex-start;gap:.25rem} .fact .label{font-size:.78rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
     .fact .n{text-align:left;font-size:1.15rem;font-weight:650}
@@ -115,10 +117,10 @@ enum Assets {
     .ctl-row{display:flex;flex-wrap:wrap;gap:.6rem;margin-bottom:1rem;align-items:center} .ctl-row .push{margin-left:auto}
     .reboot-off{max-width:26rem;margin:0}
     .btn.big{min-height:3rem;padding:.6rem 1.2rem;font-size:1.02rem}
-    .ctl-grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,270px),1fr));gap:.75rem;margin-bottom:1.2rem}
+    .ctl-grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,270px),1fr));gap:.75rem;margin-bottom:1.2rem;align-items:start}
     .ctl{display:flex;flex-direction:column;gap:.6rem;background:#f7f9fb;border:1px solid var(--line);border-radius:10px;padding:.75rem}
     .ctl h4{margin:0;font-size:.95rem} .ctl .fields{display:flex;flex-wrap:wrap;gap:.5rem;flex:1}
-    .ctl .fields label{flex:1 1 100px} .ctl .fields input,.ctl .fields select{width:100%} .ctl>.btn{align-self:flex-start}
+    .ctl .fields label{flex:1 1 100px} .ctl .fields label.wide{flex-basis:100%} .ctl .fields input,.ctl .fields select{width:100%} .ctl>.btn{align-self:flex-start}
     .settings{display:flex;flex-direction:column;gap:.5rem}
     .setting{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem} .setting code{flex:1 1 100%}
     .setting form{display:flex;gap:.35rem;align-items:center} .setting input,.setting select{min-height:2.1rem;padding:.25rem .45rem;width:7.5rem}
@@ -135,18 +137,23 @@ enum Assets {
     .confirm{max-width:560px;margin:5vh auto} .row{display:flex;gap:.75rem;flex-wrap:wrap}
     @media (max-width:760px){
       main{padding:.6rem} h1{font-size:1.25rem}
-      header.top{padding:.5rem .6rem} .nav a{padding:.3rem .5rem;font-size:.92rem}
+      header.top{padding:.45rem .6rem;gap:.35rem .5rem} .nav a{padding:.3rem .5rem;font-size:.92rem}
+      .signout{order:2} .nav{order:3;flex-basis:100%;flex-wrap:nowrap;overflow-x:auto}
+      .btn.small.ghost{min-height:1.9rem}
       table.grid thead{display:none} table.grid,table.grid tbody,table.grid tr{display:block;width:100%}
       table.grid tr{border-bottom:1px solid var(--line);padding:.45rem 0}
       table.grid td{display:flex;width:100%;border:0;padding:.25rem .8rem;justify-content:space-between;align-items:baseline;gap:1rem;text-align:right}
       table.grid td::before{content:attr(data-label);flex:0 0 auto;color:var(--muted);font-size:.8rem;font-weight:600;text-align:left}
       table.grid td.empty{display:block;text-align:center} table.grid td.empty::before{content:none}
+      table.grid td>.cell{min-width:0;overflow-wrap:anywhere} table.grid td>details{min-width:0}
+      .commands .answer{max-width:none}
       table.grid td:first-child{font-size:1.05rem}
       table.grid td.actions{justify-content:flex-end} table.grid td.actions::before{flex-basis:100%}
       .scroll-x{overflow-x:visible}
       .ctl-row .push{margin-left:0} .ctl-row form,.ctl-row .btn{flex:1 1 auto;width:100%}
       .signout .user{display:none}
       .tiles{grid-template-columns:repeat(2,1fr)}
+      form.search label{flex:1 1 100%} form.search input,form.search select{width:100%}
       .tile .big{font-size:1.4rem}
     }
     """#

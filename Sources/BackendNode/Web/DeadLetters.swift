@@ -22,7 +22,7 @@ struct DeadLetter: Codable, Sendable, Hashable {
     var epoch: String?
     var seq: UInt64?
     var payloadBytes: Int
-    /// The stored start of the payload: as text when it is UTF-8, else nil (see payloadHeadHex).
+    /// The stored start of the payload: as text when it is printable UTF-8, else nil (see payloadHeadHex).
     var payloadHead: String?
     /// The stored start of the payload in hex, when it is not UTF-8 text.
     var payloadHeadHex: String?
@@ -81,8 +81,10 @@ extension WebStore {
         }
         return rows.map { r in
             let head = r[9].bytes ?? []
-            // The head is cut at 1 KiB, maybe inside a character: text when it is UTF-8 but for that.
-            let text = (0...min(3, head.count)).lazy.compactMap { String(validating: head.dropLast($0), as: UTF8.self) }.first
+            // The head is cut at 1 KiB, maybe inside a character: text when it is UTF-8 but for
+            // that, and has no control characters but TAB, LF and CR (else it is binary: hex).
+            let printable = !head.contains { ($0 < 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D) || $0 == 0x7F }
+            let text = printable ? (0...min(3, head.count)).lazy.compactMap { String(validating: head.dropLast($0), as: UTF8.self) }.first : nil
             return DeadLetter(id: r[0].uint64 ?? 0, receivedAt: WebTime.iso(sql: r[1].string), topic: r[2].string ?? "", reason: r[3].string ?? "",
                               detail: r[4].string ?? "", device: r[5].string, epoch: r[6].uint64.map { Epoch($0).hex }, seq: r[7].uint64,
                               payloadBytes: Int(r[8].int64 ?? 0), payloadHead: text,

@@ -137,7 +137,7 @@ extension Page {
             """, cls: "ctl")
         let replay = form("replay", """
             <h4>Resend records (replay)</h4>
-            <div class="fields"><label>Epoch <input name="epoch" value="\(v.device.epoch ?? "")" placeholder="current"></label>
+            <div class="fields"><label class="wide">Epoch <input name="epoch" value="\(v.device.epoch ?? "")" placeholder="current" maxlength="16"></label>
             <label>From seq <input name="from" type="number" min="1" required></label><label>To seq <input name="to" type="number" min="1" required></label></div>
             <button class="btn" type="submit">Request replay</button>
             """, cls: "ctl")
@@ -174,10 +174,10 @@ extension Page {
         return commands.map { c -> HTML in
             """
             <tr class="cmd-\(c.state)" data-request="\(c.requestId)"><td data-label="Sent">\(time(c.sentAt))</td>\
-            <td data-label="Command"><strong>\(c.command)</strong> \(commandArguments(c.payload).map { a -> HTML in "<span class=\"muted small\">\(a)</span>" })</td>\
+            <td data-label="Command"><div class="cell"><strong>\(c.command)</strong> \(commandArguments(c.payload).map { a -> HTML in "<span class=\"muted small\">\(a)</span>" })</div></td>\
             <td data-label="By">\(c.sentBy ?? "command line")</td>\
             <td data-label="Result">\(commandState(c))</td>\
-            <td data-label="Answer" class="answer">\(responseSummary(c))</td></tr>
+            <td data-label="Answer" class="answer"><div class="cell">\(responseSummary(c))</div></td></tr>
             """
         }.joined()
     }
@@ -228,7 +228,7 @@ extension Page {
         var rows = v.readings.map { r -> HTML in
             let clock: HTML = r.clockUnsynchronized ? " <span class=\"badge warn\" title=\"the device clock was not synchronised\">clock?</span>" : .empty
             let cells = sensors.map { s -> HTML in "<td data-label=\"\(s)\" class=\"n\">\(r.values[s]?.display ?? "—")</td>" }.joined()
-            return "<tr><td data-label=\"Time\">\(time(r.time))\(clock)</td><td data-label=\"Epoch / seq\"><code>\(r.epoch)</code> / \(r.seq)</td>\(cells)</tr>"
+            return "<tr><td data-label=\"Time\"><div class=\"cell\">\(time(r.time))\(clock)</div></td><td data-label=\"Epoch / seq\"><code>\(r.epoch)</code> / \(r.seq)</td>\(cells)</tr>"
         }.joined()
         if v.readings.isEmpty { rows = "<tr><td colspan=\"\(2 + sensors.count)\" class=\"empty\">No readings in this time range.</td></tr>" }
         let pages = max(1, (v.readingsTotal + v.pageSize - 1) / v.pageSize)

@@ -43,11 +43,14 @@ struct FleetDevice: Codable, Sendable, Hashable {
 struct FleetSnapshot: Sendable {
     var devices: [FleetDevice]
     var loadedAt: ContinuousClock.Instant
+    /// The same moment on the wall clock, for "as of" on the page.
+    var loadedAtMs: Int64
     var counts: FleetCounts
 
-    init(devices: [FleetDevice], loadedAt: ContinuousClock.Instant) {
+    init(devices: [FleetDevice], loadedAt: ContinuousClock.Instant, loadedAtMs: Int64 = WebTime.nowMilliseconds()) {
         self.devices = devices
         self.loadedAt = loadedAt
+        self.loadedAtMs = loadedAtMs
         counts = FleetCounts(devices)
     }
 }

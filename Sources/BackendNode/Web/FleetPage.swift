@@ -10,10 +10,13 @@ extension Page {
         var counts: FleetCounts
         var devices: [FleetDevice]
         var total: Int
+        /// When the snapshot was read (wall clock).
+        var loadedAtMs: Int64
 
         init(query: FleetQuery, snapshot: FleetSnapshot) {
             self.query = query
             counts = snapshot.counts
+            loadedAtMs = snapshot.loadedAtMs
             (devices, total) = query.apply(snapshot.devices)
         }
 
@@ -43,7 +46,7 @@ extension Page {
         }
         let filterOptions = [("", "all devices")] + FleetFilter.allCases.map { ($0.rawValue, $0.title) }
         return layout(title: "Fleet", session: session, active: "fleet", live: v.liveURL, body: """
-        <div class="pagehead"><h1>Fleet</h1><span class="muted small">Live · updated <span id="fleet-updated">\(time(WebTime.iso(milliseconds: WebTime.nowMilliseconds())))</span></span></div>
+        <div class="pagehead"><h1>Fleet</h1><span class="muted small">Live · as of <span id="fleet-updated">\(time(WebTime.iso(milliseconds: v.loadedAtMs)))</span></span></div>
         <div class="tiles" id="fleet-tiles">\(fleetTiles(v))</div>
         <form class="search card" method="get" action="/" role="search">
         <label class="grow">Device id contains <input name="q" value="\(v.query.search)" placeholder="e.g. press-12" maxlength="64" autocomplete="off"></label>
@@ -90,8 +93,8 @@ extension Page {
             let silent: HTML = d.silent ? " <span class=\"badge warn\" title=\"nothing received for a while\">Silent</span>" : .empty
             return """
             <tr class="\(d.missingRecords > 0 ? "has-gaps" : "")" data-device="\(d.device)">\
-            <td data-label="Device"><a class="devlink" href="\(link)">\(d.device)</a> \(measuringBadge(d.measuring))</td>\
-            <td data-label="Status">\(stateBadge(d))\(silent)</td>\
+            <td data-label="Device"><a class="devlink" href="\(link)">\(d.device)</a></td>\
+            <td data-label="Status"><div class="cell">\(stateBadge(d)) \(measuringBadge(d.measuring))\(silent)</div></td>\
             <td data-label="Last seen">\(time(d.lastSeenAt, relative: true))</td>\
             <td data-label="Epoch"><code>\(d.epoch ?? "—")</code></td>\
             <td data-label="Stored through" class="n">\(num(d.storedThrough))</td>\

@@ -69,7 +69,8 @@ extension WebRoutes {
             return try liveStream(context) {
                 let v = Page.FleetView(query: q, snapshot: try await store.fleetSnapshot())
                 return [LivePart(id: "fleet-tiles", html: Page.fleetTiles(v).text), LivePart(id: "fleet-rows", html: Page.fleetRows(v).text),
-                        LivePart(id: "fleet-pager", html: Page.fleetPager(v).text)]
+                        LivePart(id: "fleet-pager", html: Page.fleetPager(v).text),
+                        LivePart(id: "fleet-updated", html: Page.time(WebTime.iso(milliseconds: v.loadedAtMs)).text)]
             }
         }
     }

@@ -23,14 +23,27 @@ enum Script {
       function localize(root){
         root.querySelectorAll("time[datetime]").forEach(function(t){
           var d=new Date(t.getAttribute("datetime")); if(isNaN(d))return;
-          t.title=d.toISOString();
-          t.textContent = t.hasAttribute("data-relative") ? ago(d.getTime())+" ("+full.format(d)+")" : full.format(d);
+          t.title=full.format(d)+" ("+d.toISOString()+")";
+          t.textContent = t.hasAttribute("data-relative") ? ago(d.getTime()) : full.format(d);
         });
         root.querySelectorAll("text[data-ms]").forEach(function(t){
           var ms=+t.getAttribute("data-ms"), span=+t.getAttribute("data-span");
           t.textContent=(span>86400000?dhm:span<900000?hms:hm).format(new Date(ms));
         });
         root.querySelectorAll(".tzname").forEach(function(e){e.textContent=tz;});
+        thinAxes(root);
+      }
+      // Time labels that would overlap their left neighbour (a narrow chart) are hidden.
+      function thinAxes(root){
+        root.querySelectorAll("svg.xaxis").forEach(function(axis){
+          var right=-Infinity;
+          axis.querySelectorAll("text").forEach(function(t){
+            t.style.visibility="";
+            var r=t.getBoundingClientRect();
+            if(r.width===0)return;
+            if(r.left<right+8){t.style.visibility="hidden";} else {right=r.right;}
+          });
+        });
       }
       function pad(n){return (n<10?"0":"")+n;}
       function toLocalInput(ms){var d=new Date(ms);return d.getFullYear()+"-"+pad(d.getMonth()+1)+"-"+pad(d.getDate())+"T"+pad(d.getHours())+":"+pad(d.getMinutes())+":"+pad(d.getSeconds());}
@@ -107,6 +120,8 @@ enum Script {
 
       document.addEventListener("DOMContentLoaded",function(){
         localize(document); customRange(); live();
+        setInterval(function(){ if(!document.hidden)localize(document); },15000);
+        window.addEventListener("resize",function(){thinAxes(document);});
         document.querySelectorAll(".chart").forEach(chart);
       });
     })();
