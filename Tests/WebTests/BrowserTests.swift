@@ -48,11 +48,11 @@ final class BrowserTests: XCTestCase {
         let store = try await database.store()
         let prefix = "bt"
         try await insertFleet(store, count: 1000, prefix: prefix)
-        try await store.recordDeadLetters([
-            DeadLetterRow(topic: "fieldlog/v1/devices/bt-0003/batch", reason: .malformedJSON, detail: "expected a value at offset 14",
-                          device: try DeviceID("bt-0003"), payload: Array("{\"v\":1,\"records\":[{\"seq\":<script>alert(1)</script>".utf8)),
-            DeadLetterRow(topic: "fieldlog/v1/devices/bt-0004/batch", reason: .oversize, detail: "payload of 9000000 bytes is over the 1048576 limit",
-                          device: try DeviceID("bt-0004"), payload: [0x1f, 0x8b, 0x08, 0x00], payloadBytes: 9_000_000),
+        try await recordDeadLetters(store, [
+            DeadLetter(topic: "fieldlog/v1/devices/bt-0003/batch", reason: .malformedJSON, message: "expected a value at offset 14",
+                          topicDevice: try DeviceID("bt-0003"), payload: Array("{\"v\":1,\"records\":[{\"seq\":<script>alert(1)</script>".utf8)),
+            DeadLetter(topic: "fieldlog/v1/devices/bt-0004/batch", reason: .oversize, message: "payload of 9000000 bytes is over the 1048576 limit",
+                          topicDevice: try DeviceID("bt-0004"), payload: [0x1f, 0x8b, 0x08, 0x00], payloadBytes: 9_000_000),
         ])
         await database.close()
         let webPort = Ports.free()

@@ -17,9 +17,7 @@ final class WebDefectTests: XCTestCase {
     static func recordAnswered(_ h: WebHarness, device: DeviceID, command: Command, response: CommandResponse) async throws {
         let payload = String(decoding: SyncCodec.encode(command), as: UTF8.self)
         try await h.store.insertCommand(requestID: command.requestID!, device: device, command: command, payload: payload, sentBy: WebTestDatabase.user)
-        let s = try await h.store.database.store()
-        try await s.recordResponse(device: device, requestID: command.requestID, command: command.name, ok: response.ok,
-                                   outcome: IngestWriter.outcome(of: response), payload: String(decoding: SyncCodec.encode(response), as: UTF8.self))
+        try await h.store.database.store().recordResponse(device: device, response)
     }
 
     func testSuccessfulReplayIsShownAndReportedAsAnswered() async throws {
@@ -284,7 +282,7 @@ final class WebDefectTests: XCTestCase {
         try await Self.recordAnswered(h, device: device, command: Command(requestID: "web-x", kind: .getConfig(key: "measurement:interval")),
                                  response: CommandResponse(requestID: "web-x", command: "get_config", key: "measurement:interval", value: attack))
         let s = try await h.store.database.store()
-        try await s.recordDeadLetters([DeadLetterRow(topic: "fieldlog/v1/devices/\(device)/batch", reason: .malformedJSON, detail: attack, device: device,
+        try await recordDeadLetters(s, [DeadLetter(topic: "fieldlog/v1/devices/\(device)/batch", reason: .malformedJSON, message: attack, topicDevice: device,
                                                      payload: Array("{\"x\":\"\(attack)\"}".utf8))])
         try await h.application.test(.router) { client in
             let session = try await client.signIn()

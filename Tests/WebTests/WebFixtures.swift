@@ -111,11 +111,7 @@ struct WebHarness {
         let s = try await store.database.store()
         for run in runs {
             let batch = Batch(device: device, epoch: epoch, range: SequenceRange(checked: run.first!.sequence, run.last!.sequence), records: run)
-            var machine = ReceiverStateMachine()
-            let topic = TopicTemplates.defaults.batch.topic(device: device)
-            guard case .store(_, let request)? = machine.messageReceived(topic: topic, payload: SyncCodec.encode(batch)).first else {
-                XCTFail("fixture batch was not accepted"); return
-            }
+            let request = StoreRequest(batch, topic: TopicTemplates.defaults.batch.topic(device: device))
             _ = try await s.storeBatches([request], newDevices: [device], newEpochs: [(device, epoch)])
         }
         try await s.recordStatus(Status(device: device, state: .online, epoch: epoch, head: SequenceNumber(count + 5),
@@ -243,4 +239,11 @@ func insertFleet(_ s: Store, count: Int, prefix: String) async throws {
     try await s.connection.insertRows("INSERT INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: ranges)
     try await s.connection.insertRows("INSERT INTO dead_letters (device_id, received_at, topic, reason, detail, payload_bytes, payload_head)",
                                       rows: dead.map { $0 + [.string("t"), .string("malformed-json"), .string("bad"), .uint(3), .bytes([0x7B, 0x78, 0x7D])] })
+}
+
+/// Writes dead letters the way the ingest does (one transaction of its rows).
+func recordDeadLetters(_ s: Store, _ letters: [DeadLetter]) async throws {
+    var tx = IngestTransaction()
+    tx.deadLetters = letters
+    _ = try await s.write(StoreRows(tx))
 }

@@ -16,6 +16,12 @@ extension Page {
                     rows += auditRow(d.device, e.epoch, kind: "<span class=\"badge bad\">gap</span>", what: "\(g.first)…\(g.last)", count: g.last - g.first + 1,
                                      action: replayButton(device: d.device, epoch: e.epoch, first: g.first, last: g.last, session: session))
                 }
+                for g in e.rowsMissing {
+                    problems += 1
+                    rows += auditRow(d.device, e.epoch, kind: "<span class=\"badge bad\" title=\"acked and in batch_ranges, but no readings row, declared loss or rejected record\">rows missing</span>",
+                                     what: "\(g.first)…\(g.last)", count: g.last - g.first + 1,
+                                     action: replayButton(device: d.device, epoch: e.epoch, first: g.first, last: g.last, session: session))
+                }
                 if let u = e.unstoredAtEnd {
                     problems += 1
                     rows += auditRow(d.device, e.epoch, kind: "<span class=\"badge bad\">epoch ended unstored</span>", what: "\(u.first)…\(u.last)", count: u.last - u.first + 1,
@@ -50,7 +56,7 @@ extension Page {
 
     // MARK: dead letters
 
-    static func deadLetters(_ rows: [DeadLetter], query q: DeadLetterQuery, session: WebSession) -> HTML {
+    static func deadLetters(_ rows: [StoredDeadLetter], query q: DeadLetterQuery, session: WebSession) -> HTML {
         let reasons = [("", "any reason")] + DeadLetterCause.allCases.map { ($0.rawValue, $0.rawValue) }
         let body = rows.map { d -> HTML in
             let device: HTML = d.device.map { id -> HTML in "<a href=\"/devices/\(id)\">\(id)</a>" } ?? dash

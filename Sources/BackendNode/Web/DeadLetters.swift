@@ -11,8 +11,8 @@ import Foundation
 import Hummingbird
 import MariaDB
 
-/// One dead letter.
-struct DeadLetter: Codable, Sendable, Hashable {
+/// One stored dead letter, as the page and the API show it.
+struct StoredDeadLetter: Codable, Sendable, Hashable {
     var id: UInt64
     var receivedAt: String?
     var topic: String
@@ -63,7 +63,7 @@ struct DeadLetterQuery: Sendable, Hashable {
 }
 
 extension WebStore {
-    func deadLetters(_ q: DeadLetterQuery) async throws -> [DeadLetter] {
+    func deadLetters(_ q: DeadLetterQuery) async throws -> [StoredDeadLetter] {
         var conditions: [String] = []
         var binds: [MariaDBValue] = []
         if let r = q.reason { conditions.append("reason = ?"); binds.append(.string(r)) }
@@ -85,7 +85,7 @@ extension WebStore {
             // that, and has no control characters but TAB, LF and CR (else it is binary: hex).
             let printable = !head.contains { ($0 < 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D) || $0 == 0x7F }
             let text = printable ? (0...min(3, head.count)).lazy.compactMap { String(validating: head.dropLast($0), as: UTF8.self) }.first : nil
-            return DeadLetter(id: r[0].uint64 ?? 0, receivedAt: WebTime.iso(sql: r[1].string), topic: r[2].string ?? "", reason: r[3].string ?? "",
+            return StoredDeadLetter(id: r[0].uint64 ?? 0, receivedAt: WebTime.iso(sql: r[1].string), topic: r[2].string ?? "", reason: r[3].string ?? "",
                               detail: r[4].string ?? "", device: r[5].string, epoch: r[6].uint64.map { Epoch($0).hex }, seq: r[7].uint64,
                               payloadBytes: Int(r[8].int64 ?? 0), payloadHead: text,
                               payloadHeadHex: text == nil ? head.map { String($0, radix: 16).leftPadded(to: 2) }.joined() : nil)

@@ -260,6 +260,9 @@ extension Page {
             for g in e.gaps {
                 issues += "<li><span class=\"badge bad\">gap</span> \(g.first)…\(g.last) (\(plural(Int(g.last - g.first + 1), "record"))) \(replayButton(device: device, epoch: e.epoch, first: g.first, last: g.last, session: session))</li>"
             }
+            for g in e.rowsMissing {
+                issues += "<li><span class=\"badge bad\" title=\"acked and in batch_ranges, but no readings row, declared loss or rejected record\">rows missing</span> \(g.first)…\(g.last) (\(plural(Int(g.last - g.first + 1), "record"))) \(replayButton(device: device, epoch: e.epoch, first: g.first, last: g.last, session: session))</li>"
+            }
             if let u = e.unstoredAtEnd {
                 issues += "<li><span class=\"badge bad\">ended unstored</span> \(u.first)…\(u.last) \(replayButton(device: device, epoch: e.epoch, first: u.first, last: u.last, session: session))</li>"
             }

@@ -4,9 +4,11 @@
 // set-based queries (devices with their status; epochs; per (device, epoch) an aggregate of
 // its `batch_ranges` that tells whether they tile 1…highest, and the rows of the epochs that do
 // not; dead letters and seed readings per device) and derives the same numbers as the
-// `Auditor` (gaps, missing records, records an ended epoch never delivered, last seen,
-// silent), so the fleet page never disagrees with `fieldlog-backend audit`; `WebAdminTests`
-// checks the two side by side, overlapping ranges included. The result is a `FleetSnapshot`;
+// `Auditor` reading the ledger only (`checksRows: false`: gaps, missing records, records an
+// ended epoch never delivered, last seen, silent), so the fleet page never disagrees with
+// `fieldlog-backend audit` about the ledger; `WebAdminTests` checks the two side by side,
+// overlapping ranges included. Rows missing behind the ledger (a pass over the readings) are
+// the Audit and device pages' to show, as on main's fleet overview. The result is a `FleetSnapshot`;
 // `FleetCache` keeps the last one: younger than `WebSettings.fleetCacheAge` it is served as it
 // is; older (by at most `staleServedFor`) it is still served while one background load
 // replaces it; without one, a request waits for the load, which concurrent requests share.

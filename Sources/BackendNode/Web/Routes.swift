@@ -109,7 +109,7 @@ struct WebRoutes: Sendable {
         router.get("/api/audit") { _, _ in try json(WebTime.isoTimes(try await store.audit())) }
         router.get("/api/dead-letters") { request, _ in
             let (rows, query) = try await deadLetters(request)
-            struct Body: Encodable { var deadLetters: [DeadLetter]; var next: String? }
+            struct Body: Encodable { var deadLetters: [StoredDeadLetter]; var next: String? }
             return try json(Body(deadLetters: rows, next: rows.count == query.limit ? rows.last.map { String($0.id) } : nil))
         }
     }
@@ -316,6 +316,7 @@ struct WebRoutes: Sendable {
         for e in audit?.epochs ?? [] {
             guard let epoch = try? Epoch(hex: e.epoch) else { continue }
             for g in e.gaps { holes.append((.missing, epoch.rawValue, g.first, g.last, "records \(g.first)…\(g.last) missing")) }
+            for g in e.rowsMissing { holes.append((.missing, epoch.rawValue, g.first, g.last, "records \(g.first)…\(g.last) acked but their rows are missing")) }
             if let u = e.unstoredAtEnd { holes.append((.missing, epoch.rawValue, u.first, u.last, "records \(u.first)…\(u.last) never arrived")) }
             for l in e.losses { holes.append((.lost, epoch.rawValue, l.first, l.last, "records \(l.first)…\(l.last) declared lost: \(l.reason)")) }
         }
@@ -355,7 +356,7 @@ struct WebRoutes: Sendable {
 
     // MARK: dead letters
 
-    func deadLetters(_ request: Request) async throws -> ([DeadLetter], DeadLetterQuery) {
+    func deadLetters(_ request: Request) async throws -> ([StoredDeadLetter], DeadLetterQuery) {
         let q = try DeadLetterQuery(parameters: { query(request, $0) })
         return (try await store.deadLetters(q), q)
     }

@@ -113,10 +113,11 @@ final class WebStore: Sendable {
 
     // MARK: audit
 
-    func audit(device: DeviceID? = nil) async throws -> AuditReport {
+    /// The audit; `checkingRows: false` reads only the ledger (no pass over the readings).
+    func audit(device: DeviceID? = nil, checkingRows: Bool = true) async throws -> AuditReport {
         let silentAfter = settings.silentAfter
         return try await run("audit") { s in
-            try await Auditor(connection: s.connection, silentAfter: silentAfter).run(device: device)
+            try await Auditor(connection: s.connection, silentAfter: silentAfter, checksRows: checkingRows).run(device: device)
         }
     }
 
