@@ -62,7 +62,7 @@ extension Page {
             let device: HTML = d.device.map { id -> HTML in "<a href=\"/devices/\(id)\">\(id)</a>" } ?? dash
             let record: HTML = d.epoch.map { e -> HTML in "<code>\(e)</code>\(d.seq.map { " / \($0)" } ?? "")" } ?? dash
             let head: HTML = d.payloadHead.map { t -> HTML in "<pre class=\"payload\">\(t)</pre>" }
-                ?? "<pre class=\"payload hex\">\(d.payloadHeadHex ?? "")</pre>"
+                ?? "<pre class=\"payload hex\" title=\"not text: the bytes in hex\">hex \(d.payloadHeadHex ?? "")</pre>"
             let size = d.payloadBytes > 1024 ? "first 1 KiB of \(groupDigits(String(d.payloadBytes))) bytes" : plural(d.payloadBytes, "byte")
             return """
             <tr><td data-label="Received">\(time(d.receivedAt))</td>\
