@@ -23,7 +23,7 @@ final class MigrationTests: XCTestCase {
         let value4 = try await migrator.currentVersion()
         XCTAssertEqual(value4, Schema.latestVersion)
         try await migrator.requireCurrent()
-        for table in ["devices", "epochs", "readings", "reading_values", "batch_ranges", "loss_ranges", "dead_letters",
+        for table in ["devices", "epochs", "readings", "reading_values", "device_sensors", "batch_ranges", "loss_ranges", "dead_letters",
                       "legacy_readings", "legacy_values", "commands", "command_responses", "sensor_values", "epoch_progress"] {
             XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '\(table)'"), "1", table)
         }
@@ -108,16 +108,18 @@ final class StoreTests: XCTestCase {
                                                   newDevices: [device], newEpochs: [(device, epoch)])
         XCTAssertEqual(resent.map(\.duplicates), [10, 10])
 
-        // A dropped value row (reading_values) and a dropped dead letter (NULL key: must be inserted) fail too.
-        try await c.query("ALTER TABLE reading_values ADD CONSTRAINT drops_state CHECK (sensor <> 'state' OR seq <> 25)")
+        // A dropped sensor row (device_sensors, a device seen for the first time) and a dropped dead
+        // letter (NULL key: must be inserted) fail too.
+        let other = Fixtures.device("other")
+        try await c.query("ALTER TABLE device_sensors ADD CONSTRAINT drops_state CHECK (sensor <> 'state' OR device_id NOT LIKE 'other%')")
         do {
-            _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 21, 30))], newDevices: [], newEpochs: [])
-            XCTFail("a silently dropped value row must fail the transaction")
+            _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(other, epoch, 21, 30))], newDevices: [other], newEpochs: [(other, epoch)])
+            XCTFail("a silently dropped sensor row must fail the transaction")
         } catch let e as MariaDBRowsNotWritten {
-            XCTAssertEqual(e.table, "reading_values")
-            XCTAssertEqual(e.missingKeys, [[.string(device.rawValue), .uint(epoch.rawValue), .uint(25), .string("state")]])
+            XCTAssertEqual(e.table, "device_sensors")
+            XCTAssertEqual(e.missingKeys, [[.string(other.rawValue), .string("state")]])
         }
-        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE seq BETWEEN 21 AND 30"), "0")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(other)'"), "0")
         try await c.query("ALTER TABLE dead_letters ADD CONSTRAINT drops_oversize CHECK (reason <> 'oversize')")
         var tx = IngestTransaction()
         tx.deadLetters = [DeadLetter(topic: "t", reason: .malformedJSON, message: "x", topicDevice: nil, payload: [1]),

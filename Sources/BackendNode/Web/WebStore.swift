@@ -133,7 +133,7 @@ final class WebStore: Sendable {
     func sensors(device: DeviceID) async throws -> [String] {
         try await run("list sensors") { s in
             try await s.connection.execute("""
-                SELECT DISTINCT sensor FROM reading_values WHERE device_id = ?
+                SELECT sensor FROM device_sensors WHERE device_id = ?
                 UNION SELECT DISTINCT sensor FROM legacy_values WHERE device_id = ? ORDER BY 1
                 """, [.string(device.rawValue), .string(device.rawValue)]).rows.compactMap { $0[0].string }
         }
