@@ -160,7 +160,8 @@ public actor RuntimeSettings {
         let id = UUID()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let timer = Task { [weak self] in
+                // On the waiter's executor (the log's thread in fieldlog-device), not the pool.
+                let timer = Task(executorPreference: currentTaskExecutorPreference()) { [weak self] in
                     try? await Task.sleep(for: timeout)
                     if !Task.isCancelled { await self?.wake(id) }
                 }
