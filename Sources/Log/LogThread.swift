@@ -28,7 +28,7 @@ struct PendingAppend {
     var timestampMs: Int64
     var unsynced: Bool
     var body: [UInt8]
-    var continuation: CheckedContinuation<SequenceNumber, Error>
+    var continuation: UnsafeContinuation<SequenceNumber, Error>
 }
 
 /// The dedicated thread of one `DeviceLog` (see the theory of operation above).

@@ -19,8 +19,7 @@ enum RecordCodec {
         var entries = Array(values.values)
         entries.sort { $0.key < $1.key }
         for (name, value) in entries {
-            out.append(UInt8(name.utf8.count))
-            out.append(contentsOf: name.utf8)
+            putName(name, &out)
             switch value {
             case .number(let d):
                 if d == d.rounded(.towardZero), abs(d) <= 9_007_199_254_740_992, !(d == 0 && d.sign == .minus) {
@@ -38,10 +37,7 @@ enum RecordCodec {
             }
         }
         putVarint(UInt64(missing.count), &out)
-        for name in missing {
-            out.append(UInt8(name.utf8.count))
-            out.append(contentsOf: name.utf8)
-        }
+        for name in missing { putName(name, &out) }
         return out
     }
 
@@ -76,6 +72,16 @@ enum RecordCodec {
         return (try SensorValues(values), missing)
     }
 
+    /// u8 length, then the UTF-8 bytes (names are validated: 1…64 bytes).
+    private static func putName(_ name: String, _ out: inout [UInt8]) {
+        var name = name
+        name.withUTF8 { bytes in
+            out.append(UInt8(bytes.count))
+            out.append(contentsOf: bytes)
+        }
+    }
+
+    @inline(__always)
     private static func putVarint(_ value: UInt64, _ out: inout [UInt8]) {
         var v = value
         while v >= 0x80 {
