@@ -81,7 +81,8 @@ public final class DeviceLog: @unchecked Sendable {
     /// The log's own thread as a task executor. A task that appends in a loop (a sampler)
     /// can prefer it (`withTaskExecutorPreference(log.executor)`, or
     /// `TaskGroup.addTask(executorPreference:)`): its appends then reach the group commit and
-    /// come back without a thread switch, and its reads run inline. Such a task shares the
+    /// come back without a thread switch, its reads run inline, and `executorSleep` wakes it
+    /// from the thread's own timers. Such a task shares the
     /// thread with the log's blocking calls (fsync, waits for another process's lock), so it
     /// must not need to run while the log waits.
     public var executor: any TaskExecutor { thread }

@@ -103,7 +103,7 @@ public final class HotStateMirror: @unchecked Sendable {
             }
             group.addTask { [configuration] in
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: configuration.pollInterval)
+                    try? await executorSleep(for: configuration.pollInterval)
                     wakeContinuation.yield()
                 }
             }
@@ -116,7 +116,7 @@ public final class HotStateMirror: @unchecked Sendable {
                     } else if self.configuration.coalescing > .zero {
                         // At 100 readings/s one round trip per append was a fifth of the
                         // device's CPU; the stream is for dashboards, 100 ms late is fine.
-                        try? await Task.sleep(for: self.configuration.coalescing)
+                        try? await executorSleep(for: self.configuration.coalescing)
                     }
                 }
             }

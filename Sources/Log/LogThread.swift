@@ -17,9 +17,13 @@
 //   carried, the loop waits for them, at most a quarter of the previous commit's duration
 //   (≤ 2 ms), so batches keep the size of the group. A lone appender never waits. A job
 //   arriving during that wait is run first; the wait's deadline stays.
+// - Timers: a task on this executor sleeps with `sleep(until:)` (`executorSleep`); the loop
+//   resumes it when the deadline passed, and waits on its condition no longer than the earliest
+//   deadline. No dispatch timer, so no other thread is woken for it.
 // - After `stop()` the loop finishes the queued jobs and exits; a task job enqueued later
-//   (a task that still prefers this executor) runs on the global concurrent executor instead.
-//   Tasks retain the executor they prefer, so this object outlives them.
+//   (a task that still prefers this executor) runs on the global concurrent executor instead,
+//   and sleeps go to `Task.sleep`. Tasks retain the executor they prefer, so this object
+//   outlives them.
 import FieldlogCore
 import Foundation
 
@@ -32,7 +36,7 @@ struct PendingAppend {
 }
 
 /// The dedicated thread of one `DeviceLog` (see the theory of operation above).
-final class LogThread: TaskExecutor, @unchecked Sendable {
+final class LogThread: TimedTaskExecutor, @unchecked Sendable {
     // @unchecked: every mutable property is only touched with `condition` locked, except
     // `commit` and `threadID`, which are written once before they are read (see their docs).
     private let condition = NSCondition()
@@ -50,6 +54,15 @@ final class LogThread: TaskExecutor, @unchecked Sendable {
     private var commit: (([PendingAppend]) -> Void)?
     /// Set by the thread itself before it runs anything.
     private let threadID = ThreadIdentity()
+    /// Sleeping tasks by id (few: one per sleeping service), and ids cancelled before they slept.
+    private var timers: [UInt64: Timer] = [:]
+    private var cancelledTimers: Set<UInt64> = []
+    private var nextTimerID: UInt64 = 0
+
+    private struct Timer {
+        var deadline: ContinuousClock.Instant
+        var continuation: UnsafeContinuation<Void, Error>
+    }
 
     private enum Job {
         case closure(() -> Void)
@@ -79,6 +92,7 @@ final class LogThread: TaskExecutor, @unchecked Sendable {
         threadID.set()
         condition.lock()
         while true {
+            if !timers.isEmpty, fireDueTimers() { continue }
             if !jobs.isEmpty {
                 let batch = jobs
                 jobs.removeAll(keepingCapacity: true)
@@ -96,7 +110,11 @@ final class LogThread: TaskExecutor, @unchecked Sendable {
                 if appends.count < lastBatchCount && !appendsClosed {
                     let deadline = groupDeadline ?? Date(timeIntervalSinceNow: Double(min(lastCommitNanoseconds / 4, 2_000_000)) / 1e9)
                     groupDeadline = deadline
-                    // Woken (an append or a job came): look again, jobs first, same deadline.
+                    // Woken (an append, a job or a timer): look again, jobs first, same deadline.
+                    if let timer = earliestTimerDate(), timer < deadline {
+                        _ = condition.wait(until: timer)
+                        continue
+                    }
                     if condition.wait(until: deadline) { continue }
                 }
                 groupDeadline = nil
@@ -112,11 +130,35 @@ final class LogThread: TaskExecutor, @unchecked Sendable {
             }
             if stopped {
                 exited = true
+                let sleepers = timers.values
+                timers.removeAll()
                 condition.unlock()
+                // Nothing runs here any more: wake the sleepers early (they see no cancellation).
+                for t in sleepers { t.continuation.resume() }
                 return
             }
-            condition.wait()
+            if let timer = earliestTimerDate() { _ = condition.wait(until: timer) } else { condition.wait() }
         }
+    }
+
+    /// With `condition` locked: resumes the sleepers whose deadline passed (unlocking while it
+    /// does: a resumed task is enqueued here). True when it resumed any.
+    private func fireDueTimers() -> Bool {
+        let now = ContinuousClock.now
+        let due = timers.filter { $0.value.deadline <= now }
+        if due.isEmpty { return false }
+        for id in due.keys { timers.removeValue(forKey: id) }
+        condition.unlock()
+        for t in due.values { t.continuation.resume() }
+        condition.lock()
+        return true
+    }
+
+    /// With `condition` locked: the earliest sleeper's deadline as a `Date` for the condition.
+    private func earliestTimerDate() -> Date? {
+        guard let earliest = timers.values.map(\.deadline).min() else { return nil }
+        let remaining = (earliest - .now) / .seconds(1)
+        return Date(timeIntervalSinceNow: max(0, remaining))
     }
 
     /// With `condition` locked: the next batch, oldest first, at most `maxBatchSize`.
@@ -187,6 +229,42 @@ final class LogThread: TaskExecutor, @unchecked Sendable {
         stopped = true
         condition.signal()
         condition.unlock()
+    }
+
+    // MARK: TimedTaskExecutor
+
+    func sleep(until deadline: ContinuousClock.Instant) async throws {
+        let id: UInt64? = condition.withLock {
+            if exited { return nil }
+            nextTimerID += 1
+            return nextTimerID
+        }
+        guard let id else { return try await Task.sleep(until: deadline, clock: .continuous) }
+        // A cancellation that came after the timer fired left its id behind.
+        defer { condition.withLock { _ = cancelledTimers.remove(id) } }
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, Error>) in
+                condition.lock()
+                if cancelledTimers.remove(id) != nil || exited {
+                    condition.unlock()
+                    continuation.resume(throwing: CancellationError())
+                    return
+                }
+                timers[id] = Timer(deadline: deadline, continuation: continuation)
+                condition.signal()
+                condition.unlock()
+            }
+        } onCancel: {
+            condition.lock()
+            if let timer = timers.removeValue(forKey: id) {
+                condition.unlock()
+                timer.continuation.resume(throwing: CancellationError())
+            } else {
+                // Not registered yet (or already fired: then this entry is never looked at).
+                cancelledTimers.insert(id)
+                condition.unlock()
+            }
+        }
     }
 
     // MARK: TaskExecutor

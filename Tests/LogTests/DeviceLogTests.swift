@@ -410,6 +410,46 @@ final class DeviceLogTests: XCTestCase {
         await log.close()
     }
 
+    /// Tasks on the log's executor sleep on the log thread's own timers (`executorSleep`): a
+    /// sleeper wakes after its deadline, a cancelled sleeper wakes at once with
+    /// `CancellationError`, and appends on the same executor go on while others sleep.
+    func testSleepersOnTheLogExecutorWakeOnTimeAndOnCancellation() async throws {
+        let log = try await DeviceLog.open(path: dir.file("timers.db"), device: device)
+        let clock = ContinuousClock()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 1...5 {
+                group.addTask(executorPreference: log.executor) {
+                    let started = clock.now
+                    try await executorSleep(for: .milliseconds(20 * i))
+                    XCTAssertGreaterThanOrEqual(clock.now - started, .milliseconds(20 * i), "sleeper \(i) woke early")
+                }
+            }
+            group.addTask(executorPreference: log.executor) {
+                for i in 1...50 { _ = try await log.append(reading(i)) }
+            }
+            try await group.waitForAll()
+        }
+        do { let value = try await log.head(); XCTAssertEqual(value, SequenceNumber(50)) }
+
+        let sleeper = Task(executorPreference: log.executor) { () -> Bool in
+            do { try await executorSleep(for: .seconds(600)); return false } catch is CancellationError { return true } catch { return false }
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        let started = clock.now
+        sleeper.cancel()
+        let cancelled = await sleeper.value
+        XCTAssertTrue(cancelled, "a cancelled sleep throws CancellationError")
+        XCTAssertLessThan(clock.now - started, .seconds(30), "a cancelled sleeper wakes without waiting for its deadline")
+        // Cancelled before it sleeps: throws at once as well.
+        let early = Task(executorPreference: log.executor) { () -> Bool in
+            withUnsafeCurrentTask { $0?.cancel() }
+            do { try await executorSleep(for: .seconds(600)); return false } catch is CancellationError { return true } catch { return false }
+        }
+        let earlyCancelled = await early.value
+        XCTAssertTrue(earlyCancelled)
+        await log.close()
+    }
+
     /// Appends do not write state.head; the head is still right after retention trimmed every
     /// record, after reopening, and for another connection.
     func testHeadSurvivesTrimmingEveryRecord() async throws {

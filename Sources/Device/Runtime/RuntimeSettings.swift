@@ -162,7 +162,7 @@ public actor RuntimeSettings {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 // On the waiter's executor (the log's thread in fieldlog-device), not the pool.
                 let timer = Task(executorPreference: currentTaskExecutorPreference()) { [weak self] in
-                    try? await Task.sleep(for: timeout)
+                    try? await executorSleep(for: timeout)
                     if !Task.isCancelled { await self?.wake(id) }
                 }
                 waiters[id] = Waiter(continuation: c, timer: timer, wakeOnAppend: orAppend)

@@ -194,7 +194,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
                     // ack, one persisted ack for them all (one each per reading cost most of
                     // the device's CPU at 100 readings/s).
                     let gather = min(self.configuration.appendCoalescing, interval) - (ContinuousClock.now - started)
-                    if gather > .zero { try? await Task.sleep(for: gather) }
+                    if gather > .zero { try? await executorSleep(for: gather) }
                 }
                 return false
             }
@@ -457,8 +457,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
                 case .armTimer(let at):
                     timerTask?.cancel()
                     let sink = agent.eventSink
-                    timerTask = Task {
-                        try? await Task.sleep(until: at, clock: .continuous)
+                    timerTask = Task(executorPreference: currentTaskExecutorPreference()) {
+                        try? await executorSleep(until: at)
                         if !Task.isCancelled { sink.yield(.timer(at)) }
                     }
                 case .cancelTimer:
