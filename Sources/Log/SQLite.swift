@@ -38,7 +38,7 @@ enum SQLiteValue: Equatable {
     case null
 }
 
-/// One open `sqlite3*`. Used from a single thread at a time (its owner's `SQLiteThread`).
+/// One open `sqlite3*`. Used from a single thread at a time (its owner's `LogThread`).
 final class SQLiteConnection {
     let path: String
     private var handle: OpaquePointer?
