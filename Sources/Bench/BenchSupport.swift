@@ -324,5 +324,7 @@ final class BenchStack: @unchecked Sendable {
 /// Reads a device log's durable pointers with plain SQLite, read-only (the log's owner is another process).
 func readLogPointers(_ path: String) throws -> (head: UInt64, acked: UInt64) {
     let c = try ReadOnlySQLite(path: path)
-    return (UInt64(try c.scalar("SELECT head FROM state WHERE id = 1")), UInt64(try c.scalar("SELECT acked FROM state WHERE id = 1")))
+    // The head is max(state.head, highest record): appends insert records only (docs/log.md).
+    return (UInt64(try c.scalar("SELECT max(head, coalesce((SELECT max(seq) FROM records), 0)) FROM state WHERE id = 1")),
+            UInt64(try c.scalar("SELECT acked FROM state WHERE id = 1")))
 }

@@ -218,14 +218,22 @@ public enum DeviceNode {
     }
 
     /// Runs the components until SIGTERM or SIGINT.
+    ///
+    /// The services' tasks prefer the log's own thread as their executor (`DeviceLog.executor`):
+    /// a reading's append, the sender's log reads and its acks then run there without a thread
+    /// switch each (at 100 readings/s the switches between Swift's pool and the log's thread
+    /// were most of the device's CPU, docs/benchmarks.md). A device does little besides its
+    /// log; what waits for the log (an fsync, another process's lock) waits anyway.
     public static func run(_ c: DeviceConfiguration, components: ComponentSet, logger: Logger) async throws {
-        let (services, _) = try await services(for: c, components: components, logger: logger)
+        let (services, environment) = try await services(for: c, components: components, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
             cancellationSignals: [],
             logger: logger))
-        try await group.run()
+        try await withTaskExecutorPreference(environment.log.executor) {
+            try await group.run()
+        }
     }
 }
 

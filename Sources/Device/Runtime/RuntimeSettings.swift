@@ -160,8 +160,9 @@ public actor RuntimeSettings {
         let id = UUID()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let timer = Task { [weak self] in
-                    try? await Task.sleep(for: timeout)
+                // On the waiter's executor (the log's thread in fieldlog-device), not the pool.
+                let timer = Task(executorPreference: currentTaskExecutorPreference()) { [weak self] in
+                    try? await executorSleep(for: timeout)
                     if !Task.isCancelled { await self?.wake(id) }
                 }
                 waiters[id] = Waiter(continuation: c, timer: timer, wakeOnAppend: orAppend)
