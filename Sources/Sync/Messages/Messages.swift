@@ -143,9 +143,9 @@ public struct Command: Hashable, Sendable {
         /// Read a config key (seed); only keys on the device's allow-list.
         case getConfig(key: String)
         /// Write a config key (seed); only keys on the device's allow-list, values checked.
-        case setConfig(key: String, value: String)
+        case setConfig(key: String, value: ConfigValue)
         /// Seed: send a range of readings. `min`/`max` nil mean the seed's "-" / "+".
-        case sendMeasurements(min: SequenceNumber?, max: SequenceNumber?, count: Int64?)
+        case sendMeasurements(min: MeasurementBound?, max: MeasurementBound?, count: Int64?)
         /// Resend `range` of `epoch` (nil: the current epoch) as batches marked with the request id.
         case replay(epoch: Epoch?, range: SequenceRange)
         /// Publish a fresh status message and reply with it.
@@ -182,6 +182,88 @@ public struct Command: Hashable, Sendable {
     }
 }
 
+/// A `set_config` value as it came: the seed takes a JSON string or number, stores it as text
+/// and echoes it back in the same JSON type (spec §3.5). Booleans are not config values: the
+/// seed's handler dies on one, so the decoder refuses them.
+public enum ConfigValue: Hashable, Sendable, ExpressibleByStringLiteral, CustomStringConvertible {
+    case string(String)
+    case integer(Int64)
+    case double(Double)
+
+    public init(stringLiteral value: String) { self = .string(value) }
+
+    /// The value as text (what is parsed and stored in Redis).
+    public var text: String {
+        switch self {
+        case .string(let s): return s
+        case .integer(let i): return String(i)
+        case .double(let d): return String(d)
+        }
+    }
+
+    public var description: String { text }
+
+    /// `text` in the JSON type of `self`: a string stays a string; for a number, `text` is read
+    /// back as an integer when it is one, else as a double (a text that is no number stays text).
+    public func sameKind(_ text: String) -> ConfigValue {
+        guard case .string = self else {
+            if let i = Int64(text) { return .integer(i) }
+            if let d = Double(text), d.isFinite { return .double(d) }
+            return .string(text)
+        }
+        return .string(text)
+    }
+}
+
+/// A Redis stream id as the seed's tooling sends for `send_measurements` (`1700000000000-0`,
+/// or with XRANGE's `(` prefix for an exclusive bound). It stands for the wall-clock time
+/// (ms since 1970) the seed appended a reading at; the device maps it onto the times of its
+/// records. The log keeps whole milliseconds, so the part after `-` (which orders entries
+/// within one millisecond in Redis) is checked but does not narrow the bound, and `(`
+/// excludes the whole millisecond. A digit string without `-` is a sequence number, not a
+/// stream id (spec §3.5).
+public struct RedisStreamID: Hashable, Sendable, CustomStringConvertible {
+    public var milliseconds: UInt64
+    /// `(` prefix: the bound itself is excluded.
+    public var exclusive: Bool
+
+    public init(milliseconds: UInt64, exclusive: Bool = false) {
+        self.milliseconds = milliseconds
+        self.exclusive = exclusive
+    }
+
+    /// Parses `ms-seq`, `(ms-seq` or `(ms` (decimal digits); nil for anything else.
+    public init?(_ text: String) {
+        var rest = Substring(text)
+        exclusive = rest.first == "("
+        if exclusive { rest = rest.dropFirst() }
+        let parts = rest.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        func number(_ s: Substring) -> UInt64? {
+            guard !s.isEmpty, s.utf8.count <= 20, s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+            return UInt64(s)
+        }
+        guard let ms = number(parts[0]), parts.count == 2 ? number(parts[1]) != nil : exclusive else { return nil }
+        milliseconds = ms
+    }
+
+    /// The wire form, always with a sequence part so it never reads as a sequence number.
+    public var description: String { (exclusive ? "(" : "") + String(milliseconds) + "-0" }
+}
+
+/// One end of a `send_measurements` range: a sequence number of the log, or a Redis stream id
+/// (a time) as the seed's tooling sends.
+public enum MeasurementBound: Hashable, Sendable, CustomStringConvertible {
+    case sequence(SequenceNumber)
+    case streamID(RedisStreamID)
+
+    public var description: String {
+        switch self {
+        case .sequence(let s): return s.description
+        case .streamID(let id): return id.description
+        }
+    }
+}
+
 /// Why a command failed; the raw values are the wire names (spec §3.6).
 public enum CommandErrorCode: String, Hashable, Sendable, CaseIterable {
     case malformed = "malformed"
@@ -201,9 +283,10 @@ public struct CommandResponse: Hashable, Sendable {
     public var error: CommandErrorCode?
     /// Human-readable detail (always set for errors).
     public var message: String?
-    /// Seed-compatible members for get_config / set_config.
+    /// Seed-compatible members for get_config / set_config (`value` in the JSON type the
+    /// set_config command used, like the seed's echo).
     public var key: String?
-    public var value: String?
+    public var value: ConfigValue?
     /// For `replay` / `send_measurements`: the range that was resent, and ranges answered
     /// with `not-retained` loss markers.
     public var resent: SequenceRange?
@@ -212,7 +295,7 @@ public struct CommandResponse: Hashable, Sendable {
     public var status: Status?
 
     public init(requestID: String?, command: String, error: CommandErrorCode? = nil, message: String? = nil,
-                key: String? = nil, value: String? = nil, resent: SequenceRange? = nil,
+                key: String? = nil, value: ConfigValue? = nil, resent: SequenceRange? = nil,
                 notRetained: [SequenceRange] = [], status: Status? = nil) {
         self.requestID = requestID
         self.command = command
