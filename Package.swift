@@ -19,7 +19,7 @@ let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 let package = Package(
     name: "fieldlog",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],  // v15: Synchronization.Mutex
     products: [
         .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
         .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
@@ -51,9 +51,9 @@ let package = Package(
 
         // Wrappers
         .target(name: "Redis", dependencies: ["FieldlogCore", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "MQTT", dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MQTT", dependencies: ["CMosquitto", "FieldlogCore", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MariaDB", dependencies: ["FieldlogCore", "CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "GPIO", dependencies: ["CGPIOD"], swiftSettings: strict),
+        .target(name: "GPIO", dependencies: ["CGPIOD", "FieldlogCore"], swiftSettings: strict),
 
         // Product libraries
         .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),

@@ -228,6 +228,21 @@ enum Schema {
             """,
             "ALTER TABLE commands ADD COLUMN IF NOT EXISTS sent_by VARCHAR(64) NULL",
         ]),
+        // Data budget (issue 19): each device's MQTT bytes per UTC day, from its status messages
+        // (spec §3.4). A device's count starts again at 0 after a restart, so a day keeps the
+        // larger figure of each direction.
+        Migration(version: 6, name: "device_data_usage: MQTT bytes per device and day", statements: [
+            """
+            CREATE TABLE IF NOT EXISTS device_data_usage (
+              device_id \(deviceColumn),
+              day DATE NOT NULL,
+              sent_bytes BIGINT UNSIGNED NOT NULL,
+              received_bytes BIGINT UNSIGNED NOT NULL,
+              updated_at DATETIME(3) NOT NULL,
+              PRIMARY KEY (device_id, day)
+            ) ENGINE=InnoDB
+            """,
+        ]),
     ]
 
     static var latestVersion: Int { migrations.last!.version }

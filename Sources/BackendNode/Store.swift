@@ -305,6 +305,13 @@ final class Store: Sendable {
                           status.head.map { .uint($0.rawValue) } ?? .null, status.acked.map { .uint($0.rawValue) } ?? .null,
                           status.measuring.map { .int($0 ? 1 : 0) } ?? .null, status.atUnixMilliseconds.map { .int($0) } ?? .null,
                           .string(now), d])
+                if let u = status.dataUsage {
+                    try s.execute("""
+                        INSERT INTO device_data_usage (device_id, day, sent_bytes, received_bytes, updated_at) VALUES (?, ?, ?, ?, ?)
+                        ON DUPLICATE KEY UPDATE sent_bytes = GREATEST(sent_bytes, VALUES(sent_bytes)),
+                          received_bytes = GREATEST(received_bytes, VALUES(received_bytes)), updated_at = VALUES(updated_at)
+                        """, [d, .string(u.dayText), .int(u.sentBytes), .int(u.receivedBytes), .string(now)])
+                }
                 if let epoch = status.epoch, let head = status.head {
                     try s.execute("""
                         INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head, reported_at) VALUES (?, ?, ?, ?, ?)

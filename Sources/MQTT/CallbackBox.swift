@@ -25,7 +25,9 @@ final class CallbackBox: @unchecked Sendable {
         var continuation: CheckedContinuation<MQTTQoS, Error>
     }
 
-    private let lock = NSLock()
+    private let lock = Lock()
+    /// Bytes of PUBLISH/PUBACK packets, for a data budget (MQTTTraffic.swift).
+    let traffic = TrafficTally()
     private let logger: Logger
     private let messages: AsyncStream<MQTTMessage>.Continuation
     private let events: AsyncStream<MQTTConnectionEvent>.Continuation
@@ -168,8 +170,10 @@ final class CallbackBox: @unchecked Sendable {
         let topic = String(cString: message.topic)
         let payload = message.payloadlen > 0 && message.payload != nil
             ? Array(UnsafeRawBufferPointer(start: message.payload, count: Int(message.payloadlen))) : []
-        messages.yield(MQTTMessage(topic: topic, payload: payload, qos: MQTTQoS(rawValue: message.qos) ?? .atMostOnce,
-                                   retain: message.retain, properties: PropertyList.read(properties)))
+        let m = MQTTMessage(topic: topic, payload: payload, qos: MQTTQoS(rawValue: message.qos) ?? .atMostOnce,
+                            retain: message.retain, properties: PropertyList.read(properties))
+        traffic.delivered(m)
+        messages.yield(m)
     }
 
     private func onLog(level: Int32, text: String) {

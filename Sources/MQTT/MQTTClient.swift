@@ -73,6 +73,11 @@ public final class MQTTClient: Sendable {
         try await core.publish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
     }
 
+    /// Tells `observer` the size of every PUBLISH/PUBACK from now on (see MQTTTraffic.swift).
+    public func observeTraffic(_ observer: any MQTTTrafficObserver) {
+        core.observeTraffic(observer)
+    }
+
     /// Subscribes to `filter` (wildcards and `$share/group/filter` allowed); returns the QoS the
     /// broker granted, or throws `.subscribeRefused` with its reason.
     @discardableResult
@@ -444,10 +449,13 @@ final class MQTTConnectionCore: @unchecked Sendable {
                 continuation.resume(throwing: box.error(forLibraryCode: rc, operation: operation))
                 return
             }
+            box.traffic.published(topic: topic, payloadBytes: payload.count, qos: qos, properties: properties)
             box.registerPublish(mid: mid, topic: topic, qos: qos, continuation: continuation)
             waker.signal()
         }
     }
+
+    func observeTraffic(_ observer: any MQTTTrafficObserver) { box.traffic.observe(observer) }
 
     func subscribe(filter: String, qos: MQTTQoS, noLocal: Bool) async throws -> MQTTQoS {
         let operation = "subscribe to \(filter)"

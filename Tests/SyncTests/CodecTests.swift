@@ -63,6 +63,14 @@ final class CodecTests: XCTestCase {
                             atUnixMilliseconds: 5, measuring: true)
         XCTAssertTrue(text(SyncCodec.encode(status)).contains(#""backlog":11"#))
         XCTAssertEqual(try SyncCodec.decodeStatus(SyncCodec.encode(status)), status)
+        var counted = status
+        counted.dataUsage = DataUsage(day: DataUsage.day(fromText: "2026-12-05")!, sentBytes: 123_456, receivedBytes: 789)
+        XCTAssertTrue(text(SyncCodec.encode(counted)).hasSuffix(#""measuring":true,"data_day":"2026-12-05","data_sent":123456,"data_received":789}"#))
+        XCTAssertEqual(try SyncCodec.decodeStatus(SyncCodec.encode(counted)), counted)
+        for bad in [#""data_day":"2026-02-30","data_sent":1,"data_received":1"#, #""data_day":"2026-12-05","data_sent":1"#,
+                    #""data_day":"2026-12-05","data_sent":-1,"data_received":1"#] {
+            XCTAssertThrowsError(try SyncCodec.decodeStatus(bytes(#"{"v":1,"type":"status","device":"dev-1","state":"online","# + bad + "}")), bad)
+        }
         let will = Status.lastWill(device: dev)
         XCTAssertEqual(text(SyncCodec.encode(will)), #"{"v":1,"type":"status","device":"dev-1","state":"offline"}"#)
         XCTAssertEqual(try SyncCodec.decodeStatus(SyncCodec.encode(will)), will)
@@ -290,6 +298,19 @@ final class CodecTests: XCTestCase {
                 m[Int(g.next() % UInt64(m.count))] = UInt8(truncatingIfNeeded: g.next())
                 SyncFuzzEntry.decodeAll(m)
             }
+        }
+    }
+
+    func testDataUsageDaysAreCalendarDates() {
+        XCTAssertEqual(DataUsage.day(fromText: "1970-01-01"), 0)
+        XCTAssertEqual(DataUsage.day(ofUnixMilliseconds: 1_700_000_000_000), 19_675)  // 2023-11-14T22:13:20Z
+        XCTAssertEqual(DataUsage(day: 19_675, sentBytes: 0, receivedBytes: 0).dayText, "2023-11-14")
+        XCTAssertEqual(DataUsage(day: DataUsage.day(fromText: "2024-02-29")!, sentBytes: 0, receivedBytes: 0).dayText, "2024-02-29")
+        for day in stride(from: Int64(0), to: 80_000, by: 97) {
+            XCTAssertEqual(DataUsage.day(fromText: DataUsage(day: day, sentBytes: 0, receivedBytes: 0).dayText), day)
+        }
+        for bad in ["2023-02-29", "2023-13-01", "2023-1-01", "1969-12-31", "20231114", "2023-11-14 "] {
+            XCTAssertNil(DataUsage.day(fromText: bad), bad)
         }
     }
 }

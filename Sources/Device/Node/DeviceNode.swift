@@ -86,7 +86,8 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
     public func currentStatus() async throws -> Status {
         let facts = try await logFacts()
         return Status(device: facts.deviceID, state: .online, epoch: facts.epoch, head: facts.head, acked: facts.ackedThrough,
-                      atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: await settings.switches.measurementEnabled)
+                      atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: await settings.switches.measurementEnabled,
+                      dataUsage: agent == nil ? nil : metrics.dataBudget.today())
     }
 
     public func recentReadings() async -> [RecentReadings.Entry] { await recent.snapshot() }
@@ -119,6 +120,9 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
             m += [("mqtt_connected", .bool(a.connected)), ("mqtt_connects", .integer(Int64(a.connects))),
                   ("in_flight", .array(a.inFlight.map { .array([.integer(Int64($0.first.rawValue)), .integer(Int64($0.last.rawValue))]) })),
                   ("mqtt_last_error", a.lastError.map { .string($0) } ?? .null)]
+            let u = metrics.dataBudget.today()
+            m += [("data_day", .string(u.dayText)), ("data_sent_bytes", .integer(u.sentBytes)),
+                  ("data_received_bytes", .integer(u.receivedBytes))]
         }
         if let e = await recent.lastError { m.append(("last_sampling_problem", .string(e))) }
         m.append(("clock_synchronized", .bool(WallClock.isSynchronized())))

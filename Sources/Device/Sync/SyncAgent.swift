@@ -150,6 +150,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
 
     public func run() async throws {
         let mqtt = try MQTTClient(configuration: configuration.mqtt, logger: logger)
+        mqtt.observeTraffic(metrics.dataBudget)
         logger.info("sync agent starting", metadata: [
             "broker": "\(configuration.mqtt.host):\(configuration.mqtt.port)", "client": "\(configuration.mqtt.clientID)",
             "batch_topic": "\(configuration.topics.values)"])
@@ -473,7 +474,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
             }
             lastStatusAt = now
             lastStatusState = state
-            let status = machine.status(atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: measuring)
+            var status = machine.status(atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: measuring)
+            status.dataUsage = agent.metrics.dataBudget.today()
             let mqtt = self.mqtt, topic = topics.status, logger = self.logger
             Task {
                 do {

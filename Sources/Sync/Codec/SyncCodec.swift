@@ -127,6 +127,11 @@ public enum SyncCodec {
         if let b = s.backlog { m.append(("backlog", .integer(Int64(b)))) }
         if let t = s.atUnixMilliseconds { m.append(("at", .integer(t))) }
         if let me = s.measuring { m.append(("measuring", .bool(me))) }
+        if let u = s.dataUsage {
+            m.append(("data_day", .string(u.dayText)))
+            m.append(("data_sent", .integer(u.sentBytes)))
+            m.append(("data_received", .integer(u.receivedBytes)))
+        }
         return .object(m)
     }
 
@@ -400,11 +405,22 @@ public enum SyncCodec {
         let backlog = try f.has("backlog") ? f.integer("backlog") : nil
         let at = try f.has("at") ? f.integer("at") : nil
         let measuring = try f.optionalBool("measuring")
+        var dataUsage: DataUsage?
+        if f.has("data_day") || f.has("data_sent") || f.has("data_received") {
+            let text = try f.string("data_day", maxBytes: 10)
+            guard let day = DataUsage.day(fromText: text) else {
+                throw SyncDecodingError(.invalidMessage, "data_day \(text.debugDescription) is not a date YYYY-MM-DD")
+            }
+            let sent = try f.integer("data_sent"), received = try f.integer("data_received")
+            guard sent >= 0, received >= 0 else { throw SyncDecodingError(.invalidMessage, "data_sent and data_received must not be negative") }
+            dataUsage = DataUsage(day: day, sentBytes: sent, receivedBytes: received)
+        }
         try f.finish()
         if let head, let acked, acked > head {
             throw SyncDecodingError(.invalidMessage, "acked \(acked) is after head \(head)")
         }
-        let s = Status(device: device, state: state, epoch: epoch, head: head, acked: acked, atUnixMilliseconds: at, measuring: measuring)
+        let s = Status(device: device, state: state, epoch: epoch, head: head, acked: acked, atUnixMilliseconds: at, measuring: measuring,
+                       dataUsage: dataUsage)
         if let backlog, backlog != s.backlog.map({ Int64($0) }) {
             throw SyncDecodingError(.invalidMessage, "backlog \(backlog) is not head − acked")
         }

@@ -112,9 +112,12 @@ public struct Status: Hashable, Sendable {
     public var atUnixMilliseconds: Int64?
     /// Whether measuring is enabled (`measurement:enabled`).
     public var measuring: Bool?
+    /// MQTT bytes sent and received today (the device's UTC day), for the data budget.
+    public var dataUsage: DataUsage?
 
     public init(device: DeviceID, state: DeviceState, epoch: Epoch? = nil, head: SequenceNumber? = nil,
-                acked: SequenceNumber? = nil, atUnixMilliseconds: Int64? = nil, measuring: Bool? = nil) {
+                acked: SequenceNumber? = nil, atUnixMilliseconds: Int64? = nil, measuring: Bool? = nil,
+                dataUsage: DataUsage? = nil) {
         self.device = device
         self.state = state
         self.epoch = epoch
@@ -122,6 +125,7 @@ public struct Status: Hashable, Sendable {
         self.acked = acked
         self.atUnixMilliseconds = atUnixMilliseconds
         self.measuring = measuring
+        self.dataUsage = dataUsage
     }
 
     /// Records appended but not yet acknowledged (head − acked), when both are known.
@@ -132,6 +136,62 @@ public struct Status: Hashable, Sendable {
 
     /// The last will a device registers at connect.
     public static func lastWill(device: DeviceID) -> Status { Status(device: device, state: .offline) }
+}
+
+/// The bytes a device's MQTT traffic took on one day (UTC), as the device counts them: every
+/// PUBLISH and PUBACK it sent or received, headers included (spec §3.4; the MQTT module's
+/// MQTTTraffic.swift says what is not counted).
+public struct DataUsage: Hashable, Sendable {
+    /// The day, as days since 1970-01-01 (UTC).
+    public var day: Int64
+    public var sentBytes: Int64
+    public var receivedBytes: Int64
+
+    public init(day: Int64, sentBytes: Int64, receivedBytes: Int64) {
+        self.day = day
+        self.sentBytes = sentBytes
+        self.receivedBytes = receivedBytes
+    }
+
+    /// The UTC day of a wall-clock time in ms since 1970.
+    public static func day(ofUnixMilliseconds ms: Int64) -> Int64 {
+        let d = ms / 86_400_000
+        return ms < 0 && ms % 86_400_000 != 0 ? d - 1 : d
+    }
+
+    /// `YYYY-MM-DD` (proleptic Gregorian calendar; the civil-from-days algorithm of
+    /// H. Hinnant, "chrono-compatible low-level date algorithms").
+    public var dayText: String {
+        let z = day + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(y)-\(two(m))-\(two(d))"
+    }
+
+    /// Parses `YYYY-MM-DD` (years 1970…9999, a real date); nil otherwise.
+    public static func day(fromText text: String) -> Int64? {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
+              parts.allSatisfy({ $0.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 } }),
+              let y = Int64(parts[0]), let m = Int64(parts[1]), let d = Int64(parts[2]),
+              y >= 1970, (1...12).contains(m), d >= 1 else { return nil }
+        let yy = m <= 2 ? y - 1 : y
+        let era = yy / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let day = era * 146_097 + doe - 719_468
+        // Reject 02-30 and the like: the day must print back as given.
+        guard DataUsage(day: day, sentBytes: 0, receivedBytes: 0).dayText == text else { return nil }
+        return day
+    }
 }
 
 /// Backend/operator → device on the request or broadcast topic (spec §3.5). The seed's
