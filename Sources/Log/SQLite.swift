@@ -8,7 +8,12 @@
 // never block Swift's cooperative pool. C return codes become `SQLiteError`s that name
 // the file, the operation and SQLite's own message.
 import CSQLite
-import Foundation
+import FieldlogCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A failed SQLite call: which file, what we were doing, SQLite's (extended) code and message.
 public struct SQLiteError: Error, CustomStringConvertible, Sendable {
@@ -271,18 +276,13 @@ final class SQLiteStatement {
 /// of one `DeviceLog` go through one of these, never through Swift's cooperative pool.
 final class SQLiteThread: @unchecked Sendable {
     // @unchecked: `jobs` and `stopped` are only touched with `condition` locked.
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     private var jobs: [() -> Void] = []
     private var stopped = false
-    private var thread: Thread?
 
     init(name: String) {
         // The thread holds `self` until `stop()`; its owner (DeviceLog) stops it on close/deinit.
-        let thread = Thread { self.loop() }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        self.thread = thread
-        thread.start()
+        OSThread.start(name: name, stackSize: 1 << 20) { self.loop() }
     }
 
     private func loop() {

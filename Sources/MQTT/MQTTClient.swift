@@ -27,8 +27,13 @@
 //   SUBSCRIBEs in flight when the connection drops fail with `.notConnected`. When a
 //   reconnect finds no session on the broker, the client subscribes again to what it had.
 import CMosquitto
-import Foundation
+import FieldlogCore
 import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// An MQTT v5 client. Thread-safe; every method may be called from any task.
 public final class MQTTClient: Sendable {
@@ -115,7 +120,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
     private let logger: Logger
     private let backoff: ReconnectBackoff
     private let waker: LoopWaker
-    private let control = NSCondition()
+    private let control = ConditionLock()
     private var threadRunning = false
     private var stopRequested = false
     private var stopRequestedAt: ContinuousClock.Instant?
@@ -188,7 +193,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
             try check(mosquitto_username_pw_set(mosq, c.username, c.password), "set user name and password")
         }
         if let tls = c.tls {
-            for file in [tls.caFile, tls.certificateFile, tls.keyFile].compactMap({ $0 }) where !FileManager.default.isReadableFile(atPath: file) {
+            for file in [tls.caFile, tls.certificateFile, tls.keyFile].compactMap({ $0 }) where access(file, R_OK) != 0 {
                 throw MQTTError(operation: operation, kind: .usage, message: "TLS file \(file) is missing or unreadable")
             }
             guard (tls.certificateFile == nil) == (tls.keyFile == nil) else {
@@ -231,9 +236,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
             threadRunning = true
             control.unlock()
             box.setConnectWaiter(continuation)
-            let thread = Thread { self.runNetworkThread() }
-            thread.name = "mqtt \(configuration.clientID)"
-            thread.start()
+            OSThread.start(name: "mqtt \(configuration.clientID)") { self.runNetworkThread() }
         }
     }
 
@@ -368,7 +371,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
         let delay = backoff.delay(attempt: attempt, randomUnit: Double.random(in: 0..<1))
         box.emit(.reconnecting(attempt: attempt, delay: delay))
         logger.info("mqtt reconnecting", metadata: ["client": "\(configuration.clientID)", "attempt": "\(attempt)", "delay": "\(delay)"])
-        let deadline = Date().addingTimeInterval(delay / .seconds(1))
+        let deadline = ContinuousClock.now + delay
         control.lock()
         defer { control.unlock() }
         while !stopRequested {

@@ -10,7 +10,14 @@
 // `button` and `sync` run a subset, as the seed's separate containers did; several such
 // processes may share one log file.
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Log
 import Logging
 import MQTT
@@ -169,7 +176,7 @@ public enum DeviceNode {
 
     /// Opens the log and builds the services for `components`, in start order.
     public static func services(for c: DeviceConfiguration, components: ComponentSet, logger: Logger) async throws -> (services: [any Service], environment: NodeEnvironment) {
-        let dir = (c.log.path as NSString).deletingLastPathComponent
+        let dir = c.log.path.lastIndex(of: "/").map { String(c.log.path[..<$0]) } ?? ""
         if !dir.isEmpty && !FileManager.default.fileExists(atPath: dir) {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }

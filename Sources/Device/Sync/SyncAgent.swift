@@ -19,7 +19,6 @@
 // `offline`) says when the device vanished. Sampling never waits for any of this: the agent
 // only reads the log.
 import FieldlogCore
-import Foundation
 import Log
 import Logging
 import MQTT
@@ -67,7 +66,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
     let logger: Logger
     /// Set after init (the handler's environment refers back to this agent).
     private var commandHandlerValue: CommandHandler?
-    private let lock = NSLock()
+    private let lock = Lock()
     private var snapshotValue = SyncSnapshot()
     private let events: AsyncStream<Event>
     private let eventSink: AsyncStream<Event>.Continuation
