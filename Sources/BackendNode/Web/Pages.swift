@@ -94,8 +94,23 @@ enum Page {
 
     static let fleetColumns: [(key: String, title: String)] = [
         ("device", "Device"), ("state", "Status"), ("lastSeen", "Last seen"), ("epoch", "Epoch"), ("storedThrough", "Stored through"),
-        ("backlog", "Backlog"), ("gaps", "Gaps"), ("deadLetters", "Dead letters"),
+        ("backlog", "Backlog"), ("gaps", "Gaps"), ("deadLetters", "Dead letters"), ("data", "Data (day)"),
     ]
+
+    /// "12.3 kB ↑ 1.2 kB ↓" for a device's reported MQTT traffic of one day.
+    static func dataUsage(_ u: DataUsageRow?) -> String {
+        guard let u else { return "<span class=\"muted\">—</span>" }
+        return "<span title=\"MQTT bytes sent / received on \(html(u.day)) (UTC), as the device counts them\">\(bytes(u.sentBytes)) ↑ \(bytes(u.receivedBytes)) ↓</span>"
+    }
+
+    /// Bytes in decimal units (kB, MB, GB), as operators' data plans count them.
+    static func bytes(_ n: UInt64) -> String {
+        if n < 1000 { return "\(n) B" }
+        let units = ["kB", "MB", "GB", "TB"]
+        var v = Double(n) / 1000, i = 0
+        while v >= 1000 && i < units.count - 1 { v /= 1000; i += 1 }
+        return (v < 10 ? String((v * 10).rounded() / 10) : String(Int(v.rounded()))) + " " + units[i]
+    }
 
     static func sortFleet(_ devices: [FleetDevice], by key: String, descending: Bool) -> [FleetDevice] {
         func less(_ a: FleetDevice, _ b: FleetDevice) -> Bool {
@@ -107,6 +122,7 @@ enum Page {
             case "backlog": return (a.backlog ?? 0, a.device) < (b.backlog ?? 0, b.device)
             case "gaps": return (a.missingRecords, a.device) < (b.missingRecords, b.device)
             case "deadLetters": return (a.deadLetters, a.device) < (b.deadLetters, b.device)
+            case "data": return (a.dataUsage?.sentBytes ?? 0, a.device) < (b.dataUsage?.sentBytes ?? 0, b.device)
             default: return a.device < b.device
             }
         }
@@ -138,11 +154,12 @@ enum Page {
             <td data-label="Backlog" class="n" title="records on the device not yet acknowledged (head − acked)">\(num(d.backlog))</td>\
             <td data-label="Gaps" class="n">\(d.missingRecords > 0 ? "<a class=\"badge bad\" href=\"\(link)#audit\">\(d.gapCount) (\(groupDigits(String(d.missingRecords))) missing)</a>" : "<span class=\"badge ok soft\">none</span>")</td>\
             <td data-label="Dead letters" class="n">\(d.deadLetters > 0 ? "<span class=\"badge warn\">\(d.deadLetters)</span>" : "0")</td>\
+            <td data-label="Data (day)" class="n">\(dataUsage(d.dataUsage))</td>\
             </tr>
             """
         }
         if devices.isEmpty {
-            rows = "<tr><td colspan=\"8\" class=\"empty\">No devices yet. Devices appear here when their first batch or status arrives.</td></tr>"
+            rows = "<tr><td colspan=\"9\" class=\"empty\">No devices yet. Devices appear here when their first batch or status arrives.</td></tr>"
         }
         return layout(title: "Fleet", session: session, active: "fleet", body: """
         <div id="fleet" data-refresh="10">
@@ -209,6 +226,7 @@ enum Page {
         <div class="fact"><span class="label">Backlog on device</span><span class="n">\(num(d.backlog))</span> <span class="muted small">records</span></div>
         <div class="fact"><span class="label">Gaps</span>\(d.missingRecords > 0 ? "<a class=\"badge bad\" href=\"#audit\">\(groupDigits(String(d.missingRecords))) records missing</a>" : "<span class=\"badge ok soft\">none</span>")</div>
         <div class="fact"><span class="label">Dead letters</span>\(d.deadLetters)</div>
+        <div class="fact"><span class="label">MQTT data\(d.dataUsage.map { " " + html($0.day) } ?? "")</span>\(dataUsage(d.dataUsage))</div>
         </section>
 
         <section class="card" id="charts-section" data-refresh="20">

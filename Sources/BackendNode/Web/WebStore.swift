@@ -32,6 +32,15 @@ struct FleetDevice: Codable, Sendable {
     var lastSeenAt: String?
     var statusAt: String?
     var silent: Bool
+    /// MQTT bytes of the device's latest reported day (its data budget, spec §3.4), if any.
+    var dataUsage: DataUsageRow?
+}
+
+/// One device's MQTT traffic on one (UTC) day, as its status messages reported it.
+struct DataUsageRow: Codable, Sendable, Equatable {
+    var day: String
+    var sentBytes: UInt64
+    var receivedBytes: UInt64
 }
 
 /// A command as the pages and the API show it.
@@ -194,14 +203,25 @@ final class WebStore: Sendable {
         let report = try await audit(device: device)
         let filter = device == nil ? "" : " WHERE device_id = ?"
         let binds: [MariaDBValue] = device.map { [.string($0.rawValue)] } ?? []
-        let (statusRows, deadRows) = try await run("fleet") { s in
+        let (statusRows, deadRows, usageRows) = try await run("fleet") { s in
             let st = try await s.connection.execute("""
                 SELECT device_id, status_state, status_measuring, status_epoch, status_head, status_acked, status_received_at
                   FROM devices\(filter)
                 """, binds)
             let dl = try await s.connection.execute(
                 "SELECT device_id, COUNT(*) FROM dead_letters WHERE device_id IS NOT NULL\(device == nil ? "" : " AND device_id = ?") GROUP BY device_id", binds)
-            return (st.rows, dl.rows)
+            let du = try await s.connection.execute("""
+                SELECT u.device_id, DATE_FORMAT(u.day, '%Y-%m-%d'), u.sent_bytes, u.received_bytes FROM device_data_usage u
+                  JOIN (SELECT device_id, MAX(day) AS day FROM device_data_usage\(filter) GROUP BY device_id) l
+                    ON l.device_id = u.device_id AND l.day = u.day
+                """, binds)
+            return (st.rows, dl.rows, du.rows)
+        }
+        var usage: [String: DataUsageRow] = [:]
+        for r in usageRows {
+            if let id = r[0].string, let day = r[1].string {
+                usage[id] = DataUsageRow(day: day, sentBytes: r[2].uint64 ?? 0, receivedBytes: r[3].uint64 ?? 0)
+            }
         }
         var status: [String: [MariaDBValue]] = [:]
         for r in statusRows { if let id = r[0].string { status[id] = r } }
@@ -221,7 +241,8 @@ final class WebStore: Sendable {
                 gapCount: d.epochs.reduce(0) { $0 + $1.gaps.count + ($1.unstoredAtEnd == nil ? 0 : 1) },
                 missingRecords: d.epochs.reduce(0) { $0 + $1.missingCount },
                 deadLetters: dead[d.device] ?? 0,
-                lastSeenAt: WebTime.iso(sql: d.lastSeenAt), statusAt: WebTime.iso(sql: st?[6].string), silent: d.silent)
+                lastSeenAt: WebTime.iso(sql: d.lastSeenAt), statusAt: WebTime.iso(sql: st?[6].string), silent: d.silent,
+                dataUsage: usage[d.device])
         }
     }
 
