@@ -13,6 +13,7 @@ import Logging
 import CoreMetrics
 import Metrics
 import Prometheus
+import Sync
 
 /// The counters, gauges and timers of ingest. Names are the Prometheus names.
 final class BackendMetrics: Sendable {
@@ -27,13 +28,18 @@ final class BackendMetrics: Sendable {
         "fieldlog_ack_publish_failures_total": "Acks that could not be published (the device resends; the duplicate is absorbed).",
         "fieldlog_deadlock_retries_total": "Transactions retried after a deadlock or Galera certification conflict.",
         "fieldlog_database_reconnects_total": "Connections to MariaDB made again after a failure.",
-        "fieldlog_messages_dropped_unacked_total": "Batches dropped unacknowledged because the ingest queue was full (the device resends).",
+        "fieldlog_messages_dropped_unacked_total": "Messages not taken, unacknowledged, by reason (device-share, queue-full); the device resends them.",
         "fieldlog_legacy_rows_inserted_total": "Seed-format readings inserted (legacy values topic).",
         "fieldlog_legacy_duplicates_absorbed_total": "Seed-format readings received again and absorbed.",
         "fieldlog_commit_seconds": "Time to commit one transaction of batches.",
         "fieldlog_batches_per_transaction": "Batches committed per transaction.",
         "fieldlog_ingest_queue_depth": "Messages waiting in the ingest queue.",
-        "fieldlog_messages_received_total": "Messages received, by kind (batch, status, response, legacy, unknown).",
+        "fieldlog_ingest_queue_bytes": "Bytes of the messages waiting in the ingest queue.",
+        "fieldlog_ingest_reading_paused": "1 while the process stops reading from the broker because its queue is full (backpressure).",
+        "fieldlog_transaction_retries_total": "Transactions tried again after a database error that may pass (see docs/backend.md).",
+        "fieldlog_transactions_isolated_total": "Transactions split until the message the database refused was alone.",
+        "fieldlog_messages_abandoned_total": "Messages that could be neither stored nor kept as a dead letter (logged).",
+        "fieldlog_messages_received_total": "Messages received, by kind (batch, status, response, legacy, invalid).",
         "fieldlog_dead_letters_total": "Messages or records kept aside instead of stored, by reason.",
         "fieldlog_device_lag_records": "Highest sequence number received from the device minus its acked-through pointer.",
         "fieldlog_device_delay_seconds": "Receive time minus the device time of the newest record received.",
@@ -45,12 +51,16 @@ final class BackendMetrics: Sendable {
     let ackPublishFailures: Metrics.Counter
     let deadlockRetries: Metrics.Counter
     let databaseReconnects: Metrics.Counter
-    let droppedUnacked: Metrics.Counter
     let legacyInserted: Metrics.Counter
     let legacyDuplicates: Metrics.Counter
     let commitLatency: Metrics.Timer
     let batchesPerTransaction: Metrics.Recorder
     let queueDepth: Metrics.Gauge
+    let queueBytes: Metrics.Gauge
+    let readingPaused: Metrics.Gauge
+    let transactionRetries: Metrics.Counter
+    let isolations: Metrics.Counter
+    let abandoned: Metrics.Counter
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -67,17 +77,26 @@ final class BackendMetrics: Sendable {
         ackPublishFailures = Metrics.Counter(label: "fieldlog_ack_publish_failures_total", factory: f)
         deadlockRetries = Metrics.Counter(label: "fieldlog_deadlock_retries_total", factory: f)
         databaseReconnects = Metrics.Counter(label: "fieldlog_database_reconnects_total", factory: f)
-        droppedUnacked = Metrics.Counter(label: "fieldlog_messages_dropped_unacked_total", factory: f)
         legacyInserted = Metrics.Counter(label: "fieldlog_legacy_rows_inserted_total", factory: f)
         legacyDuplicates = Metrics.Counter(label: "fieldlog_legacy_duplicates_absorbed_total", factory: f)
         commitLatency = Metrics.Timer(label: "fieldlog_commit_seconds", preferredDisplayUnit: .seconds, factory: f)
         batchesPerTransaction = Metrics.Recorder(label: "fieldlog_batches_per_transaction", aggregate: true, factory: f)
         queueDepth = Metrics.Gauge(label: "fieldlog_ingest_queue_depth", factory: f)
+        queueBytes = Metrics.Gauge(label: "fieldlog_ingest_queue_bytes", factory: f)
+        readingPaused = Metrics.Gauge(label: "fieldlog_ingest_reading_paused", factory: f)
+        transactionRetries = Metrics.Counter(label: "fieldlog_transaction_retries_total", factory: f)
+        isolations = Metrics.Counter(label: "fieldlog_transactions_isolated_total", factory: f)
+        abandoned = Metrics.Counter(label: "fieldlog_messages_abandoned_total", factory: f)
     }
 
-    /// `fieldlog_messages_received_total{kind}`; kind is batch, status, response, legacy or unknown.
-    func received(_ kind: String) {
-        Metrics.Counter(label: "fieldlog_messages_received_total", dimensions: [("kind", kind)], factory: factory).increment()
+    /// `fieldlog_messages_received_total{kind}`; kind is batch, status, response, legacy or invalid.
+    func received(_ kind: String, count: Int = 1) {
+        Metrics.Counter(label: "fieldlog_messages_received_total", dimensions: [("kind", kind)], factory: factory).increment(by: count)
+    }
+
+    /// `fieldlog_messages_dropped_unacked_total{reason}`: messages not taken (device-share, queue-full).
+    func dropped(_ reason: DropReason) {
+        Metrics.Counter(label: "fieldlog_messages_dropped_unacked_total", dimensions: [("reason", reason.rawValue)], factory: factory).increment()
     }
 
     /// `fieldlog_dead_letters_total{reason}`.
