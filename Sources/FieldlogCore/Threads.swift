@@ -15,7 +15,7 @@ import Darwin
 /// A mutual-exclusion lock (pthread mutex), like NSLock.
 public final class Lock: @unchecked Sendable {
     // @unchecked: the mutex is the synchronisation; it lives at a stable heap address.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    fileprivate let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
     public init() {
         mutex = .allocate(capacity: 1)
@@ -39,47 +39,38 @@ public final class Lock: @unchecked Sendable {
     }
 }
 
-/// A lock with a condition variable (pthread mutex + cond on the monotonic clock), like
+/// A lock with a condition variable (a `Lock` and a pthread cond on the monotonic clock), like
 /// NSCondition: `wait` releases the lock while waiting and holds it again on return.
 public final class ConditionLock: @unchecked Sendable {
-    // @unchecked: the mutex is the synchronisation; both live at stable heap addresses.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    // @unchecked: the lock is the synchronisation; the cond lives at a stable heap address.
+    private let base = Lock()
     private let cond: UnsafeMutablePointer<pthread_cond_t>
 
     public init() {
-        mutex = .allocate(capacity: 1)
         cond = .allocate(capacity: 1)
-        var rc = pthread_mutex_init(mutex, nil)
-        precondition(rc == 0, "pthread_mutex_init failed: \(rc)")
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
         #if !canImport(Darwin)
         pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)  // deadlines immune to wall-clock steps
         #endif
-        rc = pthread_cond_init(cond, &attributes)
+        let rc = pthread_cond_init(cond, &attributes)
         pthread_condattr_destroy(&attributes)
         precondition(rc == 0, "pthread_cond_init failed: \(rc)")
     }
 
     deinit {
         pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
         cond.deallocate()
-        mutex.deallocate()
     }
 
-    public func lock() { pthread_mutex_lock(mutex) }
-    public func unlock() { pthread_mutex_unlock(mutex) }
+    public func lock() { base.lock() }
+    public func unlock() { base.unlock() }
 
     @discardableResult
-    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T { try base.withLock(body) }
 
     /// Waits for a signal (spurious wake-ups happen: wait in a loop over the condition).
-    public func wait() { pthread_cond_wait(cond, mutex) }
+    public func wait() { pthread_cond_wait(cond, base.mutex) }
 
     /// Waits for a signal until `deadline`; false when the deadline passed.
     @discardableResult
@@ -97,7 +88,7 @@ public final class ConditionLock: @unchecked Sendable {
         ts.tv_sec += Int(seconds) + nanoseconds / 1_000_000_000
         nanoseconds %= 1_000_000_000
         ts.tv_nsec = nanoseconds
-        return pthread_cond_timedwait(cond, mutex, &ts) == 0
+        return pthread_cond_timedwait(cond, base.mutex, &ts) == 0
     }
 
     public func signal() { pthread_cond_signal(cond) }
