@@ -104,7 +104,7 @@ let package = Package(
         // Benchmarks (not tests): `fieldlog-bench <name>`
         .executableTarget(
             name: "Bench",
-            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Processes",
+            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Processes", "CMosquitto", "CMariaDB",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),

@@ -228,6 +228,26 @@ enum Schema {
             """,
             "ALTER TABLE commands ADD COLUMN IF NOT EXISTS sent_by VARCHAR(64) NULL",
         ]),
+        // Web admin roles (viewer reads, operator also sends commands, admin also manages users),
+        // disabled users, and the activity trail: who sent which command, who changed which user.
+        // Users from version 3 become operators: exactly what they could do before.
+        Migration(version: 4, name: "web admin: user roles, disabled users, activity trail", statements: [
+            "ALTER TABLE web_users ADD COLUMN IF NOT EXISTS role ENUM('viewer','operator','admin') NOT NULL DEFAULT 'operator'",
+            "ALTER TABLE web_users ADD COLUMN IF NOT EXISTS disabled_at DATETIME(3) NULL",
+            """
+            CREATE TABLE IF NOT EXISTS web_activity (
+              id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+              at DATETIME(3) NOT NULL,
+              actor VARCHAR(80) NOT NULL,
+              action VARCHAR(32) CHARACTER SET ascii NOT NULL,
+              target VARCHAR(128) NOT NULL,
+              detail VARCHAR(1024) NOT NULL,
+              request_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
+              KEY web_activity_by_time (at),
+              KEY web_activity_by_target (target, at)
+            ) ENGINE=InnoDB
+            """,
+        ]),
         // Ingest hardening: every ingest process takes every seed message (a persistent,
         // non-shared subscription); a dead letter they all write is kept once (spec §6.3).
         Migration(version: 5, name: "dead_letters.dedup_key: one dead letter for a message every ingest process receives", statements: [
