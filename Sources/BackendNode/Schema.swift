@@ -262,6 +262,21 @@ enum Schema {
             "ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS dedup_key BINARY(16) NULL",
             "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_dedup ON dead_letters (dedup_key)",
         ]),
+        // Data budget (issue 19): each device's MQTT bytes per UTC day, from its status messages
+        // (spec §3.4). A device's count starts again at 0 after a restart, so a day keeps the
+        // larger figure of each direction.
+        Migration(version: 6, name: "device_data_usage: MQTT bytes per device and day", statements: [
+            """
+            CREATE TABLE IF NOT EXISTS device_data_usage (
+              device_id \(deviceColumn),
+              day DATE NOT NULL,
+              sent_bytes BIGINT UNSIGNED NOT NULL,
+              received_bytes BIGINT UNSIGNED NOT NULL,
+              updated_at DATETIME(3) NOT NULL,
+              PRIMARY KEY (device_id, day)
+            ) ENGINE=InnoDB
+            """,
+        ]),
         // Issue 17: one row per reading. A reading's values move into `readings.vals` (a JSON
         // array); `reading_values` becomes a view over it with the same columns, so queries keep
         // working; `device_sensors` lists each device's sensors without scanning its readings.

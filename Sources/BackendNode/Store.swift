@@ -126,6 +126,13 @@ final class Store: Sendable {
                         ON DUPLICATE KEY UPDATE reported_head = GREATEST(reported_head, VALUES(reported_head)), reported_at = VALUES(reported_at)
                         """, [d, .uint(epoch), now, .uint(head), now])
                 }
+                if let u = st.dataUsage {
+                    try s.execute("""
+                        INSERT INTO device_data_usage (device_id, day, sent_bytes, received_bytes, updated_at) VALUES (?, ?, ?, ?, ?)
+                        ON DUPLICATE KEY UPDATE sent_bytes = GREATEST(sent_bytes, VALUES(sent_bytes)),
+                          received_bytes = GREATEST(received_bytes, VALUES(received_bytes)), updated_at = VALUES(updated_at)
+                        """, [d, .string(u.dayText), .int(u.sentBytes), .int(u.receivedBytes), now])
+                }
             }
             for r in responses {
                 try Self.requireOneRow(s.execute("INSERT INTO command_responses (device_id, request_id, command, ok, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",

@@ -29,7 +29,14 @@
 //   Bad input from callers and damage found on disk become thrown `LogError`s.
 import CSQLite
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 /// A device's durable, sequence-numbered log in one SQLite file.
@@ -60,7 +67,7 @@ public final class DeviceLog: @unchecked Sendable {
     private var cachedHead: (head: SequenceNumber, dataVersion: Int64)?
 
     /// Guards the flags, observers and counters below.
-    private let lock = NSLock()
+    private let lock = Lock()
     private var isClosed = false
     private var observers: [UInt64: AsyncStream<SequenceNumber>.Continuation] = [:]
     private var nextObserverID: UInt64 = 0
@@ -137,16 +144,16 @@ public final class DeviceLog: @unchecked Sendable {
             do {
                 return try openOnce(path: path, device: device, configuration: configuration)
             } catch LogError.sqlite(let error) where error.isBusy && ContinuousClock.now < deadline {
-                Thread.sleep(forTimeInterval: (pause + .microseconds(Int64.random(in: 0...1000))) / .seconds(1))
+                OSThread.sleep(pause + .microseconds(Int64.random(in: 0...1000)))
                 pause = min(pause * 2, .milliseconds(50))
             }
         }
     }
 
     private static func openOnce(path: String, device: DeviceID?, configuration: LogConfiguration) throws -> Opened {
-        var isDirectory: ObjCBool = false
-        let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
-        if isDirectory.boolValue { throw LogError.notAFieldlogLog(path: path, reason: "it is a directory") }
+        var st = stat()
+        let exists = stat(path, &st) == 0
+        if exists && (st.st_mode & S_IFMT) == S_IFDIR { throw LogError.notAFieldlogLog(path: path, reason: "it is a directory") }
         if !exists && device == nil { throw LogError.missing(path: path) }
 
         let connection: SQLiteConnection
@@ -185,7 +192,7 @@ public final class DeviceLog: @unchecked Sendable {
             guard appID == applicationID else {
                 throw LogError.notAFieldlogLog(path: path, reason: appID == 0
                     ? "it is an SQLite database of another application (\(tables) schema objects, no Fieldlog application id)"
-                    : String(format: "application id is 0x%08x, Fieldlog logs have 0x%08x", appID, applicationID))
+                    : "application id is \(hex8(appID)), Fieldlog logs have \(hex8(applicationID))")
             }
             var version = try connection.scalarInt("PRAGMA user_version") ?? 0
             guard version == schemaVersion || version == 1 else {
@@ -864,4 +871,10 @@ public struct LogStatus: Sendable {
     public var fileBytes: Int64
     public var walBytes: Int64
     public var lossMarkers: [LossMarker]
+}
+
+/// `0x` and eight hex digits of the 32 bits (as `%08x` prints them).
+private func hex8(_ v: Int32) -> String {
+    let digits = String(UInt32(bitPattern: v), radix: 16)
+    return "0x" + String(repeating: "0", count: 8 - digits.count) + digits
 }

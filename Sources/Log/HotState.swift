@@ -18,7 +18,6 @@
 //   `mqtt_sender:interval`) are read with GET; an absent key gives the configured default,
 //   an unreachable Redis gives the last values read (the seed's behaviour).
 import FieldlogCore
-import Foundation
 import Logging
 import Redis
 
@@ -72,7 +71,7 @@ public final class HotStateMirror: @unchecked Sendable {
     private let log: DeviceLog
     private let redis: RedisConnection
     private let logger: Logger
-    private let lock = NSLock()
+    private let lock = Lock()
     private var lastMirroredValue: SequenceNumber?
     private var lastSwitches: RuntimeSwitches
     private var redisDown = false
@@ -224,13 +223,13 @@ public final class HotStateMirror: @unchecked Sendable {
     private func enabled(_ reply: RedisReply, key: String, default value: Bool) -> Bool {
         guard let text = reply.string, !reply.isNull else { return value }
         if case .error = reply { return value }
-        return text.trimmingCharacters(in: .whitespaces) != "0"
+        return text.trimmed(.spaces) != "0"
     }
 
     private func interval(_ reply: RedisReply, key: String, default value: Duration) -> Duration {
         guard !reply.isNull, let text = reply.string else { return value }
         if case .error = reply { return value }
-        guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
+        guard let seconds = Double(text.trimmed(.spaces)), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
             logger.warning("ignoring invalid interval in Redis; using the default", metadata: ["key": "\(key)", "value": "\(text)"])
             return value
         }

@@ -25,7 +25,11 @@
 //   and sleeps go to `Task.sleep`. Tasks retain the executor they prefer, so this object
 //   outlives them.
 import FieldlogCore
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// One append waiting for its group commit.
 struct PendingAppend {
@@ -39,14 +43,14 @@ struct PendingAppend {
 final class LogThread: TimedTaskExecutor, @unchecked Sendable {
     // @unchecked: every mutable property is only touched with `condition` locked, except
     // `commit` and `threadID`, which are written once before they are read (see their docs).
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     private var jobs: [Job] = []
     private var appends: [PendingAppend] = []
     private var appendsClosed = false
     private var stopped = false
     private var exited = false
     /// The group-commit wait in progress (appenders on other threads), if any.
-    private var groupDeadline: Date?
+    private var groupDeadline: ContinuousClock.Instant?
     private var lastBatchCount = 0
     private var lastCommitNanoseconds: Int64 = 0
     private let maxBatchSize: Int
@@ -72,10 +76,7 @@ final class LogThread: TimedTaskExecutor, @unchecked Sendable {
     init(name: String, maxBatchSize: Int) {
         self.maxBatchSize = max(1, maxBatchSize)
         // The thread holds `self` until `stop()`; its owner (DeviceLog) stops it on close/deinit.
-        let thread = Thread { self.loop() }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        thread.start()
+        OSThread.start(name: name, stackSize: 1 << 20) { self.loop() }
     }
 
     /// The owner's group commit: takes one batch (in queue order) and resumes its callers.
@@ -108,7 +109,7 @@ final class LogThread: TimedTaskExecutor, @unchecked Sendable {
             }
             if !appends.isEmpty, let commit {
                 if appends.count < lastBatchCount && !appendsClosed {
-                    let deadline = groupDeadline ?? Date(timeIntervalSinceNow: Double(min(lastCommitNanoseconds / 4, 2_000_000)) / 1e9)
+                    let deadline = groupDeadline ?? ContinuousClock.now + .nanoseconds(min(lastCommitNanoseconds / 4, 2_000_000))
                     groupDeadline = deadline
                     // Woken (an append, a job or a timer): look again, jobs first, same deadline.
                     if let timer = earliestTimerDate(), timer < deadline {
@@ -154,11 +155,9 @@ final class LogThread: TimedTaskExecutor, @unchecked Sendable {
         return true
     }
 
-    /// With `condition` locked: the earliest sleeper's deadline as a `Date` for the condition.
-    private func earliestTimerDate() -> Date? {
-        guard let earliest = timers.values.map(\.deadline).min() else { return nil }
-        let remaining = (earliest - .now) / .seconds(1)
-        return Date(timeIntervalSinceNow: max(0, remaining))
+    /// With `condition` locked: the earliest sleeper's deadline.
+    private func earliestTimerDate() -> ContinuousClock.Instant? {
+        timers.values.map(\.deadline).min()
     }
 
     /// With `condition` locked: the next batch, oldest first, at most `maxBatchSize`.
@@ -286,7 +285,7 @@ final class LogThread: TimedTaskExecutor, @unchecked Sendable {
 /// The pthread id of a thread, published by the thread itself once it started.
 private final class ThreadIdentity: @unchecked Sendable {
     // @unchecked: `id` is only touched under `lock`.
-    private let lock = NSLock()
+    private let lock = Lock()
     private var id: pthread_t?
     func set() { lock.withLock { id = pthread_self() } }
     var isCurrent: Bool {

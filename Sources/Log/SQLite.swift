@@ -7,7 +7,12 @@
 // never block Swift's cooperative pool. C return codes become `SQLiteError`s that name
 // the file, the operation and SQLite's own message.
 import CSQLite
-import Foundation
+import FieldlogCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A failed SQLite call: which file, what we were doing, SQLite's (extended) code and message.
 public struct SQLiteError: Error, CustomStringConvertible, Sendable {

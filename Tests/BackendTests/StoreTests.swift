@@ -24,7 +24,8 @@ final class MigrationTests: XCTestCase {
         XCTAssertEqual(value4, Schema.latestVersion)
         try await migrator.requireCurrent()
         for table in ["devices", "epochs", "readings", "reading_values", "device_sensors", "batch_ranges", "loss_ranges", "dead_letters",
-                      "legacy_readings", "legacy_values", "commands", "command_responses", "sensor_values", "epoch_progress"] {
+                      "legacy_readings", "legacy_values", "commands", "command_responses", "sensor_values", "epoch_progress",
+                      "device_data_usage"] {
             XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '\(table)'"), "1", table)
         }
         try await c.query("INSERT INTO schema_migrations (version, name) VALUES (\(Schema.latestVersion + 1), 'from the future')")
@@ -170,6 +171,19 @@ final class StoreTests: XCTestCase {
         ])
         XCTAssertEqual(try db.scalar("SELECT CONCAT(status_state, ' ', status_acked) FROM devices WHERE device_id = '\(devices[1])'"), "offline 2")
         XCTAssertEqual(try db.scalar("SELECT CONCAT(status_state, ' ', status_acked) FROM devices WHERE device_id = '\(devices[2])'"), "online 3")
+
+        // The data budget: one row per device and day; a restarted device's smaller count of
+        // the same day does not lower what was recorded.
+        let day = DataUsage.day(ofUnixMilliseconds: 1_764_000_000_000)
+        try await store.recordStatuses([
+            Status(device: devices[1], state: .online, dataUsage: DataUsage(day: day, sentBytes: 5000, receivedBytes: 700)),
+            Status(device: devices[1], state: .online, dataUsage: DataUsage(day: day, sentBytes: 300, receivedBytes: 900)),
+            Status(device: devices[1], state: .online, dataUsage: DataUsage(day: day + 1, sentBytes: 10, receivedBytes: 20)),
+        ])
+        XCTAssertEqual(try db.scalar("""
+            SELECT GROUP_CONCAT(CONCAT(day, ' ', sent_bytes, ' ', received_bytes) ORDER BY day SEPARATOR '; ')
+            FROM device_data_usage WHERE device_id = '\(devices[1])'
+            """), "2025-11-24 5000 900; 2025-11-25 10 20")
         await c.close()
     }
 

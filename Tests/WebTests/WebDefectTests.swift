@@ -280,7 +280,7 @@ final class WebDefectTests: XCTestCase {
         try await h.storeReadings(device, epoch: Epoch(1), count: 3)
         let attack = "<img src=x onerror=alert(1)>"
         try await Self.recordAnswered(h, device: device, command: Command(requestID: "web-x", kind: .getConfig(key: "measurement:interval")),
-                                 response: CommandResponse(requestID: "web-x", command: "get_config", key: "measurement:interval", value: attack))
+                                 response: CommandResponse(requestID: "web-x", command: "get_config", key: "measurement:interval", value: .string(attack)))
         let s = try await h.store.database.store()
         try await recordDeadLetters(s, [DeadLetter(topic: "fieldlog/v1/devices/\(device)/batch", reason: .malformedJSON, message: attack, topicDevice: device,
                                                      payload: Array("{\"x\":\"\(attack)\"}".utf8))])

@@ -115,7 +115,8 @@ struct WebHarness {
             _ = try await s.storeBatches([request], newDevices: [device], newEpochs: [(device, epoch)])
         }
         try await s.recordStatus(Status(device: device, state: .online, epoch: epoch, head: SequenceNumber(count + 5),
-                                        acked: SequenceNumber(count), atUnixMilliseconds: now, measuring: true))
+                                        acked: SequenceNumber(count), atUnixMilliseconds: now, measuring: true,
+                                        dataUsage: DataUsage(day: DataUsage.day(ofUnixMilliseconds: now), sentBytes: 48_213, receivedBytes: 1_840)))
     }
 }
 

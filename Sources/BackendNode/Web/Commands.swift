@@ -96,7 +96,7 @@ struct CommandInput: Decodable, Sendable {
             } else {
                 guard let value else { throw bad("set_config needs a value") }
                 guard value.utf8.count <= ProtocolLimits.maxTextBytes else { throw bad("the value is longer than \(ProtocolLimits.maxTextBytes) bytes") }
-                kind = .setConfig(key: key, value: try ConfigValueKind(key: key).normalized(value))
+                kind = .setConfig(key: key, value: .string(try ConfigValueKind(key: key).normalized(value)))
             }
         case "replay":
             var epochValue: Epoch?

@@ -96,8 +96,24 @@ extension Page {
         <div class="fact"><span class="label">Stored through</span><span class="n">\(num(d.storedThrough))</span></div>\
         <div class="fact"><span class="label">Backlog on device</span><span><span class="n" id="backlog">\(num(d.backlog))</span> <span class="muted small">records</span></span></div>\
         <div class="fact"><span class="label">Gaps</span>\(gaps)</div>\
-        <div class="fact"><span class="label">Dead letters</span>\(dead)</div>
+        <div class="fact"><span class="label">Dead letters</span>\(dead)</div>\
+        <div class="fact"><span class="label">MQTT data\(d.dataUsage.map { " " + $0.day } ?? "")</span>\(dataUsage(d.dataUsage))</div>
         """
+    }
+
+    /// "48 kB ↑ 1.8 kB ↓": a device's reported MQTT traffic of one day (its data budget).
+    static func dataUsage(_ u: DataUsageRow?) -> HTML {
+        guard let u else { return "<span class=\"muted\">—</span>" }
+        return "<span title=\"MQTT bytes sent / received on \(u.day) (UTC), as the device counts them\">\(bytes(u.sentBytes)) ↑ \(bytes(u.receivedBytes)) ↓</span>"
+    }
+
+    /// Bytes in decimal units (kB, MB, GB), as operators' data plans count them.
+    static func bytes(_ n: UInt64) -> String {
+        if n < 1000 { return "\(n) B" }
+        let units = ["kB", "MB", "GB", "TB"]
+        var v = Double(n) / 1000, i = 0
+        while v >= 1000 && i < units.count - 1 { v /= 1000; i += 1 }
+        return (v < 10 ? String((v * 10).rounded() / 10) : String(Int(v.rounded()))) + " " + units[i]
     }
 
     static func control(_ v: DeviceView, session: WebSession) -> HTML {

@@ -39,6 +39,15 @@ struct FleetDevice: Codable, Sendable, Hashable {
     var lastSeenAt: String?
     var statusAt: String?
     var silent: Bool
+    /// MQTT bytes of the device's latest reported day (its data budget, spec §3.4), if any.
+    var dataUsage: DataUsageRow? = nil
+}
+
+/// One device's MQTT traffic on one (UTC) day, as its status messages reported it.
+struct DataUsageRow: Codable, Sendable, Hashable {
+    var day: String
+    var sentBytes: UInt64
+    var receivedBytes: UInt64
 }
 
 /// The whole fleet at one moment, with its counts.
@@ -335,6 +344,15 @@ struct FleetLoader {
         let dead = try session.execute(
             "SELECT device_id, COUNT(*) FROM dead_letters WHERE device_id IS NOT NULL\(device == nil ? "" : " AND device_id = ?") GROUP BY device_id", binds).rows
         let legacy = try session.execute("SELECT device_id, MAX(received_at) FROM legacy_readings\(filter) GROUP BY device_id", binds).rows
+        let usageRows = try session.execute("""
+            SELECT u.device_id, DATE_FORMAT(u.day, '%Y-%m-%d'), u.sent_bytes, u.received_bytes FROM device_data_usage u
+              JOIN (SELECT device_id, MAX(day) AS day FROM device_data_usage\(filter) GROUP BY device_id) l
+                ON l.device_id = u.device_id AND l.day = u.day
+            """, binds).rows
+        var usage: [String: DataUsageRow] = [:]
+        for r in usageRows {
+            if let d = r[0].string, let day = r[1].string { usage[d] = DataUsageRow(day: day, sentBytes: r[2].uint64 ?? 0, receivedBytes: r[3].uint64 ?? 0) }
+        }
 
         var epochs: [String: [(epoch: UInt64, reportedHead: UInt64)]] = [:]
         for r in epochRows { if let d = r[0].string, let e = r[1].uint64 { epochs[d, default: []].append((e, r[2].uint64 ?? 0)) } }
@@ -373,7 +391,8 @@ struct FleetLoader {
                 epoch: current.map { Epoch($0).hex }, head: head, acked: acked,
                 backlog: head.flatMap { h in acked.map { h >= $0 ? h - $0 : 0 } },
                 storedThrough: storedThrough, gapCount: gapCount, missingRecords: missing, deadLetters: deadCount[id] ?? 0,
-                lastSeenAt: WebTime.iso(sql: lastSeen), statusAt: WebTime.iso(sql: row[7].string), silent: (lastSeen ?? "") < silentBefore)
+                lastSeenAt: WebTime.iso(sql: lastSeen), statusAt: WebTime.iso(sql: row[7].string), silent: (lastSeen ?? "") < silentBefore,
+                dataUsage: usage[id])
         }
     }
 }

@@ -10,7 +10,14 @@
 // `button` and `sync` run a subset, as the seed's separate containers did; several such
 // processes may share one log file.
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Log
 import Logging
 import MQTT
@@ -86,7 +93,8 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
     public func currentStatus() async throws -> Status {
         let facts = try await logFacts()
         return Status(device: facts.deviceID, state: .online, epoch: facts.epoch, head: facts.head, acked: facts.ackedThrough,
-                      atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: await settings.switches.measurementEnabled)
+                      atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: await settings.switches.measurementEnabled,
+                      dataUsage: agent == nil ? nil : metrics.dataBudget.today())
     }
 
     public func recentReadings() async -> [RecentReadings.Entry] { await recent.snapshot() }
@@ -119,6 +127,9 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
             m += [("mqtt_connected", .bool(a.connected)), ("mqtt_connects", .integer(Int64(a.connects))),
                   ("in_flight", .array(a.inFlight.map { .array([.integer(Int64($0.first.rawValue)), .integer(Int64($0.last.rawValue))]) })),
                   ("mqtt_last_error", a.lastError.map { .string($0) } ?? .null)]
+            let u = metrics.dataBudget.today()
+            m += [("data_day", .string(u.dayText)), ("data_sent_bytes", .integer(u.sentBytes)),
+                  ("data_received_bytes", .integer(u.receivedBytes))]
         }
         if let e = await recent.lastError { m.append(("last_sampling_problem", .string(e))) }
         m.append(("clock_synchronized", .bool(WallClock.isSynchronized())))
@@ -165,7 +176,7 @@ public enum DeviceNode {
 
     /// Opens the log and builds the services for `components`, in start order.
     public static func services(for c: DeviceConfiguration, components: ComponentSet, logger: Logger) async throws -> (services: [any Service], environment: NodeEnvironment) {
-        let dir = (c.log.path as NSString).deletingLastPathComponent
+        let dir = c.log.path.lastIndex(of: "/").map { String(c.log.path[..<$0]) } ?? ""
         if !dir.isEmpty && !FileManager.default.fileExists(atPath: dir) {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }

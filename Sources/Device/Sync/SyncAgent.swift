@@ -19,7 +19,6 @@
 // `offline`) says when the device vanished. Sampling never waits for any of this: the agent
 // only reads the log.
 import FieldlogCore
-import Foundation
 import Log
 import Logging
 import MQTT
@@ -71,7 +70,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
     let logger: Logger
     /// Set after init (the handler's environment refers back to this agent).
     private var commandHandlerValue: CommandHandler?
-    private let lock = NSLock()
+    private let lock = Lock()
     private var snapshotValue = SyncSnapshot()
     private let events: AsyncStream<Event>
     private let eventSink: AsyncStream<Event>.Continuation
@@ -154,6 +153,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
 
     public func run() async throws {
         let mqtt = try MQTTClient(configuration: configuration.mqtt, logger: logger)
+        mqtt.observeTraffic(metrics.dataBudget)
         logger.info("sync agent starting", metadata: [
             "broker": "\(configuration.mqtt.host):\(configuration.mqtt.port)", "client": "\(configuration.mqtt.clientID)",
             "batch_topic": "\(configuration.topics.values)"])
@@ -484,7 +484,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
             }
             lastStatusAt = now
             lastStatusState = state
-            let status = machine.status(atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: measuring)
+            var status = machine.status(atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: measuring)
+            status.dataUsage = agent.metrics.dataBudget.today()
             let mqtt = self.mqtt, topic = topics.status, logger = self.logger
             Task {
                 do {

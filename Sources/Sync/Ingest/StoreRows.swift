@@ -62,6 +62,9 @@ public struct StoreRows: Hashable, Sendable {
         public var epoch: UInt64?, head: UInt64?, acked: UInt64?
         public var measuring: Bool?
         public var deviceMs: Int64?
+        /// The data budget of the status (spec §3.4): a `device_data_usage` row per device and
+        /// day, keeping the larger figure of each direction.
+        public var dataUsage: DataUsage?
     }
     /// A command response: a `command_responses` row, and the command's row when its id is known.
     public struct Response: Hashable, Sendable {
@@ -96,7 +99,8 @@ public struct StoreRows: Hashable, Sendable {
         for d in transaction.deadLetters { deadLetters.append(Self.row(d)) }
         for s in transaction.statuses {
             statuses.append(Status(device: s.device.rawValue, state: s.state.rawValue, epoch: s.epoch?.rawValue, head: s.head?.rawValue,
-                                   acked: s.acked?.rawValue, measuring: s.measuring, deviceMs: s.atUnixMilliseconds))
+                                   acked: s.acked?.rawValue, measuring: s.measuring, deviceMs: s.atUnixMilliseconds,
+                                   dataUsage: s.dataUsage))
         }
         for r in transaction.responses {
             responses.append(Response(device: r.device.rawValue, requestID: r.response.requestID,
