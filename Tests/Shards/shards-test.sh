@@ -12,7 +12,9 @@
 #   - a device is moved from shard 1 to 2 and another from 2 to 1 (`scripts/shards move`);
 #   - a move interrupted after its mark (writes through the front end for that device are
 #     refused meanwhile), then resumed; one interrupted after its switch, then resumed;
-#   - a move marked and copied, then cancelled.
+#   - a move marked and copied, then cancelled;
+#   - shard 2 killed for 4 s: the devices on shard 1 keep being acked, those on shard 2 not; then
+#     restarted, and they resume.
 # Then: every device's readings are 1…N exactly once, on its shard only (scripts/shards check),
 # the same through the front end, and `fieldlog-backend audit` through the front end finds
 # nothing missing. With FIELDLOG_SHARDS_TEST_GALERA=2 each shard is a 2-node Galera cluster and
@@ -72,7 +74,7 @@ wsql() { # ADDRESS: mariadb on it
   mariadb --no-defaults -u "$FIELDLOG_MARIADB_USER" -p"$FIELDLOG_MARIADB_PASSWORD" -h "${1%:*}" -P "${1##*:}" -D fieldlog --batch --skip-column-names "${@:2}"
 }
 writer() { # DEVICE: streams batches of 10 until $dir/stop exists; acks (advances) only after COMMIT
-  local d="$1" seq=1 version=0 shard=0 moving=- epoch=7 k v best rows out refusals=0 moved_waits=0 conflicts=0
+  local d="$1" seq=1 version=0 shard=0 moving=- epoch=7 k v best rows out refusals=0 moved_waits=0 conflicts=0 down=0
   reload() { # the map of the copy with the highest version
     best=0; version=0
     for k in 1 2; do
@@ -96,16 +98,19 @@ writer() { # DEVICE: streams batches of 10 until $dir/stop exists; acks (advance
           INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at) VALUES ('$d', $epoch, $seq, $((seq + 9)), NOW(3));
           DO SLEEP(0.02); COMMIT;" 2>&1)"; then
       seq=$((seq + 10))          # committed: acked
+      echo "$((seq - 1))" > "$dir/acked-$d.tmp" && mv "$dir/acked-$d.tmp" "$dir/acked-$d"
     elif [[ "$out" == *"shard map changed"* ]]; then
       refusals=$((refusals + 1)); reload
-    elif [[ "$out" == *"Deadlock"* || "$out" == *"WSREP"* || "$out" == *"Lost connection"* ]]; then
+    elif [[ "$out" == *"Deadlock"* || "$out" == *"WSREP"* ]]; then
       conflicts=$((conflicts + 1)); sleep 0.05   # a Galera conflict (the map change aborted us): retry the same batch
+    elif [[ "$out" == *"Can't connect"* || "$out" == *"Lost connection"* || "$out" == *"gone away"* ]]; then
+      down=$((down + 1)); sleep 0.2              # the shard is down: nothing acked, retry the same batch
     else
       echo "writer $d: $out" >&2; exit 1
     fi
   done
   echo "$((seq - 1))" > "$dir/acked-$d"
-  echo "writer $d: $((seq - 1)) readings acked, $refusals fence refusals (map changed), $moved_waits waits while moving, $conflicts conflicts retried"
+  echo "writer $d: $((seq - 1)) readings acked, $refusals fence refusals (map changed), $moved_waits waits while moving, $conflicts conflicts retried, $down attempts while its shard was down"
 }
 for d in "${devices[@]}"; do writer "$d" > "$dir/writer-$d.log" 2>&1 & writers+=($!); done
 progress() { shards sql front -e "SELECT COUNT(*) FROM readings WHERE device_id = '$1'"; }
@@ -144,6 +149,28 @@ FIELDLOG_SHARDS_STOP_AFTER=copy shards move "$A" 1 > "$dir/move-A2.log" 2>&1 && 
 shards cancel "$A" > "$dir/cancel-A.log" 2>&1 || { cat "$dir/cancel-A.log"; fail "cancel $A"; }
 [ "$(home "$A")" = 2 ] || fail "$A is not back on shard 2 after the cancel"
 [ "$(shards sql 1 -e "SELECT COUNT(*) FROM readings WHERE device_id = '$A'")" = 0 ] || fail "the cancelled move left rows of $A on shard 1"
+
+# a shard down: only its devices' acks stop (the writers use node 2 of a Galera shard: kill that one)
+node_of_writers=$([ "$galera" -gt 0 ] && echo 2 || echo 1)
+on1=(); on2=()
+for d in "${devices[@]}"; do if [ "$(home "$d")" = 1 ]; then on1+=("$d"); else on2+=("$d"); fi; done
+acked() { cat "$dir/acked-$1" 2>/dev/null || echo 0; }
+scripts/stack shard-kill 2 "$node_of_writers" --dir "$dir" >/dev/null
+sleep 1; before=(); for d in "${devices[@]}"; do before+=("$(acked "$d")"); done
+sleep 3; i=0
+for d in "${devices[@]}"; do
+  now="$(acked "$d")"
+  if [ "$(home "$d")" = 1 ]; then [ "$now" -gt "${before[$i]}" ] || fail "$d (shard 1) made no progress while shard 2 was down"
+  else [ "$now" = "${before[$i]}" ] || fail "$d (shard 2) was acked while its shard was down"; fi
+  i=$((i + 1))
+done
+say "shard 2 down for 4 s: ${on1[*]} (shard 1) kept being acked, ${on2[*]} (shard 2) not"
+scripts/stack shard-start 2 "$node_of_writers" --dir "$dir" > "$dir/shard-start.log" 2>&1 || { cat "$dir/shard-start.log"; fail "restarting shard 2"; }
+for d in "${on2[@]}"; do
+  n="$(acked "$d")"; deadline=$((SECONDS + 60))
+  until [ "$(acked "$d")" -gt "$n" ]; do [ $SECONDS -lt $deadline ] || fail "$d did not resume after shard 2 came back"; sleep 0.3; done
+done
+say "shard 2 back: its devices are acked again"
 
 # ---------------------------------------------------------------- the end state
 touch "$dir/stop"
