@@ -22,6 +22,8 @@ typealias AckPublisher = @Sendable (_ topic: String, _ payload: [UInt8]) async t
 struct InboundMessage: Sendable {
     var topic: String
     var payload: [UInt8]
+    /// The MQTT content type the publisher set, if any (the batch decoder checks it, spec §2.3).
+    var contentType: String? = nil
 }
 
 /// Backpressure towards the broker; the MQTT shell provides it.
@@ -43,7 +45,7 @@ final class IngestWriter: Sendable {
     let readControl: ReadControl
 
     enum Input: Sendable {
-        case message(topic: String, payload: [UInt8])
+        case message(topic: String, payload: [UInt8], contentType: String?)
         case written(TransactionID, Result<WriteResult, StoreFailureBox>, seconds: Double)
         case progress(TransactionID, Result<[[SequenceRange]], StoreFailureBox>)
         case timer
@@ -72,8 +74,8 @@ final class IngestWriter: Sendable {
     var subscriptionFilters: [String] { Machine(configuration: configuration).subscriptionFilters }
 
     /// Hands a message from the broker to the writer (any thread; never blocks).
-    func offer(topic: String, payload: [UInt8]) {
-        continuation.yield(.message(topic: topic, payload: payload))
+    func offer(topic: String, payload: [UInt8], contentType: String? = nil) {
+        continuation.yield(.message(topic: topic, payload: payload, contentType: contentType))
     }
 
     /// Asks `run` to finish: queued messages are still stored and acked (up to the shutdown deadline).
@@ -88,7 +90,7 @@ final class IngestWriter: Sendable {
     /// Stores and acks `messages` with a machine of their own, then returns (tests, tools).
     func process(_ messages: [InboundMessage]) async {
         let (stream, continuation) = AsyncStream.makeStream(of: Input.self)
-        for m in messages { continuation.yield(.message(topic: m.topic, payload: m.payload)) }
+        for m in messages { continuation.yield(.message(topic: m.topic, payload: m.payload, contentType: m.contentType)) }
         continuation.yield(.finish)
         await drive(stream, continuation)
     }
@@ -107,8 +109,8 @@ final class IngestWriter: Sendable {
                 let now = ContinuousClock.now
                 let actions: [Machine.Action]
                 switch input {
-                case .message(let topic, let payload):
-                    actions = machine.messageReceived(topic: topic, payload: payload, now: now)
+                case .message(let topic, let payload, let contentType):
+                    actions = machine.messageReceived(topic: topic, payload: payload, contentType: contentType, now: now)
                 case .written(let id, .success(let result), let seconds):
                     metrics.commitLatency.recordNanoseconds(Int64(seconds * 1e9))
                     actions = machine.transactionCommitted(id, result: result, now: now)

@@ -238,6 +238,8 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         var topic: String
         var payload: [UInt8]
         var cost: Int
+        /// The MQTT content type the publisher set, if any (§2.3).
+        var contentType: String? = nil
     }
     private struct Bucket: Sendable {
         var items: [Queued] = []
@@ -313,10 +315,10 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
 
     // MARK: Events
 
-    /// A message arrived from the broker.
-    public mutating func messageReceived(topic: String, payload: [UInt8], now: Instant) -> [Action] {
+    /// A message arrived from the broker, with the MQTT content type its publisher set, if any.
+    public mutating func messageReceived(topic: String, payload: [UInt8], contentType: String? = nil, now: Instant) -> [Action] {
         let device = IngestItem.device(ofTopic: topic, configuration: configuration)
-        let cost = payload.count + topic.utf8.count + 64
+        let cost = payload.count + topic.utf8.count + (contentType?.utf8.count ?? 0) + 64
         let bucketBytes = buckets[device]?.bytes ?? 0
         if bucketBytes > 0 && bucketBytes + cost > configuration.maxQueuedBytesPerDevice {
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .deviceShare)]
@@ -325,7 +327,7 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .queueFull)]
         }
         if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
-        buckets[device]!.items.append(Queued(topic: topic, payload: payload, cost: cost))
+        buckets[device]!.items.append(Queued(topic: topic, payload: payload, cost: cost, contentType: contentType))
         buckets[device]!.bytes += cost
         queuedBytes += cost
         queuedMessages += 1
@@ -601,7 +603,7 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         guard !taken.isEmpty else { return actions }
         var data: [Work] = [], state: [Work] = []
         for q in taken {
-            let item = IngestItem.classify(topic: q.topic, payload: q.payload, configuration: configuration)
+            let item = IngestItem.classify(topic: q.topic, payload: q.payload, contentType: q.contentType, configuration: configuration)
             let w = Work(item: item, topic: q.topic, payloadHead: Array(q.payload.prefix(DeadLetter.excerptBytes)), payloadBytes: q.payload.count)
             switch item {
             case .batch, .legacy, .deadLetter: data.append(w)
