@@ -46,7 +46,7 @@ final class CompactEncodingEndToEndTests: XCTestCase {
         let setup = try await db.migrated()
         await setup.close()
         let dir = try TemporaryDirectory("compact-e2e")
-        defer { if testRun?.hasSucceeded == true { dir.remove() } else { print("logs kept in \(dir.path)") } }
+        defer { if (testRun?.failureCount ?? 0) == 0 { dir.remove() } else { print("logs kept in \(dir.path)") } }
         let (broker, user, password) = try privateBroker()
         defer { broker.stop() }
         let device = Fixtures.device("compact")
