@@ -7,7 +7,10 @@
 // `startstopbutton` did. Without GPIO hardware (no chip, no line, no permission) the service
 // logs one clear error naming chip and line and then idles until shutdown: the rest of the
 // device keeps running.
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FieldlogCore
 import GPIO
 import Logging
 import ServiceLifecycle
@@ -43,7 +46,7 @@ public struct ButtonService: Service {
                                                           "edge": "\(settings.edge.rawValue)", "bounce": "\(settings.bounce)"])
         var toggle = ButtonToggle(detector: PressDetector(pressEdge: settings.edge == .rising ? .rising : .falling, bounce: settings.bounce))
         let (stream, sink) = AsyncStream.makeStream(of: EdgeEvent.self, bufferingPolicy: .bufferingNewest(256))
-        let thread = Thread {
+        OSThread.start(name: "fieldlog-button") {
             while true {
                 do {
                     guard let e = try input.blockingWaitForEvent(timeout: .milliseconds(500)) else { continue }
@@ -56,8 +59,6 @@ public struct ButtonService: Service {
                 }
             }
         }
-        thread.name = "fieldlog-button"
-        thread.start()
         await withGracefulShutdownHandler {
             for await edge in stream where toggle.edge(edge) == .toggle {
                 metrics.buttonPresses.increment()

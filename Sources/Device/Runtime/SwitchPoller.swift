@@ -6,7 +6,9 @@
 // ignored. When Redis does not answer, nothing changes: the sampler and the sender go on with
 // the last known values, and the local changes wait until Redis is back. Redis' availability
 // is shown on /status and /metrics. Never throws for Redis trouble.
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Redis
 import ServiceLifecycle

@@ -11,8 +11,10 @@
 // and counted, and the sampler tries again at the next tick; it never crashes the process.
 import CDeviceSupport
 import FieldlogCore
+#if canImport(Glibc)
+import Glibc
+#endif
 import Log
-import Foundation
 import Logging
 import ServiceLifecycle
 

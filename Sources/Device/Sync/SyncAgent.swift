@@ -19,7 +19,6 @@
 // `offline`) says when the device vanished. Sampling never waits for any of this: the agent
 // only reads the log.
 import FieldlogCore
-import Foundation
 import Log
 import Logging
 import MQTT
@@ -35,6 +34,10 @@ public struct SyncAgentConfiguration: Sendable {
     public var sender: SenderConfiguration
     /// How often a retained status is refreshed while something changes.
     public var statusInterval: Duration = .seconds(10)
+    /// A batch goes out at most this often when the sender is woken by appends (the readings
+    /// of that time go in one batch). Default 50 ms: the latency it adds is far below the
+    /// sender interval, and at 100 readings/s it sends ~20 batches/s instead of 100.
+    public var appendCoalescing: Duration = .milliseconds(50)
 
     public init(device: DeviceID, identity: DeviceIdentity, mqtt: MQTTConfiguration, topics: DeviceConfiguration.Topics, sender: SenderConfiguration) {
         self.device = device
@@ -67,7 +70,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
     let logger: Logger
     /// Set after init (the handler's environment refers back to this agent).
     private var commandHandlerValue: CommandHandler?
-    private let lock = NSLock()
+    private let lock = Lock()
     private var snapshotValue = SyncSnapshot()
     private let events: AsyncStream<Event>
     private let eventSink: AsyncStream<Event>.Continuation
@@ -150,6 +153,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
 
     public func run() async throws {
         let mqtt = try MQTTClient(configuration: configuration.mqtt, logger: logger)
+        mqtt.observeTraffic(metrics.dataBudget)
         logger.info("sync agent starting", metadata: [
             "broker": "\(configuration.mqtt.host):\(configuration.mqtt.port)", "client": "\(configuration.mqtt.clientID)",
             "batch_topic": "\(configuration.topics.values)"])
@@ -178,12 +182,19 @@ public final class SyncAgent: Service, @unchecked Sendable {
             }
             group.addTask {
                 // The sender's pace: `mqtt_sender:interval`, woken early when a switch changes
-                // or the sampler of this process appended (then the reading goes out at once;
-                // the interval still picks up records appended by another process).
+                // or the sampler of this process appended (then the reading goes out within
+                // `appendCoalescing`; the interval still picks up records appended by another
+                // process).
                 while !Task.isCancelled {
                     sink.yield(.tick)
                     let interval = await settings.switches.senderInterval
+                    let started = ContinuousClock.now
                     await settings.waitForChange(timeout: interval, orAppend: true)
+                    // Readings appended close together go out as one batch: one publish, one
+                    // ack, one persisted ack for them all (one each per reading cost most of
+                    // the device's CPU at 100 readings/s).
+                    let gather = min(self.configuration.appendCoalescing, interval) - (ContinuousClock.now - started)
+                    if gather > .zero { try? await executorSleep(for: gather) }
                 }
                 return false
             }
@@ -420,7 +431,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
                     }
                 case .publish(let outgoing):
                     let mqtt = self.mqtt, topic = topics.values, sink = agent.eventSink
-                    Task {
+                    Task(executorPreference: currentTaskExecutorPreference()) {
                         do {
                             try await mqtt.publish(topic, payload: outgoing.payload, qos: .atLeastOnce, retain: false,
                                                    properties: .init(contentType: outgoing.encoding.contentType))
@@ -446,8 +457,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
                 case .armTimer(let at):
                     timerTask?.cancel()
                     let sink = agent.eventSink
-                    timerTask = Task {
-                        try? await Task.sleep(until: at, clock: .continuous)
+                    timerTask = Task(executorPreference: currentTaskExecutorPreference()) {
+                        try? await executorSleep(until: at)
                         if !Task.isCancelled { sink.yield(.timer(at)) }
                     }
                 case .cancelTimer:
@@ -473,7 +484,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
             }
             lastStatusAt = now
             lastStatusState = state
-            let status = machine.status(atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: measuring)
+            var status = machine.status(atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: measuring)
+            status.dataUsage = agent.metrics.dataBudget.today()
             let mqtt = self.mqtt, topic = topics.status, logger = self.logger
             Task {
                 do {
