@@ -6,7 +6,7 @@
 //   FieldlogCore  domain types shared by all (DeviceID, Epoch, SequenceNumber, LogRecord,
 //                 LossMarker) and the WorkerThread that keeps blocking C calls off the cooperative pool
 //   Log           the device's durable SQLite log and its Redis hot-state mirror
-//   Sync          the sync protocol: messages, codec, sans-IO state machines (no IO)
+//   Sync          the sync protocol: messages, codecs (JSON, compact), sans-IO state machines (no IO)
 //   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
 //   Redis         thin, safe wrapper over hiredis
 //   MariaDB       thin, safe wrapper over MariaDB Connector/C
@@ -57,6 +57,7 @@ let package = Package(
         .systemLibrary(name: "CMariaDB", pkgConfig: "libmariadb", providers: [.apt(["libmariadb-dev"])]),
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CGPIOD", pkgConfig: "libgpiod", providers: [.apt(["libgpiod-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Domain types
         .target(name: "FieldlogCore", swiftSettings: strict),
@@ -69,7 +70,7 @@ let package = Package(
 
         // Product libraries
         .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "Sync", dependencies: ["FieldlogCore"], swiftSettings: strict),
+        .target(name: "Sync", dependencies: ["FieldlogCore", "CZlib"], swiftSettings: strict),
 
         // The device node's components (sampler, button, sync agent, commands, status server)
         .target(name: "CDeviceSupport"),

@@ -124,7 +124,7 @@ package struct IngestService: Service, CustomStringConvertible {
             await withDiscardingTaskGroup { group in
                 for c in clients {
                     group.addTask {
-                        for await m in c.messages { writer.offer(topic: m.topic, payload: m.payload) }
+                        for await m in c.messages { writer.offer(topic: m.topic, payload: m.payload, contentType: m.properties.contentType) }
                         writer.finish()
                     }
                     group.addTask { await Self.logEvents(of: c, clientID: c === seedClient ? ingest.clientID : nil, logger: logger) }

@@ -23,6 +23,8 @@ package typealias AckPublisher = @Sendable (_ topic: String, _ payload: [UInt8])
 package struct InboundMessage: Sendable {
     package var topic: String
     package var payload: [UInt8]
+    /// The MQTT content type the publisher set, if any (the batch decoder checks it, spec §2.3).
+    package var contentType: String? = nil
 }
 
 /// Backpressure towards the broker; the MQTT shell provides it.
@@ -44,7 +46,7 @@ package final class IngestWriter: Sendable {
     package let readControl: ReadControl
 
     package enum Input: Sendable {
-        case message(topic: String, payload: [UInt8])
+        case message(topic: String, payload: [UInt8], contentType: String?)
         case written(TransactionID, Result<WriteResult, StoreFailureBox>, seconds: Double)
         case progress(TransactionID, Result<[[SequenceRange]], StoreFailureBox>)
         case timer
@@ -73,8 +75,8 @@ package final class IngestWriter: Sendable {
     package var subscriptionFilters: [String] { Machine(configuration: configuration).subscriptionFilters }
 
     /// Hands a message from the broker to the writer (any thread; never blocks).
-    package func offer(topic: String, payload: [UInt8]) {
-        continuation.yield(.message(topic: topic, payload: payload))
+    package func offer(topic: String, payload: [UInt8], contentType: String? = nil) {
+        continuation.yield(.message(topic: topic, payload: payload, contentType: contentType))
     }
 
     /// Asks `run` to finish: queued messages are still stored and acked (up to the shutdown deadline).
@@ -89,7 +91,7 @@ package final class IngestWriter: Sendable {
     /// Stores and acks `messages` with a machine of their own, then returns (tests, tools).
     package func process(_ messages: [InboundMessage]) async {
         let (stream, continuation) = AsyncStream.makeStream(of: Input.self)
-        for m in messages { continuation.yield(.message(topic: m.topic, payload: m.payload)) }
+        for m in messages { continuation.yield(.message(topic: m.topic, payload: m.payload, contentType: m.contentType)) }
         continuation.yield(.finish)
         await drive(stream, continuation)
     }
@@ -108,8 +110,8 @@ package final class IngestWriter: Sendable {
                 let now = ContinuousClock.now
                 let actions: [Machine.Action]
                 switch input {
-                case .message(let topic, let payload):
-                    actions = machine.messageReceived(topic: topic, payload: payload, now: now)
+                case .message(let topic, let payload, let contentType):
+                    actions = machine.messageReceived(topic: topic, payload: payload, contentType: contentType, now: now)
                 case .written(let id, .success(let result), let seconds):
                     metrics.commitLatency.recordNanoseconds(Int64(seconds * 1e9))
                     actions = machine.transactionCommitted(id, result: result, nowUnixMilliseconds: Self.wallClockMilliseconds(), now: now)

@@ -154,6 +154,45 @@ final class SenderStateMachineTests: XCTestCase {
         XCTAssertTrue(a.contains(.loadRecords(from: out.batch.range.last.next, through: s(400), limit: 1000)))
     }
 
+    /// The encoding is a setting: the same batches (same ranges, same loss markers, same
+    /// replay id), announced with the compact content type, which a receiver decodes to the
+    /// very batch; cut by the same (JSON) byte limit, so switching changes no boundary.
+    func testCompactEncodingPublishesTheSameBatchesCompactly() throws {
+        var c = config(perBatch: 5)
+        c.encoding = .compact
+        var m = Sender(device: dev, epoch: epoch, head: s(9), acked: .zero, configuration: c)
+        _ = m.connected(now: t0)
+        let quota = LossMarker(range: r(6, 7), reason: .diskQuota, recordedAtUnixMilliseconds: 5)
+        let a = m.recordsLoaded(from: s(1), records: records(4, 5) + records(8, 9), losses: [quota], retainedFrom: s(4),
+                                nowUnixMilliseconds: 77, now: t0)
+        guard case .publish(let out)? = a.first(where: { if case .publish = $0 { return true } else { return false } }) else { return XCTFail("\(a)") }
+        XCTAssertEqual(out.encoding, .compact)
+        XCTAssertEqual(out.encoding.contentType, CompactBatchCodec.contentType)
+        XCTAssertEqual(out.batch.losses.map(\.range), [r(1, 3), r(6, 7)])
+        XCTAssertEqual(try SyncCodec.decodeAnyBatch(out.payload, contentType: out.encoding.contentType, expectedDevice: dev), out.batch)
+
+        // The byte limit cuts where JSON would: the compact payload is far below it.
+        var big = config(perBatch: 1000)
+        big.maxBatchBytes = 32_768
+        let json = Sender(device: dev, epoch: epoch, head: s(400), acked: .zero, configuration: big)
+        big.encoding = .compact
+        let compact = Sender(device: dev, epoch: epoch, head: s(400), acked: .zero, configuration: big)
+        let texts = (1...400).map { n in
+            LogRecord(sequence: s(UInt64(n)), timestamp: DeviceTimestamp(unixMilliseconds: 0),
+                      values: try! SensorValues(["text": .text(String(repeating: "x", count: 200))]))
+        }
+        var outs: [OutgoingBatch] = []
+        for var sender in [json, compact] {
+            _ = sender.connected(now: t0)
+            let b = sender.recordsLoaded(from: s(1), records: texts, losses: [], retainedFrom: s(1), nowUnixMilliseconds: 0, now: t0)
+            guard case .publish(let o)? = b.first(where: { if case .publish = $0 { return true } else { return false } }) else { return XCTFail("\(b)") }
+            outs.append(o)
+        }
+        XCTAssertEqual(outs[0].batch, outs[1].batch)
+        XCTAssertEqual(outs.map(\.encoding), [.json, .compact])
+        XCTAssertLessThan(outs[1].payload.count, outs[0].payload.count / 10)
+    }
+
     func testReplayAnswersWithNotRetainedMarkersAndFinishes() {
         var m = Sender(device: dev, epoch: epoch, head: s(10), acked: s(10), configuration: config(perBatch: 5))
         _ = m.connected(now: t0)

@@ -60,6 +60,8 @@ final class Simulation {
     typealias Sender = SenderStateMachine<VirtualInstant>
 
     let seed: UInt64
+    /// How the device encodes its batches (from the seed's parity).
+    let encoding: BatchEncoding
     let variant: SimulationVariant
     var rng: SplitMix64
     var now = VirtualInstant.zero
@@ -131,7 +133,9 @@ final class Simulation {
         var resends = 0, replays = 0, notRetainedMarkers = 0, diskQuotaDrops = 0, deviceCrashes = 0
         var receiverCrashes = 0, staleThroughs = 0, drops = 0, duplicates = 0, rejected = 0
         var connectionFailures = 0, conflicts = 0, refusals = 0, isolations = 0, notAcked = 0, hostile = 0, deadLetters = 0
+        var compactBatches = 0
         mutating func add(_ o: Stats) {
+            compactBatches += o.compactBatches
             resends += o.resends; replays += o.replays; notRetainedMarkers += o.notRetainedMarkers
             diskQuotaDrops += o.diskQuotaDrops; deviceCrashes += o.deviceCrashes; receiverCrashes += o.receiverCrashes
             staleThroughs += o.staleThroughs; drops += o.drops; duplicates += o.duplicates; rejected += o.rejected
@@ -149,11 +153,16 @@ final class Simulation {
         epoch = Epoch.random(using: &rng)
         recordTarget = 6 + rng.below(20)
         batchTopic = topics.batch.topic(device: device)
-        sender = Simulation.makeSender(device: device, epoch: epoch, head: .zero, acked: .zero, rng: &rng)
+        // Odd seeds run the device with the compact encoding (spec §3.7), from the seed, not
+        // the generator, so every other draw of a seed is the same in both encodings.
+        encoding = seed & 1 == 0 ? .json : .compact
+        sender = Simulation.makeSender(device: device, epoch: epoch, head: .zero, acked: .zero, encoding: encoding, rng: &rng)
     }
 
-    static func makeSender(device: DeviceID, epoch: Epoch, head: SequenceNumber, acked: SequenceNumber, rng: inout SplitMix64) -> Sender {
+    static func makeSender(device: DeviceID, epoch: Epoch, head: SequenceNumber, acked: SequenceNumber, encoding: BatchEncoding,
+                           rng: inout SplitMix64) -> Sender {
         var c = SenderConfiguration()
+        c.encoding = encoding
         c.windowBatches = 1 + rng.below(4)
         c.maxRecordsPerBatch = 1 + rng.below(5)
         c.resendDelayInitial = .milliseconds(500 + rng.below(1500))
@@ -305,7 +314,7 @@ final class Simulation {
         toDevice.removeAll()
         pendingLoad = nil
         timerAt = nil
-        sender = Simulation.makeSender(device: device, epoch: epoch, head: head, acked: persistedAcked, rng: &rng)
+        sender = Simulation.makeSender(device: device, epoch: epoch, head: head, acked: persistedAcked, encoding: encoding, rng: &rng)
     }
 
     func diskQuotaDrop() throws(SimulationFailure) {
@@ -387,7 +396,8 @@ final class Simulation {
                 pendingLoad = (from, through, limit)
             case .publish(let out):
                 guard deviceConnected else { throw fail("publish while disconnected") }
-                log("device publishes \(out.batch.range)\(out.batch.replayRequestID != nil ? " (replay)" : "") resend \(out.resendCount)")
+                log("device publishes \(out.batch.range)\(out.batch.replayRequestID != nil ? " (replay)" : "") resend \(out.resendCount) as \(out.encoding)")
+                if out.encoding == .compact { stats.compactBatches += 1 }
                 toReceivers.append((batchTopic, out.payload))
                 if out.resendCount > 0 { stats.resends += 1 }
                 if variant == .trimUnacked, out.batch.range.last > persistedAcked {

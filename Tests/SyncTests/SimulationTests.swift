@@ -55,6 +55,7 @@ final class SimulationTests: XCTestCase {
         print("simulation: \(count) seeds, \(steps) steps, \(String(format: "%.1f", Date().timeIntervalSince(start))) s; exercised: \(stats)")
         // The run is only worth something if the faults really happened.
         XCTAssertGreaterThan(stats.resends, 0)
+        XCTAssertGreaterThan(stats.compactBatches, 0, "odd seeds send compact batches")
         XCTAssertGreaterThan(stats.deviceCrashes, 0)
         XCTAssertGreaterThan(stats.receiverCrashes, 0)
         XCTAssertGreaterThan(stats.notRetainedMarkers, 0)

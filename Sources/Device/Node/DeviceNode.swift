@@ -171,6 +171,7 @@ public enum DeviceNode {
         s.maxBatchBytes = c.sync.batchMaxBytes
         s.resendDelayInitial = c.sync.resendTimeout
         s.resendDelayMax = max(c.sync.resendTimeout, .seconds(300))
+        s.encoding = c.sync.encoding
         return s
     }
 

@@ -434,7 +434,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
                     Task(executorPreference: currentTaskExecutorPreference()) {
                         do {
                             try await mqtt.publish(topic, payload: outgoing.payload, qos: .atLeastOnce, retain: false,
-                                                   properties: .init(contentType: SyncCodec.contentType))
+                                                   properties: .init(contentType: outgoing.encoding.contentType))
                             sink.yield(.published(outgoing, .success(())))
                         } catch let e as MQTTError {
                             sink.yield(.published(outgoing, .failure(e)))

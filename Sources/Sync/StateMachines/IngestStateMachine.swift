@@ -317,10 +317,10 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
 
     // MARK: Events
 
-    /// A message arrived from the broker.
-    public mutating func messageReceived(topic: String, payload: [UInt8], now: Instant) -> [Action] {
+    /// A message arrived from the broker, with the MQTT content type its publisher set, if any.
+    public mutating func messageReceived(topic: String, payload: [UInt8], contentType: String? = nil, now: Instant) -> [Action] {
         let device = IngestItem.device(ofTopic: topic, configuration: configuration)
-        let cost = payload.count + topic.utf8.count + 64
+        let cost = payload.count + topic.utf8.count + (contentType?.utf8.count ?? 0) + 64
         let bucketBytes = buckets[device]?.bytes ?? 0
         if bucketBytes > 0 && bucketBytes + cost > configuration.maxQueuedBytesPerDevice {
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .deviceShare)]
@@ -329,7 +329,7 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .queueFull)]
         }
         if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
-        let item = IngestItem.classify(topic: topic, payload: payload, configuration: configuration)
+        let item = IngestItem.classify(topic: topic, payload: payload, contentType: contentType, configuration: configuration)
         let work = Work(item: item, topic: topic, payloadHead: Array(payload.prefix(DeadLetter.excerptBytes)), payloadBytes: payload.count)
         buckets[device]!.items.append(Queued(work: work, cost: cost))
         buckets[device]!.bytes += cost

@@ -35,6 +35,9 @@ public struct SenderConfiguration: Sendable, Hashable {
     /// First resend delay of a batch; doubles on every resend up to `resendDelayMax`.
     public var resendDelayInitial: Duration = .seconds(5)
     public var resendDelayMax: Duration = .seconds(300)
+    /// How batches are encoded (spec §3.7). Default JSON. Batches are cut by their JSON size
+    /// either way, so a compact batch always fits `maxBatchBytes` (or is sent as JSON).
+    public var encoding: BatchEncoding = .json
 
     public init() {}
 
@@ -52,10 +55,12 @@ public struct SenderConfiguration: Sendable, Hashable {
 /// A batch ready to publish (QoS 1, not retained, on the device's batch topic).
 public struct OutgoingBatch: Hashable, Sendable {
     public var batch: Batch
-    /// `SyncCodec.encode(batch)`, at most `SenderConfiguration.maxBatchBytes`.
+    /// `batch` in `encoding`, at most `SenderConfiguration.maxBatchBytes`.
     public var payload: [UInt8]
     /// How many times this batch was published before (0 for the first time).
     public var resendCount: Int
+    /// The encoding of `payload` (publish it with `encoding.contentType`).
+    public var encoding: BatchEncoding = .json
 }
 
 /// The device-side sync state machine; see the theory of operation at the top of the file.
@@ -387,8 +392,8 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
         precondition(pos > from, "batch from \(from) is empty")
         let batch = Batch(device: device, epoch: epoch, range: SequenceRange(checked: from, pos.previous),
                           records: outRecords, losses: outLosses, replayRequestID: replayRequestID)
-        let payload = SyncCodec.encode(batch)
+        let (payload, encoding) = configuration.encoding.encode(batch, maxBytes: configuration.maxBatchBytes)
         precondition(payload.count <= configuration.maxBatchBytes, "batch of \(payload.count) bytes exceeds \(configuration.maxBatchBytes)")
-        return OutgoingBatch(batch: batch, payload: payload, resendCount: 0)
+        return OutgoingBatch(batch: batch, payload: payload, resendCount: 0, encoding: encoding)
     }
 }
