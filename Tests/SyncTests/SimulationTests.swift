@@ -60,6 +60,9 @@ final class SimulationTests: XCTestCase {
         XCTAssertGreaterThan(stats.notRetainedMarkers, 0)
         XCTAssertGreaterThan(stats.diskQuotaDrops, 0)
         XCTAssertGreaterThan(stats.staleThroughs, 0)
+        XCTAssertGreaterThan(stats.subscribeFailures, 0)
+        XCTAssertGreaterThan(stats.senderPauses, 0)
+        XCTAssertGreaterThan(stats.replaysRefused, 0)
     }
 
     /// The harness must catch each deliberately broken variant within a few hundred seeds.
