@@ -110,7 +110,7 @@ public enum Settings {
         .init("SYNC_BATCH_MAX_RECORDS", "500", group: "sync", "Records per batch (1…1000)."),
         .init("SYNC_BATCH_MAX_BYTES", "64k", group: "sync", "Bytes per batch (32k…256k, the protocol's limits). Suffixes k, M allowed."),
         .init("SYNC_WINDOW", "16", group: "sync", "Batches in flight before waiting for an ack (1…64)."),
-        .init("SYNC_RESEND_SECONDS", "5", group: "sync", "First resend timeout for an unacked batch (0.5…3600); doubles per resend up to 300 s."),
+        .init("SYNC_RESEND_SECONDS", "5", group: "sync", "First resend timeout for an unacked batch (0.5…3600); doubles per resend up to 300 s, and is back to this value after a reconnect or any ack progress. The oldest batch (the probe) is resent at least every max(this, 4 s) while unacked."),
 
         // Button
         .init("BUTTON_ENABLE", "false", group: "button", "Watch a GPIO start/stop button (needs /dev/gpiochipN)."),
