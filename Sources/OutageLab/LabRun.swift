@@ -215,6 +215,7 @@ public final class LabRun: @unchecked Sendable {
         defer { tearDown() }
         runStart = monotonicSeconds()
         continuity.exemptDevices = Set(shape.quotaDevices.filter { $0.value == "stop" }.keys)
+        continuity.intervalMs = shape.intervalSeconds * 1000
         try setUp(shape)
 
         // Warm-up: every device appends and the pipeline acks something before faults start.

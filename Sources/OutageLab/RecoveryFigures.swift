@@ -25,6 +25,10 @@
 //   the gap minus the time the process was down); gaps of a device with the `stop` quota
 //   policy are exempt (a full log refuses appends by design); the rest are continuity gaps,
 //   whose goal is at most 2 intervals. Pairs after the lab stopped measurement are ignored.
+//   A continuity gap during which no other device of the fleet appended either is a stall
+//   of the whole machine (every device is a separate process; on a shared 2-core machine
+//   the scheduler or the disk stops them all at once), reported apart from the longest gap
+//   in which the device stalled alone — the one its own code answers for.
 import Foundation
 
 /// Which devices a fault cuts off from the backend.
@@ -125,10 +129,14 @@ public struct RecoveryTracker: Sendable {
 public struct ContinuityTracker: Sendable {
     /// One device's continuity figures (milliseconds).
     public struct DeviceFigures: Sendable, Equatable {
-        /// Longest gap not spanning an outage of the process (goal: ≤ 2 intervals).
+        /// Longest gap not spanning an outage of the process.
         public var gapMaxMs = 0.0
         /// Wall time (ms) of the record that ended it.
         public var gapMaxAtMs = 0.0
+        /// Longest such gap while some other device kept appending (goal: ≤ 2 intervals).
+        public var ownGapMaxMs = 0.0
+        /// Longest such gap while every other device stalled too (the machine stalled).
+        public var sharedGapMaxMs = 0.0
         /// Longest restart: a gap across a kill or pause minus the time the process was down.
         public var restartMaxMs = 0.0
         /// Longest gap across a kill or pause, whole.
@@ -142,6 +150,10 @@ public struct ContinuityTracker: Sendable {
     private struct Track: Sendable {
         var lastSeq: UInt64?
         var lastRealMs: Double?
+        /// Real time of every append seen, ascending (for the shared-stall test).
+        var appendsMs: [Double] = []
+        /// Continuity gaps longer than 1.5 intervals: (start, end), real ms.
+        var longGaps: [(startMs: Double, endMs: Double)] = []
         var offsets: [(atMs: Double, offsetMs: Double)] = []
         var outages: [(startMs: Double, endMs: Double?)] = []
         var figures = DeviceFigures()
@@ -151,6 +163,8 @@ public struct ContinuityTracker: Sendable {
     public var exemptDevices: Set<Int> = []
     /// Wall time (ms) from which measurement was stopped by the lab.
     public var stoppedAtMs: Double?
+    /// The sampling interval of the fleet (ms).
+    public var intervalMs = 50.0
 
     public init() {}
 
@@ -187,7 +201,11 @@ public struct ContinuityTracker: Sendable {
             // device re-reading its offset file every 250 ms and for the poll's own length).
             let lo = windowStartMs - 1500, hi = windowEndMs + 500
             let real = candidates.map { Double(r.tsMs) - $0 }.min { distance($0, lo, hi) < distance($1, lo, hi) } ?? Double(r.tsMs)
-            defer { tr.lastSeq = r.seq; tr.lastRealMs = real }
+            defer {
+                tr.lastSeq = r.seq
+                tr.lastRealMs = real
+                if tr.appendsMs.last.map({ real >= $0 }) ?? true { tr.appendsMs.append(real) }
+            }
             guard let lastSeq = tr.lastSeq, lastSeq + 1 == r.seq, let lastReal = tr.lastRealMs else { continue }
             if let stop = stoppedAtMs, real > stop { continue }
             let gap = max(0, real - lastReal)
@@ -203,15 +221,44 @@ public struct ContinuityTracker: Sendable {
             if down > 0 {
                 tr.figures.outageGapMaxMs = max(tr.figures.outageGapMaxMs, gap)
                 tr.figures.restartMaxMs = max(tr.figures.restartMaxMs, gap - down)
-            } else if gap > tr.figures.gapMaxMs {
-                tr.figures.gapMaxMs = gap
-                tr.figures.gapMaxAtMs = real
+            } else {
+                if gap > tr.figures.gapMaxMs {
+                    tr.figures.gapMaxMs = gap
+                    tr.figures.gapMaxAtMs = real
+                }
+                if gap > 1.5 * intervalMs { tr.longGaps.append((lastReal, real)) } else { tr.figures.ownGapMaxMs = max(tr.figures.ownGapMaxMs, gap) }
             }
         }
         tracks[device] = tr
     }
 
-    public func figures(device: Int) -> DeviceFigures { tracks[device]?.figures ?? DeviceFigures() }
+    /// The figures of one device; its long gaps are told apart by the other devices' appends.
+    public func figures(device: Int) -> DeviceFigures {
+        guard let tr = tracks[device] else { return DeviceFigures() }
+        var f = tr.figures
+        let others = tracks.filter { $0.key != device }.map(\.value.appendsMs)
+        for g in tr.longGaps {
+            // Strictly inside the gap, half an interval from either end.
+            let lo = g.startMs + intervalMs / 2, hi = g.endMs - intervalMs / 2
+            let someoneAppended = others.contains { times in
+                let k = Self.firstIndex(in: times, notBelow: lo)
+                return k < times.count && times[k] < hi
+            }
+            let gap = g.endMs - g.startMs
+            if someoneAppended { f.ownGapMaxMs = max(f.ownGapMaxMs, gap) } else { f.sharedGapMaxMs = max(f.sharedGapMaxMs, gap) }
+        }
+        return f
+    }
+
+    /// Binary search: the first index whose time is ≥ `value`.
+    private static func firstIndex(in times: [Double], notBelow value: Double) -> Int {
+        var lo = 0, hi = times.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if times[mid] < value { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
 
     /// The offsets (ms) in force at some time in `from...to`; 0 before the first change.
     private func offsetsInForce(_ changes: [(atMs: Double, offsetMs: Double)], from: Double, to: Double) -> [Double] {
@@ -268,8 +315,14 @@ public struct RecoveryFigures: Sendable {
         devices.max { $0.recovery.frozenMaxSeconds < $1.recovery.frozenMaxSeconds }.map { ($0.recovery.frozenMaxSeconds, $0.id) }
     }
     /// The longest continuity gap in intervals, over devices that are not exempt.
-    public var gapMax: (intervals: Double, seconds: Double, device: String)? {
-        devices.filter { !$0.exempt }.map { d in (d.continuity.gapMaxMs / 1000 / d.intervalSeconds, d.continuity.gapMaxMs / 1000, d.id) }
+    public var gapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.gapMaxMs) }
+    /// The longest gap in which a device stalled alone (other devices kept appending).
+    public var ownGapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.ownGapMaxMs) }
+    /// The longest gap in which the whole fleet stalled.
+    public var sharedGapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.sharedGapMaxMs) }
+
+    private func longest(_ ms: KeyPath<ContinuityTracker.DeviceFigures, Double>) -> (intervals: Double, seconds: Double, device: String)? {
+        devices.filter { !$0.exempt }.map { d in (d.continuity[keyPath: ms] / 1000 / d.intervalSeconds, d.continuity[keyPath: ms] / 1000, d.id) }
             .max { $0.0 < $1.0 }
     }
     public var restartMax: (seconds: Double, device: String)? {
@@ -295,12 +348,17 @@ public struct RecoveryFigures: Sendable {
             out.append(String(format: "  acked frozen:       longest %.1f s while the path was healthy (%@) — goal ≤ %.0f s: %@",
                               f.seconds, f.device as NSString, Self.frozenGoalSeconds, verdict(f.seconds <= Self.frozenGoalSeconds) as NSString))
         }
-        if let g = gapMax {
+        if let g = gapMax, let own = ownGapMax {
             // The sampler keeps a fixed grid, so a gap is a whole number of ticks plus the
-            // timer's wake-up jitter (a few ms): the goal is judged on whole ticks.
-            out.append(String(format: "  append gap:         longest %.3f s = %.2f intervals (%@) — goal ≤ %.0f intervals (whole ticks): %@",
-                              g.seconds, g.intervals, g.device as NSString, Self.gapGoalIntervals,
-                              verdict(g.intervals.rounded() <= Self.gapGoalIntervals) as NSString))
+            // timer's wake-up jitter (a few ms): the goal is judged on whole ticks, on the gaps
+            // a device had alone (a stall of the whole machine is not the device's doing).
+            out.append(String(format: "  append gap:         longest %.3f s = %.2f intervals (%@); alone (other devices kept appending) %.3f s = %.2f intervals (%@) — goal ≤ %.0f intervals (whole ticks): %@",
+                              g.seconds, g.intervals, g.device as NSString, own.seconds, own.intervals, own.device as NSString,
+                              Self.gapGoalIntervals, verdict(own.intervals.rounded() <= Self.gapGoalIntervals) as NSString))
+            if let shared = sharedGapMax, shared.seconds > 0 {
+                out.append(String(format: "                      the whole fleet stalled at once for up to %.3f s = %.2f intervals (%@): the machine, not one device",
+                                  shared.seconds, shared.intervals, shared.device as NSString))
+            }
         }
         if let r = restartMax {
             out.append(String(format: "  restart:            longest %.1f s from a killed or paused process back to its next append (%@)", r.seconds, r.device as NSString))
@@ -322,9 +380,10 @@ public struct RecoveryFigures: Sendable {
         let utc = ISO8601DateFormatter()
         utc.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let at = d.continuity.gapMaxMs > 0 ? " at " + utc.string(from: Date(timeIntervalSince1970: d.continuity.gapMaxAtMs / 1000)) : ""
-        return String(format: "      recovery: drains %d (max %.1f s), frozen max %.1f s; gap max %.3f s (%.2f intervals%@)%@%@",
+        return String(format: "      recovery: drains %d (max %.1f s), frozen max %.1f s; gap max %.3f s (%.2f intervals%@, alone %.3f s, fleet-wide %.3f s)%@%@",
                d.recovery.drains.count, d.recovery.drains.max() ?? 0, d.recovery.frozenMaxSeconds,
                d.continuity.gapMaxMs / 1000, d.continuity.gapMaxMs / 1000 / d.intervalSeconds, at as NSString,
+               d.continuity.ownGapMaxMs / 1000, d.continuity.sharedGapMaxMs / 1000,
                d.continuity.restartMaxMs > 0 ? String(format: ", restart max %.1f s", d.continuity.restartMaxMs / 1000) as NSString : "",
                d.exempt ? String(format: ", exempt gap max %.1f s", d.continuity.exemptGapMaxMs / 1000) as NSString : "")
     }

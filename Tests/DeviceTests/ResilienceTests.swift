@@ -90,10 +90,14 @@ final class ResilienceTests: DeviceProcessTestCase {
         // Both back: everything sampled during the outage arrives, and the components say so.
         try broker.start()
         try redis.start()
+        let restarted = ContinuousClock.now
         try await eventually("everything sampled during the outage stored and acked", timeout: .seconds(60)) {
             let s = try await logState()
             return await receiver.contiguous >= headAfter.rawValue && s.acked >= headAfter
         }
+        // A figure, not an assertion: how long the minute's backlog took to drain.
+        print("resilience: \(headAfter.rawValue - headAtStop.rawValue) readings sampled while Redis and the broker were down "
+              + "drained \(ContinuousClock.now - restarted) after the broker was back; longest append gap \(gap) s")
         try await eventually("MQTT and Redis seen again") {
             let s = try self.statusJSON()
             return self.component("mqtt", in: s)?["state"] as? String == "running"

@@ -107,6 +107,15 @@ public final class SyncAgent: Service, @unchecked Sendable {
 
     public var snapshot: SyncSnapshot { lock.withLock { snapshotValue } }
 
+    /// Closes the running loop's event stream: later `replay` calls are refused at once.
+    private func endEvents() {
+        let sink = lock.withLock { () -> AsyncStream<Event>.Continuation? in
+            defer { eventSink = nil }
+            return eventSink
+        }
+        sink?.finish()
+    }
+
     var brokerAddress: String { "\(configuration.mqtt.host):\(configuration.mqtt.port)" }
 
     private func updateSnapshot(_ body: (inout SyncSnapshot) -> Void) {
@@ -201,6 +210,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
         // Bounded: a flood of commands must not grow memory without limit (QoS 1 redelivers).
         let (commandMessages, commandSink) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(256))
         lock.withLock { eventSink = sink }
+        _ = openCommandHandler()  // says at once whether commands can run
         let settings = self.settings
         let loop = OwnerLoop(agent: self, mqtt: mqtt, sink: sink, commandSink: commandSink, machine: machine0)
 
@@ -258,7 +268,8 @@ public final class SyncAgent: Service, @unchecked Sendable {
                 await loop.run(events)
                 return true
             }
-            // Graceful shutdown: the loop answers open replays and says offline, then ends.
+            // Graceful shutdown: the loop answers open replays, says offline, closes its event
+            // stream and ends when the stream is drained.
             await withGracefulShutdownHandler {
                 while let isLoop = await group.next() {
                     if isLoop { break }
@@ -268,8 +279,7 @@ public final class SyncAgent: Service, @unchecked Sendable {
             }
             group.cancelAll()
         }
-        lock.withLock { eventSink = nil }
-        sink.finish()
+        endEvents()
         commandSink.finish()
         await mqtt.disconnect()
         updateSnapshot { $0.connected = false; $0.subscribed = false }
@@ -307,14 +317,21 @@ public final class SyncAgent: Service, @unchecked Sendable {
             for await event in events {
                 let now = ContinuousClock.now
                 switch event {
-                case .shutdown:
+                case .shutdown where !shuttingDown:
                     shuttingDown = true
                     await perform(machine.shuttingDown(wallMilliseconds: wallMs))
                     for t in timers.values { t.cancel() }
-                    // Anything that came in after (a replay racing the shutdown) is refused too.
                     for (_, c) in replayWaiters { c.resume(throwing: CommandFailure(code: .failed, message: "the device is shutting down")) }
                     replayWaiters = [:]
-                    return
+                    // No new events; what is still buffered is drained below, so a replay that
+                    // raced the shutdown is answered too (its command waits for it).
+                    agent.endEvents()
+                    continue
+                case _ where shuttingDown:
+                    if case .replay(_, let c) = event { c.resume(throwing: CommandFailure(code: .failed, message: "the device is shutting down")) }
+                    continue
+                case .shutdown:
+                    continue
                 case .mqtt(let e):
                     await handleConnection(e, now: now)
                 case .message(let m):
