@@ -118,10 +118,10 @@ let package = Package(
                                                           .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
 
         // Tests
-        .target(name: "TestSupport", dependencies: ["Processes"], path: "Tests/TestSupport", swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["Processes", "FieldlogCore", "Sync"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync"], swiftSettings: strict),
+        .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "WebTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "Processes", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "DeviceTests", dependencies: ["Processes", "Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),

@@ -8,7 +8,10 @@
  * (an MQTT shared subscription), an idempotent store, receivers that crash between
  * committing and acking (a crash before the commit is the same as a lost message), device crashes (volatile
  * state lost, the durable acked pointer kept), and acks computed from a possibly stale
- * snapshot of the store (a Galera node that has not yet applied another node's commit).
+ * snapshot of the store (a Galera node that has not yet applied another node's commit),
+ * and one record (chosen at the start, or none) whose content the database refuses every
+ * time: the receiver isolates it and stores it as a rejected record, accounted for
+ * (spec §5.2 "When the database says no"; IngestStateMachine).
  *
  * Faults are bounded by a budget MAXF; after it is spent the network is a reliable FIFO,
  * which is how "the channel eventually delivers" is stated here.
@@ -28,6 +31,8 @@
  *   NO_DEDUP          store inserts without de-duplication
  *   NO_RESEND         sender never resends (violates liveness when a batch is lost)
  *   ACK_ON_PUBLISH    sender counts a batch as acknowledged when it publishes it (the seed)
+ *   RETRY_REFUSED     receiver retries a batch the database refuses for ever, as if the
+ *                     connection were lost (issue D1: violates liveness)
  */
 
 #define N 3          /* records; prefix() below is written out for N = 3 */
@@ -42,6 +47,7 @@ byte rows[N + 1];     /* store: rows per sequence number (index 0 unused) */
 byte acked = 0;       /* device: durable acked pointer */
 byte next = 1;        /* device: lowest sequence number not yet sent (volatile) */
 byte faults = 0;      /* faults spent */
+byte poison = 0;      /* the record the database refuses (0: none) */
 
 /* the contiguous stored prefix */
 #define PREFIX (rows[1] == 0 -> 0 : (rows[2] == 0 -> 1 : (rows[3] == 0 -> 2 : 3)))
@@ -91,6 +97,12 @@ end:
            if :: len(acks) < NETCAP -> acks!s :: else -> skip fi;
 #endif
            snap = PREFIX;             /* what a snapshot taken before this commit shows */
+#ifdef RETRY_REFUSED
+           /* broken: the refusal is taken for a lost connection and retried, for ever */
+           if :: s == poison -> (false) :: else -> skip fi;
+#endif
+           /* (the correct receiver isolates a refused record and stores it as rejected: for
+              what is checked here, accounted for exactly like a stored record) */
            /* commit: idempotent insert keyed by sequence number */
 #ifdef NO_DEDUP
            rows[s]++;
@@ -135,6 +147,7 @@ end:
 
 init {
     atomic {
+        if :: poison = 0 :: poison = 1 :: poison = 2 :: poison = 3 fi;
         run Sender();
         run AckReader();
         run Receiver();

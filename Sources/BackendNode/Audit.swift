@@ -1,13 +1,19 @@
 // Audit: what is stored, what is missing and why, per device and epoch.
 //
 // Theory of operation: the audit reads the same immutable `batch_ranges` rows that acks are
-// derived from, plus declared losses, rejected records, status heads and seed (legacy)
-// readings, and builds an `AuditReport` (a value; printing it as text or JSON is separate).
-// A *gap* is a range of sequence numbers below the highest stored one that is not accounted
-// for (not stored, not declared lost, not rejected). An *ended* epoch is one the device has
-// left (it reported a later epoch); if its reported head is above what is stored, the records
-// in between are missing for good unless a replay finds them. Records above the highest
-// stored number of the current epoch are backlog, not gaps: the device still holds them.
+// derived from (the ledger), plus declared losses, rejected records, status heads and seed
+// (legacy) readings, and builds an `AuditReport` (a value; printing it as text or JSON is
+// separate). A *gap* is a range of sequence numbers below the highest stored one that is not
+// accounted for in the ledger. An *ended* epoch is one the device has left (it reported a
+// later epoch); if its reported head is above what is stored, the records in between are
+// missing for good unless a replay finds them. Records above the highest stored number of the
+// current epoch are backlog, not gaps: the device still holds them.
+// The ledger is not taken on its word: `RowCheck` then checks the data behind it. Every number
+// in a ledger range must have a `readings` row, a declared loss or a rejected record; the
+// numbers that have none are *rows missing* (acked, but the rows are gone: deleted behind the
+// ingest's back, or never written by a faulty server), a gap with its own reason. The ledger
+// is read before the data: a batch commits its rows and its range together, so a range the
+// audit saw has its rows in every later read unless they really are gone.
 import FieldlogCore
 import Foundation
 import MariaDB
@@ -27,6 +33,9 @@ struct EpochAudit: Codable, Sendable, Hashable {
         var detail: String
     }
     var epoch: String
+    /// Ranges the ledger (`batch_ranges`) accounts for that have no readings row, no declared
+    /// loss and no rejected record: acked, but not in the database.
+    var rowsMissing: [Range] = []
     var storedThrough: UInt64
     /// Highest sequence number seen: stored, or reported by the device's status.
     var highestSeen: UInt64
@@ -41,7 +50,7 @@ struct EpochAudit: Codable, Sendable, Hashable {
     var lastStoredAt: String?
 
     var missingCount: UInt64 {
-        gaps.reduce(0) { $0 + ($1.last - $1.first + 1) } + (unstoredAtEnd.map { $0.last - $0.first + 1 } ?? 0)
+        (gaps + rowsMissing).reduce(0) { $0 + ($1.last - $1.first + 1) } + (unstoredAtEnd.map { $0.last - $0.first + 1 } ?? 0)
     }
 }
 
@@ -65,6 +74,9 @@ struct DeviceAudit: Codable, Sendable, Hashable {
 struct AuditReport: Codable, Sendable, Hashable {
     var generatedAt: String
     var silentAfterSeconds: Int
+    /// Whether the rows behind the ledger were checked (`rowsMissing`); false for a ledger-only
+    /// report (`Auditor.checksRows`).
+    var rowsChecked: Bool
     var devices: [DeviceAudit]
 
     var hasGaps: Bool { devices.contains { $0.epochs.contains { $0.missingCount > 0 } } }
@@ -76,7 +88,7 @@ struct AuditReport: Codable, Sendable, Hashable {
             guard let id = try? DeviceID(d.device) else { continue }
             for e in d.epochs {
                 guard let epoch = try? Epoch(hex: e.epoch) else { continue }
-                for g in e.gaps { out.append((id, epoch, g.sequenceRange)) }
+                for g in (e.gaps + e.rowsMissing).sorted(by: { $0.first < $1.first }) { out.append((id, epoch, g.sequenceRange)) }
                 if let u = e.unstoredAtEnd { out.append((id, epoch, u.sequenceRange)) }
             }
         }
@@ -97,6 +109,9 @@ struct AuditReport: Codable, Sendable, Hashable {
                 if e.rejectedRecords > 0 { l += ", \(e.rejectedRecords) rejected records in dead_letters" }
                 lines.append(l)
                 for g in e.gaps { lines.append("    GAP \(g.first)…\(g.last) (\(g.last - g.first + 1) records)") }
+                for g in e.rowsMissing {
+                    lines.append("    ROWS MISSING \(g.first)…\(g.last) (\(g.last - g.first + 1) records in batch_ranges, so acked, but not in readings, loss_ranges or dead_letters)")
+                }
                 if let u = e.unstoredAtEnd { lines.append("    ENDED WITH UNSTORED \(u.first)…\(u.last)") }
                 for loss in e.losses { lines.append("    declared lost \(loss.first)…\(loss.last): \(loss.reason)\(loss.detail.isEmpty ? "" : " (\(loss.detail))")") }
             }
@@ -116,6 +131,10 @@ struct AuditReport: Codable, Sendable, Hashable {
 struct Auditor {
     var connection: MariaDBConnection
     var silentAfter: Duration = .seconds(3600)
+    /// Check the readings rows behind the ledger (`RowCheck`): one pass over the readings
+    /// primary key (about 0.5 s per million rows here). Off only for views that need the
+    /// ledger's figures often and fast (the web admin's fleet overview).
+    var checksRows = true
 
     func run(device: DeviceID? = nil, now: Date = Date()) async throws -> AuditReport {
         let filter = device == nil ? "" : " WHERE device_id = ?"
@@ -133,7 +152,7 @@ struct Auditor {
         let legacy = try await connection.execute(
             "SELECT device_id, COUNT(*), MAX(received_at) FROM legacy_readings\(filter) GROUP BY device_id", binds)
 
-        struct Key: Hashable { var device: String; var epoch: UInt64 }
+        typealias Key = AuditKey
         var coverage: [Key: Coverage] = [:]
         var lastStored: [Key: String] = [:]
         for r in ranges.rows {
@@ -146,6 +165,8 @@ struct Auditor {
             lossMap[Key(device: r[0].string!, epoch: r[1].uint64!), default: []].append(
                 EpochAudit.Loss(first: r[2].uint64!, last: r[3].uint64!, reason: r[4].string ?? "", detail: r[5].string ?? ""))
         }
+        // The data behind the ledger (read after it: see the theory of operation).
+        let rowsMissing = checksRows ? try await RowCheck(connection: connection).missing(ledger: coverage, losses: lossMap, device: device) : [:]
         var rejectedMap: [Key: Int] = [:]
         for r in rejected.rows { rejectedMap[Key(device: r[0].string!, epoch: r[1].uint64!)] = Int(r[2].int64 ?? 0) }
         var epochOrder: [String: [(epoch: UInt64, reportedHead: UInt64)]] = [:]
@@ -155,7 +176,7 @@ struct Auditor {
 
         let nowText = SQLTime.datetime(unixMilliseconds: Int64(now.timeIntervalSince1970 * 1000))!
         let silentBefore = SQLTime.datetime(unixMilliseconds: Int64(now.timeIntervalSince1970 * 1000) - Int64(silentAfter.components.seconds) * 1000)!
-        var report = AuditReport(generatedAt: nowText, silentAfterSeconds: Int(silentAfter.components.seconds), devices: [])
+        var report = AuditReport(generatedAt: nowText, silentAfterSeconds: Int(silentAfter.components.seconds), rowsChecked: checksRows, devices: [])
         for row in devices.rows {
             let id = row[0].string!
             let proto = row[1].string ?? "fieldlog"
@@ -177,7 +198,7 @@ struct Auditor {
                 }
                 if let t = lastStored[k], t > (lastSeen ?? "") { lastSeen = t }
                 audits.append(EpochAudit(
-                    epoch: Epoch(epoch).hex, storedThrough: through.rawValue, highestSeen: max(reportedHead, c.highest.rawValue),
+                    epoch: Epoch(epoch).hex, rowsMissing: (rowsMissing[k] ?? []).map(EpochAudit.Range.init), storedThrough: through.rawValue, highestSeen: max(reportedHead, c.highest.rawValue),
                     highestStored: c.highest.rawValue, gaps: c.gaps().map(EpochAudit.Range.init), losses: lossMap[k] ?? [],
                     rejectedRecords: rejectedMap[k] ?? 0, ended: ended, unstoredAtEnd: unstored, lastStoredAt: lastStored[k]))
             }
@@ -192,5 +213,81 @@ struct Auditor {
             report.devices.append(d)
         }
         return report
+    }
+}
+
+/// A (device, epoch) of the audit.
+struct AuditKey: Hashable, Sendable {
+    var device: String
+    var epoch: UInt64
+}
+
+/// Checks the rows behind the ledger: which numbers of each (device, epoch)'s `batch_ranges`
+/// have no `readings` row, no declared loss and no rejected record.
+///
+/// Fast on millions of rows: one grouped count over the readings primary key gives each
+/// epoch's count, lowest and highest number; an epoch whose count equals highest − lowest + 1
+/// has every number in between (the key is unique), so it needs nothing more. Only the other
+/// epochs (holes: declared losses, rejected records, or rows really missing) get an islands
+/// query (`seq − ROW_NUMBER()` is constant along a run of consecutive numbers), and only the
+/// numbers still unaccounted for after the declared losses are looked up among the rejected
+/// records. docs/operating-backend.md has the timings.
+struct RowCheck {
+    var connection: MariaDBConnection
+
+    func missing(ledger: [AuditKey: Coverage], losses: [AuditKey: [EpochAudit.Loss]], device: DeviceID?) async throws -> [AuditKey: [SequenceRange]] {
+        guard !ledger.isEmpty else { return [:] }
+        let filter = device == nil ? "" : " WHERE device_id = ?"
+        let binds: [MariaDBValue] = device.map { [.string($0.rawValue)] } ?? []
+        let summary = try await connection.execute(
+            "SELECT device_id, epoch, COUNT(*), MIN(seq), MAX(seq) FROM readings\(filter) GROUP BY device_id, epoch", binds)
+        var stored: [AuditKey: (count: UInt64, range: SequenceRange)] = [:]
+        for r in summary.rows {
+            guard let d = r[0].string, let e = r[1].uint64, let n = r[2].uint64, let lo = r[3].uint64, let hi = r[4].uint64 else {
+                throw SchemaError(description: "readings summary has an unexpected row \(r)")
+            }
+            stored[AuditKey(device: d, epoch: e)] = (n, try Self.range(lo, hi, "readings"))
+        }
+        var result: [AuditKey: [SequenceRange]] = [:]
+        for (key, ranges) in ledger where !ranges.ranges.isEmpty {
+            var data = Coverage()
+            if let s = stored[key] {
+                if s.count == s.range.count {
+                    data.insert(s.range)
+                } else {
+                    for island in try await islands(table: "readings", key, within: s.range) { data.insert(island) }
+                }
+            }
+            for loss in losses[key] ?? [] { data.insert(try Self.range(loss.first, loss.last, "loss_ranges")) }
+            var unaccounted = ranges.subtracting(data)
+            guard !unaccounted.isEmpty else { continue }
+            for r in unaccounted {
+                for island in try await islands(table: "dead_letters", key, within: r) { data.insert(island) }
+            }
+            unaccounted = ranges.subtracting(data)
+            if !unaccounted.isEmpty { result[key] = unaccounted }
+        }
+        return result
+    }
+
+    /// Runs of consecutive `seq` of (device, epoch) in `table` within `range`, ascending.
+    func islands(table: String, _ key: AuditKey, within range: SequenceRange) async throws -> [SequenceRange] {
+        let rows = try await connection.execute("""
+            SELECT MIN(seq), MAX(seq) FROM (
+              SELECT seq, seq - ROW_NUMBER() OVER (ORDER BY seq) AS island
+                FROM \(table) WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?) r
+             GROUP BY island ORDER BY 1
+            """, [.string(key.device), .uint(key.epoch), .uint(range.first.rawValue), .uint(range.last.rawValue)])
+        return try rows.rows.map { r in
+            guard let lo = r[0].uint64, let hi = r[1].uint64 else { throw SchemaError(description: "\(table) islands: unexpected row \(r)") }
+            return try Self.range(lo, hi, table)
+        }
+    }
+
+    static func range(_ first: UInt64, _ last: UInt64, _ table: String) throws -> SequenceRange {
+        guard first >= 1, first <= last, last <= SequenceNumber.max.rawValue else {
+            throw SchemaError(description: "\(table) holds an invalid sequence range \(first)…\(last)")
+        }
+        return SequenceRange(checked: SequenceNumber(first), SequenceNumber(last))
     }
 }

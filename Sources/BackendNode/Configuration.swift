@@ -97,17 +97,46 @@ struct IngestSettings: Sendable {
     /// devices sends many small batches, and each group pays one commit and a few round trips
     /// (64 held 1,000 devices at 1 reading/s to ~730 stored/s; docs/benchmarks.md).
     var maxBatchesPerTransaction: Int = 512
-    /// Most messages held in memory waiting for the database; beyond it new messages are
-    /// dropped unacked (the devices resend them). Default 20 000, 100…1 000 000.
-    var maxQueuedMessages: Int = 20_000
+    /// Bytes of messages held in memory waiting for the database; above it the ingest stops
+    /// reading from the broker until half of it is written (backpressure: the broker keeps the
+    /// rest in this process's session). Default 32 MiB, 1 MiB…4 GiB.
+    var maxQueuedBytes: Int = 32 << 20
+    /// One device's share of that queue; its messages beyond it are dropped unacked (the device
+    /// resends), so one device cannot take the queue from the others. Default 4 MiB.
+    var maxQueuedBytesPerDevice: Int = 4 << 20
+    /// Attempts at a transaction that fails for an unknown reason before the message at fault
+    /// is isolated and kept aside as a dead letter. Default 3, 1…100.
+    var unknownErrorAttempts: Int = 3
+    /// The MQTT client id of the seed-values subscription: stable per process, so its persistent
+    /// session (and the seed messages the broker keeps for it) survives restarts.
+    /// Default "<prefix>-ingest-<host>-<instance>".
+    var clientID: String = "fieldlog-backend-ingest-localhost-1"
+    /// How long the broker keeps this process's session (and its messages) while it is away.
+    /// Default 300 s, 10…86 400 s.
+    var sessionExpiry: Duration = .seconds(300)
     /// First and longest wait between database reconnect attempts. Default 0.2 s and 5 s.
     var reconnectBackoffFirst: Duration = .milliseconds(200)
     var reconnectBackoffMax: Duration = .seconds(5)
-    /// Attempts at a transaction that hits deadlocks / certification conflicts (1213)
-    /// before it is treated like a connection failure. Default 20.
+    /// Retries of a transaction that hits deadlocks / certification conflicts (1213) before
+    /// it counts as an unknown failure. Default 20.
     var deadlockRetries: Int = 20
     /// Compacts a (device, epoch)'s batch_ranges after this many batches. Default 256.
     var compactEveryBatches: Int = 256
+    /// The ingest state machine's configuration from these settings.
+    func machine(topics: TopicTemplates) -> IngestConfiguration {
+        var c = IngestConfiguration()
+        c.topics = topics
+        c.maxMessagesPerTransaction = maxBatchesPerTransaction
+        c.maxQueuedBytes = maxQueuedBytes
+        c.maxQueuedBytesPerDevice = min(maxQueuedBytesPerDevice, maxQueuedBytes)
+        c.reconnectBackoffFirst = reconnectBackoffFirst
+        c.reconnectBackoffMax = reconnectBackoffMax
+        c.conflictRetries = deadlockRetries
+        c.unknownErrorAttempts = unknownErrorAttempts
+        c.compactEveryBatches = compactEveryBatches
+        return c
+    }
+
     /// Port of `GET /metrics`; 0 turns it off. Default 9464.
     var metricsPort: Int = 9464
     /// Address the metrics endpoint binds to. Default "127.0.0.1".
@@ -150,6 +179,15 @@ struct SettingOverrides: Sendable {
 
 /// The complete configuration of a backend command.
 struct BackendConfiguration: Sendable {
+    /// This machine's host name (for the default ingest client id), "localhost" when unknown.
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let safe = name.filter { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") }
+        return safe.isEmpty ? "localhost" : String(safe.prefix(64))
+    }
+
     var database: DatabaseSettings
     var broker: BrokerSettings
     var topics = TopicSettings()
@@ -215,7 +253,23 @@ struct BackendConfiguration: Sendable {
 
         var ingest = IngestSettings()
         ingest.maxBatchesPerTransaction = try env.int(["FIELDLOG_INGEST_MAX_BATCHES_PER_TRANSACTION"], default: 512, range: 1...1000)
-        ingest.maxQueuedMessages = try env.int(["FIELDLOG_INGEST_MAX_QUEUED_MESSAGES"], default: 20_000, range: 100...1_000_000)
+        ingest.maxQueuedBytes = try env.int(["FIELDLOG_INGEST_MAX_QUEUED_BYTES"], default: 32 << 20, range: (1 << 20)...(4 << 30))
+        ingest.maxQueuedBytesPerDevice = try env.int(["FIELDLOG_INGEST_MAX_QUEUED_BYTES_PER_DEVICE"], default: 4 << 20,
+                                                     range: ProtocolLimits.maxMessageBytes...(4 << 30))
+        ingest.unknownErrorAttempts = try env.int(["FIELDLOG_INGEST_UNKNOWN_ERROR_ATTEMPTS"], default: 3, range: 1...100)
+        ingest.sessionExpiry = .seconds(try env.int(["FIELDLOG_INGEST_SESSION_EXPIRY_SECONDS"], default: 300, range: 10...86_400))
+        if let (name, id) = env.string(["FIELDLOG_INGEST_CLIENT_ID"]) {
+            guard id.utf8.count <= 128, !id.contains("/"), !id.contains("+"), !id.contains("#") else {
+                throw ConfigurationError(setting: name, value: id, allowed: "an MQTT client id of at most 128 bytes without / + #")
+            }
+            ingest.clientID = id
+        } else {
+            let instance = env.string(["FIELDLOG_INGEST_INSTANCE"])?.value ?? "1"
+            guard instance.utf8.count <= 32, instance.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != 0x2F && $0 != 0x2B && $0 != 0x23 }) else {
+                throw ConfigurationError(setting: "FIELDLOG_INGEST_INSTANCE", value: instance, allowed: "1…32 printable ASCII characters without / + #")
+            }
+            ingest.clientID = "\(broker.clientIDPrefix)-ingest-\(Self.hostName())-\(instance)"
+        }
         if let p = overrides.metricsPort {
             ingest.metricsPort = try EnvironmentReader.checkedInt(String(p), setting: "--metrics-port", range: 0...65535)
         } else {

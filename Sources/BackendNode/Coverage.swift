@@ -75,6 +75,31 @@ struct Coverage: Hashable, Sendable {
         return result
     }
 
+    /// The parts of these ranges that `other` does not cover, in ascending order.
+    func subtracting(_ other: Coverage) -> [SequenceRange] {
+        var result: [SequenceRange] = []
+        var j = 0
+        for r in ranges {
+            var next = r.first.rawValue // the lowest number of `r` not yet decided
+            while j < other.ranges.count, other.ranges[j].last.rawValue < next { j += 1 }
+            var k = j
+            while next <= r.last.rawValue {
+                guard k < other.ranges.count, other.ranges[k].first.rawValue <= r.last.rawValue else {
+                    result.append(SequenceRange(checked: SequenceNumber(next), r.last))
+                    break
+                }
+                let o = other.ranges[k]
+                if o.first.rawValue > next {
+                    result.append(SequenceRange(checked: SequenceNumber(next), SequenceNumber(o.first.rawValue - 1)))
+                }
+                if o.last.rawValue >= r.last.rawValue { break }
+                next = max(next, o.last.rawValue + 1)
+                k += 1
+            }
+        }
+        return result
+    }
+
     func contains(_ s: SequenceNumber) -> Bool {
         ranges.contains { $0.contains(s) }
     }

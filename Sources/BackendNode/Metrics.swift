@@ -8,6 +8,7 @@ import Hummingbird
 import Logging
 import Metrics
 import Prometheus
+import Sync
 
 /// The counters, gauges and timers of ingest. Names are the Prometheus names.
 final class BackendMetrics: Sendable {
@@ -20,12 +21,16 @@ final class BackendMetrics: Sendable {
     let ackPublishFailures: Metrics.Counter
     let deadlockRetries: Metrics.Counter
     let databaseReconnects: Metrics.Counter
-    let droppedUnacked: Metrics.Counter
     let legacyInserted: Metrics.Counter
     let legacyDuplicates: Metrics.Counter
     let commitLatency: Metrics.Timer
     let batchesPerTransaction: Metrics.Recorder
     let queueDepth: Metrics.Gauge
+    let queueBytes: Metrics.Gauge
+    let readingPaused: Metrics.Gauge
+    let transactionRetries: Metrics.Counter
+    let isolations: Metrics.Counter
+    let abandoned: Metrics.Counter
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -42,17 +47,26 @@ final class BackendMetrics: Sendable {
         ackPublishFailures = Metrics.Counter(label: "fieldlog_ack_publish_failures_total", factory: f)
         deadlockRetries = Metrics.Counter(label: "fieldlog_deadlock_retries_total", factory: f)
         databaseReconnects = Metrics.Counter(label: "fieldlog_database_reconnects_total", factory: f)
-        droppedUnacked = Metrics.Counter(label: "fieldlog_messages_dropped_unacked_total", factory: f)
         legacyInserted = Metrics.Counter(label: "fieldlog_legacy_rows_inserted_total", factory: f)
         legacyDuplicates = Metrics.Counter(label: "fieldlog_legacy_duplicates_absorbed_total", factory: f)
         commitLatency = Metrics.Timer(label: "fieldlog_commit_seconds", preferredDisplayUnit: .seconds, factory: f)
         batchesPerTransaction = Metrics.Recorder(label: "fieldlog_batches_per_transaction", aggregate: true, factory: f)
         queueDepth = Metrics.Gauge(label: "fieldlog_ingest_queue_depth", factory: f)
+        queueBytes = Metrics.Gauge(label: "fieldlog_ingest_queue_bytes", factory: f)
+        readingPaused = Metrics.Gauge(label: "fieldlog_ingest_reading_paused", factory: f)
+        transactionRetries = Metrics.Counter(label: "fieldlog_transaction_retries_total", factory: f)
+        isolations = Metrics.Counter(label: "fieldlog_transactions_isolated_total", factory: f)
+        abandoned = Metrics.Counter(label: "fieldlog_messages_abandoned_total", factory: f)
     }
 
-    /// `fieldlog_messages_received_total{kind}`; kind is batch, status, response, legacy or unknown.
-    func received(_ kind: String) {
-        Metrics.Counter(label: "fieldlog_messages_received_total", dimensions: [("kind", kind)], factory: factory).increment()
+    /// `fieldlog_messages_received_total{kind}`; kind is batch, status, response, legacy or invalid.
+    func received(_ kind: String, count: Int = 1) {
+        Metrics.Counter(label: "fieldlog_messages_received_total", dimensions: [("kind", kind)], factory: factory).increment(by: count)
+    }
+
+    /// `fieldlog_messages_dropped_unacked_total{reason}`: messages not taken (device-share, queue-full).
+    func dropped(_ reason: DropReason) {
+        Metrics.Counter(label: "fieldlog_messages_dropped_unacked_total", dimensions: [("reason", reason.rawValue)], factory: factory).increment()
     }
 
     /// `fieldlog_dead_letters_total{reason}`.

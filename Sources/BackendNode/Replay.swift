@@ -58,9 +58,8 @@ final class Replayer: Sendable {
                 for await m in messages {
                     guard topics.response.device(inTopic: m.topic) == device,
                           let r = try? SyncCodec.decodeCommandResponse(m.payload), r.requestID == requestID else { continue }
-                    let outcome = IngestWriter.outcome(of: r)
-                    try await self.store.recordResponse(device: device, requestID: requestID, command: r.command, ok: r.ok,
-                                                        outcome: outcome, payload: m.payloadString)
+                    let outcome = ResponseRecord.outcome(of: r)
+                    try await self.store.recordResponse(device: device, r)
                     return r.ok ? outcome : "\(outcome): \(r.message ?? "")"
                 }
                 return nil

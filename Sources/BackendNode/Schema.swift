@@ -228,6 +228,12 @@ enum Schema {
             """,
             "ALTER TABLE commands ADD COLUMN IF NOT EXISTS sent_by VARCHAR(64) NULL",
         ]),
+        // Ingest hardening: every ingest process takes every seed message (a persistent,
+        // non-shared subscription); a dead letter they all write is kept once (spec §6.3).
+        Migration(version: 5, name: "dead_letters.dedup_key: one dead letter for a message every ingest process receives", statements: [
+            "ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS dedup_key BINARY(16) NULL",
+            "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_dedup ON dead_letters (dedup_key)",
+        ]),
     ]
 
     static var latestVersion: Int { migrations.last!.version }

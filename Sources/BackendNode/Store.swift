@@ -1,13 +1,18 @@
 // Store: every write the backend makes to MariaDB, and the reads that derive progress.
 //
 // Theory of operation: `storeBatches` writes a group of validated batches in ONE transaction:
-// readings and their values (multi-row prepared INSERT IGNORE, `insertRows`, so a resent record
-// is absorbed as a duplicate; an array-bound bulk execute was tried and lost or double-counted
-// rows when Galera aborted the transaction under it — docs/benchmarks.md), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
-// one immutable `batch_ranges` row per batch. Nothing in that transaction updates a row that
-// another batch also writes, so concurrent ingest processes (and Galera nodes) seldom conflict;
-// when they do (1213), the caller retries the whole transaction. After the commit,
-// `coverage(...)` reads the committed ranges; the ack is their contiguous prefix (Coverage.swift).
+// readings and their values (multi-row prepared INSERT IGNORE, so a resent record is absorbed
+// as a duplicate), loss markers, rejected records (dead letters keyed by device/epoch/seq) and
+// one immutable `batch_ranges` row per batch. Every INSERT is checked (`CheckedTable`,
+// MariaDB's `insertIgnoringDuplicates`): rows inserted + rows proven to be duplicates must be
+// the rows sent, else `MariaDBRowsNotWritten` rolls the transaction back, so a row INSERT
+// IGNORE dropped silently can never be acked; and the session refuses to go on in a
+// transaction the server ended without an error (`MariaDBError.transactionEndedByServer`, the
+// cause of the array-bound insert loss under Galera, docs/benchmarks.md). Nothing in that
+// transaction updates a row that another batch also writes, so concurrent ingest processes
+// (and Galera nodes) seldom conflict; when they do (1213), the caller retries the whole
+// transaction. After the commit, `coverage(...)` reads the committed ranges; the ack is their
+// contiguous prefix (Coverage.swift).
 import FieldlogCore
 import Foundation
 import Logging
@@ -23,95 +28,14 @@ struct BatchStoreResult: Sendable, Hashable {
     var duplicates: Int
 }
 
-/// A rejected message or record, stored in `dead_letters`.
-struct DeadLetterRow: Sendable, Hashable {
-    var topic: String
-    var reason: DeadLetterCause
-    var detail: String
-    var device: DeviceID?
-    var epoch: Epoch?
-    var sequence: SequenceNumber?
-    var payloadBytes: Int
-    /// The start of the payload (at most `DeadLetterRow.headBytes`).
-    var payloadHead: [UInt8]
-
-    static let headBytes = 1024
-    static let detailBytes = 1024
-
-    init(topic: String, reason: DeadLetterCause, detail: String, device: DeviceID? = nil, epoch: Epoch? = nil,
-         sequence: SequenceNumber? = nil, payload: [UInt8], payloadBytes: Int? = nil) {
-        self.topic = String(decoding: topic.utf8.prefix(512), as: UTF8.self)
-        self.reason = reason
-        self.detail = detail.utf8.count <= Self.detailBytes ? detail : String(decoding: detail.utf8.prefix(Self.detailBytes - 3), as: UTF8.self) + "..."
-        self.device = device
-        self.epoch = epoch
-        self.sequence = sequence
-        self.payloadBytes = payloadBytes ?? payload.count
-        self.payloadHead = Array(payload.prefix(Self.headBytes))
-    }
-}
-
-/// Why a message or record went to the dead-letter table (the `reason` column and the
-/// `reason` label of `fieldlog_dead_letters_total`). The protocol's classes (spec §5.2, Sync's
-/// `DeadLetterReason`) keep their names; the backend adds its own below them.
-enum DeadLetterCause: String, Sendable, Hashable, CaseIterable {
-    case oversize = "oversize"
-    case malformedJSON = "malformed-json"
-    case unknownVersion = "unknown-version"
-    case invalidMessage = "invalid-message"
-    case deviceMismatch = "device-mismatch"
-    case sequenceRegression = "sequence-regression"
-    case rangeMismatch = "range-mismatch"
-    case unknownTopic = "unknown-topic"
-    /// One record of an otherwise valid batch that the receiver could not accept (spec §5.4).
-    case rejectedRecord = "rejected-record"
-    /// A seed-format (legacy) value list that could not be read.
-    case legacyMalformed = "legacy-malformed"
-
-    init(_ reason: Sync.DeadLetterReason) {
-        guard let cause = DeadLetterCause(rawValue: reason.rawValue) else {
-            preconditionFailure("Sync's dead-letter reason \(reason.rawValue) has no backend counterpart")
-        }
-        self = cause
-    }
-}
+/// The dead-letter reasons are Sync's (spec §5.2 plus the store's own): one enum, checked by
+/// the compiler, stored in the `reason` column and counted under the same names.
+typealias DeadLetterCause = DeadLetterReason
 
 /// Formats times for DATETIME(3) columns in UTC (the session's time zone is set to +00:00).
 enum SQLTime {
     /// "YYYY-MM-DD hh:mm:ss.fff" for ms since 1970, nil outside the DATETIME range (year 1000…9999).
-    static func datetime(unixMilliseconds ms: Int64) -> String? {
-        guard ms >= -30_610_224_000_000, ms < 253_402_300_800_000 else { return nil }
-        let days = ms >= 0 ? ms / 86_400_000 : (ms - 86_399_999) / 86_400_000
-        let msOfDay = ms - days * 86_400_000
-        // Civil from days (Howard Hinnant's algorithm).
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        var y = yoe + era * 400
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        if m <= 2 { y += 1 }
-        guard (1000...9999).contains(y) else { return nil }
-        let h = msOfDay / 3_600_000, mi = (msOfDay / 60_000) % 60, s = (msOfDay / 1000) % 60, f = msOfDay % 1000
-        // Written digit by digit into one buffer: the ingest formats one per stored reading, and
-        // string interpolation of the parts cost several allocations each (drain profile).
-        return String(unsafeUninitializedCapacity: 23) { out in
-            func put(_ v: Int64, _ digits: Int, at i: Int) {
-                var v = v
-                for k in stride(from: i + digits - 1, through: i, by: -1) {
-                    out[k] = UInt8(ascii: "0") + UInt8(v % 10)
-                    v /= 10
-                }
-            }
-            put(y, 4, at: 0); out[4] = UInt8(ascii: "-"); put(m, 2, at: 5); out[7] = UInt8(ascii: "-"); put(d, 2, at: 8)
-            out[10] = UInt8(ascii: " "); put(h, 2, at: 11); out[13] = UInt8(ascii: ":"); put(mi, 2, at: 14); out[16] = UInt8(ascii: ":")
-            put(s, 2, at: 17); out[19] = UInt8(ascii: "."); put(f, 3, at: 20)
-            return 23
-        }
-    }
+    static func datetime(unixMilliseconds ms: Int64) -> String? { SQLDateTime.format(unixMilliseconds: ms) }
 
     static func now() -> String {
         datetime(unixMilliseconds: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))!
@@ -137,77 +61,101 @@ final class Store: Sendable {
         _ = try? await connection.query("SET SESSION wsrep_sync_wait = 1")
     }
 
-    // MARK: batches
+    // MARK: writes
 
-    /// Stores `batches` in one transaction; returns what each did. Throws `MariaDBError`
-    /// (the caller retries deadlocks and reconnects on connection loss; nothing is acked then).
-    func storeBatches(_ batches: [StoreRequest], newDevices: [DeviceID], newEpochs: [(DeviceID, Epoch)]) async throws -> [BatchStoreResult] {
-        guard !batches.isEmpty else { return [] }
-        let now = SQLTime.now()
-        var readingRows: [[MariaDBValue]] = []
-        var valueRows: [[MariaDBValue]] = []
-        var lossRows: [[MariaDBValue]] = []
-        var rejectedRows: [[MariaDBValue]] = []
-        var rangeRows: [[MariaDBValue]] = []
-        var perBatchRecordCounts: [Int] = []
-        for b in batches {
-            let device = MariaDBValue.string(b.device.rawValue)
-            let epoch = MariaDBValue.uint(b.epoch.rawValue)
-            for r in b.records {
-                precondition(b.range.contains(r.sequence), "record \(r.sequence) outside its batch \(b.range)")
-                let time = SQLTime.datetime(unixMilliseconds: r.timestamp.unixMilliseconds).map(MariaDBValue.string) ?? .null
-                readingRows.append([device, epoch, .uint(r.sequence.rawValue), .int(r.timestamp.unixMilliseconds), time,
-                                    .int(r.timestamp.clockUnsynchronized ? 1 : 0), .string(now),
-                                    r.missingSensors.isEmpty ? .null : .string(r.missingSensors.joined(separator: ","))])
-                for (name, value) in r.values.sorted {
-                    switch value {
-                    case .number(let d):
-                        valueRows.append([device, epoch, .uint(r.sequence.rawValue), .string(name), time, .double(d), .null])
-                    case .text(let s):
-                        valueRows.append([device, epoch, .uint(r.sequence.rawValue), .string(name), time, .null, .string(s)])
-                    }
+    /// Writes one ingest transaction's rows (Sync's `StoreRows`) in ONE database transaction and
+    /// returns what the inserts did. Throws `MariaDBError` (the ingest classifies it: connection,
+    /// conflict, refused, unknown); nothing is acked unless this returned.
+    func write(_ rows: StoreRows) async throws -> WriteResult {
+        let now = MariaDBValue.string(SQLTime.now())
+        @Sendable func text(_ s: String?) -> MariaDBValue { s.map(MariaDBValue.string) ?? .null }
+        @Sendable func time(_ s: String?) -> MariaDBValue { s.map(MariaDBValue.string) ?? .null }
+        @Sendable func number(_ d: Double?) -> MariaDBValue { d.map(MariaDBValue.double) ?? .null }
+        let devices = rows.devices.map { d -> [MariaDBValue] in
+            [.string(d.device), .string(d.legacy ? "legacy" : "fieldlog"), now, text(d.deviceType), text(d.appID), text(d.appName)]
+        }
+        let epochs = rows.epochs.map { [.string($0.device), .uint($0.epoch), now] as [MariaDBValue] }
+        let readings = rows.readings.map { r -> [MariaDBValue] in
+            [.string(r.device), .uint(r.epoch), .uint(r.seq), .int(r.deviceMs), time(r.deviceTime), .int(r.unsynchronized ? 1 : 0), now, text(r.missingSensors)]
+        }
+        let values = rows.values.map { v -> [MariaDBValue] in
+            [.string(v.device), .uint(v.epoch), .uint(v.seq), .string(v.sensor), time(v.deviceTime), number(v.number), text(v.text)]
+        }
+        let losses = rows.losses.map { l -> [MariaDBValue] in
+            [.string(l.device), .uint(l.epoch), .uint(l.first), .uint(l.last), .string(l.reason), .string(l.detail), .int(l.recordedMs), now]
+        }
+        let deadLetters = rows.deadLetters.map { d -> [MariaDBValue] in
+            [now, .string(d.topic), .string(d.reason), .string(d.detail), text(d.device), d.epoch.map(MariaDBValue.uint) ?? .null,
+             d.seq.map(MariaDBValue.uint) ?? .null, .uint(d.payloadBytes), .bytes(d.payloadHead), d.dedupKey.map(MariaDBValue.bytes) ?? .null]
+        }
+        let ranges = rows.ranges.map { [.string($0.device), .uint($0.epoch), .uint($0.first), .uint($0.last), now] as [MariaDBValue] }
+        let legacyReadings = rows.legacyReadings.map { r -> [MariaDBValue] in
+            [.string(r.device), .string(r.streamID), .int(r.deviceMs), time(r.deviceTime), now]
+        }
+        let legacyValues = rows.legacyValues.map { v -> [MariaDBValue] in
+            [.string(v.device), .string(v.streamID), .string(v.sensor), time(v.deviceTime), number(v.number), text(v.text)]
+        }
+        let statuses = rows.statuses
+        let responses = rows.responses
+        // Checked inserts (CheckedTable): a row INSERT IGNORE dropped for another reason than a
+        // duplicate key fails the whole transaction (MariaDBRowsNotWritten), so it is never acked.
+        let plainLetters = zip(rows.deadLetters, deadLetters).filter { $0.0.dedupKey == nil }.map(\.1)
+        let seedLetters = zip(rows.deadLetters, deadLetters).filter { $0.0.dedupKey != nil }.map(\.1)
+        let statusDevices = Array(Set(statuses.map(\.device))).sorted().map { [.string($0), .string("fieldlog"), now, .null, .null, .null] as [MariaDBValue] }
+        return try await connection.transaction { s in
+            if !devices.isEmpty || !statusDevices.isEmpty { try s.insert(.devices, devices + statusDevices) }
+            if !epochs.isEmpty { try s.insert(.epochs, epochs) }
+            let inserted = try s.insert(.readings, readings).inserted
+            try s.insert(.readingValues, values)
+            try s.insert(.lossRanges, losses)
+            try s.insert(.deadLetters, plainLetters)
+            try s.insert(.seedDeadLetters, seedLetters)
+            try s.insert(.batchRanges, ranges)
+            let legacyInserted = try s.insert(.legacyReadings, legacyReadings).inserted
+            try s.insert(.legacyValues, legacyValues)
+            for st in statuses {
+                let d = MariaDBValue.string(st.device)
+                try s.execute("""
+                    UPDATE devices SET protocol = 'fieldlog', status_state = ?, status_epoch = ?, status_head = ?, status_acked = ?,
+                           status_measuring = ?, status_device_ms = ?, status_received_at = ? WHERE device_id = ?
+                    """, [.string(st.state), st.epoch.map(MariaDBValue.uint) ?? .null, st.head.map(MariaDBValue.uint) ?? .null,
+                          st.acked.map(MariaDBValue.uint) ?? .null, st.measuring.map { .int($0 ? 1 : 0) } ?? .null,
+                          st.deviceMs.map(MariaDBValue.int) ?? .null, now, d])
+                if let epoch = st.epoch, let head = st.head {
+                    try s.execute("""
+                        INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head, reported_at) VALUES (?, ?, ?, ?, ?)
+                        ON DUPLICATE KEY UPDATE reported_head = GREATEST(reported_head, VALUES(reported_head)), reported_at = VALUES(reported_at)
+                        """, [d, .uint(epoch), now, .uint(head), now])
                 }
             }
-            for l in b.losses {
-                lossRows.append([device, epoch, .uint(l.range.first.rawValue), .uint(l.range.last.rawValue),
-                                 .string(l.reason.rawValue), .string(String(decoding: l.detail.utf8.prefix(1024), as: UTF8.self)),
-                                 .int(l.recordedAtUnixMilliseconds), .string(now)])
+            for r in responses {
+                try Self.requireOneRow(s.execute("INSERT INTO command_responses (device_id, request_id, command, ok, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                                                 [.string(r.device), text(r.requestID), .string(r.command), .int(r.ok ? 1 : 0), now, .string(r.payload)]),
+                                       table: "command_responses")
+                if let id = r.requestID {
+                    try s.execute("UPDATE commands SET response_at = ?, outcome = ?, response = ? WHERE request_id = ? AND device_id = ?",
+                                  [now, .string(r.outcome), .string(r.payload), .string(id), .string(r.device)])
+                }
             }
-            for r in b.rejected {
-                let dl = DeadLetterRow(topic: b.topic, reason: .rejectedRecord, detail: r.reason, device: b.device, epoch: b.epoch,
-                                    sequence: r.sequence, payload: Array(r.excerpt.utf8))
-                rejectedRows.append(Self.deadLetterRow(dl, now: now))
-            }
-            rangeRows.append([device, epoch, .uint(b.range.first.rawValue), .uint(b.range.last.rawValue), .string(now)])
-            perBatchRecordCounts.append(b.records.count)
+            return WriteResult(readingsInserted: inserted, legacyInserted: legacyInserted)
         }
-        let deviceRows: [[MariaDBValue]] = newDevices.map { [.string($0.rawValue), .string("fieldlog"), .string(now)] }
-        let epochRows: [[MariaDBValue]] = newEpochs.map { [.string($0.0.rawValue), .uint($0.1.rawValue), .string(now)] }
-        let rows = (readingRows, valueRows, lossRows, rejectedRows, rangeRows)
-        let inserted: UInt64 = try await connection.transaction { s in
-            if !deviceRows.isEmpty {
-                try s.insertRows("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at)", rows: deviceRows)
-            }
-            if !epochRows.isEmpty {
-                try s.insertRows("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at)", rows: epochRows)
-            }
-            let n = try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: rows.0)
-            try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: rows.1)
-            try s.insertRows("INSERT IGNORE INTO loss_ranges (device_id, epoch, first_seq, last_seq, reason, detail, device_recorded_ms, received_at)", rows: rows.2)
-            try s.insertRows(Self.deadLetterInsert, rows: rows.3)
-            try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: rows.4)
-            return n
-        }
-        // Attribute inserted rows to batches: exact when the group holds one batch; for a group,
-        // duplicates are counted in total (the per-batch split is not needed by anyone).
-        let totalRecords = perBatchRecordCounts.reduce(0, +)
-        precondition(inserted <= UInt64(totalRecords), "inserted \(inserted) readings from \(totalRecords) records")
-        var remainingInserted = Int(inserted)
-        return zip(batches, perBatchRecordCounts).map { b, count in
-            let ins = min(count, remainingInserted)
-            remainingInserted -= ins
-            return BatchStoreResult(device: b.device, epoch: b.epoch, range: b.range,
-                                    recordsInserted: ins, duplicates: count - ins)
+    }
+
+    /// Stores `batches` in one transaction (the ingest's rows for them); returns what each did.
+    func storeBatches(_ batches: [StoreRequest], newDevices: [DeviceID], newEpochs: [(DeviceID, Epoch)]) async throws -> [BatchStoreResult] {
+        guard !batches.isEmpty else { return [] }
+        var tx = IngestTransaction()
+        tx.batches = batches
+        tx.newDevices = newDevices
+        tx.newEpochs = newEpochs.map { EpochKey(device: $0.0, epoch: $0.1) }
+        let result = try await write(StoreRows(tx))
+        // Attribute inserted rows to batches: exact for one batch; for a group, duplicates are
+        // counted in total (the per-batch split is not needed by anyone).
+        var remaining = result.readingsInserted
+        return batches.map { b in
+            let ins = min(b.records.count, remaining)
+            remaining -= ins
+            return BatchStoreResult(device: b.device, epoch: b.epoch, range: b.range, recordsInserted: ins, duplicates: b.records.count - ins)
         }
     }
 
@@ -228,10 +176,10 @@ final class Store: Sendable {
             let result = try await connection.execute(
                 "SELECT device_id, epoch, first_seq, last_seq FROM batch_ranges WHERE \(condition) ORDER BY device_id, epoch, first_seq", params)
             for row in result.rows {
-                guard let d = row[0].string, let e = row[1].uint64, let f = row[2].uint64, let l = row[3].uint64, f >= 1, f <= l else {
-                    throw SchemaError(description: "batch_ranges holds an invalid range \(row)")
-                }
-                byKey[Key(device: d, epoch: e), default: [:]][f] = SequenceRange(checked: SequenceNumber(f), SequenceNumber(l))
+                // Rows the ingest writes are valid by construction; one that is not (written by
+                // someone else) is left out: a missing range can only make an ack lower, never higher.
+                guard let d = row[0].string, let e = row[1].uint64, let range = Self.validRange(row[2].uint64, row[3].uint64) else { continue }
+                byKey[Key(device: d, epoch: e), default: [:]][range.first.rawValue] = range
             }
         }
         return keys.map { k in
@@ -244,12 +192,13 @@ final class Store: Sendable {
         let result = try await connection.execute(
             "SELECT first_seq, last_seq FROM batch_ranges WHERE device_id = ? AND epoch = ? AND last_seq > ? ORDER BY first_seq",
             [.string(device.rawValue), .uint(epoch.rawValue), .uint(hint.rawValue)])
-        return try result.rows.map { row in
-            guard let f = row[0].uint64, let l = row[1].uint64, f >= 1, f <= l else {
-                throw SchemaError(description: "batch_ranges holds an invalid range \(row) for \(device) epoch \(epoch)")
-            }
-            return SequenceRange(checked: SequenceNumber(f), SequenceNumber(l))
-        }
+        return result.rows.compactMap { Self.validRange($0[0].uint64, $0[1].uint64) }
+    }
+
+    /// A range read back from `batch_ranges`, nil when the row breaks the protocol's limits.
+    static func validRange(_ first: UInt64?, _ last: UInt64?) -> SequenceRange? {
+        guard let first, let last, first >= 1, first <= last, last <= SequenceNumber.max.rawValue else { return nil }
+        return SequenceRange(checked: SequenceNumber(first), SequenceNumber(last))
     }
 
     /// The committed coverage of (device, epoch) above `hint` (1…hint is known to be covered).
@@ -274,11 +223,11 @@ final class Store: Sendable {
             // same transaction; two compactions of one epoch may conflict (1213) and one is skipped.
             let rows = try s.execute("SELECT first_seq, last_seq FROM batch_ranges WHERE device_id = ? AND epoch = ? AND first_seq <= ? ORDER BY first_seq", key)
             var c = Coverage()
-            for r in rows.rows { c.insert(SequenceRange(checked: SequenceNumber(r[0].uint64!), SequenceNumber(r[1].uint64!))) }
+            for r in rows.rows { if let range = Self.validRange(r[0].uint64, r[1].uint64) { c.insert(range) } }
             guard c.contiguousThrough >= through else { return 0 }
             let deleted = try s.execute("DELETE FROM batch_ranges WHERE device_id = ? AND epoch = ? AND last_seq <= ?", key).affectedRows
-            try s.execute("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at, compacted) VALUES (?, ?, 1, ?, ?, 1)",
-                          key + [.string(now)])
+            // Checked: the rows just deleted must be replaced, or the ledger would shrink.
+            try s.insert(.compactedRange, [[key[0], key[1], .uint(1), key[2], .string(now), .int(1)]])
             return Int(deleted)
         }
     }
@@ -290,69 +239,76 @@ final class Store: Sendable {
         try await recordStatuses([status])
     }
 
-    /// Records statuses in arrival order, in one transaction (one commit for a whole ingest
-    /// group: a fleet of 1,000 devices sends ~100 a second).
+    /// Records statuses in arrival order, in one transaction.
     func recordStatuses(_ statuses: [Status]) async throws {
-        let now = SQLTime.now()
-        try await connection.transaction { s in
-            for status in statuses {
-                let d = MariaDBValue.string(status.device.rawValue)
-                try s.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', ?)", [d, .string(now)])
-                try s.execute("""
-                    UPDATE devices SET protocol = 'fieldlog', status_state = ?, status_epoch = ?, status_head = ?, status_acked = ?,
-                           status_measuring = ?, status_device_ms = ?, status_received_at = ? WHERE device_id = ?
-                    """, [.string(status.state.rawValue), status.epoch.map { .uint($0.rawValue) } ?? .null,
-                          status.head.map { .uint($0.rawValue) } ?? .null, status.acked.map { .uint($0.rawValue) } ?? .null,
-                          status.measuring.map { .int($0 ? 1 : 0) } ?? .null, status.atUnixMilliseconds.map { .int($0) } ?? .null,
-                          .string(now), d])
-                if let epoch = status.epoch, let head = status.head {
-                    try s.execute("""
-                        INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head, reported_at) VALUES (?, ?, ?, ?, ?)
-                        ON DUPLICATE KEY UPDATE reported_head = GREATEST(reported_head, VALUES(reported_head)), reported_at = VALUES(reported_at)
-                        """, [d, .uint(epoch.rawValue), .string(now), .uint(head.rawValue), .string(now)])
-                }
-            }
-        }
+        var tx = IngestTransaction()
+        tx.statuses = statuses
+        _ = try await write(StoreRows(tx))
     }
 
-    static let deadLetterInsert = "INSERT IGNORE INTO dead_letters (received_at, topic, reason, detail, device_id, epoch, seq, payload_bytes, payload_head)"
-
-    static func deadLetterRow(_ d: DeadLetterRow, now: String) -> [MariaDBValue] {
-        [.string(now), .string(d.topic), .string(d.reason.rawValue), .string(d.detail),
-         d.device.map { .string($0.rawValue) } ?? .null, d.epoch.map { .uint($0.rawValue) } ?? .null,
-         d.sequence.map { .uint($0.rawValue) } ?? .null, .uint(UInt64(d.payloadBytes)), .bytes(d.payloadHead)]
-    }
-
-    func recordDeadLetters(_ letters: [DeadLetterRow]) async throws {
-        guard !letters.isEmpty else { return }
-        let now = SQLTime.now()
-        let rows = letters.map { Self.deadLetterRow($0, now: now) }
-        try await connection.insertRows(Self.deadLetterInsert, rows: rows)
-    }
 
     /// Records a command sent to a device.
     func recordCommand(requestID: String, device: DeviceID, command: String, epoch: Epoch?, range: SequenceRange?, payload: String) async throws {
-        try await connection.execute("""
+        let result = try await connection.execute("""
             INSERT INTO commands (request_id, device_id, command, epoch, first_seq, last_seq, payload, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """, [.string(requestID), .string(device.rawValue), .string(command), epoch.map { .uint($0.rawValue) } ?? .null,
                   range.map { .uint($0.first.rawValue) } ?? .null, range.map { .uint($0.last.rawValue) } ?? .null,
                   .string(payload), .string(SQLTime.now())])
+        try Self.requireOneRow(result, table: "commands")
     }
 
-    /// Records a device's answer to a command; updates the command's row when the request id is known.
-    /// Returns whether a command row was updated.
-    @discardableResult
-    func recordResponse(device: DeviceID, requestID: String?, command: String, ok: Bool, outcome: String, payload: String) async throws -> Bool {
-        let now = SQLTime.now()
-        let p = String(decoding: payload.utf8.prefix(65_000), as: UTF8.self)
-        return try await connection.transaction { s in
-            try s.execute("INSERT INTO command_responses (device_id, request_id, command, ok, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                          [.string(device.rawValue), requestID.map(MariaDBValue.string) ?? .null, .string(String(command.prefix(64))),
-                           .int(ok ? 1 : 0), .string(now), .string(p)])
-            guard let requestID else { return false }
-            let n = try s.execute("UPDATE commands SET response_at = ?, outcome = ?, response = ? WHERE request_id = ? AND device_id = ?",
-                                  [.string(now), .string(outcome), .string(p), .string(requestID), .string(device.rawValue)]).affectedRows
-            return n > 0
+    /// A plain INSERT of one row either fails or inserts it; anything else is a server fault.
+    static func requireOneRow(_ result: MariaDBResult, table: String) throws {
+        guard result.affectedRows == 1 else {
+            throw MariaDBRowsNotWritten(table: table, sent: 1, inserted: Int(result.affectedRows), missing: result.affectedRows == 0 ? 1 : 0)
         }
+    }
+
+    /// Records a device's answer to a command, and its outcome on the command's row when the
+    /// request id is known.
+    func recordResponse(device: DeviceID, _ response: CommandResponse) async throws {
+        var tx = IngestTransaction()
+        tx.responses = [ResponseRecord(device: device, response: response)]
+        _ = try await write(StoreRows(tx))
+    }
+}
+
+/// A table the backend writes with a checked INSERT IGNORE (MariaDB's `insertIgnoringDuplicates`):
+/// its columns in the order the rows are built, and the unique key that makes a row a duplicate.
+struct CheckedTable: Sendable {
+    var name: String
+    var columns: [String]
+    var key: [String]
+
+    static let devices = CheckedTable(name: "devices", columns: ["device_id", "protocol", "first_seen_at", "device_type", "app_id", "app_name"],
+                                      key: ["device_id"])
+    static let epochs = CheckedTable(name: "epochs", columns: ["device_id", "epoch", "first_seen_at"], key: ["device_id", "epoch"])
+    static let readings = CheckedTable(name: "readings", columns: ["device_id", "epoch", "seq", "device_ms", "device_time", "clock_unsynchronized",
+                                                                   "received_at", "missing_sensors"], key: ["device_id", "epoch", "seq"])
+    static let readingValues = CheckedTable(name: "reading_values", columns: ["device_id", "epoch", "seq", "sensor", "device_time", "num_value", "text_value"],
+                                            key: ["device_id", "epoch", "seq", "sensor"])
+    static let lossRanges = CheckedTable(name: "loss_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "reason", "detail",
+                                                                        "device_recorded_ms", "received_at"], key: ["device_id", "epoch", "first_seq", "last_seq"])
+    /// Rejected records are unique per (device, epoch, seq); other dead letters (NULL seq) all go in.
+    static let deadLetters = CheckedTable(name: "dead_letters", columns: ["received_at", "topic", "reason", "detail", "device_id", "epoch", "seq",
+                                                                          "payload_bytes", "payload_head", "dedup_key"], key: ["device_id", "epoch", "seq"])
+    /// Dead letters of messages every ingest process receives (seed values): unique per `dedup_key`.
+    static let seedDeadLetters = CheckedTable(name: "dead_letters", columns: deadLetters.columns, key: ["dedup_key"])
+    static let batchRanges = CheckedTable(name: "batch_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "stored_at"],
+                                          key: ["device_id", "epoch", "first_seq", "last_seq"])
+    static let compactedRange = CheckedTable(name: "batch_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "stored_at", "compacted"],
+                                             key: ["device_id", "epoch", "first_seq", "last_seq"])
+    static let legacyReadings = CheckedTable(name: "legacy_readings", columns: ["device_id", "stream_id", "device_ms", "device_time", "received_at"],
+                                             key: ["device_id", "stream_id"])
+    static let legacyValues = CheckedTable(name: "legacy_values", columns: ["device_id", "stream_id", "sensor", "device_time", "num_value", "text_value"],
+                                           key: ["device_id", "stream_id", "sensor"])
+}
+
+extension MariaDBSession {
+    /// Checked INSERT IGNORE of `rows` into `table`; throws `MariaDBRowsNotWritten` when a row
+    /// was neither inserted nor already there.
+    @discardableResult
+    func insert(_ table: CheckedTable, _ rows: [[MariaDBValue]]) throws -> InsertCounts {
+        try insertIgnoringDuplicates(into: table.name, columns: table.columns, key: table.key, rows: rows)
     }
 }

@@ -302,7 +302,9 @@ final class BenchStack: @unchecked Sendable {
     func startBackend(database: String, dir: String, index: Int = 0) throws -> ChildProcess {
         let argv = ingestWrapper + [binDir + "/fieldlog-backend", "ingest"]
         let log = "\(dir)/ingest-\(index).log"
-        return try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), environment: backendEnvironment(database: database),
+        var environment = backendEnvironment(database: database)
+        environment["FIELDLOG_INGEST_CLIENT_ID"] = "fieldlog-bench-\(getpid())-ingest-\(index)"
+        return try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), environment: environment,
                                       stdoutPath: log, stderrPath: log)
     }
 

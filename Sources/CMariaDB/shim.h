@@ -9,4 +9,12 @@
 static inline int fieldlog_mysql_library_init(void) {
     return mysql_library_init(0, NULL, NULL);
 }
+
+/* The server status flags of the last OK or EOF packet (SERVER_STATUS_IN_TRANS, ...), through
+   mariadb_get_infov (variadic, so not callable from Swift). */
+static inline unsigned int fieldlog_mysql_server_status(MYSQL *mysql) {
+    unsigned int status = 0;
+    if (mariadb_get_infov(mysql, MARIADB_CONNECTION_SERVER_STATUS, &status)) return 0;
+    return status;
+}
 #endif

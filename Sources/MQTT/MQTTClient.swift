@@ -29,6 +29,7 @@
 import CMosquitto
 import Foundation
 import Logging
+import Synchronization
 
 /// An MQTT v5 client. Thread-safe; every method may be called from any task.
 public final class MQTTClient: Sendable {
@@ -92,6 +93,17 @@ public final class MQTTClient: Sendable {
         await core.disconnect(reason: sendWill ? .disconnectWithWill : .success)
     }
 
+    /// Stops reading from the broker (backpressure): the socket is no longer polled for input,
+    /// so the kernel's receive buffer fills and TCP flow control makes the broker hold further
+    /// messages (it queues them for this session). Writes (acks, publishes) go on. While paused
+    /// the client still reads once every half keep-alive interval, so the broker's PINGRESP
+    /// arrives and the connection stays up; messages read then are delivered as usual, so a
+    /// consumer must tolerate a small overshoot. Idempotent.
+    public func pauseReading() { core.setReadingPaused(true) }
+
+    /// Resumes reading after `pauseReading()`. Idempotent.
+    public func resumeReading() { core.setReadingPaused(false) }
+
     /// Breaks the TCP connection without DISCONNECT, as a network failure would (the broker
     /// publishes the will; the client reconnects). For tests of failure handling.
     @_spi(Testing) public func simulateConnectionLoss() {
@@ -115,6 +127,10 @@ final class MQTTConnectionCore: @unchecked Sendable {
     private var stopRequested = false
     private var stopRequestedAt: ContinuousClock.Instant?
     private var threadExitWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Backpressure (`pauseReading`); read by the network thread on every turn.
+    private let readingPaused = Atomic<Bool>(false)
+    /// When the network thread last polled the socket for input (network thread only).
+    private var lastReadAt = ContinuousClock.now
 
     private static let libraryInitialised: Bool = mosquitto_lib_init() == MOSQ_ERR_SUCCESS.rawValue
 
@@ -305,6 +321,11 @@ final class MQTTConnectionCore: @unchecked Sendable {
         logger.debug("mqtt network thread ended", metadata: ["client": "\(configuration.clientID)"])
     }
 
+    func setReadingPaused(_ paused: Bool) {
+        readingPaused.store(paused, ordering: .relaxed)
+        waker.signal()
+    }
+
     /// How long one `loopOnce` may wait: up to 1 s (keep-alive is whole seconds and every
     /// queued packet wakes the loop at once), shorter while a CONNACK is due or a stop waits.
     private func loopTimeout(awaitingConnAckSince since: ContinuousClock.Instant?) -> Int32 {
@@ -329,7 +350,11 @@ final class MQTTConnectionCore: @unchecked Sendable {
             let rc = mosquitto_loop(handle, min(timeoutMilliseconds, 100), 1)
             if rc != MOSQ_ERR_INVAL.rawValue { return rc }
         }
-        var fds = [pollfd(fd: sock, events: Int16(POLLIN) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0),
+        // Paused (backpressure): no input, except once per half keep-alive for the PINGRESP.
+        let now = ContinuousClock.now
+        let read = !readingPaused.load(ordering: .relaxed) || now - lastReadAt >= configuration.keepAlive / 2
+        if read { lastReadAt = now }
+        var fds = [pollfd(fd: sock, events: (read ? Int16(POLLIN) : 0) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0),
                    pollfd(fd: waker.descriptor, events: Int16(POLLIN), revents: 0)]
         let n = poll(&fds, 2, timeoutMilliseconds)
         if n < 0 { return errno == EINTR ? MOSQ_ERR_SUCCESS.rawValue : MOSQ_ERR_ERRNO.rawValue }

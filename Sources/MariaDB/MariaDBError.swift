@@ -12,11 +12,20 @@ public struct MariaDBError: Error, CustomStringConvertible, Sendable {
     /// The library's message.
     public let message: String
 
+    /// True when the wrapper, not the server, found the error: the server reported success for
+    /// a statement inside a transaction but had ended the transaction (`transactionEndedByServer`).
+    public let endedTransactionSilently: Bool
+
     public init(operation: String, code: UInt32, sqlState: String, message: String) {
+        self.init(operation: operation, code: code, sqlState: sqlState, message: message, endedTransactionSilently: false)
+    }
+
+    private init(operation: String, code: UInt32, sqlState: String, message: String, endedTransactionSilently: Bool) {
         self.operation = operation
         self.code = code
         self.sqlState = sqlState
         self.message = message
+        self.endedTransactionSilently = endedTransactionSilently
     }
 
     public var description: String {
@@ -30,6 +39,7 @@ public struct MariaDBError: Error, CustomStringConvertible, Sendable {
     }
 
     /// Deadlock or Galera certification conflict (1213): the transaction was rolled back; retry it.
+    /// Also true for `transactionEndedByServer`: the same rollback, which the server did not report.
     public var isDeadlock: Bool { code == 1213 }
 
     /// Lock wait timeout (1205): the statement (not the transaction) was rolled back.
@@ -53,6 +63,19 @@ public struct MariaDBError: Error, CustomStringConvertible, Sendable {
         1927, // ER_CONNECTION_KILLED
         4031, // ER_CLIENT_INTERACTION_TIMEOUT
     ]
+
+    /// The open transaction is gone although every statement in it returned success: the last
+    /// OK packet no longer has SERVER_STATUS_IN_TRANS. MariaDB 10.11 does this when Galera aborts
+    /// the transaction (a certification conflict) while an array-bound INSERT runs: the INSERT
+    /// returns OK with every row counted, the rows are rolled back, and the statements after it
+    /// would run (and commit) one by one in autocommit mode (docs/benchmarks.md, "Galera:
+    /// array-bound inserts"). Reported as the certification conflict it is (1213, SQLSTATE
+    /// 40001, so `isDeadlock`): retry the whole transaction.
+    static func transactionEndedByServer(_ operation: String) -> MariaDBError {
+        MariaDBError(operation: operation, code: 1213, sqlState: "40001",
+                     message: "the server ended the open transaction although the last statement returned OK (no SERVER_STATUS_IN_TRANS; under Galera: an aborted array-bound INSERT, rolled back); nothing after it was run: retry the transaction",
+                     endedTransactionSilently: true)
+    }
 
     static func usage(_ operation: String, _ message: String) -> MariaDBError {
         MariaDBError(operation: operation, code: 0, sqlState: "HY000", message: message)

@@ -6,6 +6,10 @@
 // SQL text (so a multi-row insert of N rows prepares its statement once per N), and frees
 // statements and handle exactly once in `close()`. C strings are copied out at once; C
 // return codes become `MariaDBError`s that name the operation, the error number and SQLSTATE.
+// Inside a transaction (`begin()` until `commit()`/`rollback()`) every statement and the
+// COMMIT first check that the server still has the transaction open (the status flags of the
+// last OK packet): a server that ended it without an error must not get the rest of the
+// transaction run in autocommit mode (`MariaDBError.transactionEndedByServer`).
 import FieldlogCore
 import CMariaDB
 import Foundation
@@ -24,6 +28,8 @@ public final class MariaDBSession: @unchecked Sendable {
     private var statements: [String: CachedStatement] = [:]
     private var useCounter: UInt64 = 0
     private var closedForGood = false
+    /// Between `begin()` and `commit()`/`rollback()`: the server must report the transaction open.
+    private var transactionOpen = false
 
     private struct CachedStatement {
         var statement: UnsafeMutablePointer<MYSQL_STMT>
@@ -141,6 +147,7 @@ public final class MariaDBSession: @unchecked Sendable {
     /// Closes statements and handle (once); the session can connect again afterwards.
     func disconnect() {
         enter()
+        transactionOpen = false
         for (_, cached) in statements { mysql_stmt_close(cached.statement) }
         statements.removeAll()
         if let handle {
@@ -189,6 +196,7 @@ public final class MariaDBSession: @unchecked Sendable {
     public func query(_ sql: String) throws -> MariaDBResult {
         let operation = "query \(Self.excerpt(sql))"
         let mysql = try open(operation)
+        try requireOpenTransaction(mysql, operation)
         let rc = sql.withCString { mysql_real_query(mysql, $0, UInt(strlen($0))) }
         guard rc == 0 else { throw failure(of: mysql, operation) }
         guard let res = mysql_store_result(mysql) else {
@@ -221,8 +229,9 @@ public final class MariaDBSession: @unchecked Sendable {
     /// Runs `sql` as a prepared statement (cached by its text) with `binds` for its `?` markers.
     @discardableResult
     public func execute(_ sql: String, _ binds: [MariaDBValue] = []) throws -> MariaDBResult {
-        let stmt = try statement(for: sql)
         let operation = "execute \(Self.excerpt(sql))"
+        try requireOpenTransaction(try open(operation), operation)
+        let stmt = try statement(for: sql)
         let paramCount = Int(mysql_stmt_param_count(stmt))
         guard paramCount == binds.count else {
             throw MariaDBError.usage(operation, "the statement has \(paramCount) parameter(s) but \(binds.count) value(s) were bound")
@@ -295,6 +304,13 @@ public final class MariaDBSession: @unchecked Sendable {
         return stmt
     }
 
+    /// Runs `body` with the open MYSQL handle, for tests that drive Connector/C directly
+    /// (GaleraTests reproduces a server fault with array binding, which this wrapper does not
+    /// offer). Whatever `body` does is not checked; the next statement here is.
+    func withUnsafeHandle<T>(_ body: (UnsafeMutablePointer<MYSQL>) throws -> T) throws -> T {
+        try body(try open("use the handle"))
+    }
+
     /// Number of prepared statements currently cached (for tests and diagnostics).
     public var cachedStatementCount: Int {
         enter()
@@ -343,19 +359,45 @@ public final class MariaDBSession: @unchecked Sendable {
 
     // MARK: transactions
 
-    /// Starts a transaction.
-    public func begin() throws { try query("START TRANSACTION") }
+    /// Starts a transaction; until `commit()` or `rollback()`, every statement first checks
+    /// that the server still has it open.
+    public func begin() throws {
+        try query("START TRANSACTION")
+        transactionOpen = true
+    }
 
-    /// Commits the open transaction.
+    /// Commits the open transaction. Throws `transactionEndedByServer` (and commits nothing)
+    /// when the server no longer has it open.
     public func commit() throws {
         let mysql = try open("commit")
+        try requireOpenTransaction(mysql, "commit")
+        transactionOpen = false
         guard mysql_commit(mysql) == 0 else { throw failure(of: mysql, "commit") }
     }
 
     /// Rolls the open transaction back.
     public func rollback() throws {
+        transactionOpen = false
         let mysql = try open("rollback")
         guard mysql_rollback(mysql) == 0 else { throw failure(of: mysql, "rollback") }
+    }
+
+    /// True while a transaction begun here is open and the server's last status says so.
+    public var isInTransaction: Bool {
+        enter()
+        guard transactionOpen, let handle else { return false }
+        return fieldlog_mysql_server_status(handle) & UInt32(SERVER_STATUS_IN_TRANS) != 0
+    }
+
+    /// Throws when a transaction begun here is no longer open on the server although no
+    /// statement reported an error (the status flags come from the last OK or EOF packet; an
+    /// error packet carries none, and an error is reported anyway).
+    private func requireOpenTransaction(_ mysql: UnsafeMutablePointer<MYSQL>, _ operation: @autoclosure () -> String) throws {
+        guard transactionOpen, fieldlog_mysql_server_status(mysql) & UInt32(SERVER_STATUS_IN_TRANS) == 0 else { return }
+        transactionOpen = false
+        let error = MariaDBError.transactionEndedByServer(operation())
+        logger.warning("\(error)")
+        throw error
     }
 
     // MARK: errors

@@ -358,6 +358,8 @@ public final class LabRun: @unchecked Sendable {
                 mariadb = rotated.joined(separator: ",")
             }
             var env = try backendEnvironment(mqttPort: bp.port, mariadb: mariadb)
+            // Its own MQTT session, kept across the lab's kills and restarts of this process.
+            env["FIELDLOG_INGEST_CLIENT_ID"] = "lab-\((workDir as NSString).lastPathComponent)-ingest-\(i)"
             for (k, v) in options.extraIngestEnvironment { env[k] = v }
             let p = LabProcess(name: "ingest \(i)", executable: options.backendBinary, arguments: ["ingest"], environment: env,
                                logPath: workDir + "/logs/ingest\(i).log")

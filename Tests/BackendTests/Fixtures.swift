@@ -60,14 +60,9 @@ enum Fixtures {
               records: (first...last).map { record($0) })
     }
 
-    /// The store request the receiver state machine makes of an encoded batch (StoreRequest has no public initialiser).
+    /// The store request the ingest makes of a batch.
     static func request(_ b: Batch) -> StoreRequest {
-        var machine = ReceiverStateMachine()
-        let m = message(b)
-        guard case .store(_, let request)? = machine.messageReceived(topic: m.topic, payload: m.payload).first else {
-            preconditionFailure("fixture batch \(b.range) was not accepted")
-        }
-        return request
+        StoreRequest(b, topic: TopicTemplates.defaults.batch.topic(device: b.device))
     }
 
     static func message(_ b: Batch) -> InboundMessage {

@@ -86,32 +86,6 @@ final class ConfigurationTests: XCTestCase {
     }
 }
 
-final class LegacyParserTests: XCTestCase {
-    let device = try! DeviceID("seed-1")
-
-    func testSeedListIsParsedWithNumbersAndText() throws {
-        let json = #"[{"_id":"1621122796939-0","_device_uuid":"seed-1","_device_type":"raspberrypi4-64","_app_id":"1","_app_name":"iot","random":"0.25","label":"warm"},{"_id":"1621122798941-0","_device_uuid":"seed-1","random":"0.5"}]"#
-        let m = try LegacyParser.parse(Array(json.utf8), device: device)
-        XCTAssertEqual(m.readings.count, 2)
-        XCTAssertEqual(m.readings[0].streamMilliseconds, 1_621_122_796_939)
-        XCTAssertEqual(m.readings[0].values.map(\.name), ["label", "random"])
-        XCTAssertEqual(m.readings[0].values[1].value, .number(0.25))
-        XCTAssertEqual(m.readings[0].values[0].value, .text("warm"))
-        XCTAssertEqual(m.deviceType, "raspberrypi4-64")
-    }
-
-    func testBadSeedMessagesGiveReasons() {
-        func reason(_ json: String) -> DeadLetterCause? {
-            do { _ = try LegacyParser.parse(Array(json.utf8), device: device); return nil } catch { return error.reason }
-        }
-        XCTAssertEqual(reason("not json"), .legacyMalformed)
-        XCTAssertEqual(reason(#"{"_id":"1-0"}"#), .legacyMalformed)
-        XCTAssertEqual(reason(#"[{"random":"1"}]"#), .legacyMalformed, "no _id")
-        XCTAssertEqual(reason(#"[{"_id":"1-0","_device_uuid":"other","random":"1"}]"#), .deviceMismatch)
-        XCTAssertEqual(reason(#"[{"_id":"1-0","bad name":"1"}]"#), .legacyMalformed)
-    }
-}
-
 final class SQLTimeTests: XCTestCase {
     func testDatetimeFormatting() {
         XCTAssertEqual(SQLTime.datetime(unixMilliseconds: 0), "1970-01-01 00:00:00.000")
@@ -137,9 +111,5 @@ final class SQLTimeTests: XCTestCase {
             let expected = formatter.string(from: Date(timeIntervalSince1970: Double(seconds))) + "." + String(format: "%03d", Int(millis))
             XCTAssertEqual(SQLTime.datetime(unixMilliseconds: ms), expected, "\(ms)")
         }
-    }
-
-    func testEverySyncDeadLetterReasonHasABackendCause() {
-        for r in Sync.DeadLetterReason.allCases { XCTAssertEqual(DeadLetterCause(r).rawValue, r.rawValue) }
     }
 }

@@ -73,6 +73,65 @@ final class StoreTests: XCTestCase {
         await c.close()
     }
 
+    /// INSERT IGNORE also turns a failed CHECK constraint (or a foreign key, or a partition that
+    /// takes no such value) into a warning and skips the row. The store's checked inserts see
+    /// rows inserted + rows proven duplicates < rows sent and fail the whole transaction, so
+    /// the range is never committed and never acked; duplicates of a resend still pass.
+    func testARowInsertIgnoreDropsSilentlyFailsTheTransactionInsteadOfBeingAcked() async throws {
+        let db = try TestDatabase("dropped")
+        defer { db.drop() }
+        let c = try await db.migrated()
+        let store = Store(connection: c)
+        try await store.prepareSession()
+        try await c.query("ALTER TABLE readings ADD CONSTRAINT drops_seq_7 CHECK (seq <> 7)")
+        let device = Fixtures.device(), epoch = Epoch.random()
+        do {
+            _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 1, 10))], newDevices: [device], newEpochs: [(device, epoch)])
+            XCTFail("a silently dropped reading must fail the transaction")
+        } catch let e as MariaDBRowsNotWritten {
+            XCTAssertEqual(e.table, "readings")
+            XCTAssertEqual([e.sent, e.inserted, e.missing], [10, 9, 1])
+            XCTAssertEqual(e.missingKeys, [[.string(device.rawValue), .uint(epoch.rawValue), .uint(7)]])
+            XCTAssertTrue(e.warnings.contains { $0.contains("drops_seq_7") }, "the server's reason is in the error: \(e)")
+        }
+        for table in ["devices", "epochs", "readings", "reading_values", "batch_ranges"] {
+            XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM \(table)"), "0", "\(table): nothing of the failed transaction is committed")
+        }
+        let coverage = try await store.coverage(device: device, epoch: epoch)
+        XCTAssertEqual(coverage.contiguousThrough, .zero, "nothing to ack")
+
+        // Batches the constraint does not touch are stored; a resend of them is all duplicates,
+        // which the follow-up count proves (no error), also for a group holding the same batch twice.
+        let ok = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 11, 20))], newDevices: [device], newEpochs: [(device, epoch)])
+        XCTAssertEqual(ok.map(\.recordsInserted), [10])
+        let resent = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 11, 20)), Fixtures.request(Fixtures.batch(device, epoch, 11, 20))],
+                                                  newDevices: [device], newEpochs: [(device, epoch)])
+        XCTAssertEqual(resent.map(\.duplicates), [10, 10])
+
+        // A dropped value row (reading_values) and a dropped dead letter (NULL key: must be inserted) fail too.
+        try await c.query("ALTER TABLE reading_values ADD CONSTRAINT drops_state CHECK (sensor <> 'state' OR seq <> 25)")
+        do {
+            _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 21, 30))], newDevices: [], newEpochs: [])
+            XCTFail("a silently dropped value row must fail the transaction")
+        } catch let e as MariaDBRowsNotWritten {
+            XCTAssertEqual(e.table, "reading_values")
+            XCTAssertEqual(e.missingKeys, [[.string(device.rawValue), .uint(epoch.rawValue), .uint(25), .string("state")]])
+        }
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE seq BETWEEN 21 AND 30"), "0")
+        try await c.query("ALTER TABLE dead_letters ADD CONSTRAINT drops_oversize CHECK (reason <> 'oversize')")
+        var tx = IngestTransaction()
+        tx.deadLetters = [DeadLetter(topic: "t", reason: .malformedJSON, message: "x", topicDevice: nil, payload: [1]),
+                          DeadLetter(topic: "t", reason: .oversize, message: "y", topicDevice: nil, payload: [2])]
+        do {
+            _ = try await store.write(StoreRows(tx))
+            XCTFail("a silently dropped dead letter must fail")
+        } catch let e as MariaDBRowsNotWritten {
+            XCTAssertEqual([e.sent, e.inserted], [2, 1])
+        }
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM dead_letters"), "0", "rolled back: not half of the letters")
+        await c.close()
+    }
+
     /// The ingest reads a whole group's progress in one statement (chunks of 64 keys): the same
     /// ranges as one read per (device, epoch), in the order asked, empty for unknown keys.
     func testProgressOfManyDevicesInOneReadMatchesOneReadPerDevice() async throws {

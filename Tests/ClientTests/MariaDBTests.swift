@@ -181,6 +181,77 @@ final class MariaDBTests: XCTestCase {
         XCTAssertEqual(value3, [[.int(3)]])
     }
 
+    /// A transaction the server ends while every statement returns OK (here a DDL statement's
+    /// implicit commit; under Galera an aborted array-bound INSERT, GaleraTests) must not go on
+    /// in autocommit mode: the next statement and the COMMIT refuse with a 1213-class error.
+    func testAStatementAfterTheServerEndedTheTransactionIsRefusedNotRunInAutocommit() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        for last in [false, true] {
+            do {
+                try await db.transaction { s in
+                    try s.execute("INSERT INTO t VALUES (?)", [.int(1)])
+                    XCTAssertTrue(s.isInTransaction)
+                    try s.query("CREATE TABLE IF NOT EXISTS u (id INT)") // commits implicitly, returns OK
+                    XCTAssertFalse(s.isInTransaction)
+                    if !last { try s.execute("INSERT INTO t VALUES (?)", [.int(2)]) }
+                }
+                XCTFail("expected the transaction to be refused")
+            } catch let e as MariaDBError {
+                XCTAssertTrue(e.endedTransactionSilently && e.isDeadlock, "\(e)")
+                XCTAssertTrue(e.operation.contains(last ? "commit" : "INSERT INTO t"), e.operation)
+            }
+            let rows = try await db.query("SELECT id FROM t ORDER BY id").rows
+            XCTAssertEqual(rows, [[.int(1)]], "what ran before the implicit commit is committed; nothing ran after it")
+            try await db.query("DELETE FROM t")
+        }
+        // The connection is fine afterwards; an ordinary transaction commits.
+        try await db.transaction { s in try s.execute("INSERT INTO t VALUES (?)", [.int(3)]) }
+        let value = try await db.query("SELECT id FROM t").rows
+        XCTAssertEqual(value, [[.int(3)]])
+    }
+
+    func testCheckedInsertCountsDuplicatesByLookingAndRefusesRowsItCannotFind() async throws {
+        let db = try await connect()
+        try await db.query("CREATE TABLE k (a VARCHAR(10) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, b BIGINT UNSIGNED NULL, note VARCHAR(10), UNIQUE KEY (a, b), CHECK (note <> 'drop')) ENGINE=InnoDB")
+        let columns = ["a", "b", "note"]
+        let first = try await db.transaction { s in
+            try s.insertIgnoringDuplicates(into: "k", columns: columns, key: ["a", "b"], rows: (1...700).map { [.string("x"), .uint(UInt64($0)), .string("n")] })
+        }
+        XCTAssertEqual(first, InsertCounts(inserted: 700, duplicates: 0))
+        // A single-row INSERT IGNORE that fails a CHECK constraint is an error (a multi-row one only warns).
+        do {
+            try await db.transaction { s in try s.insertIgnoringDuplicates(into: "k", columns: columns, key: ["a", "b"], rows: [[.string("x"), .null, .string("drop")]]) }
+            XCTFail("expected error 4025")
+        } catch let e as MariaDBError {
+            XCTAssertEqual(e.code, 4025, e.description)
+        }
+        // 690 already there (over two statements of 500), 10 new, one twice in the same call; NULL keys are never duplicates.
+        let rows: [[MariaDBValue]] = (11...710).map { [.string("x"), .uint(UInt64($0)), .string("m")] } + [[.string("x"), .uint(705), .string("m")]]
+            + [[.string("x"), .null, .string("n")], [.string("x"), .null, .string("n")]]
+        let again = try await db.transaction { s in try s.insertIgnoringDuplicates(into: "k", columns: columns, key: ["a", "b"], rows: rows) }
+        XCTAssertEqual(again, InsertCounts(inserted: 12, duplicates: 691))
+        for bad in [[[MariaDBValue.string("x"), .uint(2000), .string("drop")], [.string("x"), .uint(1), .string("n")]],
+                    [[MariaDBValue.string("x"), .null, .string("n")], [.string("x"), .null, .string("drop")]]] {
+            do {
+                try await db.transaction { s in try s.insertIgnoringDuplicates(into: "k", columns: columns, key: ["a", "b"], rows: bad) }
+                XCTFail("a row the CHECK constraint drops must be refused")
+            } catch let e as MariaDBRowsNotWritten {
+                XCTAssertEqual(e.missing, 1, "\(e)")
+                if bad[0][1] != .null { XCTAssertEqual(e.missingKeys, [[.string("x"), .uint(2000)]]) }
+                XCTAssertTrue(e.description.contains("silently dropped"), e.description)
+            }
+        }
+        let count = try await db.query("SELECT COUNT(*) FROM k").rows[0][0]
+        XCTAssertEqual(count, .int(712))
+        do {
+            try await db.withSession { s in try s.insertIgnoringDuplicates(into: "k", columns: columns, key: ["c"], rows: [[.string("x"), .uint(1), .null]]) }
+            XCTFail("an unknown key column must be refused")
+        } catch let e as MariaDBError {
+            XCTAssertTrue(e.message.contains("key column c"), e.description)
+        }
+    }
+
     func testBadSQLGivesErrorNumberAndSQLState() async throws {
         let db = try await connect()
         do {

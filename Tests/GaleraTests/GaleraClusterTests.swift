@@ -220,10 +220,10 @@ final class GaleraClusterTests: XCTestCase {
         ingest.reconnectBackoffFirst = .milliseconds(50)
         ingest.reconnectBackoffMax = .milliseconds(500)
         let metricsA = BackendMetrics(), metricsB = BackendMetrics()
-        let a = IngestWriter(database: DatabaseClient(settings: settings(1), logger: Logger(label: "a")), topics: .defaults,
-                             settings: ingest, metrics: metricsA, logger: Logger(label: "a"), publishAck: publish)
-        let b = IngestWriter(database: DatabaseClient(settings: settings(2), logger: Logger(label: "b")), topics: .defaults,
-                             settings: ingest, metrics: metricsB, logger: Logger(label: "b"), publishAck: publish)
+        let a = IngestWriter(database: DatabaseClient(settings: settings(1), logger: Logger(label: "a")),
+                             configuration: ingest.machine(topics: .defaults), metrics: metricsA, logger: Logger(label: "a"), publishAck: publish)
+        let b = IngestWriter(database: DatabaseClient(settings: settings(2), logger: Logger(label: "b")),
+                             configuration: ingest.machine(topics: .defaults), metrics: metricsB, logger: Logger(label: "b"), publishAck: publish)
 
         func messages(_ device: DeviceID, _ epoch: Epoch, batches: Int) -> [InboundMessage] {
             (0..<batches).map { i in
@@ -242,7 +242,7 @@ final class GaleraClusterTests: XCTestCase {
         let all = messages(adjacent, epoch, batches: 60)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (w, start) in [(a, 0), (b, 1)] {
-                group.addTask { for i in stride(from: start, to: 60, by: 4) { try await w.process([all[i], all[i + 2]]) } }
+                group.addTask { for i in stride(from: start, to: 60, by: 4) { await w.process([all[i], all[i + 2]]) } }
             }
             try await group.waitForAll()
         }
@@ -269,7 +269,7 @@ final class GaleraClusterTests: XCTestCase {
             let same = messages(device, Epoch.random(), batches: 40)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for w in [a, b] {
-                    group.addTask { for i in stride(from: 0, to: 40, by: 4) { try await w.process(Array(same[i..<i + 4])) } }
+                    group.addTask { for i in stride(from: 0, to: 40, by: 4) { await w.process(Array(same[i..<i + 4])) } }
                 }
                 try await group.waitForAll()
             }

@@ -258,3 +258,37 @@ final class CodecTests: XCTestCase {
         }
     }
 }
+
+/// Every value from outside is checked against spec §3.1 where it is decoded (issue D1, D3).
+final class CodecLimitTests: XCTestCase {
+    func reason(_ json: String, _ decode: ([UInt8]) throws(SyncDecodingError) -> Void) -> DeadLetterReason? {
+        do throws(SyncDecodingError) { try decode(Array(json.utf8)); return nil } catch { return error.reason }
+    }
+
+    func testRequestIDsAreOneTo64PrintableASCIIWithoutSpace() {
+        let response: ([UInt8]) throws(SyncDecodingError) -> Void = { b throws(SyncDecodingError) in _ = try SyncCodec.decodeCommandResponse(b) }
+        for bad in [#""""#, #""a b""#, #""\u00e9""#, #""\u0000""#, #""\#(String(repeating: "x", count: 65))""#, "7"] {
+            XCTAssertEqual(reason(#"{"v":1,"command":"reboot","id":\#(bad),"ok":true}"#, response), .invalidMessage, bad)
+        }
+        XCTAssertNil(reason(#"{"v":1,"command":"reboot","id":"r-1_~!","ok":true}"#, response))
+        let batch: ([UInt8]) throws(SyncDecodingError) -> Void = { b throws(SyncDecodingError) in _ = try SyncCodec.decodeBatch(b) }
+        XCTAssertEqual(reason(#"{"v":1,"type":"batch","device":"d","epoch":"0000000000000007","first":1,"last":1,"records":[{"seq":1,"ts":1,"values":{}}],"replay":"a b"}"#, batch),
+                       .invalidMessage)
+        XCTAssertEqual(reason(#"{"v":1,"command":"\#(String(repeating: "c", count: 65))","ok":true}"#, response), .invalidMessage, "command name at most 64 bytes")
+    }
+
+    func testTimestampsAreWithinZeroAnd2Pow53() throws {
+        func batch(ts: String, at: String = "1") -> [UInt8] {
+            Array(#"{"v":1,"type":"batch","device":"d","epoch":"0000000000000007","first":1,"last":2,"records":[{"seq":1,"ts":\#(ts),"values":{}}],"losses":[{"first":2,"last":2,"reason":"disk-quota","at":\#(at)}]}"#.utf8)
+        }
+        for bad in ["-1", "-9223372036854775808", "9007199254740993", "9223372036854775807"] {
+            let b = try SyncCodec.decodeBatch(batch(ts: bad))
+            XCTAssertEqual(b.records, [], "a record with ts \(bad) is rejected, not stored")
+            XCTAssertEqual(b.rejected.map(\.sequence), [SequenceNumber(1)])
+            XCTAssertThrowsError(try SyncCodec.decodeBatch(batch(ts: "1", at: bad)), "a loss marker's at \(bad) invalidates the batch")
+        }
+        XCTAssertEqual(try SyncCodec.decodeBatch(batch(ts: "0")).records.count, 1)
+        XCTAssertEqual(try SyncCodec.decodeBatch(batch(ts: "9007199254740992")).records.count, 1)
+        XCTAssertThrowsError(try SyncCodec.decodeStatus(Array(#"{"v":1,"type":"status","device":"d","state":"online","at":-5}"#.utf8)))
+    }
+}

@@ -1,16 +1,20 @@
 import FieldlogCore
 @testable import Sync
+import TestSupport
 
 // A deterministic simulation of the whole protocol (spec/protocol.md §8), in the manner of
 // TigerBeetle's VOPR: one seed drives a device (durable log + the shipped
 // DeviceSyncStateMachine: the connected rule, subscriptions that may fail, the sender switch,
 // replay commands resolved from optional bounds, around SenderStateMachine), a broker
 // that loses, duplicates, delays and reorders messages, keeps a retained ack and drops
-// connections, two receivers on a shared subscription (ReceiverStateMachine + a store
-// driver), an idempotent store, and crashes/restarts of device and receivers, all on
-// virtual time. Invariants are checked after every step (safety phase); then faults stop
-// and the run must converge (liveness phase). Broken variants of the drivers show that
-// the harness catches the bugs it is meant to catch.
+// connections, two ingest processes on a shared subscription (the shipped IngestStateMachine,
+// driven exactly as its shell drives it), an idempotent store that fails like MariaDB does
+// (lost connections, certification aborts, values it refuses, progress reads that lag even
+// the reader's own commit), a second, hostile device that sends garbage and boundary values
+// on its own topics, and crashes/restarts of device and receivers, all on virtual time.
+// Invariants are checked after every step (safety phase); then faults stop and the run must
+// converge (liveness phase). Broken variants show that the harness catches the bugs it is
+// meant to catch.
 
 /// Virtual time for the state machines.
 struct VirtualInstant: InstantProtocol, CustomStringConvertible {
@@ -36,6 +40,15 @@ enum SimulationVariant: String, CaseIterable {
     case trimUnacked
     /// Store inserts without de-duplication.
     case nonIdempotentStore
+    /// D1: the shell treats a value the database refuses as a lost connection and retries it
+    /// for ever (the old `RetryPolicy`): one bad message stalls the ingest for every device.
+    case refusalsRetriedForEver
+    /// D2: the ack rule of before, whose `through.next` trapped once a declared range reached
+    /// 2^53; checked side by side on the inputs the shipped rule gets (a trap would end the run).
+    case trappingAckRule
+    /// D3: device lag as `now − ts` on whatever integer a record carried (the old codec took
+    /// any Int64); checked side by side on every batch the hostile device sends.
+    case uncheckedTimestampArithmetic
 }
 
 struct SimulationFailure: Error, CustomStringConvertible {
@@ -86,18 +99,31 @@ final class Simulation {
     var livenessStart = VirtualInstant.zero
 
     // Broker.
-    var toReceivers: [[UInt8]] = []
+    var toReceivers: [(topic: String, payload: [UInt8])] = []
     var toDevice: [[UInt8]] = []
     var retainedAck: [UInt8]?
 
-    // Receivers.
+    // Receivers: the shipped ingest state machine, and what its shell would be doing.
+    typealias Ingest = IngestStateMachine<VirtualInstant>
+    static let ingestConfiguration: IngestConfiguration = {
+        var c = IngestConfiguration()
+        c.maxMessagesPerTransaction = 6
+        c.conflictRetries = 3
+        c.unknownErrorAttempts = 2
+        c.compactEveryBatches = 4
+        return c
+    }()
     struct ReceiverSim {
-        var machine = ReceiverStateMachine()
+        var machine = Ingest(configuration: Simulation.ingestConfiguration)
         var up = true
-        var pendingStores: [(StoreToken, StoreRequest)] = []
+        var pendingWrite: IngestTransaction?
+        var pendingRead: (TransactionID, [Ingest.ProgressQuery])?
+        var timerAt: VirtualInstant?
         var pendingAcks: [[UInt8]] = []
     }
     var receivers = [ReceiverSim(), ReceiverSim()]
+    let evil = try! DeviceID("sim-evil")
+    var hostileSent = 0
 
     // Store.
     var rowCount: [UInt64: Int] = [:]
@@ -105,6 +131,11 @@ final class Simulation {
     var storedRejected = Set<UInt64>()
     var storePrefix = SequenceNumber.zero
     var prefixHistory: [SequenceNumber] = [.zero]
+    /// Every committed batch range of every (device, epoch), as the progress read sees them,
+    /// and earlier snapshots of them (a lagging reader).
+    var committedRanges: [EpochKey: [SequenceRange]] = [:]
+    var rangeHistory: [[EpochKey: [SequenceRange]]] = [[:]]
+    var deadLetterRows = 0
     var faults = true
 
     /// What a run exercised, summed over seeds to show the faults really happen.
@@ -114,12 +145,15 @@ final class Simulation {
         var subscribeFailures = 0, senderPauses = 0, replaysRefused = 0
         /// Longest virtual time from the end of faults to convergence (milliseconds).
         var convergeMsMax: Int64 = 0
+        var connectionFailures = 0, conflicts = 0, refusals = 0, isolations = 0, notAcked = 0, hostile = 0, deadLetters = 0
         mutating func add(_ o: Stats) {
             subscribeFailures += o.subscribeFailures; senderPauses += o.senderPauses; replaysRefused += o.replaysRefused
             convergeMsMax = max(convergeMsMax, o.convergeMsMax)
             resends += o.resends; replays += o.replays; notRetainedMarkers += o.notRetainedMarkers
             diskQuotaDrops += o.diskQuotaDrops; deviceCrashes += o.deviceCrashes; receiverCrashes += o.receiverCrashes
             staleThroughs += o.staleThroughs; drops += o.drops; duplicates += o.duplicates; rejected += o.rejected
+            connectionFailures += o.connectionFailures; conflicts += o.conflicts; refusals += o.refusals
+            isolations += o.isolations; notAcked += o.notAcked; hostile += o.hostile; deadLetters += o.deadLetters
         }
     }
     var stats = Stats()
@@ -176,9 +210,9 @@ final class Simulation {
         if !deviceConnected { try connectDevice() }
         while Int(head.rawValue) < recordTarget { try append() }
         let limit = step + 5_000
-        while !(sender.acked == head && storePrefix >= head) {
+        while !(sender.acked == head && storePrefix >= head && receivers.allSatisfy({ $0.machine.isIdle })) {
             guard step < limit else {
-                throw fail("no progress: head \(head), device acked \(sender.acked), store prefix \(storePrefix), in flight \(sender.inFlightRanges)")
+                throw fail("no progress: head \(head), device acked \(sender.acked), store prefix \(storePrefix), in flight \(sender.inFlightRanges), receivers idle \(receivers.map { $0.machine.isIdle })")
             }
             step += 1
             try calmStep()
@@ -217,7 +251,8 @@ final class Simulation {
         case 0..<120: if Int(head.rawValue) < recordTarget { try append() }
         case 120..<330: try deliverToReceiver()
         case 330..<430: try deliverToDevice()
-        case 430..<560: try commitStore()
+        case 430..<510: try commitStore()
+        case 510..<560: try answerProgressRead()
         case 560..<660: try publishReceiverAck()
         case 660..<760: try answerLoad()
         case 760..<860: try advanceTime(by: .milliseconds(rng.below(1500)))
@@ -234,7 +269,7 @@ final class Simulation {
         case 945..<960:
             let k = rng.below(receivers.count)
             if receivers[k].up {
-                log("receiver \(k) crashes (\(receivers[k].pendingStores.count) stores, \(receivers[k].pendingAcks.count) acks lost)")
+                log("receiver \(k) crashes (\(receivers[k].pendingWrite == nil ? 0 : 1) transaction, \(receivers[k].pendingAcks.count) acks lost)")
                 receivers[k].up = false
                 stats.receiverCrashes += 1
             } else {
@@ -244,6 +279,7 @@ final class Simulation {
         case 960..<970: try diskQuotaDrop()
         case 970..<980: trimAcked()
         case 980..<990: try requestReplay()
+        case 990..<997: sendHostile()
         default:
             if !deviceConnected { try connectDevice() } else { try answerSubscribe() }
         }
@@ -255,14 +291,14 @@ final class Simulation {
         var options: [Int] = []
         if !toReceivers.isEmpty { options.append(0) }
         if !toDevice.isEmpty { options.append(1) }
-        if receivers.contains(where: { !$0.pendingStores.isEmpty }) { options.append(2) }
+        if receivers.contains(where: { $0.pendingWrite != nil }) { options.append(2) }
         if receivers.contains(where: { !$0.pendingAcks.isEmpty }) { options.append(3) }
         if pendingLoad != nil { options.append(4) }
+        if receivers.contains(where: { $0.pendingRead != nil }) { options.append(5) }
         if options.isEmpty {
             // Nothing in transit: only time moves things now.
-            guard let t = [timerAt, subscribeRetryAt].compactMap({ $0 }).min() else {
-                throw fail("stuck: nothing in transit and no timer; acked \(sender.acked) head \(head)")
-            }
+            let timers = ([timerAt, subscribeRetryAt] + receivers.map(\.timerAt)).compactMap { $0 }
+            guard let t = timers.min() else { throw fail("stuck: nothing in transit and no timer; acked \(sender.acked) head \(head)") }
             try advanceTime(by: now.duration(to: t))
             return
         }
@@ -271,6 +307,7 @@ final class Simulation {
         case 1: try deliverToDevice()
         case 2: try commitStore()
         case 3: try publishReceiverAck()
+        case 5: try answerProgressRead()
         default: try answerLoad()
         }
     }
@@ -406,6 +443,12 @@ final class Simulation {
             log("timer fires")
             try execute(session.timerFired(.resend, now: now))
         }
+        for k in receivers.indices where receivers[k].up {
+            if let t = receivers[k].timerAt, t <= now {
+                receivers[k].timerAt = nil
+                try ingest(k, receivers[k].machine.timerFired(now: now))
+            }
+        }
     }
 
     func deliverToDevice() throws(SimulationFailure) {
@@ -450,7 +493,7 @@ final class Simulation {
                     throw fail("publish while disconnected, unsubscribed or paused")
                 }
                 log("device publishes \(out.batch.range)\(out.batch.replayRequestID != nil ? " (replay)" : "") resend \(out.resendCount)")
-                toReceivers.append(out.payload)
+                toReceivers.append((batchTopic, out.payload))
                 if out.resendCount > 0 { stats.resends += 1 }
                 if variant == .trimUnacked, out.batch.range.last > persistedAcked {
                     persistedAcked = out.batch.range.last
@@ -470,71 +513,178 @@ final class Simulation {
 
     // MARK: Receivers and store
 
-    func deliverToReceiver() throws(SimulationFailure) {
-        guard !toReceivers.isEmpty else { return }
-        let payload = toReceivers.remove(at: rng.below(toReceivers.count))
-        let k = rng.below(receivers.count)  // the shared subscription picks one
-        guard receivers[k].up else { log("receiver \(k) is down; message lost"); return }
-        let actions = receivers[k].machine.messageReceived(topic: batchTopic, payload: payload)
+    /// Carries out the ingest machine's actions as its shell does (IngestWriter), recording
+    /// what would happen in the database and on the broker.
+    func ingest(_ k: Int, _ actions: [Ingest.Action]) throws(SimulationFailure) {
         for a in actions {
             switch a {
-            case .store(let token, let req):
-                log("receiver \(k) stores \(req.range)")
-                receivers[k].pendingStores.append((token, req))
+            case .write(let tx):
+                guard receivers[k].pendingWrite == nil, receivers[k].pendingRead == nil else { throw fail("receiver \(k): second transaction while one is outstanding") }
+                // Every row must fit its column: by construction, never by the database's say.
+                let violations = StoreRows(tx).violations()
+                guard violations.isEmpty else { throw fail("receiver \(k) would write rows that do not fit: \(violations.prefix(3))") }
+                receivers[k].pendingWrite = tx
                 if variant == .ackBeforeStore {
-                    let ack = Ack(device: device, epoch: epoch, through: req.range.last, stored: req.range)
-                    receivers[k].pendingAcks.append(SyncCodec.encode(ack))
+                    for b in tx.batches where b.device == device {
+                        receivers[k].pendingAcks.append(SyncCodec.encode(Ack(device: device, epoch: epoch, through: b.range.last, stored: b.range)))
+                    }
                 }
-            case .deadLetter(let d): throw fail("dead letter for a valid batch: \(d.reason) \(d.message)")
-            default: throw fail("unexpected receiver action \(a)")
+            case .readProgress(let id, let queries):
+                guard receivers[k].pendingRead == nil else { throw fail("receiver \(k): second progress read") }
+                receivers[k].pendingRead = (id, queries)
+            case .publishAcks(let acks):
+                for ack in acks {
+                    guard ack.topic == topics.ack.topic(device: ack.ack.device) else { throw fail("ack on topic \(ack.topic)") }
+                    guard ack.ack.device == device, variant != .ackBeforeStore else { continue }
+                    receivers[k].pendingAcks.append(ack.payload)
+                }
+            case .armTimer(let at): receivers[k].timerAt = at
+            case .retrying(_, let failure, _, _):
+                log("receiver \(k) retries: \(failure)")
+            case .isolating(_, _, let n):
+                stats.isolations += 1
+                log("receiver \(k) isolates a refused transaction of \(n) messages")
+            case .notAcked(let key, let reason):
+                stats.notAcked += 1
+                log("receiver \(k) does not ack \(key): \(reason)")
+            case .abandoned(let topic, _, let reason):
+                throw fail("receiver \(k) abandoned a message on \(topic): \(reason)")
+            case .committed(let report):
+                stats.deadLetters += report.deadLetters.count
+                if let honest = report.deadLetters.first(where: { $0.topicDevice == device && $0.reason != .storeRefused }) {
+                    throw fail("dead letter for the honest device: \(honest.reason) \(honest.message)")
+                }
+            case .pauseReading, .resumeReading, .reconnectDatabase, .compact, .dropped:
+                break
             }
         }
     }
 
-    func storeApply(_ req: StoreRequest) throws(SimulationFailure) {
-        for r in req.records {
-            let s = r.sequence.rawValue
-            if case .text("reject-me")? = r.values["v"] {
-                // The store rejects this value: kept aside, counts as accounted for.
-                storedRejected.insert(s)
-                stats.rejected += 1
-                continue
+    func deliverToReceiver() throws(SimulationFailure) {
+        guard !toReceivers.isEmpty else { return }
+        let (topic, payload) = toReceivers.remove(at: rng.below(toReceivers.count))
+        let k = rng.below(receivers.count)  // the shared subscription picks one
+        guard receivers[k].up else { log("receiver \(k) is down; message lost"); return }
+        log("receiver \(k) takes a message on \(topic)")
+        try ingest(k, receivers[k].machine.messageReceived(topic: topic, payload: payload, now: now))
+    }
+
+    /// The hostile device sends garbage and boundary values on its own topics.
+    func sendHostile() {
+        let m = HostilePayloads.any(device: evil, topics: topics, using: &rng)
+        stats.hostile += 1
+        hostileSent += 1
+        toReceivers.append((m.topic, m.payload))
+        if m.kind == .d2Overflow { toReceivers += HostilePayloads.d2Pair(device: evil, topics: topics) }
+        if variant == .uncheckedTimestampArithmetic, m.kind == .d3Timestamp || m.kind == .boundaryNumbers {
+            // What the old shell computed for the device-lag metric on any accepted integer.
+            if case .array(let records)? = (try? JSONReader.parse(m.payload))?["records"] {
+                for r in records {
+                    if case .integer(let ts)? = r["ts"], Int64(1_700_000_000_000).subtractingReportingOverflow(ts).overflow {
+                        shadowFailure = "device lag now − ts overflows for ts \(ts) (the old codec accepted it)"
+                    }
+                }
             }
-            guard truth[s] == r else { throw fail("record \(s) differs from what the device appended") }
-            // INSERT IGNORE on (device, epoch, seq); the broken store inserts every time.
-            if rowCount[s] == nil || variant == .nonIdempotentStore { rowCount[s, default: 0] += 1 }
-            if rowCount[s]! > 1 { throw fail("record \(s) stored \(rowCount[s]!) times") }
         }
-        for l in req.losses {
-            for s in l.range.first.rawValue...l.range.last.rawValue { storedLoss.insert(s) }
+    }
+    var shadowFailure: String?
+
+    /// The store: applies a transaction the way MariaDB would (INSERT IGNORE on the keys, all
+    /// or nothing), or fails it the way MariaDB can.
+    func storeApply(_ tx: IngestTransaction) throws(SimulationFailure) {
+        for req in tx.batches {
+            let key = EpochKey(device: req.device, epoch: req.epoch)
+            committedRanges[key, default: []].append(req.range)
+            guard req.device == device, req.epoch == epoch else { continue }
+            for r in req.records {
+                let s = r.sequence.rawValue
+                guard truth[s] == r else { throw fail("record \(s) differs from what the device appended") }
+                // INSERT IGNORE on (device, epoch, seq); the broken store inserts every time.
+                if rowCount[s] == nil || variant == .nonIdempotentStore { rowCount[s, default: 0] += 1 }
+                if rowCount[s]! > 1 { throw fail("record \(s) stored \(rowCount[s]!) times") }
+            }
+            for r in req.rejected { storedRejected.insert(r.sequence.rawValue); stats.rejected += 1 }
+            for l in req.losses {
+                for s in l.range.first.rawValue...l.range.last.rawValue { storedLoss.insert(s) }
+            }
         }
+        deadLetterRows += tx.deadLetters.count
+        rangeHistory.append(committedRanges)
+        if rangeHistory.count > 64 { rangeHistory.removeFirst() }
         func covered(_ s: UInt64) -> Bool { rowCount[s] != nil || storedLoss.contains(s) || storedRejected.contains(s) }
         while covered(storePrefix.next.rawValue) { storePrefix = storePrefix.next }
         prefixHistory.append(storePrefix)
     }
 
+    /// The values MariaDB refuses in this simulation: a record whose text is "reject-me".
+    func refuses(_ tx: IngestTransaction) -> Bool {
+        tx.batches.contains { b in b.records.contains { if case .text("reject-me")? = $0.values["v"] { return true } else { return false } } }
+    }
+
     func commitStore() throws(SimulationFailure) {
-        let busy = receivers.indices.filter { receivers[$0].up && !receivers[$0].pendingStores.isEmpty }
+        let busy = receivers.indices.filter { receivers[$0].up && receivers[$0].pendingWrite != nil }
         guard !busy.isEmpty else { return }
         let k = busy[rng.below(busy.count)]
-        // Stores of one process may commit out of order (grouped transactions, retries).
-        let (token, req) = receivers[k].pendingStores.remove(at: rng.below(receivers[k].pendingStores.count))
-        if faults && rng.chance(40) {
-            log("receiver \(k) store of \(req.range) fails")
-            _ = receivers[k].machine.storeFailed(token)
+        let tx = receivers[k].pendingWrite!
+        receivers[k].pendingWrite = nil
+        var failure: StoreFailure?
+        if refuses(tx) {
+            stats.refusals += 1
+            failure = variant == .refusalsRetriedForEver ? .connection("refused, but taken for a lost connection") : .refused("1366 incorrect string value")
+        } else if faults && rng.chance(60) {
+            stats.connectionFailures += 1
+            failure = .connection("2013 lost connection")
+        } else if faults && rng.chance(60) {
+            stats.conflicts += 1
+            failure = .conflict("1213 certification failure")
+        } else if faults && rng.chance(15) {
+            failure = .unknown("1105 unknown error")
+        }
+        if let failure {
+            log("receiver \(k) \(tx.id) fails: \(failure)")
+            try ingest(k, receivers[k].machine.transactionFailed(tx.id, failure: failure, now: now))
             return
         }
-        try storeApply(req)
-        // Another node's concurrent commit may not be visible yet: `through` read from an older snapshot.
-        var through = storePrefix
-        if rng.chance(200) { through = prefixHistory[rng.below(prefixHistory.count)]; stats.staleThroughs += 1 }
-        if variant == .ackBatchMax { through = max(through, req.range.last) }
-        log("receiver \(k) committed \(req.range); through \(through) (prefix \(storePrefix))")
-        for a in receivers[k].machine.storeCommitted(token, outcome: StoreOutcome(storedThrough: through)) {
-            guard case .publishAck(let topic, let payload, _) = a else { throw fail("unexpected action \(a)") }
-            guard topic == topics.ack.topic(device: device) else { throw fail("ack on topic \(topic)") }
-            if variant != .ackBeforeStore { receivers[k].pendingAcks.append(payload) }
+        try storeApply(tx)
+        log("receiver \(k) committed \(tx.id): \(tx.batches.map(\.range)) (prefix \(storePrefix))")
+        let inserted = tx.recordCount  // what the affected-row counts say (duplicates are not counted apart here)
+        try ingest(k, receivers[k].machine.transactionCommitted(tx.id, result: WriteResult(readingsInserted: inserted, legacyInserted: 0), now: now))
+    }
+
+    /// Answers a progress read from the committed ranges, sometimes from an older snapshot
+    /// (another node's commit not yet applied, or even the reader's own: a lagging read).
+    func answerProgressRead() throws(SimulationFailure) {
+        let busy = receivers.indices.filter { receivers[$0].up && receivers[$0].pendingRead != nil }
+        guard !busy.isEmpty else { return }
+        let k = busy[rng.below(busy.count)]
+        let (id, queries) = receivers[k].pendingRead!
+        receivers[k].pendingRead = nil
+        if faults && rng.chance(40) {
+            try ingest(k, receivers[k].machine.progressReadFailed(id, failure: .connection("2006 server has gone away"), now: now))
+            return
         }
+        var view = committedRanges
+        if rng.chance(200) { view = rangeHistory[rng.below(rangeHistory.count)]; stats.staleThroughs += 1 }
+        var answer = queries.map { q in (view[q.key] ?? []).filter { $0.last > q.above } }
+        if variant == .ackBatchMax {
+            // A store that keeps "the highest number seen" instead of the ranges.
+            answer = queries.map { q in
+                let top = (view[q.key] ?? []).map(\.last).max()
+                return top.map { [SequenceRange(checked: SequenceNumber(1), $0)] } ?? []
+            }
+        }
+        if variant == .trappingAckRule {
+            for (q, ranges) in zip(queries, answer) {
+                // The old rule: `if r.first > through.next` — `next` trapped at 2^53.
+                var through = q.above
+                for r in ranges.sorted(by: { $0.first < $1.first }) {
+                    if through == SequenceNumber.max { shadowFailure = "the old ack rule traps: through.next at \(through) for \(q.key)"; break }
+                    if r.first > through.next { break }
+                    if r.last > through { through = r.last }
+                }
+            }
+        }
+        try ingest(k, receivers[k].machine.progressRead(id, ranges: answer, nowUnixMilliseconds: 1_700_000_000_000 + now.nanoseconds / 1_000_000, now: now))
     }
 
     func publishReceiverAck() throws(SimulationFailure) {
@@ -553,6 +703,7 @@ final class Simulation {
     }
 
     func checkInvariants() throws(SimulationFailure) {
+        if let shadowFailure { throw fail(shadowFailure) }
         if sender.acked > storePrefix || persistedAcked > storePrefix {
             throw fail("device acked \(sender.acked) (persisted \(persistedAcked)) but the store is contiguous only through \(storePrefix)")
         }

@@ -63,6 +63,14 @@ final class SimulationTests: XCTestCase {
         XCTAssertGreaterThan(stats.subscribeFailures, 0)
         XCTAssertGreaterThan(stats.senderPauses, 0)
         XCTAssertGreaterThan(stats.replaysRefused, 0)
+        // The store fails as MariaDB does, and a hostile device sends garbage, in every run of seeds.
+        XCTAssertGreaterThan(stats.connectionFailures, 0)
+        XCTAssertGreaterThan(stats.conflicts, 0)
+        XCTAssertGreaterThan(stats.refusals, 0)
+        XCTAssertGreaterThan(stats.isolations, 0)
+        XCTAssertGreaterThan(stats.notAcked, 0)
+        XCTAssertGreaterThan(stats.hostile, 0)
+        XCTAssertGreaterThan(stats.deadLetters, 0)
     }
 
     /// The harness must catch each deliberately broken variant within a few hundred seeds.

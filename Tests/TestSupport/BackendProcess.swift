@@ -24,8 +24,12 @@ public struct IngestDidNotStart: Error, CustomStringConvertible { public var des
 
 /// `fieldlog-backend` (the built binary) as a child process.
 public enum BackendProcess {
-    /// Starts `fieldlog-backend ingest`, its output in `<directory>/<name>.log`.
+    /// Starts `fieldlog-backend ingest`, its output in `<directory>/<name>.log`. Unless the
+    /// environment names one, the process gets an MQTT client id of its own (its persistent
+    /// session), so the ingest processes of one test, and of tests before it, never share one.
     public static func ingest(_ name: String, environment: [String: String], directory: TemporaryDirectory) throws -> ManagedProcess {
+        var environment = environment
+        if environment["FIELDLOG_INGEST_CLIENT_ID"] == nil { environment["FIELDLOG_INGEST_CLIENT_ID"] = Stack.uniqueName("ingest-\(name)") }
         let p = ManagedProcess(executable: try Binaries.path("fieldlog-backend"), arguments: ["ingest"],
                                logPath: directory.file("\(name).log"), environment: environment)
         try p.start()

@@ -96,11 +96,7 @@ struct WebHarness {
         let s = try await store.database.store()
         for run in runs {
             let batch = Batch(device: device, epoch: epoch, range: SequenceRange(checked: run.first!.sequence, run.last!.sequence), records: run)
-            var machine = ReceiverStateMachine()
-            let topic = TopicTemplates.defaults.batch.topic(device: device)
-            guard case .store(_, let request)? = machine.messageReceived(topic: topic, payload: SyncCodec.encode(batch)).first else {
-                XCTFail("fixture batch was not accepted"); return
-            }
+            let request = StoreRequest(batch, topic: TopicTemplates.defaults.batch.topic(device: device))
             _ = try await s.storeBatches([request], newDevices: [device], newEpochs: [(device, epoch)])
         }
         try await s.recordStatus(Status(device: device, state: .online, epoch: epoch, head: SequenceNumber(count + 5),

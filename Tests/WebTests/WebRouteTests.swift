@@ -308,8 +308,7 @@ final class WebRouteTests: XCTestCase {
             // The device's answer, as ingest records it, shows on the page and in the API.
             let ingest = try await h.store.database.store()
             let response = CommandResponse(requestID: sent.requestId, command: "stop", message: "measuring stopped")
-            try await ingest.recordResponse(device: device, requestID: sent.requestId, command: "stop", ok: true, outcome: "ok",
-                                            payload: String(decoding: SyncCodec.encode(response), as: UTF8.self))
+            try await ingest.recordResponse(device: device, response)
             let api = try jsonBody(try await client.execute(uri: "/api/commands/\(sent.requestId)", method: .get, headers: s.headers))
             XCTAssertEqual(api["state"] as? String, "answered")
             let fragment = String(buffer: try await client.execute(uri: "/devices/\(device)/commands", method: .get, headers: s.headers).body)

@@ -28,6 +28,14 @@ public enum DeadLetterReason: String, Hashable, Sendable, CaseIterable {
     case rangeMismatch = "range-mismatch"
     /// The topic does not match any subscribed template.
     case unknownTopic = "unknown-topic"
+    /// One record of an otherwise valid batch that the receiver could not accept (§5.3); the
+    /// record is kept aside and counted as accounted for.
+    case rejectedRecord = "rejected-record"
+    /// A seed-format (legacy) value list that could not be read (§6.3).
+    case legacyMalformed = "legacy-malformed"
+    /// A valid message the database refused for good (a data or constraint error, or an error
+    /// that persisted through every retry); kept aside with the database's reason (§5.2).
+    case storeRefused = "store-refused"
 }
 
 /// Why bytes could not be decoded into a message.
@@ -194,7 +202,7 @@ public enum SyncCodec {
 
     /// Decodes a batch. `expectedDevice` (from the topic) is compared with the batch's device.
     /// Records with invalid content but a readable sequence number are not an error: they are
-    /// returned in `Batch.rejected` (spec §5.4).
+    /// returned in `Batch.rejected` (spec §5.3).
     public static func decodeBatch(_ bytes: [UInt8], expectedDevice: DeviceID? = nil,
                                    maxBytes: Int = ProtocolLimits.maxMessageBytes) throws(SyncDecodingError) -> Batch {
         var f = try envelope(bytes, maxBytes: maxBytes, type: "batch")
@@ -209,7 +217,7 @@ public enum SyncCodec {
         let range = SequenceRange(checked: first, last)
         let recordItems = try f.array("records", maxCount: ProtocolLimits.maxRecordsPerBatch)
         let lossItems = try f.optionalArray("losses", maxCount: ProtocolLimits.maxLossesPerBatch) ?? []
-        let replay = try f.optionalString("replay", maxBytes: ProtocolLimits.maxRequestIDBytes)
+        let replay = try f.has("replay") ? f.requestID("replay") : nil
         try f.finish()
 
         var records: [LogRecord] = []
@@ -253,7 +261,7 @@ public enum SyncCodec {
             guard let reason = LossReason(rawValue: reasonText) else {
                 throw SyncDecodingError(.invalidMessage, "losses[\(k)].reason \(reasonText.debugDescription) is not one of \(LossReason.allCases.map(\.rawValue))")
             }
-            let at = try lf.integer("at")
+            let at = try lf.timestamp("at")
             let detail = try lf.optionalString("detail", maxBytes: ProtocolLimits.maxTextBytes) ?? ""
             try lf.finish()
             losses.append(LossMarker(range: SequenceRange(checked: lo, hi), reason: reason, recordedAtUnixMilliseconds: at, detail: detail))
@@ -290,11 +298,14 @@ public enum SyncCodec {
         return out + "…"
     }
 
+    /// A record's JSON text, truncated to `ProtocolLimits.maxTextBytes` (for rejected records).
+    public static func excerpt(of r: LogRecord) -> String { truncate(describeFull(json(r))) }
+
     static func describeFull(_ v: JSONValue) -> String { String(decoding: JSONWriter.encode(v), as: UTF8.self) }
 
     /// The content of one record after its `seq`; errors here reject only this record.
     static func record(_ rf: inout Fields, sequence: SequenceNumber) throws(SyncDecodingError) -> LogRecord {
-        let ts = try rf.integer("ts")
+        let ts = try rf.timestamp("ts")
         let unsync = try rf.optionalBool("unsync") ?? false
         guard let valuesJSON = rf.take("values") else { throw rf.missing("values") }
         guard case .object(let members) = valuesJSON else {
@@ -383,7 +394,7 @@ public enum SyncCodec {
         let head = try f.has("head") ? f.sequence("head", allowZero: true) : nil
         let acked = try f.has("acked") ? f.sequence("acked", allowZero: true) : nil
         let backlog = try f.has("backlog") ? f.integer("backlog") : nil
-        let at = try f.has("at") ? f.integer("at") : nil
+        let at = try f.has("at") ? f.timestamp("at") : nil
         let measuring = try f.optionalBool("measuring")
         try f.finish()
         if let head, let acked, acked > head {
@@ -399,8 +410,8 @@ public enum SyncCodec {
     /// Decodes a command response.
     public static func decodeCommandResponse(_ bytes: [UInt8], maxBytes: Int = 65_536) throws(SyncDecodingError) -> CommandResponse {
         var f = try envelope(bytes, maxBytes: maxBytes, type: nil)
-        let command = try f.string("command", maxBytes: 64)
-        let id = try f.optionalString("id", maxBytes: ProtocolLimits.maxRequestIDBytes)
+        let command = try f.string("command", maxBytes: ProtocolLimits.maxCommandNameBytes)
+        let id = try f.has("id") ? f.requestID("id") : nil
         let ok = try f.bool("ok")
         var code: CommandErrorCode?
         if let e = try f.optionalString("error", maxBytes: 32) {
@@ -442,8 +453,7 @@ public enum SyncCodec {
         // Read the id first so every later error can carry it.
         var id: String?
         if let idValue = f.take("id") {
-            guard case .string(let s) = idValue, !s.isEmpty, s.utf8.count <= ProtocolLimits.maxRequestIDBytes,
-                  s.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else {
+            guard case .string(let s) = idValue, ProtocolLimits.isValidRequestID(s) else {
                 throw fail(.malformed, "\"id\" must be 1…\(ProtocolLimits.maxRequestIDBytes) printable ASCII characters")
             }
             id = s
@@ -594,6 +604,24 @@ struct Fields {
         guard let v = take(key) else { throw missing(key) }
         guard case .integer(let i) = v else { throw SyncDecodingError(.invalidMessage, "\(path)\(key) must be an integer, got \(SyncCodec.describe(v))") }
         return i
+    }
+
+    /// A timestamp (ms since 1970, device wall clock) within `ProtocolLimits.timestampRange` (spec §3.1).
+    mutating func timestamp(_ key: String) throws(SyncDecodingError) -> Int64 {
+        guard let v = take(key) else { throw missing(key) }
+        guard case .integer(let i) = v, ProtocolLimits.timestampRange.contains(i) else {
+            throw SyncDecodingError(.invalidMessage, "\(path)\(key) must be an integer timestamp in ms within \(ProtocolLimits.timestampRange.lowerBound)…\(ProtocolLimits.timestampRange.upperBound), got \(SyncCodec.describe(v))")
+        }
+        return i
+    }
+
+    /// A request id: 1…`maxRequestIDBytes` printable ASCII characters without space (spec §3.1).
+    mutating func requestID(_ key: String) throws(SyncDecodingError) -> String {
+        guard let v = take(key) else { throw missing(key) }
+        guard case .string(let s) = v, ProtocolLimits.isValidRequestID(s) else {
+            throw SyncDecodingError(.invalidMessage, "\(path)\(key) must be 1…\(ProtocolLimits.maxRequestIDBytes) printable ASCII characters without space, got \(SyncCodec.describe(v))")
+        }
+        return s
     }
 
     static func sequenceValue(_ v: JSONValue, path: String, allowZero: Bool) throws(SyncDecodingError) -> SequenceNumber {
