@@ -25,10 +25,12 @@
 //   the gap minus the time the process was down); gaps of a device with the `stop` quota
 //   policy are exempt (a full log refuses appends by design); the rest are continuity gaps,
 //   whose goal is at most 2 intervals. Pairs after the lab stopped measurement are ignored.
-//   A continuity gap during which no other device of the fleet appended either is a stall
-//   of the whole machine (every device is a separate process; on a shared 2-core machine
-//   the scheduler or the disk stops them all at once), reported apart from the longest gap
-//   in which the device stalled alone — the one its own code answers for.
+//   A continuity gap during which no other running device of the fleet kept its pace (each
+//   had a gap of more than 2 intervals inside it too) is a stall of the whole machine
+//   (every device is a separate process; on a shared 2-core machine the scheduler or the
+//   disk stops them all at once), reported apart from the longest gap in which the device
+//   stalled alone — while another device kept appending every interval or two — the one its
+//   own code answers for.
 import Foundation
 
 /// Which devices a fault cuts off from the backend.
@@ -133,9 +135,9 @@ public struct ContinuityTracker: Sendable {
         public var gapMaxMs = 0.0
         /// Wall time (ms) of the record that ended it.
         public var gapMaxAtMs = 0.0
-        /// Longest such gap while some other device kept appending (goal: ≤ 2 intervals).
+        /// Longest such gap while another device kept its pace (goal: ≤ 2 intervals).
         public var ownGapMaxMs = 0.0
-        /// Longest such gap while every other device stalled too (the machine stalled).
+        /// Longest such gap while every other running device stalled too (the machine stalled).
         public var sharedGapMaxMs = 0.0
         /// Longest restart: a gap across a kill or pause minus the time the process was down.
         public var restartMaxMs = 0.0
@@ -238,14 +240,26 @@ public struct ContinuityTracker: Sendable {
         var f = tr.figures
         let others = tracks.filter { $0.key != device }.map(\.value.appendsMs)
         for g in tr.longGaps {
-            // Strictly inside the gap, half an interval from either end.
-            let lo = g.startMs + intervalMs / 2, hi = g.endMs - intervalMs / 2
-            let someoneAppended = others.contains { times in
-                let k = Self.firstIndex(in: times, notBelow: lo)
-                return k < times.count && times[k] < hi
+            // Another device ran through the gap (appended before and after it); it kept its
+            // pace if no two of its appends inside the gap (with the gap's ends) are more than
+            // 2 intervals apart.
+            var running = 0, steady = 0
+            for times in others {
+                let first = Self.firstIndex(in: times, notBelow: g.startMs)
+                guard first > 0, let last = times.last, last >= g.endMs else { continue }
+                running += 1
+                var previous = g.startMs, widest = 0.0, k = first
+                while k < times.count, times[k] < g.endMs {
+                    widest = max(widest, times[k] - previous)
+                    previous = times[k]
+                    k += 1
+                }
+                widest = max(widest, g.endMs - previous)
+                if widest <= 2 * intervalMs { steady += 1 }
             }
             let gap = g.endMs - g.startMs
-            if someoneAppended { f.ownGapMaxMs = max(f.ownGapMaxMs, gap) } else { f.sharedGapMaxMs = max(f.sharedGapMaxMs, gap) }
+            // Without another running device there is no evidence of a machine stall.
+            if steady > 0 || running == 0 { f.ownGapMaxMs = max(f.ownGapMaxMs, gap) } else { f.sharedGapMaxMs = max(f.sharedGapMaxMs, gap) }
         }
         return f
     }

@@ -66,19 +66,19 @@ final class RecoveryFiguresTests: XCTestCase {
 
     func testAStallOfTheWholeFleetIsToldApartFromADeviceStallingAlone() {
         var c = ContinuityTracker()
-        // Device 0: a 400 ms gap at 1000…1400 while device 1 went on; both stop at 2000…2600.
-        let zero: [(seq: UInt64, tsMs: Int64)] = [(1, 950), (2, 1000), (3, 1400), (4, 1450), (5, 2000), (6, 2600)]
+        // Device 0: a 400 ms gap at 1000…1400 while device 1 went on; then both stall, staggered.
+        let zero: [(seq: UInt64, tsMs: Int64)] = [(1, 950), (2, 1000), (3, 1400), (4, 1450), (5, 2000), (6, 2600), (7, 2650)]
         let one: [(seq: UInt64, tsMs: Int64)] = [(1, 960), (2, 1010), (3, 1060), (4, 1110), (5, 1160), (6, 1210), (7, 1260),
                                                  (8, 1310), (9, 1360), (10, 2010), (11, 2610)]
         c.records(device: 0, zero, windowStartMs: 900, windowEndMs: 2700)
         c.records(device: 1, one, windowStartMs: 900, windowEndMs: 2700)
         let f0 = c.figures(device: 0), f1 = c.figures(device: 1)
         XCTAssertEqual(f0.gapMaxMs, 600)
-        XCTAssertEqual(f0.ownGapMaxMs, 400, "device 1 appended meanwhile")
+        XCTAssertEqual(f0.ownGapMaxMs, 400, "device 1 kept its 50 ms pace meanwhile")
         XCTAssertEqual(f0.sharedGapMaxMs, 600)
-        XCTAssertEqual(f1.ownGapMaxMs, 650, "device 0 appended at 1400 and 1450 inside 1360…2010")
         XCTAssertEqual(f1.gapMaxMs, 650)
-        XCTAssertEqual(f1.sharedGapMaxMs, 600)
+        XCTAssertEqual(f1.ownGapMaxMs, 50)
+        XCTAssertEqual(f1.sharedGapMaxMs, 650, "device 0 stalled 1450…2000, inside 1360…2010, too")
     }
 
     func testClockJumpsAreTakenOutOfTheDeviceTimestamps() {
