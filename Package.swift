@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 // Fieldlog: an offline-first, sequence-numbered replicated log for sensor fleets.
 //
 // Map of the tree:
@@ -19,7 +19,7 @@ let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 let package = Package(
     name: "fieldlog",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],  // v15: Synchronization.Mutex
     products: [
         .executable(name: "fieldlog-device", targets: ["DeviceNode"]),
         .executable(name: "fieldlog-backend", targets: ["BackendNode"]),
@@ -34,7 +34,10 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // No default traits: FullFoundation would link full Foundation and its ICU data (~45 MB)
+        // into fieldlog-device, ConfigurationSupport swift-configuration (which imports
+        // Foundation); neither is used (docs/device.md, "Binary size").
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
@@ -51,9 +54,9 @@ let package = Package(
 
         // Wrappers
         .target(name: "Redis", dependencies: ["FieldlogCore", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "MQTT", dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MQTT", dependencies: ["CMosquitto", "FieldlogCore", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MariaDB", dependencies: ["FieldlogCore", "CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "GPIO", dependencies: ["CGPIOD"], swiftSettings: strict),
+        .target(name: "GPIO", dependencies: ["CGPIOD", "FieldlogCore"], swiftSettings: strict),
 
         // Product libraries
         .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
@@ -101,7 +104,7 @@ let package = Package(
         // Benchmarks (not tests): `fieldlog-bench <name>`
         .executableTarget(
             name: "Bench",
-            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Processes",
+            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Processes", "CMosquitto", "CMariaDB",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),

@@ -59,13 +59,24 @@ extension FieldlogBackend {
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create or upgrade the MariaDB schema (re-running is a no-op).")
         @OptionGroup var common: CommonOptions
+        @Flag(help: "Do the long part of the next upgrade (moving data) while ingest of the previous version keeps running; then stop ingest and run `migrate`.")
+        var prepare = false
 
         func run() async throws {
             let logger = try common.bootstrapLogging()
-            let config = try common.load()
-            let connection = try await connectFirst(config.database, logger: logger)
+            var settings = try common.load().database
+            // Moving data (schema 7) runs statements over whole tables: far longer than the
+            // ingest's 30 s read timeout allows.
+            settings.readTimeout = .seconds(3_600)
+            let connection = try await connectFirst(settings, logger: logger)
             defer { Task { await connection.close() } }
-            let applied = try await Migrator(connection: connection).migrate()
+            if prepare {
+                let prepared = try await Migrator(connection: connection, logger: logger).prepare()
+                print(prepared.isEmpty ? "nothing to prepare (schema \(try await Migrator(connection: connection).currentVersion()))"
+                                       : "prepared migration(s) \(prepared.map(String.init).joined(separator: ", ")); stop ingest, then run `fieldlog-backend migrate`")
+                return
+            }
+            let applied = try await Migrator(connection: connection, logger: logger).migrate()
             if applied.isEmpty {
                 print("schema is up to date (version \(Schema.latestVersion))")
             } else {

@@ -2,10 +2,15 @@
 //
 // Every metric is made with an explicit factory over the instance's own registry (not the
 // process-wide MetricsSystem), so each ingest service, and each test, counts on its own.
+// That factory (`DocumentedMetricsFactory`) gives every family its `# HELP` line from
+// `BackendMetrics.help`: `promtool check metrics` finds nothing to complain about, and a
+// metric name without a help text is a programming error caught by the first test that
+// makes it.
 import FieldlogCore
 import Foundation
 import Hummingbird
 import Logging
+import CoreMetrics
 import Metrics
 import Prometheus
 import Sync
@@ -13,7 +18,32 @@ import Sync
 /// The counters, gauges and timers of ingest. Names are the Prometheus names.
 final class BackendMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
-    private let factory: PrometheusMetricsFactory
+    private let factory: DocumentedMetricsFactory
+
+    /// The `# HELP` text of every family; `DocumentedMetricsFactory` refuses a name not here.
+    static let help: [String: String] = [
+        "fieldlog_rows_inserted_total": "Readings inserted into MariaDB (new rows, duplicates not counted).",
+        "fieldlog_duplicates_absorbed_total": "Readings received again and absorbed by the idempotent insert.",
+        "fieldlog_acks_sent_total": "Acks published to devices after COMMIT.",
+        "fieldlog_ack_publish_failures_total": "Acks that could not be published (the device resends; the duplicate is absorbed).",
+        "fieldlog_deadlock_retries_total": "Transactions retried after a deadlock or Galera certification conflict.",
+        "fieldlog_database_reconnects_total": "Connections to MariaDB made again after a failure.",
+        "fieldlog_messages_dropped_unacked_total": "Messages not taken, unacknowledged, by reason (device-share, queue-full); the device resends them.",
+        "fieldlog_legacy_rows_inserted_total": "Seed-format readings inserted (legacy values topic).",
+        "fieldlog_legacy_duplicates_absorbed_total": "Seed-format readings received again and absorbed.",
+        "fieldlog_commit_seconds": "Time to commit one transaction of batches.",
+        "fieldlog_batches_per_transaction": "Batches committed per transaction.",
+        "fieldlog_ingest_queue_depth": "Messages waiting in the ingest queue.",
+        "fieldlog_ingest_queue_bytes": "Bytes of the messages waiting in the ingest queue.",
+        "fieldlog_ingest_reading_paused": "1 while the process stops reading from the broker because its queue is full (backpressure).",
+        "fieldlog_transaction_retries_total": "Transactions tried again after a database error that may pass (see docs/backend.md).",
+        "fieldlog_transactions_isolated_total": "Transactions split until the message the database refused was alone.",
+        "fieldlog_messages_abandoned_total": "Messages that could be neither stored nor kept as a dead letter (logged).",
+        "fieldlog_messages_received_total": "Messages received, by kind (batch, status, response, legacy, invalid).",
+        "fieldlog_dead_letters_total": "Messages or records kept aside instead of stored, by reason.",
+        "fieldlog_device_lag_records": "Highest sequence number received from the device minus its acked-through pointer.",
+        "fieldlog_device_delay_seconds": "Receive time minus the device time of the newest record received.",
+    ]
 
     let rowsInserted: Metrics.Counter
     let duplicates: Metrics.Counter
@@ -34,7 +64,7 @@ final class BackendMetrics: Sendable {
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
-        var f = PrometheusMetricsFactory(registry: registry)
+        var f = DocumentedMetricsFactory(registry: registry, help: Self.help)
         f.durationHistogramBuckets["fieldlog_commit_seconds"] = [
             .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
             .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
@@ -84,6 +114,69 @@ final class BackendMetrics: Sendable {
     }
 
     func text() -> String { registry.emitToString() }
+}
+
+/// A swift-metrics factory over one Prometheus registry that gives every family its help text
+/// (swift-prometheus' own `PrometheusMetricsFactory` registers families without one).
+struct DocumentedMetricsFactory: CoreMetrics.MetricsFactory {
+    let registry: PrometheusCollectorRegistry
+    let help: [String: String]
+    var durationHistogramBuckets: [String: [Duration]] = [:]
+    var valueHistogramBuckets: [String: [Double]] = [:]
+
+    init(registry: PrometheusCollectorRegistry, help: [String: String]) {
+        self.registry = registry
+        self.help = help
+    }
+
+    private func d(_ name: String) -> MetricNameDescriptor {
+        guard let h = help[name] else { preconditionFailure("metric \(name) has no help text in BackendMetrics.help") }
+        return MetricNameDescriptor(metricName: name, unitName: "", helpText: h)
+    }
+
+    func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
+        registry.makeCounter(descriptor: d(label), labels: dimensions)
+    }
+
+    func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
+        registry.makeCounter(descriptor: d(label), labels: dimensions)
+    }
+
+    func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
+        guard aggregate else { return registry.makeGauge(descriptor: d(label), labels: dimensions) }
+        guard let buckets = valueHistogramBuckets[label] else { preconditionFailure("histogram \(label) has no buckets") }
+        return registry.makeValueHistogram(descriptor: d(label), labels: dimensions, buckets: buckets)
+    }
+
+    func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
+        registry.makeGauge(descriptor: d(label), labels: dimensions)
+    }
+
+    func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
+        guard let buckets = durationHistogramBuckets[label] else { preconditionFailure("timer \(label) has no buckets") }
+        return registry.makeDurationHistogram(descriptor: d(label), labels: dimensions, buckets: buckets)
+    }
+
+    func destroyCounter(_ handler: any CounterHandler) {
+        if let c = handler as? Prometheus.Counter { registry.unregisterCounter(c) }
+    }
+
+    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) {
+        if let c = handler as? Prometheus.Counter { registry.unregisterCounter(c) }
+    }
+
+    func destroyRecorder(_ handler: any RecorderHandler) {
+        if let g = handler as? Prometheus.Gauge { registry.unregisterGauge(g) }
+        if let h = handler as? ValueHistogram { registry.unregisterValueHistogram(h) }
+    }
+
+    func destroyMeter(_ handler: any MeterHandler) {
+        if let g = handler as? Prometheus.Gauge { registry.unregisterGauge(g) }
+    }
+
+    func destroyTimer(_ handler: any TimerHandler) {
+        if let h = handler as? DurationHistogram { registry.unregisterDurationHistogram(h) }
+    }
 }
 
 /// The HTTP endpoint: `GET /metrics` (Prometheus text), `GET /health` ("ok").

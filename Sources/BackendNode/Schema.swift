@@ -13,6 +13,7 @@
 // a counter. See Coverage.swift and docs/backend.md.
 import FieldlogCore
 import Foundation
+import Logging
 import MariaDB
 
 /// One schema change, applied once per database.
@@ -20,6 +21,13 @@ struct Migration: Sendable {
     var version: Int
     var name: String
     var statements: [String]
+    /// Work on the data between `statements` and `finally` (may take long; repeatable).
+    var data: (@Sendable (MariaDBConnection, Logger) async throws -> Void)? = nil
+    /// The short switch-over after the data step (run by `migrate`, never by `migrate --prepare`).
+    var switchOver: (@Sendable (MariaDBConnection, Logger) async throws -> Void)? = nil
+    /// Whether `migrate --prepare` may run `statements` and `data` ahead of the switch-over,
+    /// while ingest processes of the previous version keep writing.
+    var preparable: Bool { data != nil }
 }
 
 /// The schema this program knows.
@@ -228,12 +236,64 @@ enum Schema {
             """,
             "ALTER TABLE commands ADD COLUMN IF NOT EXISTS sent_by VARCHAR(64) NULL",
         ]),
+        // Web admin roles (viewer reads, operator also sends commands, admin also manages users),
+        // disabled users, and the activity trail: who sent which command, who changed which user.
+        // Users from version 3 become operators: exactly what they could do before.
+        Migration(version: 4, name: "web admin: user roles, disabled users, activity trail", statements: [
+            "ALTER TABLE web_users ADD COLUMN IF NOT EXISTS role ENUM('viewer','operator','admin') NOT NULL DEFAULT 'operator'",
+            "ALTER TABLE web_users ADD COLUMN IF NOT EXISTS disabled_at DATETIME(3) NULL",
+            """
+            CREATE TABLE IF NOT EXISTS web_activity (
+              id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+              at DATETIME(3) NOT NULL,
+              actor VARCHAR(80) NOT NULL,
+              action VARCHAR(32) CHARACTER SET ascii NOT NULL,
+              target VARCHAR(128) NOT NULL,
+              detail VARCHAR(1024) NOT NULL,
+              request_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL,
+              KEY web_activity_by_time (at),
+              KEY web_activity_by_target (target, at)
+            ) ENGINE=InnoDB
+            """,
+        ]),
         // Ingest hardening: every ingest process takes every seed message (a persistent,
         // non-shared subscription); a dead letter they all write is kept once (spec §6.3).
         Migration(version: 5, name: "dead_letters.dedup_key: one dead letter for a message every ingest process receives", statements: [
             "ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS dedup_key BINARY(16) NULL",
             "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_dedup ON dead_letters (dedup_key)",
         ]),
+        // Data budget (issue 19): each device's MQTT bytes per UTC day, from its status messages
+        // (spec §3.4). A device's count starts again at 0 after a restart, so a day keeps the
+        // larger figure of each direction.
+        Migration(version: 6, name: "device_data_usage: MQTT bytes per device and day", statements: [
+            """
+            CREATE TABLE IF NOT EXISTS device_data_usage (
+              device_id \(deviceColumn),
+              day DATE NOT NULL,
+              sent_bytes BIGINT UNSIGNED NOT NULL,
+              received_bytes BIGINT UNSIGNED NOT NULL,
+              updated_at DATETIME(3) NOT NULL,
+              PRIMARY KEY (device_id, day)
+            ) ENGINE=InnoDB
+            """,
+        ]),
+        // Issue 17: one row per reading. A reading's values move into `readings.vals` (a JSON
+        // array); `reading_values` becomes a view over it with the same columns, so queries keep
+        // working; `device_sensors` lists each device's sensors without scanning its readings.
+        // Upgrading a database with data: `migrate --prepare` (ingest keeps running) adds the
+        // column and fills it; `migrate` (ingest stopped) fills what was written since and
+        // switches the table for the view (docs/operating-backend.md, "Upgrading to schema 7").
+        Migration(version: 7, name: "readings.vals: one row per reading; reading_values a view; device_sensors", statements: [
+            "ALTER TABLE readings ADD COLUMN IF NOT EXISTS vals MEDIUMTEXT NULL",
+            """
+            CREATE TABLE IF NOT EXISTS device_sensors (
+              device_id \(deviceColumn),
+              sensor \(sensorColumn),
+              PRIMARY KEY (device_id, sensor)
+            ) ENGINE=InnoDB
+            """,
+        ], data: { connection, logger in try await ReadingValuesMove(connection: connection, logger: logger).run() },
+        switchOver: { connection, logger in try await ReadingValuesMove(connection: connection, logger: logger).switchOver() }),
     ]
 
     static var latestVersion: Int { migrations.last!.version }
@@ -247,6 +307,7 @@ struct SchemaError: Error, CustomStringConvertible {
 /// Applies the migrations.
 struct Migrator {
     var connection: MariaDBConnection
+    var logger: Logger = Logger(label: "fieldlog.migrate")
 
     static let createVersionTable = """
         CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -275,6 +336,48 @@ struct Migrator {
             for statement in migration.statements {
                 try await connection.query(statement)
             }
+            try await migration.data?(connection, logger)
+            try await migration.switchOver?(connection, logger)
+            try await connection.execute("INSERT IGNORE INTO schema_migrations (version, name) VALUES (?, ?)",
+                                         [.int(Int64(migration.version)), .string(migration.name)])
+            applied.append(migration.version)
+        }
+        return applied
+    }
+
+    /// `migrate --prepare`: the long, repeatable part of the next pending migrations that allow
+    /// it (their statements and data steps, not their switch-over and not their version row),
+    /// while ingest processes of the previous version keep running. Applies the migrations
+    /// before them as `migrate` would. Returns what it prepared.
+    @discardableResult
+    func prepare() async throws -> [Int] {
+        let current = try await currentVersion()
+        guard current <= Schema.latestVersion else {
+            throw SchemaError(description: "the database schema is at version \(current), newer than this fieldlog-backend knows (\(Schema.latestVersion))")
+        }
+        var prepared: [Int] = []
+        for migration in Schema.migrations where migration.version > current {
+            guard migration.preparable else {
+                guard prepared.isEmpty else { break }
+                try await Migrator(connection: connection, logger: logger).migrate(upTo: migration.version)
+                continue
+            }
+            for statement in migration.statements { try await connection.query(statement) }
+            try await migration.data?(connection, logger)
+            prepared.append(migration.version)
+        }
+        return prepared
+    }
+
+    /// Applies the pending migrations up to `version` (tests that build an older schema).
+    @discardableResult
+    func migrate(upTo version: Int) async throws -> [Int] {
+        let current = try await currentVersion()
+        var applied: [Int] = []
+        for migration in Schema.migrations where migration.version > current && migration.version <= version {
+            for statement in migration.statements { try await connection.query(statement) }
+            try await migration.data?(connection, logger)
+            try await migration.switchOver?(connection, logger)
             try await connection.execute("INSERT IGNORE INTO schema_migrations (version, name) VALUES (?, ?)",
                                          [.int(Int64(migration.version)), .string(migration.name)])
             applied.append(migration.version)
@@ -291,5 +394,80 @@ struct Migrator {
         if current > Schema.latestVersion {
             throw SchemaError(description: "the database schema is at version \(current), newer than this fieldlog-backend knows (\(Schema.latestVersion)); upgrade fieldlog-backend")
         }
+    }
+}
+
+/// Schema 7's data step: every reading's values from the `reading_values` table into
+/// `readings.vals`, and every device's sensors into `device_sensors`. Walks each (device,
+/// epoch) in windows of sequence numbers, one short statement per window (no long lock, no
+/// long transaction: ingest processes of the previous version keep writing meanwhile), and
+/// only fills rows still without `vals`, so running it again finishes what was written since.
+struct ReadingValuesMove {
+    var connection: MariaDBConnection
+    var logger: Logger
+    var window: UInt64 = 20_000
+
+    func run() async throws {
+        // Nothing to move when `reading_values` is already the view (a fresh database made by
+        // this version has the view from the start: no base table to read from).
+        let kind = try await connection.query("""
+            SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'reading_values'
+            """).rows.first?.first?.string
+        guard kind == "BASE TABLE" else { return }
+        try await connection.query("INSERT IGNORE INTO device_sensors (device_id, sensor) SELECT DISTINCT device_id, sensor FROM reading_values")
+        let logs = try await connection.query("SELECT device_id, epoch, MIN(seq), MAX(seq) FROM readings GROUP BY device_id, epoch").rows
+        let start = ContinuousClock.now
+        var filled: UInt64 = 0
+        for log in logs {
+            guard let device = log[0].string, let epoch = log[1].uint64, let low = log[2].uint64, let high = log[3].uint64 else { continue }
+            var first = low
+            while first <= high {
+                let last = min(high, first + window - 1)
+                let result = try await connection.execute("""
+                    UPDATE readings r SET r.vals = COALESCE((
+                        SELECT CONCAT('[', GROUP_CONCAT(IF(v.num_value IS NOT NULL, JSON_OBJECT('s', v.sensor, 'n', v.num_value),
+                                                               JSON_OBJECT('s', v.sensor, 't', v.text_value)) ORDER BY v.sensor SEPARATOR ','), ']')
+                          FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq), '[]')
+                     WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals IS NULL
+                    """, [.string(device), .uint(epoch), .uint(first), .uint(last)])
+                filled += result.affectedRows
+                if last == high { break }
+                first = last + 1
+            }
+        }
+        logger.info("schema 7: \(filled) readings got their values in \(ContinuousClock.now - start)")
+    }
+
+    /// The view that replaces the table: the same columns, read from `readings.vals`.
+    static let view = """
+        CREATE OR REPLACE VIEW reading_values AS
+          SELECT r.device_id, r.epoch, r.seq, j.sensor, r.device_time, j.num_value, j.text_value
+            FROM readings r,
+                 JSON_TABLE(r.vals, '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$.s',
+                                                    num_value DOUBLE PATH '$.n',
+                                                    text_value VARCHAR(256) PATH '$.t')) j
+        """
+
+    /// With ingest stopped, after `run` filled what was written since `--prepare` (or
+    /// everything): check nothing is missing, then put the view in the table's place. The table is kept as `reading_values_v6` when it held rows (drop it
+    /// once satisfied: docs/operating-backend.md); an empty one (a new database) is dropped.
+    func switchOver() async throws {
+        let start = ContinuousClock.now
+        let kind = try await connection.query("""
+            SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'reading_values'
+            """).rows.first?.first?.string
+        if kind == "BASE TABLE" {
+            // Every reading has its values now: a row of the old table without its JSON item would be a loss.
+            let missing = try await connection.query("SELECT COUNT(*) FROM readings WHERE vals IS NULL").rows.first?.first?.int64 ?? 0
+            guard missing == 0 else { throw SchemaError(description: "schema 7: \(missing) readings still have no values; run `fieldlog-backend migrate` again") }
+            let old = try await connection.query("SELECT COUNT(*) FROM reading_values").rows.first?.first?.int64 ?? 0
+            let moved = try await connection.query("SELECT COALESCE(SUM(JSON_LENGTH(vals)), 0) FROM readings").rows.first?.first?.int64 ?? 0
+            guard old == moved else { throw SchemaError(description: "schema 7: reading_values holds \(old) values, readings.vals \(moved); nothing switched") }
+            try await connection.query(old == 0 ? "DROP TABLE reading_values" : "RENAME TABLE reading_values TO reading_values_v6")
+        }
+        try await connection.query(Self.view)
+        // sensor_values (schema 2) reads reading_values by name: create it again over the view.
+        try await connection.query(Schema.migrations.first { $0.version == 2 }!.statements[0])
+        logger.info("schema 7: switched to one row per reading in \(ContinuousClock.now - start)")
     }
 }

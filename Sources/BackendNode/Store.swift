@@ -76,11 +76,10 @@ final class Store: Sendable {
         }
         let epochs = rows.epochs.map { [.string($0.device), .uint($0.epoch), now] as [MariaDBValue] }
         let readings = rows.readings.map { r -> [MariaDBValue] in
-            [.string(r.device), .uint(r.epoch), .uint(r.seq), .int(r.deviceMs), time(r.deviceTime), .int(r.unsynchronized ? 1 : 0), now, text(r.missingSensors)]
+            [.string(r.device), .uint(r.epoch), .uint(r.seq), .int(r.deviceMs), time(r.deviceTime), .int(r.unsynchronized ? 1 : 0), now,
+             text(r.missingSensors), .string(r.vals)]
         }
-        let values = rows.values.map { v -> [MariaDBValue] in
-            [.string(v.device), .uint(v.epoch), .uint(v.seq), .string(v.sensor), time(v.deviceTime), number(v.number), text(v.text)]
-        }
+        let sensors = rows.sensors.map { [.string($0.device), .string($0.sensor)] as [MariaDBValue] }
         let losses = rows.losses.map { l -> [MariaDBValue] in
             [.string(l.device), .uint(l.epoch), .uint(l.first), .uint(l.last), .string(l.reason), .string(l.detail), .int(l.recordedMs), now]
         }
@@ -106,7 +105,7 @@ final class Store: Sendable {
             if !devices.isEmpty || !statusDevices.isEmpty { try s.insert(.devices, devices + statusDevices) }
             if !epochs.isEmpty { try s.insert(.epochs, epochs) }
             let inserted = try s.insert(.readings, readings).inserted
-            try s.insert(.readingValues, values)
+            try s.insert(.deviceSensors, sensors)
             try s.insert(.lossRanges, losses)
             try s.insert(.deadLetters, plainLetters)
             try s.insert(.seedDeadLetters, seedLetters)
@@ -126,6 +125,13 @@ final class Store: Sendable {
                         INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head, reported_at) VALUES (?, ?, ?, ?, ?)
                         ON DUPLICATE KEY UPDATE reported_head = GREATEST(reported_head, VALUES(reported_head)), reported_at = VALUES(reported_at)
                         """, [d, .uint(epoch), now, .uint(head), now])
+                }
+                if let u = st.dataUsage {
+                    try s.execute("""
+                        INSERT INTO device_data_usage (device_id, day, sent_bytes, received_bytes, updated_at) VALUES (?, ?, ?, ?, ?)
+                        ON DUPLICATE KEY UPDATE sent_bytes = GREATEST(sent_bytes, VALUES(sent_bytes)),
+                          received_bytes = GREATEST(received_bytes, VALUES(received_bytes)), updated_at = VALUES(updated_at)
+                        """, [d, .string(u.dayText), .int(u.sentBytes), .int(u.receivedBytes), now])
                 }
             }
             for r in responses {
@@ -284,9 +290,8 @@ struct CheckedTable: Sendable {
                                       key: ["device_id"])
     static let epochs = CheckedTable(name: "epochs", columns: ["device_id", "epoch", "first_seen_at"], key: ["device_id", "epoch"])
     static let readings = CheckedTable(name: "readings", columns: ["device_id", "epoch", "seq", "device_ms", "device_time", "clock_unsynchronized",
-                                                                   "received_at", "missing_sensors"], key: ["device_id", "epoch", "seq"])
-    static let readingValues = CheckedTable(name: "reading_values", columns: ["device_id", "epoch", "seq", "sensor", "device_time", "num_value", "text_value"],
-                                            key: ["device_id", "epoch", "seq", "sensor"])
+                                                                   "received_at", "missing_sensors", "vals"], key: ["device_id", "epoch", "seq"])
+    static let deviceSensors = CheckedTable(name: "device_sensors", columns: ["device_id", "sensor"], key: ["device_id", "sensor"])
     static let lossRanges = CheckedTable(name: "loss_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "reason", "detail",
                                                                         "device_recorded_ms", "received_at"], key: ["device_id", "epoch", "first_seq", "last_seq"])
     /// Rejected records are unique per (device, epoch, seq); other dead letters (NULL seq) all go in.

@@ -1,4 +1,4 @@
-// `fieldlog-backend web` (the web admin), `fieldlog-backend user add` (its users).
+// `fieldlog-backend web` (the web admin), `fieldlog-backend user …` (its users).
 import ArgumentParser
 import FieldlogCore
 import Foundation
@@ -36,42 +36,194 @@ extension FieldlogBackend {
     }
 
     struct User: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Manage the users of the web admin.", subcommands: [Add.self])
+        static let configuration = CommandConfiguration(
+            abstract: "Manage the users of the web admin: roles viewer (reads), operator (also sends commands), admin (also manages users).",
+            discussion: "Every change ends that user's sessions and is recorded in the activity trail as done by cli:<your login name>.",
+            subcommands: [List.self, Add.self, Passwd.self, Role.self, Disable.self, Enable.self, Remove.self, Signout.self])
 
-        struct Add: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(
-                abstract: "Create a web admin user, or set a new password for an existing one. The password is read from the terminal (asked twice) or, when stdin is not a terminal, from its first line.")
-            @OptionGroup var common: CommonOptions
-            @Argument(help: "User name: 1…64 characters A–Z a–z 0–9 . _ - @.") var name: String
+        /// The user store of the configured database (schema checked), closed by `close`.
+        struct Context {
+            let directory: UserDirectory
+            let database: DatabaseClient
 
-            func run() async throws {
+            static func open(_ common: CommonOptions) async throws -> Context {
                 let logger = try common.bootstrapLogging()
                 let config = try common.load()
-                if let problem = Passwords.checkUserName(name) { throw ValidationError("invalid user name \(name.debugDescription): \(problem)") }
-                let password = try readPassword()
-                if let problem = Passwords.check(password) { throw ValidationError(problem) }
                 let settings = try WebSettings.load(host: nil, port: nil, insecureCookies: false)
                 let database = DatabaseClient(settings: config.database, logger: logger)
                 let store = try await database.store()
                 try await Migrator(connection: store.connection).requireCurrent()
-                let hash = await Passwords.hash(password, cost: settings.bcryptCost)
-                let created = try await WebStore(database: database, settings: settings, logger: logger).addUser(name: name, passwordHash: hash)
-                await database.close()
-                print(created ? "user \(name) created" : "password of user \(name) changed")
+                return Context(directory: UserDirectory(store: WebStore(database: database, settings: settings, logger: logger)), database: database)
             }
 
-            func readPassword() throws -> String {
-                if isatty(STDIN_FILENO) == 1 {
-                    let first = String(cString: getpass("Password for \(name): "))
-                    let second = String(cString: getpass("Again: "))
-                    guard first == second else { throw ValidationError("the two passwords differ") }
-                    return first
+            /// Runs `body`, closes the database, and turns a refused change into a plain error message.
+            func run(_ body: (UserDirectory) async throws -> String) async throws {
+                do {
+                    let message = try await body(directory)
+                    await database.close()
+                    print(message)
+                } catch let e as UserChangeError {
+                    await database.close()
+                    throw ValidationError(e.description)
                 }
-                guard let line = Swift.readLine(strippingNewline: true) else { throw ValidationError("no password on stdin") }
-                return line
+            }
+        }
+
+        struct Name: ParsableArguments {
+            @Argument(help: "User name: 1…64 characters A–Z a–z 0–9 . _ - @.") var name: String
+        }
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List the users with their role, state and live sessions.")
+            @OptionGroup var common: CommonOptions
+            @Flag(help: "Print JSON instead of a table.") var json = false
+
+            func run() async throws {
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    let users = try await d.store.users()
+                    if json {
+                        let encoder = JSONEncoder()
+                        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                        return String(decoding: try encoder.encode(users), as: UTF8.self)
+                    }
+                    guard !users.isEmpty else { return "no users yet; add one with: fieldlog-backend user add NAME --role admin" }
+                    let width = max(4, users.map(\.name.count).max() ?? 4)
+                    func pad(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(0, n - s.count)) }
+                    var lines = [pad("USER", width) + "  ROLE      STATE     SESSIONS  CHANGED"]
+                    for u in users {
+                        lines.append(pad(u.name, width) + "  " + pad(u.role.rawValue, 8) + "  " + pad(u.disabled ? "disabled" : "enabled", 8) + "  "
+                                     + pad(String(u.sessions), 8) + "  " + (u.updatedAt ?? "—"))
+                    }
+                    return lines.joined(separator: "\n")
+                }
+            }
+        }
+
+        struct Add: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Create a web admin user. The password is read from the terminal (asked twice) or, when stdin is not a terminal, from its first line.")
+            @OptionGroup var common: CommonOptions
+            @OptionGroup var user: Name
+            @Option(help: "viewer, operator or admin (default operator).") var role: String = "operator"
+
+            func run() async throws {
+                let r: BackendNode.Role
+                do { r = try BackendNode.Role.parse(role) } catch { throw ValidationError(error.description) }
+                if let problem = Passwords.checkUserName(user.name) { throw ValidationError("invalid user name \(user.name.debugDescription): \(problem)") }
+                let password = try readPassword(for: user.name)
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    try await d.add(name: user.name, password: password, role: r, by: UserDirectory.commandLineActor)
+                    return "user \(user.name) created (\(r.rawValue))"
+                }
+            }
+        }
+
+        struct Passwd: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Set a new password (read like add's); ends the user's sessions.")
+            @OptionGroup var common: CommonOptions
+            @OptionGroup var user: Name
+
+            func run() async throws {
+                let password = try readPassword(for: user.name)
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    try await d.setPassword(name: user.name, password: password, by: UserDirectory.commandLineActor)
+                    return "password of user \(user.name) changed; their sessions ended"
+                }
+            }
+        }
+
+        struct Role: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Set a user's role; ends the user's sessions.")
+            @OptionGroup var common: CommonOptions
+            @OptionGroup var user: Name
+            @Argument(help: "viewer, operator or admin.") var role: String
+
+            func run() async throws {
+                let r: BackendNode.Role
+                do { r = try BackendNode.Role.parse(role) } catch { throw ValidationError(error.description) }
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    try await d.setRole(name: user.name, role: r, by: UserDirectory.commandLineActor)
+                    return "user \(user.name) is now \(r.rawValue); their sessions ended"
+                }
+            }
+        }
+
+        struct Disable: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Disable a user: no sign-in, sessions ended; the user and the trail stay.")
+            @OptionGroup var common: CommonOptions
+            @OptionGroup var user: Name
+
+            func run() async throws {
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    try await d.setDisabled(name: user.name, true, by: UserDirectory.commandLineActor)
+                    return "user \(user.name) disabled; their sessions ended"
+                }
+            }
+        }
+
+        struct Enable: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Enable a disabled user again.")
+            @OptionGroup var common: CommonOptions
+            @OptionGroup var user: Name
+
+            func run() async throws {
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    try await d.setDisabled(name: user.name, false, by: UserDirectory.commandLineActor)
+                    return "user \(user.name) enabled"
+                }
+            }
+        }
+
+        struct Remove: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Remove a user and end their sessions (the activity trail keeps their name).")
+            @OptionGroup var common: CommonOptions
+            @OptionGroup var user: Name
+
+            func run() async throws {
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    try await d.remove(name: user.name, by: UserDirectory.commandLineActor)
+                    return "user \(user.name) removed"
+                }
+            }
+        }
+
+        struct Signout: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "signout", abstract: "End every session of a user now.")
+            @OptionGroup var common: CommonOptions
+            @OptionGroup var user: Name
+
+            func run() async throws {
+                let c = try await Context.open(common)
+                try await c.run { d in
+                    try await d.signOut(name: user.name, by: UserDirectory.commandLineActor)
+                    return "user \(user.name) signed out everywhere"
+                }
             }
         }
     }
+}
+
+/// A new password: from the terminal (asked twice) or the first line of stdin.
+func readPassword(for name: String) throws -> String {
+    let password: String
+    if isatty(STDIN_FILENO) == 1 {
+        let first = String(cString: getpass("Password for \(name): "))
+        let second = String(cString: getpass("Again: "))
+        guard first == second else { throw ValidationError("the two passwords differ") }
+        password = first
+    } else {
+        guard let line = Swift.readLine(strippingNewline: true) else { throw ValidationError("no password on stdin") }
+        password = line
+    }
+    if let problem = Passwords.check(password) { throw ValidationError(problem) }
+    return password
 }
 
 /// Builds the web admin's services (used by `web` and `run`).

@@ -138,6 +138,14 @@ final class BenchStack: @unchecked Sendable {
     var ingestWrapper: [String] = []
     var deviceWrapper: [String] = []
 
+    /// The device program the benchmarks run: `$FIELDLOG_DEVICE_BINARY` (scripts/bench sets it
+    /// to the small binary of scripts/build-device, as deploy/device ships it), else the one
+    /// next to fieldlog-bench.
+    static func deviceBinary(binDir: String) -> String {
+        ProcessInfo.processInfo.environment["FIELDLOG_DEVICE_BINARY"] ?? binDir + "/fieldlog-device"
+    }
+    var deviceBinary: String { Self.deviceBinary(binDir: binDir) }
+
     private init(environment: [String: String], stackDir: String, repo: String, owned: Bool, binDir: String, reporter: Reporter) {
         self.environment = environment
         self.stackDir = stackDir
@@ -172,8 +180,8 @@ final class BenchStack: @unchecked Sendable {
     static func start(_ options: StackOptions, dir: String, reporter: Reporter) async throws -> BenchStack {
         let repo = try findRepo(options.repo)
         let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
-        for tool in ["fieldlog-device", "fieldlog-backend"] where !FileManager.default.isExecutableFile(atPath: "\(binDir)/\(tool)") {
-            throw BenchError("\(binDir)/\(tool) is missing: build it first (swift build -c release --product \(tool)), or use scripts/bench")
+        for path in [deviceBinary(binDir: binDir), "\(binDir)/fieldlog-backend"] where !FileManager.default.isExecutableFile(atPath: path) {
+            throw BenchError("\(path) is missing: build it first (swift build -c release --product fieldlog-backend, scripts/build-device), or use scripts/bench")
         }
         func wrapped(_ s: BenchStack) throws -> BenchStack {
             for (text, keyPath) in [(options.ingestWrapper, \BenchStack.ingestWrapper), (options.deviceWrapper, \BenchStack.deviceWrapper)] {
@@ -309,7 +317,7 @@ final class BenchStack: @unchecked Sendable {
     }
 
     func startDevice(_ command: [String], environment: [String: String], logPath: String) throws -> ChildProcess {
-        let argv = deviceWrapper + [binDir + "/fieldlog-device"] + command
+        let argv = deviceWrapper + [deviceBinary] + command
         return try ChildProcess.spawn(argv[0], Array(argv.dropFirst()), environment: environment, stdoutPath: logPath, stderrPath: logPath)
     }
 
@@ -324,5 +332,7 @@ final class BenchStack: @unchecked Sendable {
 /// Reads a device log's durable pointers with plain SQLite, read-only (the log's owner is another process).
 func readLogPointers(_ path: String) throws -> (head: UInt64, acked: UInt64) {
     let c = try ReadOnlySQLite(path: path)
-    return (UInt64(try c.scalar("SELECT head FROM state WHERE id = 1")), UInt64(try c.scalar("SELECT acked FROM state WHERE id = 1")))
+    // The head is max(state.head, highest record): appends insert records only (docs/log.md).
+    return (UInt64(try c.scalar("SELECT max(head, coalesce((SELECT max(seq) FROM records), 0)) FROM state WHERE id = 1")),
+            UInt64(try c.scalar("SELECT acked FROM state WHERE id = 1")))
 }

@@ -32,8 +32,8 @@ func batchPayloadBytes(records: Int, sensors: Int) -> Int {
 }
 
 enum Ceilings {
-    /// The same rows the ingest writes for `readings` readings (a `readings` row, one
-    /// `reading_values` row per sensor, one `batch_ranges` row per batch), inserted by
+    /// The same rows the ingest writes for `readings` readings (a `readings` row with its
+    /// values in `vals`, one `batch_ranges` row per batch), inserted by
     /// the same statements as the ingest (`insertRows`: multi-row INSERT IGNORE per table,
     /// Store.swift) over one connection, one `batch_ranges` row per `batch` readings and one
     /// transaction per `perTransaction` readings (the most the ingest commits at once in the
@@ -48,32 +48,28 @@ enum Ceilings {
         let now = MariaDBValue.string("2026-01-01 00:00:00.000")
         try await c.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', ?)", [device, now])
         try await c.execute("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at) VALUES (?, ?, ?)", [device, epoch, now])
-        var groups: [(readings: [[MariaDBValue]], values: [[MariaDBValue]], range: [[MariaDBValue]])] = []
+        var groups: [(readings: [[MariaDBValue]], range: [[MariaDBValue]])] = []
         var seq: UInt64 = 0
         let batchesPerTransaction = max(1, perTransaction / batch)
         while seq < UInt64(readings) {
-            var r: [[MariaDBValue]] = [], v: [[MariaDBValue]] = [], ranges: [[MariaDBValue]] = []
+            var r: [[MariaDBValue]] = [], ranges: [[MariaDBValue]] = []
             for _ in 0..<batchesPerTransaction where seq < UInt64(readings) {
                 let first = seq + 1
                 for _ in 0..<min(batch, readings - Int(seq)) {
                     seq += 1
                     let ms = 1_700_000_000_000 + Int64(seq) * 10
                     let time = MariaDBValue.string(SQLTimeText.datetime(ms))
-                    r.append([device, epoch, .uint(seq), .int(ms), time, .int(0), now, .null])
-                    for (name, value) in benchReading(sensors: sensors, seed: Int(seq)).sorted {
-                        guard case .number(let d) = value else { continue }
-                        v.append([device, epoch, .uint(seq), .string(name), time, .double(d), .null])
-                    }
+                    r.append([device, epoch, .uint(seq), .int(ms), time, .int(0), now, .null,
+                              .string(StoreRows.vals(benchReading(sensors: sensors, seed: Int(seq))))])
                 }
                 ranges.append([device, epoch, .uint(first), .uint(seq), now])
             }
-            groups.append((r, v, ranges))
+            groups.append((r, ranges))
         }
         let start = ContinuousClock.now
         for g in groups {
             try await c.transaction { s in
-                try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors)", rows: g.readings)
-                try s.insertRows("INSERT IGNORE INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)", rows: g.values)
+                try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors, vals)", rows: g.readings)
                 try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: g.range)
             }
         }

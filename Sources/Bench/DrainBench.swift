@@ -163,6 +163,9 @@ struct DrainBench: AsyncParsableCommand {
         }
         let rate = Double(readings) / elapsed
         let ceiling = min(dbCeiling, mqttReadings)
+        // The bare reference pipeline on the same services, same readings, same window (issue 17).
+        let reference = try await ReferencePipeline.measure(stack: stack, dir: dir, readings: readings, sensors: sensors, window: window,
+                                                            batchRecords: batchRecords, reporter: reporter)
         return [
             "benchmark": "drain", "readings": readings, "sensors_per_reading": sensors, "window_batches": window,
             "records_per_batch": batchRecords, "batch_payload_bytes": payloadBytes, "ceiling_readings_per_transaction": window * batchRecords,
@@ -178,6 +181,9 @@ struct DrainBench: AsyncParsableCommand {
             "ceiling_mosquitto_messages_per_s": mqttMessages, "ceiling_mosquitto_readings_per_s": mqttReadings,
             "ceiling_readings_per_s": ceiling, "ceiling_source": dbCeiling <= mqttReadings ? "mariadb" : "mosquitto",
             "ratio_to_ceiling": rate / ceiling,
+            "reference_readings_per_s": reference.readingsPerSecond, "ratio_to_reference": rate / reference.readingsPerSecond,
+            "reference_cpu_us_per_reading": reference.cpuMicrosecondsPerReading,
+            "reference_cpu_s": reference.cpu,
         ]
     }
 }

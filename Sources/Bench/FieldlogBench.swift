@@ -12,7 +12,8 @@ struct FieldlogBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-bench",
         abstract: "Fieldlog benchmarks. Run a release build on the target machine.",
-        subcommands: [AppendBench.self, DrainBench.self, FleetBench.self, FootprintBench.self, AllBench.self])
+        subcommands: [AppendBench.self, DrainBench.self, FleetBench.self, FootprintBench.self, WebBench.self, AllBench.self,
+                      ReferenceIngest.self, ReferencePublish.self])
 }
 
 /// Latency samples of one run, in nanoseconds.
@@ -30,7 +31,13 @@ struct LatencyStats {
 struct AppendBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "append",
-        abstract: "Durable appends/s and latency of DeviceLog (full, normal × 1/8/64 appenders) next to the raw SQLite ceiling.")
+        abstract: "Durable appends/s and latency of DeviceLog (full, normal × 1/8/64 appenders) next to the raw SQLite ceiling.",
+        discussion: """
+            Appenders run as the device's sampler runs them, on the log's own executor (`append-<durability>-<n>`), and \
+            as plain tasks on Swift's pool (`append-<durability>-<n>-pool`). CPU µs and context switches per append \
+            (getrusage of the whole process over the window) are printed next to the raw ceiling's: unlike appends/s \
+            they hardly move when other work shares the machine.
+            """)
 
     @Option(help: "Seconds per measured configuration.")
     var seconds: Double = 2
@@ -44,6 +51,9 @@ struct AppendBench: AsyncParsableCommand {
     @Option(parsing: .upToNextOption, help: "Durabilities to measure (full, normal).")
     var durability: [String] = ["full", "normal"]
 
+    @Option(parsing: .upToNextOption, help: "Where the appenders run: log (the log's executor, as the device does), pool (Swift's pool).")
+    var appenders: [String] = ["log", "pool"]
+
     @Flag(help: "Print one JSON object per benchmark instead of a table.")
     var json = false
 
@@ -51,6 +61,7 @@ struct AppendBench: AsyncParsableCommand {
         guard seconds > 0, seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600]") }
         guard concurrency.allSatisfy({ (1...4096).contains($0) }) else { throw ValidationError("--concurrency values must be 1…4096") }
         for d in durability where Durability(rawValue: d) == nil { throw ValidationError("unknown durability \(d.debugDescription)") }
+        for a in appenders where !["log", "pool"].contains(a) { throw ValidationError("--appenders takes log or pool, got \(a.debugDescription)") }
     }
 
     static let reading = try! SensorValues(["temperature": .number(21.375), "humidity": .number(48), "pressure": .number(1013.25), "random": .number(0.734)])
@@ -62,31 +73,46 @@ struct AppendBench: AsyncParsableCommand {
         var rows: [[String: Any]] = []
         if !json {
             print("fieldlog-bench append: \(seconds) s per configuration, files in \(base), body \(RecordEncoding.body(Self.reading).count) bytes")
-            print(row(["benchmark", "appends/s", "p50 ms", "p99 ms", "max ms", "ceiling/s", "ratio"]))
+            print(row(["benchmark", "appends/s", "p50 ms", "p99 ms", "max ms", "ceiling/s", "ratio", "cpu µs", "csw"]))
         }
         for d in durability.compactMap(Durability.init(rawValue:)) {
             let rawSingle = try rawCeiling(path: base + "/raw-\(d)-1.db", durability: d, batch: 1)
-            emit(["benchmark": "raw-\(d)-1-per-commit", "durability": d.rawValue, "batch": 1, "appends_per_s": rawSingle], &rows)
+            emit(rawRow("raw-\(d)-1-per-commit", d, 1, rawSingle), &rows)
             for c in concurrency {
                 // The disk's fsync time drifts (other work on the machine): measure the ceiling
                 // right before and right after, and compare with their mean.
                 let rawBefore = c == 1 ? rawSingle : try rawCeiling(path: base + "/raw-\(d)-\(c)-a.db", durability: d, batch: c)
-                if c != 1 { emit(["benchmark": "raw-\(d)-batch-\(c)", "durability": d.rawValue, "batch": c, "appends_per_s": rawBefore], &rows) }
-                let (rate, stats, commits) = try await measure(path: base + "/log-\(d)-\(c).db", durability: d, concurrency: c)
+                if c != 1 { emit(rawRow("raw-\(d)-batch-\(c)", d, c, rawBefore), &rows) }
+                var measured: [(String, Measured)] = []
+                for placement in appenders {
+                    let m = try await measure(path: base + "/log-\(d)-\(c)-\(placement).db", durability: d, concurrency: c, onLogExecutor: placement == "log")
+                    measured.append((placement, m))
+                }
                 let rawAfter = try rawCeiling(path: base + "/raw-\(d)-\(c)-b.db", durability: d, batch: c)
-                emit(["benchmark": "raw-\(d)-batch-\(c)-after", "durability": d.rawValue, "batch": c, "appends_per_s": rawAfter], &rows)
-                let raw = (rawBefore + rawAfter) / 2
-                emit(["benchmark": "append-\(d)-\(c)", "durability": d.rawValue, "concurrency": c, "appends_per_s": rate,
-                      "p50_ms": stats.percentile(0.5), "p99_ms": stats.percentile(0.99), "max_ms": stats.maxMs,
-                      "ceiling_per_s": raw, "ratio_to_ceiling": rate / raw, "appends_per_commit": commits], &rows)
+                emit(rawRow("raw-\(d)-batch-\(c)-after", d, c, rawAfter), &rows)
+                let raw = (rawBefore.rate + rawAfter.rate) / 2
+                let rawCPU = (rawBefore.cpuMicroseconds + rawAfter.cpuMicroseconds) / 2
+                for (placement, m) in measured {
+                    emit(["benchmark": "append-\(d)-\(c)" + (placement == "log" ? "" : "-pool"), "durability": d.rawValue, "concurrency": c,
+                          "appenders": placement == "log" ? "log executor" : "swift pool", "appends_per_s": m.rate,
+                          "p50_ms": m.latency.percentile(0.5), "p99_ms": m.latency.percentile(0.99), "max_ms": m.latency.maxMs,
+                          "ceiling_per_s": raw, "ratio_to_ceiling": m.rate / raw, "appends_per_commit": m.appendsPerCommit,
+                          "cpu_us_per_append": m.usage.cpuMicroseconds, "context_switches_per_append": m.usage.contextSwitches,
+                          "ceiling_cpu_us_per_append": rawCPU, "cpu_ratio_ceiling_to_log": rawCPU / m.usage.cpuMicroseconds], &rows)
+                }
             }
             let rawBig = try rawCeiling(path: base + "/raw-\(d)-1000.db", durability: d, batch: 1000)
-            emit(["benchmark": "raw-\(d)-batch-1000", "durability": d.rawValue, "batch": 1000, "appends_per_s": rawBig], &rows)
+            emit(rawRow("raw-\(d)-batch-1000", d, 1000, rawBig), &rows)
         }
     }
 
+    func rawRow(_ name: String, _ d: Durability, _ batch: Int, _ raw: RawResult) -> [String: Any] {
+        ["benchmark": name, "durability": d.rawValue, "batch": batch, "appends_per_s": raw.rate,
+         "cpu_us_per_append": raw.cpuMicroseconds, "context_switches_per_append": raw.contextSwitches]
+    }
+
     func row(_ cells: [String]) -> String {
-        let widths = [26, 11, 9, 9, 9, 11, 7]
+        let widths = [26, 11, 9, 9, 9, 11, 7, 7, 6]
         return zip(cells, widths).enumerated().map { i, cw in
             let (cell, width) = cw
             let pad = String(repeating: " ", count: max(0, width - cell.count))
@@ -102,9 +128,16 @@ struct AppendBench: AsyncParsableCommand {
         } else {
             func f(_ k: String, _ fmt: String) -> String { (row[k] as? Double).map { String(format: fmt, $0) } ?? "" }
             print(self.row([row["benchmark"] as! String, f("appends_per_s", "%.0f"), f("p50_ms", "%.3f"), f("p99_ms", "%.3f"),
-                            f("max_ms", "%.3f"), f("ceiling_per_s", "%.0f"), f("ratio_to_ceiling", "%.2f")])
+                            f("max_ms", "%.3f"), f("ceiling_per_s", "%.0f"), f("ratio_to_ceiling", "%.2f"),
+                            f("cpu_us_per_append", "%.2f"), f("context_switches_per_append", "%.2f")])
                   + ((row["appends_per_commit"] as? Double).map { String(format: "  (%.1f appends/commit)", $0) } ?? ""))
         }
+    }
+
+    static func monotonicNs() -> Int64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
     }
 
     /// Every configuration starts from an empty file: a `--dir` used before still holds the
@@ -115,8 +148,41 @@ struct AppendBench: AsyncParsableCommand {
         }
     }
 
-    /// DeviceLog appends from `concurrency` tasks for `seconds`.
-    func measure(path: String, durability: Durability, concurrency: Int) async throws -> (Double, LatencyStats, Double) {
+    /// What one configuration measured.
+    struct Measured {
+        var rate: Double
+        var latency: LatencyStats
+        var appendsPerCommit: Double
+        var usage: PerAppendUsage
+    }
+
+    /// CPU time and context switches of the whole process (every thread), per append.
+    struct PerAppendUsage {
+        var cpuMicroseconds: Double
+        var contextSwitches: Double
+
+        static func sample() -> (cpu: Double, switches: Double) {
+            var u = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &u)
+            let cpu = Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec)
+            return (cpu, Double(u.ru_nvcsw + u.ru_nivcsw))
+        }
+
+        init(from before: (cpu: Double, switches: Double), appends: Int) {
+            let after = Self.sample()
+            cpuMicroseconds = (after.cpu - before.cpu) / Double(max(1, appends))
+            contextSwitches = (after.switches - before.switches) / Double(max(1, appends))
+        }
+    }
+
+    struct RawResult {
+        var rate: Double
+        var cpuMicroseconds: Double
+        var contextSwitches: Double
+    }
+
+    /// DeviceLog appends from `concurrency` tasks for `seconds`, on the log's executor or on Swift's pool.
+    func measure(path: String, durability: Durability, concurrency: Int, onLogExecutor: Bool) async throws -> Measured {
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         try Self.removeLeftovers(path)
@@ -125,20 +191,24 @@ struct AppendBench: AsyncParsableCommand {
         for _ in 0..<100 { _ = try await log.append(Self.reading) }
         let clock = ContinuousClock()
         let start = clock.now
-        let end = start + .milliseconds(Int64(seconds * 1000))
         let commitsBefore = try await log.head()
         let statsBefore = log.statistics
+        let usageBefore = PerAppendUsage.sample()
         let perTask = try await withThrowingTaskGroup(of: [Int64].self) { group in
             for _ in 0..<concurrency {
-                group.addTask {
+                group.addTask(executorPreference: onLogExecutor ? log.executor : nil) {
                     var latencies: [Int64] = []
                     latencies.reserveCapacity(1 << 16)
                     let ts = DeviceTimestamp(unixMilliseconds: 1_700_000_000_000)
-                    while clock.now < end {
-                        let t0 = clock.now
+                    // Nanoseconds straight from the clock: Duration arithmetic per append was
+                    // measurable next to a 2 µs append (the raw ceiling measures no latency).
+                    let endNs = Self.monotonicNs() + Int64(seconds * 1e9)
+                    var t0 = Self.monotonicNs()
+                    while t0 < endNs {
                         _ = try await log.append(Self.reading, timestamp: ts)
-                        let c = (clock.now - t0).components
-                        latencies.append(c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000)
+                        let t1 = Self.monotonicNs()
+                        latencies.append(t1 - t0)
+                        t0 = t1
                     }
                     return latencies
                 }
@@ -150,16 +220,18 @@ struct AppendBench: AsyncParsableCommand {
         let elapsed = (clock.now - start).components
         let elapsedS = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
         let samples = perTask.flatMap { $0 }
+        let usage = PerAppendUsage(from: usageBefore, appends: samples.count)
         let head = try await log.head()
         precondition(head.rawValue - commitsBefore.rawValue == UInt64(samples.count), "every append accounted for")
         let commits = max(1, log.statistics.commits - statsBefore.commits)
         await log.close()
-        return (Double(samples.count) / elapsedS, LatencyStats(samples), Double(samples.count) / Double(commits))
+        return Measured(rate: Double(samples.count) / elapsedS, latency: LatencyStats(samples),
+                        appendsPerCommit: Double(samples.count) / Double(commits), usage: usage)
     }
 
     /// Plain C API: the same rows (body + checksum) into the same table shape, WAL with the
     /// same synchronous setting, `batch` rows per transaction, for `seconds`.
-    func rawCeiling(path: String, durability: Durability, batch: Int) throws -> Double {
+    func rawCeiling(path: String, durability: Durability, batch: Int) throws -> RawResult {
         try Self.removeLeftovers(path)
         var db: OpaquePointer?
         guard sqlite3_open(path, &db) == SQLITE_OK else { throw ValidationError("cannot open \(path)") }
@@ -179,6 +251,7 @@ struct AppendBench: AsyncParsableCommand {
         let clock = ContinuousClock()
         let start = clock.now
         let end = start + .milliseconds(Int64(seconds * 1000))
+        let usageBefore = PerAppendUsage.sample()
         var seq: Int64 = 0
         while clock.now < end {
             try exec("BEGIN IMMEDIATE")
@@ -195,6 +268,8 @@ struct AppendBench: AsyncParsableCommand {
             try exec("COMMIT")
         }
         let e = (clock.now - start).components
-        return Double(seq) / (Double(e.seconds) + Double(e.attoseconds) / 1e18)
+        let usage = PerAppendUsage(from: usageBefore, appends: Int(seq))
+        return RawResult(rate: Double(seq) / (Double(e.seconds) + Double(e.attoseconds) / 1e18),
+                         cpuMicroseconds: usage.cpuMicroseconds, contextSwitches: usage.contextSwitches)
     }
 }

@@ -1,13 +1,15 @@
-// footprint: resident memory and CPU of `fieldlog-device run` (sampler, sync agent, commands,
-// Redis mirror; the status page off) idle, at 1 and 100 readings/s, and while draining a backlog.
+// footprint: the size of the `fieldlog-device` binary (as built, and stripped), then resident
+// memory and CPU of `fieldlog-device run` (sampler, sync agent, commands, Redis mirror; the
+// status page off) idle, at 1 and 100 readings/s, and while draining a backlog.
 import ArgumentParser
 import FieldlogCore
 import Foundation
+import Processes
 
 struct FootprintBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "footprint",
-        abstract: "RSS (VmRSS, VmHWM) and CPU (utime+stime) of `fieldlog-device run`: idle, 1/s, 100/s, draining a backlog.")
+        abstract: "Binary size of fieldlog-device (stripped), then RSS (VmRSS, VmHWM) and CPU (utime+stime) of `fieldlog-device run`: idle, 1/s, 100/s, draining a backlog.")
 
     @OptionGroup var stackOptions: StackOptions
 
@@ -16,6 +18,9 @@ struct FootprintBench: AsyncParsableCommand {
 
     @Option(help: "Backlog (readings) for the draining phase.")
     var backlog: Int = 200_000
+
+    @Flag(help: "Only the binary's size (no stack, no processes).")
+    var binaryOnly = false
 
     func validate() throws {
         guard seconds >= 1, seconds <= 600 else { throw ValidationError("--seconds must be 1…600") }
@@ -26,6 +31,11 @@ struct FootprintBench: AsyncParsableCommand {
         let reporter = Reporter(json: stackOptions.json)
         let dir = try BenchDirectory(stackOptions.dir, name: "footprint")
         defer { dir.remove() }
+        if binaryOnly {
+            let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+            reporter.emit(try Self.binarySize(path: BenchStack.deviceBinary(binDir: binDir), dir: dir.path))
+            return
+        }
         let stack = try await BenchStack.start(stackOptions, dir: dir.path, reporter: reporter)
         defer { stack.stop() }
         for row in try await Self.measure(stack: stack, dir: dir.path, seconds: seconds, backlog: backlog, reporter: reporter) {
@@ -39,7 +49,32 @@ struct FootprintBench: AsyncParsableCommand {
         var backlog: Int
     }
 
+    /// The device binary's size as given and stripped (a copy is stripped: `strip -o`), how it
+    /// links the Swift runtime (ldd) and whether ICU's data is in it, the mark of full
+    /// Foundation (its name `icudt…` stays in a stripped binary too).
+    static func binarySize(path: String, dir: String) throws -> [String: Any] {
+        let stripped = "\(dir)/fieldlog-device.stripped"
+        defer { try? FileManager.default.removeItem(atPath: stripped) }
+        let strip = try Tool.status("strip", ["-o", stripped, path])
+        guard strip.status == 0 else { throw BenchError("strip -o \(stripped) \(path) failed: \(strip.stderr)") }
+        func bytes(_ p: String) throws -> Int {
+            guard let n = try FileManager.default.attributesOfItem(atPath: p)[.size] as? Int else { throw BenchError("no size for \(p)") }
+            return n
+        }
+        let strippedBytes = try bytes(stripped)
+        let ldd = try Tool.status("ldd", [path]).stdout
+        let icu = try Tool.status("grep", ["-c", "-a", "-m", "1", "icudt[0-9][0-9]", path]).stdout
+        let target = 25_000_000  // issue 19: at most 25 MB stripped (scripts/build-device checks the same)
+        return [
+            "benchmark": "footprint-binary", "path": path, "bytes": try bytes(path), "stripped_bytes": strippedBytes,
+            "swift_runtime": ldd.contains("libswiftCore") ? "dynamic" : "static",
+            "icu_data_linked": (Int(icu.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 0,
+            "target_stripped_bytes": target, "ratio_stripped_to_target": Double(strippedBytes) / Double(target),
+        ]
+    }
+
     static func measure(stack: BenchStack, dir: String, seconds window: Double, backlog: Int, reporter: Reporter) async throws -> [[String: Any]] {
+        var rows: [[String: Any]] = [try binarySize(path: stack.deviceBinary, dir: dir)]
         let tag = "\(getpid())"
         let database = "bench_footprint_\(tag)"
         try await stack.freshDatabase(database)
@@ -53,7 +88,6 @@ struct FootprintBench: AsyncParsableCommand {
         var users: [(String, String)] = []
         for i in phases.indices { users.append(("bench-fp\(i)-\(tag)", "pw-\(UInt64.random(in: 0...UInt64.max))")) }
         try stack.addMQTTUsers(users)
-        var rows: [[String: Any]] = []
         for (i, phase) in phases.enumerated() {
             let (name, password) = users[i]
             let logPath = "\(dir)/footprint-\(phase.name).sqlite3"

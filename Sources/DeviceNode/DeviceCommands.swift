@@ -1,7 +1,14 @@
 // `fieldlog-device run|sample|button|sync|config check`: thin commands over Device.DeviceNode.
 import ArgumentParser
 import Device
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 /// Options shared by the commands that read the configuration.
@@ -16,7 +23,7 @@ struct ConfigOptions: ParsableArguments {
             let source = try ConfigurationSource.load(file: config ?? env["FIELDLOG_CONFIG"], environment: env)
             return try DeviceConfiguration(source: source)
         } catch {
-            FileHandle.standardError.write(Data("fieldlog-device: \(error)\n".utf8))
+            printError("fieldlog-device: \(error)")
             throw ExitCode(78)
         }
     }

@@ -1,9 +1,17 @@
 // `fieldlog-device log …`: inspect and feed a device log from the shell.
 import ArgumentParser
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Log
 import Logging
+import Sync
 
 /// `fieldlog-device log`: append to, show, dump and check a device log file.
 struct LogCommand: AsyncParsableCommand {
@@ -20,8 +28,20 @@ struct LogFileOptions: ParsableArguments {
 
 /// Turns a failure to open or use the log into a clean message and exit status.
 func failing(_ error: Error, code: Int32 = 1) -> ExitCode {
-    FileHandle.standardError.write(Data("fieldlog-device: \(error)\n".utf8))
+    printError("fieldlog-device: \(error)")
     return ExitCode(code)
+}
+
+/// Writes one line to standard error.
+func printError(_ line: String) {
+    var bytes = Array((line + "\n").utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return }
+        offset += n
+    }
 }
 
 struct LogAppend: AsyncParsableCommand {
@@ -109,15 +129,14 @@ struct LogStatusCommand: AsyncParsableCommand {
             throw failing(error)
         }
         if json {
-            var object: [String: Any] = [
-                "path": status.path, "device_id": status.deviceID.rawValue, "epoch": status.epoch.hex,
-                "head": status.head.rawValue, "acked_through": status.ackedThrough.rawValue,
-                "backlog": status.backlog, "retained": status.retained,
-                "file_bytes": status.fileBytes, "wal_bytes": status.walBytes,
-                "loss_markers": status.lossMarkers.map(markerJSON),
-            ]
-            object["oldest_retained"] = status.oldestRetained.map { $0.rawValue as Any } ?? NSNull()
-            print(jsonLine(object))
+            print(jsonLine([
+                ("path", .string(status.path)), ("device_id", .string(status.deviceID.rawValue)), ("epoch", .string(status.epoch.hex)),
+                ("head", .integer(Int64(status.head.rawValue))), ("acked_through", .integer(Int64(status.ackedThrough.rawValue))),
+                ("backlog", .integer(Int64(status.backlog))), ("retained", .integer(Int64(status.retained))),
+                ("file_bytes", .integer(status.fileBytes)), ("wal_bytes", .integer(status.walBytes)),
+                ("loss_markers", .array(status.lossMarkers.map(markerJSON))),
+                ("oldest_retained", status.oldestRetained.map { .integer(Int64($0.rawValue)) } ?? .null),
+            ]))
         } else {
             print("""
                 log            \(status.path)
@@ -137,14 +156,19 @@ struct LogStatusCommand: AsyncParsableCommand {
     }
 }
 
-func markerJSON(_ m: LossMarker) -> [String: Any] {
-    ["first": m.range.first.rawValue, "last": m.range.last.rawValue, "reason": m.reason.rawValue,
-     "recorded_ms": m.recordedAtUnixMilliseconds, "detail": m.detail]
+func markerJSON(_ m: LossMarker) -> JSONValue {
+    sortedObject([("first", .integer(Int64(m.range.first.rawValue))), ("last", .integer(Int64(m.range.last.rawValue))),
+                  ("reason", .string(m.reason.rawValue)), ("recorded_ms", .integer(m.recordedAtUnixMilliseconds)),
+                  ("detail", .string(m.detail))])
 }
 
-func jsonLine(_ object: [String: Any]) -> String {
-    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-    return String(decoding: data, as: UTF8.self)
+/// An object with its members in key order (stable output for diffs and scripts).
+func sortedObject(_ members: [(String, JSONValue)]) -> JSONValue {
+    .object(members.sorted { $0.0 < $1.0 })
+}
+
+func jsonLine(_ members: [(String, JSONValue)]) -> String {
+    String(decoding: JSONWriter.encode(sortedObject(members)), as: UTF8.self)
 }
 
 struct LogDump: AsyncParsableCommand {
@@ -173,19 +197,18 @@ struct LogDump: AsyncParsableCommand {
                 for entry in entries {
                     switch entry {
                     case .record(let r):
-                        var values: [String: Any] = [:]
-                        for (name, value) in r.values.sorted {
+                        let values: [(String, JSONValue)] = r.values.sorted.map { name, value in
                             switch value {
-                            case .number(let d): values[name] = d
-                            case .text(let s): values[name] = s
+                            case .number(let d): return (name, .double(d))
+                            case .text(let s): return (name, .string(s))
                             }
                         }
-                        print(jsonLine(["seq": r.sequence.rawValue, "ts_ms": r.timestamp.unixMilliseconds,
-                                        "clock_unsynchronized": r.timestamp.clockUnsynchronized,
-                                        "values": values, "missing": r.missingSensors]))
+                        print(jsonLine([("seq", .integer(Int64(r.sequence.rawValue))), ("ts_ms", .integer(r.timestamp.unixMilliseconds)),
+                                        ("clock_unsynchronized", .bool(r.timestamp.clockUnsynchronized)),
+                                        ("values", .object(values)), ("missing", .array(r.missingSensors.map { .string($0) }))]))
                         next = r.sequence.next
                     case .loss(let m):
-                        print(jsonLine(["loss": markerJSON(m)]))
+                        print(jsonLine([("loss", markerJSON(m))]))
                         next = max(next, m.range.last.next)
                     }
                 }

@@ -4,12 +4,16 @@
 // pool has one thread per core; a blocked call there stalls unrelated tasks. Every async
 // Connector/C and hiredis call of a connection runs on that connection's worker (the MariaDB
 // one also did mysql_thread_init there).
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 public final class WorkerThread: @unchecked Sendable {
     // @unchecked: `jobs` and `stopping` are only touched under `condition`; the thread itself
     // is the only reader of the job closures after they are dequeued.
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     private var jobs: [@Sendable () -> Void] = []
     private var stopping = false
     private let threadIDBox = ThreadIDBox()
@@ -18,7 +22,7 @@ public final class WorkerThread: @unchecked Sendable {
     ///   - setUp: runs first on the new thread (e.g. mysql_thread_init).
     ///   - tearDown: runs last on the thread, after every queued job ran.
     public init(name: String, setUp: @escaping @Sendable () -> Void = {}, tearDown: @escaping @Sendable () -> Void = {}) {
-        let thread = Thread { [condition, threadIDBox] in
+        OSThread.start(name: name) { [condition, threadIDBox] in
             threadIDBox.set(pthread_self())
             setUp()
             while true {
@@ -35,8 +39,6 @@ public final class WorkerThread: @unchecked Sendable {
             }
             tearDown()
         }
-        thread.name = name
-        thread.start()
     }
 
     /// Queues `job`; it runs on the worker thread after every job queued before it.
@@ -70,7 +72,7 @@ public final class WorkerThread: @unchecked Sendable {
 /// The pthread id of the worker, published once it started.
 private final class ThreadIDBox: @unchecked Sendable {
     // @unchecked: `id` is only touched under `lock`.
-    private let lock = NSLock()
+    private let lock = Lock()
     private var id: pthread_t?
     func set(_ value: pthread_t) { lock.withLock { id = value } }
     var isCurrent: Bool {

@@ -1,6 +1,4 @@
 // GPIO: a thin, safe wrapper over libgpiod v1.6 for one edge-event input line.
-import Foundation
-
 /// Software debounce for edge events (sans-IO): an event is accepted when at least `interval`
 /// passed since the last accepted one; the bounces of a mechanical button in between are
 /// dropped. Timestamps come from the caller (the kernel's event time), so tests use synthetic ones.

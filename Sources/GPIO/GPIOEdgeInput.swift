@@ -8,7 +8,15 @@
 // All libgpiod calls are serialised by one lock; the reader waits in short slices so that
 // close() never waits long and never frees what a wait still uses.
 import CGPIOD
+import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Which edges of the signal to report.
 public enum GPIOEdge: Sendable, Hashable {
@@ -74,7 +82,7 @@ public struct GPIOConfiguration: Sendable, Hashable {
 public final class GPIOEdgeInput: @unchecked Sendable {
     // @unchecked: `chip`, `line` and `closed` are only touched under `lock`.
     public let configuration: GPIOConfiguration
-    private let lock = NSLock()
+    private let lock = Lock()
     private var chip: OpaquePointer?
     private var line: OpaquePointer?
     private var closed = false
@@ -175,7 +183,7 @@ public final class GPIOEdgeInput: @unchecked Sendable {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: GPIOEdgeEvent.self, throwing: Error.self)
         let stop = StopFlag()
         continuation.onTermination = { _ in stop.set() }
-        let thread = Thread { [self] in
+        OSThread.start(name: "gpio \(configuration.chip):\(configuration.line)") { [self] in
             var debouncer = Debouncer(interval: debounce)
             while !stop.isSet {
                 do {
@@ -190,15 +198,13 @@ public final class GPIOEdgeInput: @unchecked Sendable {
             }
             continuation.finish()
         }
-        thread.name = "gpio \(configuration.chip):\(configuration.line)"
-        thread.start()
         return stream
     }
 }
 
 private final class StopFlag: @unchecked Sendable {
     // @unchecked: `value` is only touched under `lock`.
-    private let lock = NSLock()
+    private let lock = Lock()
     private var value = false
     func set() { lock.withLock { value = true } }
     var isSet: Bool { lock.withLock { value } }

@@ -1,18 +1,26 @@
 // Log: the device's durable, sequence-numbered log (SQLite).
 //
 // Theory of operation
-// - One SQLite file (WAL) per device: `meta` (format, device id, epoch), `state` (head and
-//   acked-through in one row), `records` (seq, device time, unsynced flag, compact body,
-//   CRC-32), `loss_markers` (ranges dropped under the disk quota). `application_id` and
-//   `user_version` mark the file as ours and carry the schema version.
-// - Appends are group-committed: `append` validates and queues the reading, then waits.
-//   One writer job on the log's SQLite thread takes everything queued (up to
-//   `maxBatchSize`) into one `BEGIN IMMEDIATE … COMMIT` and resumes the callers after
-//   COMMIT returned, i.e. after the fsync under `.full`. Appends that arrive during that
-//   fsync form the next batch, so the fsync cost is shared.
-// - Every write transaction re-reads the head inside BEGIN IMMEDIATE. Other processes may
-//   append or ack in between, and a commit that failed is in doubt (its WAL frames may
-//   reappear after recovery); reading the head afresh means a sequence number is never
+// - One SQLite file (WAL) per device: `meta` (format, device id, epoch), `state` (a floor
+//   of the head, and acked-through, in one row), `records` (seq, device time, unsynced flag,
+//   compact body, CRC-32), `loss_markers` (ranges dropped under the disk quota).
+//   `application_id` and `user_version` mark the file as ours and carry the schema version.
+// - The head is max(state.head, max(records.seq)). An append transaction only inserts its
+//   records (one B-tree page dirtied, one WAL frame, like a bare INSERT); a transaction that
+//   deletes records (retention, quota, acks) first raises state.head to the head, so the head
+//   survives trimming every record. Schema version 2; version 1 files (state.head updated by
+//   every append) are valid version 2 files and are marked as such when opened.
+// - Appends are group-committed by the log's own thread (`LogThread`): `append` validates and
+//   queues the reading, then waits. The thread takes everything queued (up to `maxBatchSize`)
+//   into one `BEGIN IMMEDIATE … COMMIT` and resumes the callers after COMMIT returned, i.e.
+//   after the fsync under `.full`. Appends that arrive during that fsync form the next batch,
+//   so the fsync cost is shared. Tasks that prefer the log's `executor` append without a thread
+//   switch (LogThread.swift).
+// - Every append transaction knows the head inside BEGIN IMMEDIATE: it re-reads it unless
+//   `PRAGMA data_version` says no other connection committed since this connection's last
+//   append transaction, which then fixed the head it holds. Other processes may append or ack
+//   in between, and a commit that failed is in doubt (its WAL frames may reappear after
+//   recovery), so after a failure the head is always re-read: a sequence number is never
 //   handed out twice in one history.
 // - Opening is idempotent, so processes may create one file at once: the file is identified
 //   in one read transaction, the schema is created only if still missing (inside BEGIN
@@ -21,7 +29,14 @@
 //   Bad input from callers and damage found on disk become thrown `LogError`s.
 import CSQLite
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 /// A device's durable, sequence-numbered log in one SQLite file.
@@ -29,10 +44,11 @@ import Logging
 /// Safe to use from any task. Several `DeviceLog`s (in one or several processes) may open
 /// the same file: one appends while another reads and acknowledges.
 public final class DeviceLog: @unchecked Sendable {
-    // @unchecked: `connection` is only used on `thread`; the queue and flags are guarded by `lock`.
+    // @unchecked: `connection` and `cachedHead` are only used on `thread`; the appends queue is
+    // the thread's; observers, flags and counters are guarded by `lock`.
 
-    /// Schema version this build writes and reads.
-    public static let schemaVersion: Int64 = 1
+    /// Schema version this build writes and reads (it also opens version 1 files, see above).
+    public static let schemaVersion: Int64 = 2
     /// `PRAGMA application_id` of Fieldlog device logs ("FLOG").
     public static let applicationID: Int32 = 0x464C_4F47
     static let formatName = "fieldlog-device-log"
@@ -42,31 +58,23 @@ public final class DeviceLog: @unchecked Sendable {
     public let epoch: Epoch
     public let configuration: LogConfiguration
 
-    private let thread: SQLiteThread
+    private let thread: LogThread
     private let connection: SQLiteConnection
     private let logger: Logger
 
-    /// Guards the queue, flags and counters; also signalled when an append is queued
-    /// (the writer may wait a moment for the callers it just released, see `drainOnce`).
-    private let lock = NSCondition()
-    private var lastBatchCount = 0
-    private var lastCommitNanoseconds: Int64 = 0
-    private var pending: [PendingAppend] = []
-    private var writerScheduled = false
+    /// The head this connection's last append transaction committed, and `PRAGMA data_version`
+    /// in it (unchanged until another connection commits). nil: read it in the next one.
+    private var cachedHead: (head: SequenceNumber, dataVersion: Int64)?
+
+    /// Guards the flags, observers and counters below.
+    private let lock = Lock()
     private var isClosed = false
     private var observers: [UInt64: AsyncStream<SequenceNumber>.Continuation] = [:]
     private var nextObserverID: UInt64 = 0
     private var stats = LogStatistics()
 
-    private struct PendingAppend {
-        var timestampMs: Int64
-        var unsynced: Bool
-        var body: [UInt8]
-        var continuation: CheckedContinuation<SequenceNumber, Error>
-    }
-
     private init(path: String, deviceID: DeviceID, epoch: Epoch, configuration: LogConfiguration,
-                 thread: SQLiteThread, connection: SQLiteConnection, logger: Logger) {
+                 thread: LogThread, connection: SQLiteConnection, logger: Logger) {
         self.path = path
         self.deviceID = deviceID
         self.epoch = epoch
@@ -74,7 +82,17 @@ public final class DeviceLog: @unchecked Sendable {
         self.thread = thread
         self.connection = connection
         self.logger = logger
+        thread.setCommit { [weak self] batch in self?.commit(batch) }
     }
+
+    /// The log's own thread as a task executor. A task that appends in a loop (a sampler)
+    /// can prefer it (`withTaskExecutorPreference(log.executor)`, or
+    /// `TaskGroup.addTask(executorPreference:)`): its appends then reach the group commit and
+    /// come back without a thread switch, its reads run inline, and `executorSleep` wakes it
+    /// from the thread's own timers. Such a task shares the
+    /// thread with the log's blocking calls (fsync, waits for another process's lock), so it
+    /// must not need to run while the log waits.
+    public var executor: any TaskExecutor { thread }
 
     deinit {
         let connection = self.connection
@@ -93,7 +111,7 @@ public final class DeviceLog: @unchecked Sendable {
     ///   `.wrongDevice`, `.sqlite`. A file that is not ours is never modified.
     public static func open(path: String, device: DeviceID?, configuration: LogConfiguration = LogConfiguration(),
                             logger: Logger = Logger(label: "fieldlog.log")) async throws -> DeviceLog {
-        let thread = SQLiteThread(name: "fieldlog-sqlite")
+        let thread = LogThread(name: "fieldlog-sqlite", maxBatchSize: configuration.maxBatchSize)
         do {
             let opened = try await thread.run { try openOnThread(path: path, device: device, configuration: configuration) }
             logger.debug("opened log", metadata: ["path": "\(path)", "device": "\(opened.device)", "epoch": "\(opened.epoch)"])
@@ -126,16 +144,16 @@ public final class DeviceLog: @unchecked Sendable {
             do {
                 return try openOnce(path: path, device: device, configuration: configuration)
             } catch LogError.sqlite(let error) where error.isBusy && ContinuousClock.now < deadline {
-                Thread.sleep(forTimeInterval: (pause + .microseconds(Int64.random(in: 0...1000))) / .seconds(1))
+                OSThread.sleep(pause + .microseconds(Int64.random(in: 0...1000)))
                 pause = min(pause * 2, .milliseconds(50))
             }
         }
     }
 
     private static func openOnce(path: String, device: DeviceID?, configuration: LogConfiguration) throws -> Opened {
-        var isDirectory: ObjCBool = false
-        let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
-        if isDirectory.boolValue { throw LogError.notAFieldlogLog(path: path, reason: "it is a directory") }
+        var st = stat()
+        let exists = stat(path, &st) == 0
+        if exists && (st.st_mode & S_IFMT) == S_IFDIR { throw LogError.notAFieldlogLog(path: path, reason: "it is a directory") }
         if !exists && device == nil { throw LogError.missing(path: path) }
 
         let connection: SQLiteConnection
@@ -174,11 +192,19 @@ public final class DeviceLog: @unchecked Sendable {
             guard appID == applicationID else {
                 throw LogError.notAFieldlogLog(path: path, reason: appID == 0
                     ? "it is an SQLite database of another application (\(tables) schema objects, no Fieldlog application id)"
-                    : String(format: "application id is 0x%08x, Fieldlog logs have 0x%08x", appID, applicationID))
+                    : "application id is \(hex8(appID)), Fieldlog logs have \(hex8(applicationID))")
             }
-            let version = try connection.scalarInt("PRAGMA user_version") ?? 0
-            guard version == schemaVersion else {
+            var version = try connection.scalarInt("PRAGMA user_version") ?? 0
+            guard version == schemaVersion || version == 1 else {
                 throw LogError.unsupportedSchema(path: path, found: version, supported: schemaVersion)
+            }
+            if version == 1 {
+                // A version 1 file is a valid version 2 file (its state.head equals the head);
+                // marking it keeps builds that would read state.head alone from opening it.
+                try connection.writeTransaction {
+                    version = try connection.scalarInt("PRAGMA user_version") ?? 0
+                    if version == 1 { try connection.execute("PRAGMA user_version = \(schemaVersion)") }
+                }
             }
             let meta = try readMeta(connection, path: path)
             if let device, device != meta.device {
@@ -187,7 +213,7 @@ public final class DeviceLog: @unchecked Sendable {
             let mode = try connection.query("PRAGMA journal_mode").first?.first
             if mode != .text("wal") { try connection.execute("PRAGMA journal_mode=WAL") }
             try connection.execute("PRAGMA wal_autocheckpoint=\(max(0, configuration.walAutocheckpointPages))")
-            // Check the state row once at open (it is re-read in every write transaction).
+            // Check the state row once at open.
             _ = try readState(connection, path: path)
             return Opened(connection: connection, device: meta.device, epoch: meta.epoch)
         } catch let error as SQLiteError {
@@ -253,8 +279,9 @@ public final class DeviceLog: @unchecked Sendable {
         return (device, epoch)
     }
 
+    /// The head (max of state.head and the highest record) and the acked pointer.
     private static func readState(_ c: SQLiteConnection, path: String) throws -> (head: SequenceNumber, acked: SequenceNumber) {
-        let rows = try c.query("SELECT head, acked FROM state WHERE id = 1")
+        let rows = try c.query("SELECT max(head, coalesce((SELECT max(seq) FROM records), 0)), acked FROM state WHERE id = 1")
         guard rows.count == 1, case .integer(let head) = rows[0][0], case .integer(let acked) = rows[0][1],
               head >= 0, acked >= 0, acked <= head, UInt64(head) <= SequenceNumber.max.rawValue else {
             throw LogError.corrupt(path: path, detail: "state row is missing or invalid: \(rows)")
@@ -270,10 +297,15 @@ public final class DeviceLog: @unchecked Sendable {
             defer { isClosed = true }
             return isClosed
         }
-        if alreadyClosed { return }
+        if alreadyClosed || !thread.closeAppends() { return }
         // Appends queued before the close are committed (and answered) first.
         _ = try? await thread.run { [self] in
-            while commitNextBatch() {}
+            var rest = thread.drainAppends()[...]
+            while !rest.isEmpty {
+                let n = min(rest.count, max(1, configuration.maxBatchSize))
+                commit(Array(rest.prefix(n)))
+                rest = rest.dropFirst(n)
+            }
             connection.close()
         }
         finishObservers()
@@ -301,66 +333,21 @@ public final class DeviceLog: @unchecked Sendable {
         guard missing.count <= 4096 else { throw LogError.invalidInput(path: path, reason: "\(missing.count) missing sensors; at most 4096") }
         let ts = timestamp ?? DeviceTimestamp(unixMilliseconds: Self.currentTimeMs())
         let body = RecordCodec.encode(values, missing: missing)
-        return try await withCheckedThrowingContinuation { continuation in
-            enum Next { case closed, queued, scheduleWriter }
-            let next: Next = lock.withLock {
-                if isClosed { return .closed }
-                pending.append(PendingAppend(timestampMs: ts.unixMilliseconds, unsynced: ts.clockUnsynchronized, body: body, continuation: continuation))
-                if writerScheduled {
-                    lock.signal()
-                    return .queued
-                }
-                writerScheduled = true
-                return .scheduleWriter
-            }
-            switch next {
-            case .closed: continuation.resume(throwing: LogError.closed(path: path))
-            case .queued: break
-            case .scheduleWriter: thread.submit { [self] in drainOnce() }
-            }
+        // Unsafe (not checked): resumed exactly once, by the commit that takes it or here; the
+        // checked variant's extra allocation was measurable at 64 appenders.
+        return try await withUnsafeThrowingContinuation { continuation in
+            let queued = thread.enqueueAppend(PendingAppend(timestampMs: ts.unixMilliseconds, unsynced: ts.clockUnsynchronized,
+                                                            body: body, continuation: continuation))
+            if !queued { continuation.resume(throwing: LogError.closed(path: path)) }
         }
     }
 
-    /// Writer job: commits one batch, then reschedules itself behind any queued reads.
-    ///
-    /// Group-commit wait: the callers released by the previous commit usually append again
-    /// at once. When fewer appends are queued than the previous batch carried, the writer
-    /// waits for them, at most a quarter of the previous commit's duration (≤ 2 ms), so
-    /// batches stay as large as the number of concurrent appenders instead of alternating
-    /// between a few stragglers and the rest. A lone appender never waits (its previous
-    /// batch was 1 and its append is already queued).
-    private func drainOnce() {
-        if commitNextBatch() { thread.submit { [self] in drainOnce() } }
-    }
-
-    /// Commits one batch of queued appends (on the SQLite thread). Returns true when more
-    /// appends are queued.
-    private func commitNextBatch() -> Bool {
-        let batch: [PendingAppend] = lock.withLock {
-            if pending.count < lastBatchCount && !isClosed {
-                let waitNs = min(lastCommitNanoseconds / 4, 2_000_000)
-                let deadline = Date(timeIntervalSinceNow: Double(waitNs) / 1e9)
-                while pending.count < lastBatchCount && lock.wait(until: deadline) {}
-            }
-            let n = min(pending.count, max(1, configuration.maxBatchSize))
-            let batch = Array(pending.prefix(n))
-            pending.removeFirst(n)
-            if batch.isEmpty { writerScheduled = false }
-            return batch
-        }
-        if batch.isEmpty { return false }
+    /// On the log thread: commits one batch of queued appends in one transaction and answers
+    /// its callers (see `LogThread` for how batches form).
+    private func commit(_ batch: [PendingAppend]) {
         let result: Result<SequenceNumber, Error>
-        let started = ContinuousClock.now
-        defer {
-            let c = (ContinuousClock.now - started).components
-            let ns = c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000
-            lock.withLock {
-                lastBatchCount = batch.count
-                lastCommitNanoseconds = ns
-            }
-        }
         do {
-            result = .success(try connection.writeTransaction { try commitBatch(batch) })
+            result = .success(try connection.writeTransaction { try insertBatch(batch) })
         } catch let error as SQLiteError {
             result = .failure(LogError.sqlite(error))
         } catch {
@@ -380,6 +367,8 @@ public final class DeviceLog: @unchecked Sendable {
             }
             notifyObservers(last)
         case .failure(let error):
+            // In doubt or refused: the next transaction reads the head afresh.
+            cachedHead = nil
             lock.withLock {
                 stats.failedCommits += 1
                 stats.appendsFailed += UInt64(batch.count)
@@ -392,23 +381,26 @@ public final class DeviceLog: @unchecked Sendable {
             }
             for item in batch { item.continuation.resume(throwing: error) }
         }
-        return lock.withLock {
-            if pending.isEmpty { writerScheduled = false; return false }
-            return true
-        }
     }
 
-    /// Inside BEGIN IMMEDIATE: re-reads the head, applies the quota, inserts the batch.
-    private func commitBatch(_ batch: [PendingAppend]) throws -> SequenceNumber {
-        let state = try Self.readState(connection, path: path)
-        let head = state.head
-        // Damage on disk is reported, not crashed on: appending past it would hide it.
-        if let maxSeq = try connection.scalarInt("SELECT max(seq) FROM records"), maxSeq > Int64(head.rawValue) {
-            throw LogError.corrupt(path: path, detail: "record \(maxSeq) lies beyond the head \(head)")
+    /// Inside BEGIN IMMEDIATE: finds the head (see the theory of operation), applies the
+    /// quota, inserts the batch. Sets `cachedHead` for the next transaction, to be kept only
+    /// if COMMIT succeeds (`commit` clears it otherwise).
+    private func insertBatch(_ batch: [PendingAppend]) throws -> SequenceNumber {
+        let dataVersion = try connection.scalarInt("PRAGMA data_version") ?? -1
+        let head: SequenceNumber
+        var acked: SequenceNumber?
+        if let cached = cachedHead, cached.dataVersion == dataVersion {
+            head = cached.head
+        } else {
+            let state = try Self.readState(connection, path: path)
+            (head, acked) = (state.head, state.acked)
         }
+        cachedHead = nil
         if let maxBytes = configuration.maxBytes {
             let incoming = batch.reduce(Int64(0)) { $0 + Int64($1.body.count) + Self.rowOverheadBytes }
-            try enforceQuota(maxBytes: maxBytes, incomingBytes: incoming, batchCount: batch.count, acked: state.acked)
+            let ackedNow = try acked ?? Self.readState(connection, path: path).acked
+            try enforceQuota(maxBytes: maxBytes, incomingBytes: incoming, batchCount: batch.count, head: head, acked: ackedNow)
         }
         let insert = try connection.prepare("INSERT INTO records(seq, ts_ms, unsynced, body, crc) VALUES (?, ?, ?, ?, ?)")
         var seq = head
@@ -428,8 +420,13 @@ public final class DeviceLog: @unchecked Sendable {
         }
         insert.reset()
         precondition(seq.rawValue == head.rawValue + UInt64(batch.count))
-        try connection.run("UPDATE state SET head = ? WHERE id = 1", [.integer(Int64(seq.rawValue))])
+        cachedHead = (seq, dataVersion)
         return seq
+    }
+
+    /// Raises state.head to `head` (before records are deleted, so the head survives them).
+    private static func persistHead(_ c: SQLiteConnection, _ head: SequenceNumber) throws {
+        try c.run("UPDATE state SET head = ? WHERE id = 1 AND head < ?", [.integer(Int64(head.rawValue)), .integer(Int64(head.rawValue))])
     }
 
     static let rowOverheadBytes: Int64 = 40
@@ -445,9 +442,10 @@ public final class DeviceLog: @unchecked Sendable {
     /// Frees room for `incomingBytes` under `maxBytes`: first trims acknowledged records,
     /// then, under `.dropOldest`, deletes the oldest unacknowledged records and records a
     /// loss marker for each contiguous run deleted. Throws `quotaExceeded` otherwise.
-    private func enforceQuota(maxBytes: Int64, incomingBytes: Int64, batchCount: Int, acked: SequenceNumber) throws {
+    private func enforceQuota(maxBytes: Int64, incomingBytes: Int64, batchCount: Int, head: SequenceNumber, acked: SequenceNumber) throws {
         var used = try usedBytes()
         if used + incomingBytes <= maxBytes { return }
+        try Self.persistHead(connection, head)
         // Free a little more than needed, so a full log does not churn on every append.
         let target = maxBytes - maxBytes / 20 - incomingBytes
         let perRecord = max(Self.rowOverheadBytes, incomingBytes / Int64(max(1, batchCount)))
@@ -660,9 +658,10 @@ public final class DeviceLog: @unchecked Sendable {
                 let acked = max(state.acked, through)
                 precondition(acked <= state.head)
                 if acked > state.acked {
-                    try c.run("UPDATE state SET acked = ? WHERE id = 1", [.integer(Int64(acked.rawValue))])
+                    try c.run("UPDATE state SET head = max(head, ?), acked = ? WHERE id = 1",
+                              [.integer(Int64(state.head.rawValue)), .integer(Int64(acked.rawValue))])
                 }
-                try Self.applyRetention(c, configuration: configuration, acked: acked, nowMs: nowMs)
+                try Self.applyRetention(c, configuration: configuration, head: state.head, acked: acked, nowMs: nowMs)
                 return acked
             }
         }
@@ -676,7 +675,7 @@ public final class DeviceLog: @unchecked Sendable {
         return try await read { c in
             try c.writeTransaction {
                 let state = try Self.readState(c, path: path)
-                return try Self.applyRetention(c, configuration: configuration, acked: state.acked, nowMs: nowMs)
+                return try Self.applyRetention(c, configuration: configuration, head: state.head, acked: state.acked, nowMs: nowMs)
             }
         }
     }
@@ -685,7 +684,8 @@ public final class DeviceLog: @unchecked Sendable {
     /// `retentionMaxAge`; never a record above `acked`. Drops loss markers that lie wholly
     /// below both the acked pointer and the oldest retained record.
     @discardableResult
-    private static func applyRetention(_ c: SQLiteConnection, configuration: LogConfiguration, acked: SequenceNumber, nowMs: Int64) throws -> Int {
+    private static func applyRetention(_ c: SQLiteConnection, configuration: LogConfiguration, head: SequenceNumber, acked: SequenceNumber,
+                                       nowMs: Int64) throws -> Int {
         let ackedValue = Int64(acked.rawValue)
         let countLimit = configuration.retentionMaxCount.map { ackedValue - Int64($0) } ?? -1
         let ageLimit: Int64 = configuration.retentionMaxAge.map { nowMs - $0.components.seconds * 1000 } ?? Int64.min
@@ -701,7 +701,11 @@ public final class DeviceLog: @unchecked Sendable {
                                              [.integer(ackedValue), .integer(ageLimit)])
             bound = max(bound, min(ackedValue, (firstYoung ?? ackedValue + 1) - 1))
         }
-        let trimmed = bound >= 1 ? try c.run("DELETE FROM records WHERE seq <= ?", [.integer(bound)]) : 0
+        var trimmed = 0
+        if bound >= 1 {
+            try persistHead(c, head)
+            trimmed = try c.run("DELETE FROM records WHERE seq <= ?", [.integer(bound)])
+        }
         try c.run("DELETE FROM loss_markers WHERE last <= ? AND last < (SELECT coalesce(min(seq), ? + 1) FROM records)",
                   [.integer(ackedValue), .integer(ackedValue)])
         return trimmed
@@ -728,7 +732,7 @@ public final class DeviceLog: @unchecked Sendable {
     }
 
     private func notifyObservers(_ head: SequenceNumber) {
-        let current = lock.withLock { Array(observers.values) }
+        let current = lock.withLock { observers.isEmpty ? [] : Array(observers.values) }
         for o in current { o.yield(head) }
     }
 
@@ -867,4 +871,10 @@ public struct LogStatus: Sendable {
     public var fileBytes: Int64
     public var walBytes: Int64
     public var lossMarkers: [LossMarker]
+}
+
+/// `0x` and eight hex digits of the 32 bits (as `%08x` prints them).
+private func hex8(_ v: Int32) -> String {
+    let digits = String(UInt32(bitPattern: v), radix: 16)
+    return "0x" + String(repeating: "0", count: 8 - digits.count) + digits
 }

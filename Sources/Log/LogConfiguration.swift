@@ -1,6 +1,5 @@
 // Configuration and errors of the device log.
 import FieldlogCore
-import Foundation
 
 /// When an append counts as done.
 public enum Durability: String, Sendable, CaseIterable {
@@ -117,7 +116,7 @@ extension LogConfiguration {
     public init(environment: [String: String]) throws(DomainError) {
         self.init()
         func value(_ key: String) -> String? {
-            guard let v = environment[key]?.trimmingCharacters(in: .whitespaces), !v.isEmpty else { return nil }
+            guard let v = environment[key]?.trimmed(.spaces), !v.isEmpty else { return nil }
             return v
         }
         func integer(_ key: String, _ text: String) throws(DomainError) -> Int64 {

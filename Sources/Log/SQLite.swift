@@ -1,14 +1,18 @@
-// SQLite: one small owning class per C handle (connection, statement), and the dedicated
-// thread all libsqlite3 calls run on.
+// SQLite: one small owning class per C handle (connection, statement).
 //
 // Theory of operation: `SQLiteConnection` owns one `sqlite3*` and closes it exactly once.
 // It is not thread-safe by itself; every `DeviceLog` owns one connection and one
-// `SQLiteThread`, and only ever touches the connection from closures run on that thread.
+// `LogThread` (LogThread.swift), and only ever touches the connection on that thread.
 // Blocking calls (fsync inside COMMIT, busy waits on other processes' locks) therefore
 // never block Swift's cooperative pool. C return codes become `SQLiteError`s that name
 // the file, the operation and SQLite's own message.
 import CSQLite
-import Foundation
+import FieldlogCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A failed SQLite call: which file, what we were doing, SQLite's (extended) code and message.
 public struct SQLiteError: Error, CustomStringConvertible, Sendable {
@@ -39,7 +43,7 @@ enum SQLiteValue: Equatable {
     case null
 }
 
-/// One open `sqlite3*`. Used from a single thread at a time (its owner's `SQLiteThread`).
+/// One open `sqlite3*`. Used from a single thread at a time (its owner's `LogThread`).
 final class SQLiteConnection {
     let path: String
     private var handle: OpaquePointer?
@@ -265,65 +269,4 @@ final class SQLiteStatement {
         default: return .null
         }
     }
-}
-
-/// A dedicated OS thread that runs submitted jobs one at a time, in order. All SQLite calls
-/// of one `DeviceLog` go through one of these, never through Swift's cooperative pool.
-final class SQLiteThread: @unchecked Sendable {
-    // @unchecked: `jobs` and `stopped` are only touched with `condition` locked.
-    private let condition = NSCondition()
-    private var jobs: [() -> Void] = []
-    private var stopped = false
-    private var thread: Thread?
-
-    init(name: String) {
-        // The thread holds `self` until `stop()`; its owner (DeviceLog) stops it on close/deinit.
-        let thread = Thread { self.loop() }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        self.thread = thread
-        thread.start()
-    }
-
-    private func loop() {
-        while true {
-            condition.lock()
-            while jobs.isEmpty && !stopped { condition.wait() }
-            if jobs.isEmpty && stopped {
-                condition.unlock()
-                return
-            }
-            let batch = jobs
-            jobs.removeAll(keepingCapacity: true)
-            condition.unlock()
-            for job in batch { job() }
-        }
-    }
-
-    /// Queues `job`; it runs on the thread after the jobs queued before it.
-    func submit(_ job: @escaping () -> Void) {
-        condition.lock()
-        precondition(!stopped, "job submitted to a stopped SQLite thread")
-        jobs.append(job)
-        condition.signal()
-        condition.unlock()
-    }
-
-    /// Runs `body` on the thread and returns its result to the awaiting task.
-    func run<T: Sendable>(_ body: @escaping () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
-            submit {
-                do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
-            }
-        }
-    }
-
-    /// Lets the thread finish queued jobs and exit.
-    func stop() {
-        condition.lock()
-        stopped = true
-        condition.signal()
-        condition.unlock()
-    }
-
 }

@@ -1,6 +1,12 @@
 // Test-only fault switches for the outage lab (docs/outage-lab.md). Off unless their
 // environment variable is set; never set them on a real device.
+import Dispatch
+import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// Faults the outage lab injects into a real device process through the environment.
 public enum TestFaults {
@@ -14,7 +20,7 @@ public enum TestFaults {
             if now &- s.readAtNs > 250_000_000 || s.readAtNs == 0 {
                 s.readAtNs = now
                 if let text = try? String(contentsOfFile: path, encoding: .utf8),
-                   let seconds = Int64(text.trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "+", with: "")) {
+                   let seconds = Int64(text.trimmed().filter { $0 != "+" }) {
                     s.offsetMs = seconds * 1000
                 }
             }
@@ -29,7 +35,7 @@ public enum TestFaults {
 
     private final class LockedClockState: @unchecked Sendable {
         // @unchecked: `value` is only touched under `lock`.
-        private let lock = NSLock()
+        private let lock = Lock()
         private var value = ClockState()
         func withLock<T>(_ body: (inout ClockState) -> T) -> T { lock.withLock { body(&value) } }
     }

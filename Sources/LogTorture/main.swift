@@ -3,7 +3,9 @@
 // moment and check that every printed append survived.
 //
 // Usage: fieldlog-log-torture --db PATH --device ID [--concurrency N] [--count N] [--prefix P]
-//                             [--durability full|normal]
+//                             [--durability full|normal] [--executor pool|log|mixed]
+// `--executor`: where the appending tasks run: Swift's pool, the log's own executor (as the
+// device's sampler does), or mixed (every other task on the log's executor). Default pool.
 // Tags are "<prefix>-<worker>-<i>" and stored as the text value "tag".
 import FieldlogCore
 import Foundation
@@ -17,6 +19,7 @@ struct Options {
     var count = Int.max
     var prefix = "run"
     var durability = Durability.full
+    var executor = "pool"
 }
 
 func parse() -> Options {
@@ -34,6 +37,9 @@ func parse() -> Options {
         case "--count": o.count = Int(value(a)) ?? 0
         case "--prefix": o.prefix = value(a)
         case "--durability": o.durability = Durability(rawValue: value(a)) ?? .full
+        case "--executor":
+            o.executor = value(a)
+            if !["pool", "log", "mixed"].contains(o.executor) { fail("--executor takes pool, log or mixed, got \(o.executor)") }
         default: fail("unknown argument \(a)")
         }
     }
@@ -69,7 +75,8 @@ do {
     let perWorker = options.count == Int.max ? Int.max : (options.count + options.concurrency - 1) / options.concurrency
     try await withThrowingTaskGroup(of: Void.self) { group in
         for w in 0..<options.concurrency {
-            group.addTask {
+            let onLog = options.executor == "log" || (options.executor == "mixed" && w % 2 == 1)
+            group.addTask(executorPreference: onLog ? log.executor : nil) {
                 var i = 0
                 while i < perWorker {
                     let tag = "\(options.prefix)-\(w)-\(i)"

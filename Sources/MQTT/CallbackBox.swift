@@ -1,8 +1,13 @@
 // The C context of a libmosquitto handle: receives its callbacks (on the network thread) and
 // hands each event to whoever waits for it. Never calls back into the owner.
 import CMosquitto
-import Foundation
+import FieldlogCore
 import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 final class CallbackBox: @unchecked Sendable {
     // @unchecked: every mutable member is only touched under `lock`; the continuations of the
@@ -25,7 +30,9 @@ final class CallbackBox: @unchecked Sendable {
         var continuation: CheckedContinuation<MQTTQoS, Error>
     }
 
-    private let lock = NSLock()
+    private let lock = Lock()
+    /// Bytes of PUBLISH/PUBACK packets, for a data budget (MQTTTraffic.swift).
+    let traffic = TrafficTally()
     private let logger: Logger
     private let messages: AsyncStream<MQTTMessage>.Continuation
     private let events: AsyncStream<MQTTConnectionEvent>.Continuation
@@ -168,8 +175,10 @@ final class CallbackBox: @unchecked Sendable {
         let topic = String(cString: message.topic)
         let payload = message.payloadlen > 0 && message.payload != nil
             ? Array(UnsafeRawBufferPointer(start: message.payload, count: Int(message.payloadlen))) : []
-        messages.yield(MQTTMessage(topic: topic, payload: payload, qos: MQTTQoS(rawValue: message.qos) ?? .atMostOnce,
-                                   retain: message.retain, properties: PropertyList.read(properties)))
+        let m = MQTTMessage(topic: topic, payload: payload, qos: MQTTQoS(rawValue: message.qos) ?? .atMostOnce,
+                            retain: message.retain, properties: PropertyList.read(properties))
+        traffic.delivered(m)
+        messages.yield(m)
     }
 
     private func onLog(level: Int32, text: String) {
@@ -421,12 +430,12 @@ struct PropertyList {
         var text: UnsafeMutablePointer<CChar>?
         if mosquitto_property_read_string(list, Int32(MQTT_PROP_CONTENT_TYPE.rawValue), &text, false) != nil, let text {
             result.contentType = String(cString: text)
-            Foundation.free(text)
+            cFree(text)
         }
         text = nil
         if mosquitto_property_read_string(list, Int32(MQTT_PROP_RESPONSE_TOPIC.rawValue), &text, false) != nil, let text {
             result.responseTopic = String(cString: text)
-            Foundation.free(text)
+            cFree(text)
         }
         var expiry: UInt32 = 0
         if mosquitto_property_read_int32(list, Int32(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL.rawValue), &expiry, false) != nil {
@@ -436,7 +445,7 @@ struct PropertyList {
         var length: UInt16 = 0
         if mosquitto_property_read_binary(list, Int32(MQTT_PROP_CORRELATION_DATA.rawValue), &binary, &length, false) != nil {
             result.correlationData = binary.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(length))) } ?? []
-            Foundation.free(binary)
+            cFree(binary)
         }
         var current: OpaquePointer? = list
         var skipFirst = false
@@ -445,11 +454,14 @@ struct PropertyList {
             var value: UnsafeMutablePointer<CChar>?
             guard let found = mosquitto_property_read_string_pair(current, Int32(MQTT_PROP_USER_PROPERTY.rawValue), &name, &value, skipFirst) else { break }
             if let name, let value { result.userProperties.append(MQTTUserProperty(String(cString: name), String(cString: value))) }
-            Foundation.free(name)
-            Foundation.free(value)
+            cFree(name)
+            cFree(value)
             current = found
             skipFirst = true
         }
         return result
     }
 }
+
+/// free(3), under a name no member hides.
+private func cFree(_ pointer: UnsafeMutableRawPointer?) { free(pointer) }

@@ -27,9 +27,14 @@
 //   SUBSCRIBEs in flight when the connection drops fail with `.notConnected`. When a
 //   reconnect finds no session on the broker, the client subscribes again to what it had.
 import CMosquitto
-import Foundation
+import FieldlogCore
 import Logging
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// An MQTT v5 client. Thread-safe; every method may be called from any task.
 public final class MQTTClient: Sendable {
@@ -72,6 +77,11 @@ public final class MQTTClient: Sendable {
     public func publish(_ topic: String, payload: [UInt8], qos: MQTTQoS = .atLeastOnce, retain: Bool = false,
                         properties: MQTTMessageProperties = .init()) async throws -> MQTTPublishAck {
         try await core.publish(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+    }
+
+    /// Tells `observer` the size of every PUBLISH/PUBACK from now on (see MQTTTraffic.swift).
+    public func observeTraffic(_ observer: any MQTTTrafficObserver) {
+        core.observeTraffic(observer)
     }
 
     /// Subscribes to `filter` (wildcards and `$share/group/filter` allowed); returns the QoS the
@@ -122,7 +132,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
     private let logger: Logger
     private let backoff: ReconnectBackoff
     private let waker: LoopWaker
-    private let control = NSCondition()
+    private let control = ConditionLock()
     private var threadRunning = false
     private var stopRequested = false
     private var stopRequestedAt: ContinuousClock.Instant?
@@ -199,7 +209,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
             try check(mosquitto_username_pw_set(mosq, c.username, c.password), "set user name and password")
         }
         if let tls = c.tls {
-            for file in [tls.caFile, tls.certificateFile, tls.keyFile].compactMap({ $0 }) where !FileManager.default.isReadableFile(atPath: file) {
+            for file in [tls.caFile, tls.certificateFile, tls.keyFile].compactMap({ $0 }) where access(file, R_OK) != 0 {
                 throw MQTTError(operation: operation, kind: .usage, message: "TLS file \(file) is missing or unreadable")
             }
             guard (tls.certificateFile == nil) == (tls.keyFile == nil) else {
@@ -242,9 +252,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
             threadRunning = true
             control.unlock()
             box.setConnectWaiter(continuation)
-            let thread = Thread { self.runNetworkThread() }
-            thread.name = "mqtt \(configuration.clientID)"
-            thread.start()
+            OSThread.start(name: "mqtt \(configuration.clientID)") { self.runNetworkThread() }
         }
     }
 
@@ -388,7 +396,7 @@ final class MQTTConnectionCore: @unchecked Sendable {
         let delay = backoff.delay(attempt: attempt, randomUnit: Double.random(in: 0..<1))
         box.emit(.reconnecting(attempt: attempt, delay: delay))
         logger.info("mqtt reconnecting", metadata: ["client": "\(configuration.clientID)", "attempt": "\(attempt)", "delay": "\(delay)"])
-        let deadline = Date().addingTimeInterval(delay / .seconds(1))
+        let deadline = ContinuousClock.now + delay
         control.lock()
         defer { control.unlock() }
         while !stopRequested {
@@ -469,10 +477,13 @@ final class MQTTConnectionCore: @unchecked Sendable {
                 continuation.resume(throwing: box.error(forLibraryCode: rc, operation: operation))
                 return
             }
+            box.traffic.published(topic: topic, payloadBytes: payload.count, qos: qos, properties: properties)
             box.registerPublish(mid: mid, topic: topic, qos: qos, continuation: continuation)
             waker.signal()
         }
     }
+
+    func observeTraffic(_ observer: any MQTTTrafficObserver) { box.traffic.observe(observer) }
 
     func subscribe(filter: String, qos: MQTTQoS, noLocal: Bool) async throws -> MQTTQoS {
         let operation = "subscribe to \(filter)"

@@ -1,5 +1,9 @@
 // MQTT: a thin, safe wrapper over libmosquitto 2.0 (MQTT v5). Public value types.
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Quality of service of a publish or subscription.
 public enum MQTTQoS: Int32, Sendable, Hashable, Comparable {

@@ -67,7 +67,8 @@ public struct DeviceLogSnapshot: Sendable {
             throw LabError.command("checker: \(path) has no device_id/epoch in meta: \(meta)")
         }
         var head: UInt64 = 0, acked: UInt64 = 0
-        try query(db, "SELECT head, acked FROM state WHERE id = 1", path) { stmt in
+        // The head is max(state.head, highest record): appends insert records only (docs/log.md).
+        try query(db, "SELECT max(head, coalesce((SELECT max(seq) FROM records), 0)), acked FROM state WHERE id = 1", path) { stmt in
             head = UInt64(sqlite3_column_int64(stmt, 0))
             acked = UInt64(sqlite3_column_int64(stmt, 1))
         }
@@ -98,7 +99,8 @@ public struct DeviceLogSnapshot: Sendable {
         defer { _ = try? exec(db, "COMMIT", path) }
         var epoch: UInt64 = 0, head: UInt64 = 0, acked: UInt64 = 0
         try query(db, "SELECT value FROM meta WHERE key = 'epoch'", path) { epoch = UInt64(text($0, 0), radix: 16) ?? 0 }
-        try query(db, "SELECT head, acked FROM state WHERE id = 1", path) { stmt in
+        // The head is max(state.head, highest record): appends insert records only (docs/log.md).
+        try query(db, "SELECT max(head, coalesce((SELECT max(seq) FROM records), 0)), acked FROM state WHERE id = 1", path) { stmt in
             head = UInt64(sqlite3_column_int64(stmt, 0))
             acked = UInt64(sqlite3_column_int64(stmt, 1))
         }

@@ -10,7 +10,11 @@
 // All context access is serialised by one lock; async calls queue on the worker thread.
 import FieldlogCore
 import CHiredis
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Logging
 
 /// A connection to Redis. Thread-safe; blocking calls (`blocking…`) belong on a thread of the
@@ -19,7 +23,7 @@ public final class RedisConnection: @unchecked Sendable {
     // @unchecked: `context` and `closed` are only touched under `lock`.
     public let configuration: RedisConfiguration
     private let logger: Logger
-    private let lock = NSLock()
+    private let lock = Lock()
     private var context: UnsafeMutablePointer<redisContext>?
     private var closed = false
     private let worker: WorkerThread
@@ -222,7 +226,7 @@ public final class RedisConnection: @unchecked Sendable {
                                  message: "the server was still loading its dataset after \(configuration.commandTimeout): \(message)")
             }
             logger.debug("redis is loading its dataset; waiting", metadata: ["endpoint": "\(configuration.endpointDescription)"])
-            Thread.sleep(forTimeInterval: 0.05)
+            OSThread.sleep(.milliseconds(50))
         }
     }
 

@@ -1,5 +1,4 @@
 // Redis: a thin, safe wrapper over hiredis 0.14 (binary-safe commands by argument vector).
-import Foundation
 
 /// A reply from Redis, copied out of hiredis' reply object.
 public enum RedisReply: Sendable, Hashable, CustomStringConvertible {

@@ -64,11 +64,10 @@ final class GrafanaDashboardTests: XCTestCase {
                      ('dev-b', 'legacy', '2026-11-29 09:59:00', NULL, NULL, NULL, NULL, NULL);
             INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head) VALUES ('dev-a', \(Self.epoch), '2026-11-29 09:59:00', 30);
             """
-        sql += "INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at) VALUES "
-        sql += seqs.map { "('dev-a', \(Self.epoch), \($0), \((Self.from + Int64(10 * $0)) * 1000), '\(t($0))', 0, '\(t($0))')" }.joined(separator: ",") + ";"
-        sql += "INSERT INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value) VALUES "
-        sql += seqs.flatMap { ["('dev-a', \(Self.epoch), \($0), 'temp', '\(t($0))', \($0))", "('dev-a', \(Self.epoch), \($0), 'hum', '\(t($0))', 50)"] }
+        sql += "INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals) VALUES "
+        sql += seqs.map { "('dev-a', \(Self.epoch), \($0), \((Self.from + Int64(10 * $0)) * 1000), '\(t($0))', 0, '\(t($0))', '[{\"s\":\"hum\",\"n\":50.0},{\"s\":\"temp\",\"n\":\($0).0}]')" }
             .joined(separator: ",") + ";"
+        sql += "INSERT INTO device_sensors (device_id, sensor) VALUES ('dev-a', 'hum'), ('dev-a', 'temp');"
         sql += """
             INSERT INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at) VALUES
               ('dev-a', \(Self.epoch), 1, 10, '2026-11-29 10:02:00'), ('dev-a', \(Self.epoch), 11, 20, '2026-11-29 10:04:00'),

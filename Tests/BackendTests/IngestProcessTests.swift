@@ -45,7 +45,7 @@ final class IngestProcessTests: XCTestCase {
         for d in devices {
             XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(d.id)'"), "400")
             XCTAssertEqual(try db.scalar("SELECT CONCAT(MIN(seq), ' ', MAX(seq)) FROM readings WHERE device_id = '\(d.id)'"), "1 400")
-            XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values WHERE device_id = '\(d.id)'"), "800")
+            XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values WHERE device_id = '\(d.id)'"), "800", "two values per reading, through the view")
         }
         let metrics = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(metricsPort)/metrics"])
         for name in ["fieldlog_rows_inserted_total", "fieldlog_acks_sent_total", "fieldlog_commit_seconds_bucket",

@@ -23,8 +23,9 @@ final class MigrationTests: XCTestCase {
         let value4 = try await migrator.currentVersion()
         XCTAssertEqual(value4, Schema.latestVersion)
         try await migrator.requireCurrent()
-        for table in ["devices", "epochs", "readings", "reading_values", "batch_ranges", "loss_ranges", "dead_letters",
-                      "legacy_readings", "legacy_values", "commands", "command_responses", "sensor_values", "epoch_progress"] {
+        for table in ["devices", "epochs", "readings", "reading_values", "device_sensors", "batch_ranges", "loss_ranges", "dead_letters",
+                      "legacy_readings", "legacy_values", "commands", "command_responses", "sensor_values", "epoch_progress",
+                      "device_data_usage"] {
             XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '\(table)'"), "1", table)
         }
         try await c.query("INSERT INTO schema_migrations (version, name) VALUES (\(Schema.latestVersion + 1), 'from the future')")
@@ -108,16 +109,18 @@ final class StoreTests: XCTestCase {
                                                   newDevices: [device], newEpochs: [(device, epoch)])
         XCTAssertEqual(resent.map(\.duplicates), [10, 10])
 
-        // A dropped value row (reading_values) and a dropped dead letter (NULL key: must be inserted) fail too.
-        try await c.query("ALTER TABLE reading_values ADD CONSTRAINT drops_state CHECK (sensor <> 'state' OR seq <> 25)")
+        // A dropped sensor row (device_sensors, a device seen for the first time) and a dropped dead
+        // letter (NULL key: must be inserted) fail too.
+        let other = Fixtures.device("other")
+        try await c.query("ALTER TABLE device_sensors ADD CONSTRAINT drops_state CHECK (sensor <> 'state' OR device_id NOT LIKE 'other%')")
         do {
-            _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(device, epoch, 21, 30))], newDevices: [], newEpochs: [])
-            XCTFail("a silently dropped value row must fail the transaction")
+            _ = try await store.storeBatches([Fixtures.request(Fixtures.batch(other, epoch, 21, 30))], newDevices: [other], newEpochs: [(other, epoch)])
+            XCTFail("a silently dropped sensor row must fail the transaction")
         } catch let e as MariaDBRowsNotWritten {
-            XCTAssertEqual(e.table, "reading_values")
-            XCTAssertEqual(e.missingKeys, [[.string(device.rawValue), .uint(epoch.rawValue), .uint(25), .string("state")]])
+            XCTAssertEqual(e.table, "device_sensors")
+            XCTAssertEqual(e.missingKeys, [[.string(other.rawValue), .string("state")]])
         }
-        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE seq BETWEEN 21 AND 30"), "0")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(other)'"), "0")
         try await c.query("ALTER TABLE dead_letters ADD CONSTRAINT drops_oversize CHECK (reason <> 'oversize')")
         var tx = IngestTransaction()
         tx.deadLetters = [DeadLetter(topic: "t", reason: .malformedJSON, message: "x", topicDevice: nil, payload: [1]),
@@ -168,6 +171,19 @@ final class StoreTests: XCTestCase {
         ])
         XCTAssertEqual(try db.scalar("SELECT CONCAT(status_state, ' ', status_acked) FROM devices WHERE device_id = '\(devices[1])'"), "offline 2")
         XCTAssertEqual(try db.scalar("SELECT CONCAT(status_state, ' ', status_acked) FROM devices WHERE device_id = '\(devices[2])'"), "online 3")
+
+        // The data budget: one row per device and day; a restarted device's smaller count of
+        // the same day does not lower what was recorded.
+        let day = DataUsage.day(ofUnixMilliseconds: 1_764_000_000_000)
+        try await store.recordStatuses([
+            Status(device: devices[1], state: .online, dataUsage: DataUsage(day: day, sentBytes: 5000, receivedBytes: 700)),
+            Status(device: devices[1], state: .online, dataUsage: DataUsage(day: day, sentBytes: 300, receivedBytes: 900)),
+            Status(device: devices[1], state: .online, dataUsage: DataUsage(day: day + 1, sentBytes: 10, receivedBytes: 20)),
+        ])
+        XCTAssertEqual(try db.scalar("""
+            SELECT GROUP_CONCAT(CONCAT(day, ' ', sent_bytes, ' ', received_bytes) ORDER BY day SEPARATOR '; ')
+            FROM device_data_usage WHERE device_id = '\(devices[1])'
+            """), "2025-11-24 5000 900; 2025-11-25 10 20")
         await c.close()
     }
 

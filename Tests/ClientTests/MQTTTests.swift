@@ -185,6 +185,43 @@ final class MQTTTests: XCTestCase {
         }
     }
 
+    /// Backpressure: a paused client stops reading, the broker holds what it cannot send, the
+    /// connection stays up past the keep-alive (the client still reads a PINGRESP now and then),
+    /// and resuming delivers every message.
+    func testPausedReadingHoldsMessagesAtTheBrokerKeepsTheConnectionAndResumeDeliversAll() async throws {
+        let device = try newDevice()
+        let sub = try backend()  // keep-alive 10 s
+        let inbox = Inbox.collecting(sub.messages)
+        let events = Inbox.collecting(sub.events)
+        try await sub.connect()
+        try await sub.subscribe(topic(device.id, "batch"), qos: .atLeastOnce)
+        let pub = try client(user: device.id, password: device.password)
+        try await pub.connect()
+        sub.pauseReading()
+        let payload = [UInt8](repeating: 0x61, count: 10_000)
+        let count = 2_000
+        let batchTopic = topic(device.id, "batch")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<8 {
+                group.addTask { for _ in stride(from: lane, to: count, by: 8) { try await pub.publish(batchTopic, payload: payload, qos: .atLeastOnce) } }
+            }
+            try await group.waitForAll()
+        }
+        try await Task.sleep(for: .seconds(2))
+        let whilePaused = await inbox.items.count
+        XCTAssertLessThan(whilePaused, count, "a paused client does not take everything the broker has for it")
+        // Past the keep-alive while paused: still connected.
+        try await Task.sleep(for: .seconds(11))
+        let seen = await events.items
+        let disconnects = seen.filter { if case .disconnected = $0 { true } else { false } }
+        XCTAssertEqual(disconnects.count, 0, "the connection survives a pause longer than the keep-alive: \(seen)")
+        sub.resumeReading()
+        try await inbox.wait(for: "all \(count) messages after resuming", timeout: .seconds(30)) { $0.count >= count }
+        print("paused: \(whilePaused) of \(count) messages arrived while reading was paused")
+        await pub.disconnect()
+        await sub.disconnect()
+    }
+
     func testRetainedMessageReachesALaterSubscriber() async throws {
         let device = try newDevice()
         let pub = try client(user: device.id, password: device.password)

@@ -12,6 +12,11 @@ struct FakeEnvironment: CommandEnvironment {
     var facts = LogFacts(deviceID: try! DeviceID("dev-1"), epoch: Epoch(0xabc), head: SequenceNumber(10), ackedThrough: SequenceNumber(7))
     var rebootCommand: [String] = []
     let replays = Recorder<ReplayRequest>()
+    /// Retained records 3…10, appended one second apart from t = 1 700 000 000 000 ms (seq 3)
+    /// on; 6 is missing (a loss marker).
+    var times: [RecordTime] = (3...10).filter { $0 != 6 }.map {
+        RecordTime(sequence: SequenceNumber(UInt64($0)), unixMilliseconds: 1_700_000_000_000 + Int64($0 - 3) * 1000)
+    }
 
     func logFacts() async throws -> LogFacts { facts }
     /// Retains 3…head.
@@ -23,6 +28,9 @@ struct FakeEnvironment: CommandEnvironment {
     }
     func currentStatus() async throws -> Status {
         Status(device: facts.deviceID, state: .online, epoch: facts.epoch, head: facts.head, acked: facts.ackedThrough)
+    }
+    func firstRetainedRecord(atOrAfter sequence: SequenceNumber) async throws -> RecordTime? {
+        times.first { $0.sequence >= sequence }
     }
 }
 
@@ -124,8 +132,61 @@ final class CommandTests: XCTestCase {
         XCTAssertEqual(otherEpoch.error, .invalidArgument)
         let bad = await send(h, #"{"command": "replay", "from": 5, "to": 4}"#)
         XCTAssertFalse(bad.ok)
-        let seedID = await send(h, #"{"command": "send_measurements", "min_id": "1621122796939-0"}"#)
-        XCTAssertEqual(seedID.error, .invalidArgument)
+    }
+
+    /// The seed's payloads, where the seed's answer differed from an earlier device (issue 19).
+    func testSeedParityOfNumbersCountsAndStreamIDs() async throws {
+        let settings = makeSettings()
+        let h = handler(FakeEnvironment(settings: settings))
+        // set_config with a JSON number echoes a number, like the seed.
+        let n = await text(h, #"{"command": "set_config", "key": "mqtt_sender:interval", "value": 30}"#)
+        XCTAssertEqual(n, #"{"v":1,"command":"set_config","ok":true,"key":"mqtt_sender:interval","value":30}"#)
+        let d = await text(h, #"{"command": "set_config", "key": "measurement:interval", "value": 2.5}"#)
+        XCTAssertEqual(d, #"{"v":1,"command":"set_config","ok":true,"key":"measurement:interval","value":2.5}"#)
+        let s = await text(h, #"{"command": "set_config", "key": "measurement:interval", "value": "3"}"#)
+        XCTAssertEqual(s, #"{"v":1,"command":"set_config","ok":true,"key":"measurement:interval","value":"3"}"#, "a string stays a string")
+        // What the seed crashed on stays refused, and changes nothing.
+        let b = await send(h, #"{"command": "set_config", "key": "measurement:enabled", "value": false}"#)
+        XCTAssertEqual(b.error, .invalidArgument)
+        XCTAssertTrue(b.message!.contains("boolean"), b.message!)
+        let abc = await send(h, #"{"command": "set_config", "key": "measurement:interval", "value": "abc"}"#)
+        XCTAssertEqual(abc.error, .invalidArgument)
+        let sw = await settings.switches
+        XCTAssertEqual(sw.measurementInterval, .seconds(3))
+        XCTAssertTrue(sw.measurementEnabled)
+    }
+
+    func testSendMeasurementsTakesTheSeedsCountStringAndStreamIDs() async throws {
+        let env = FakeEnvironment(settings: makeSettings())
+        let h = handler(env)
+        let t0 = 1_700_000_000_000  // time of record 3; record n was appended at t0 + (n − 3) s
+        let count = await send(h, #"{"command": "send_measurements", "count": "3"}"#)
+        XCTAssertTrue(count.ok, count.message ?? "")
+        // At or after a time: from the first record appended then.
+        let after = await send(h, #"{"command": "send_measurements", "min_id": "\#(t0 + 2000)-0"}"#)
+        XCTAssertTrue(after.ok, after.message ?? "")
+        // Between two times falling between records, with the seed's exclusive "(" form; 6 is
+        // missing, so a time at 6 starts at 7.
+        _ = await send(h, #"{"command": "send_measurements", "min_id": "\#(t0 + 3000)-0", "max_id": "(\#(t0 + 6000)-0"}"#)
+        _ = await send(h, #"{"command": "send_measurements", "min_id": "(\#(t0)-5", "max_id": "\#(t0 + 4500)-0", "count": 2}"#)
+        // Before every record, after every record: from the oldest / nothing to send.
+        _ = await send(h, #"{"command": "send_measurements", "min_id": "1-0", "max_id": "\#(t0)-0"}"#)
+        let none = await send(h, #"{"command": "send_measurements", "min_id": "\#(t0 + 60_000)-0"}"#)
+        XCTAssertTrue(none.ok)
+        XCTAssertNil(none.resent, "no record at or after that time: nothing resent")
+        let beforeAll = await send(h, #"{"command": "send_measurements", "max_id": "\#(t0 - 1)-0"}"#)
+        XCTAssertNil(beforeAll.resent)
+        let requests = await env.replays.items
+        XCTAssertEqual(requests, [
+            ReplayRequest(requestID: nil, from: nil, to: nil, count: 3),
+            ReplayRequest(requestID: nil, from: SequenceNumber(5), to: nil, count: nil),
+            ReplayRequest(requestID: nil, from: SequenceNumber(7), to: SequenceNumber(8), count: nil),
+            ReplayRequest(requestID: nil, from: SequenceNumber(4), to: SequenceNumber(7), count: 2),
+            ReplayRequest(requestID: nil, from: SequenceNumber(3), to: SequenceNumber(3), count: nil),
+        ])
+        let bad = await send(h, #"{"command": "send_measurements", "count": "abc"}"#)
+        XCTAssertEqual(bad.error, .invalidArgument)
+        XCTAssertTrue(bad.message!.contains("abc"), bad.message!)
     }
 
     func testRebootIsDisabledByDefaultAndRunsTheConfiguredCommandAfterTheResponse() async throws {

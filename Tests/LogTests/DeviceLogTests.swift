@@ -253,7 +253,7 @@ final class DeviceLogTests: XCTestCase {
             XCTFail("unknown schema must throw")
         } catch LogError.unsupportedSchema(_, let found, let supported) {
             XCTAssertEqual(found, 7)
-            XCTAssertEqual(supported, 1)
+            XCTAssertEqual(supported, DeviceLog.schemaVersion)
         }
     }
 
@@ -350,6 +350,148 @@ final class DeviceLogTests: XCTestCase {
         let head = try await again.head()
         XCTAssertEqual(head, SequenceNumber(UInt64(okCount)), "every append that returned is in the log, nothing else")
         await again.close()
+    }
+
+    /// Appends hand over to the group commit two ways (tasks on the log's own executor, tasks on
+    /// Swift's pool) while a second `DeviceLog` on the same file appends too and a reader on the
+    /// log's executor reads and acknowledges: every sequence number is given once, in order,
+    /// to exactly the reading its caller was told.
+    func testAppendersOnTheLogExecutorThePoolAndASecondConnectionShareOneHistory() async throws {
+        let path = dir.file("mixed.db")
+        let log = try await DeviceLog.open(path: path, device: device)
+        let other = try await DeviceLog.open(path: path, device: device)
+        let perTask = 25
+        let returned = try await withThrowingTaskGroup(of: [(SequenceNumber, Int)].self) { group in
+            for t in 0..<48 {
+                // 0..<24 on the log's executor, 24..<40 on the pool, 40..<48 through the second connection.
+                let target = t < 40 ? log : other
+                group.addTask(executorPreference: t < 24 ? log.executor : nil) {
+                    var mine: [(SequenceNumber, Int)] = []
+                    for i in 0..<perTask {
+                        let tag = t * 1000 + i
+                        mine.append((try await target.append(reading(tag)), tag))
+                    }
+                    return mine
+                }
+            }
+            group.addTask(executorPreference: log.executor) {
+                // A reader on the log's executor (its reads run inline) acknowledging as it goes.
+                var acked = SequenceNumber.zero
+                let deadline = ContinuousClock.now + .seconds(60)
+                while acked < SequenceNumber(UInt64(48 * perTask)) && ContinuousClock.now < deadline {
+                    let batch = try await log.records(from: acked.next, limit: 100)
+                    if let last = batch.last {
+                        XCTAssertEqual(batch.first?.sequence, acked.next, "records are contiguous")
+                        acked = try await log.markAcked(through: last.sequence)
+                    } else {
+                        try await Task.sleep(for: .milliseconds(1))
+                    }
+                }
+                return []
+            }
+            var all: [(SequenceNumber, Int)] = []
+            for try await part in group { all += part }
+            return all
+        }
+        XCTAssertEqual(returned.count, 48 * perTask)
+        XCTAssertEqual(Set(returned.map(\.0)).count, returned.count, "no sequence number given twice")
+        let records = try await log.records(from: SequenceNumber(1), limit: 10_000)
+        XCTAssertEqual(records.map(\.sequence.rawValue), Array(1...UInt64(48 * perTask)))
+        for (seq, tag) in returned where records[Int(seq.rawValue) - 1].values != reading(tag) {
+            XCTFail("record \(seq) is not the reading \(tag) its caller was told")
+        }
+        let head = try await other.head()
+        XCTAssertEqual(head, SequenceNumber(UInt64(48 * perTask)))
+        let acked = try await other.ackedThrough()
+        XCTAssertEqual(acked, head)
+        XCTAssertGreaterThan(log.statistics.largestBatch, 1, "appenders resumed by one commit share the next")
+        do { let value = try await log.check(); XCTAssertEqual(value, []) }
+        await other.close()
+        await log.close()
+    }
+
+    /// Tasks on the log's executor sleep on the log thread's own timers (`executorSleep`): a
+    /// sleeper wakes after its deadline, a cancelled sleeper wakes at once with
+    /// `CancellationError`, and appends on the same executor go on while others sleep.
+    func testSleepersOnTheLogExecutorWakeOnTimeAndOnCancellation() async throws {
+        let log = try await DeviceLog.open(path: dir.file("timers.db"), device: device)
+        let clock = ContinuousClock()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 1...5 {
+                group.addTask(executorPreference: log.executor) {
+                    let started = clock.now
+                    try await executorSleep(for: .milliseconds(20 * i))
+                    XCTAssertGreaterThanOrEqual(clock.now - started, .milliseconds(20 * i), "sleeper \(i) woke early")
+                }
+            }
+            group.addTask(executorPreference: log.executor) {
+                for i in 1...50 { _ = try await log.append(reading(i)) }
+            }
+            try await group.waitForAll()
+        }
+        do { let value = try await log.head(); XCTAssertEqual(value, SequenceNumber(50)) }
+
+        let sleeper = Task(executorPreference: log.executor) { () -> Bool in
+            do { try await executorSleep(for: .seconds(600)); return false } catch is CancellationError { return true } catch { return false }
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        let started = clock.now
+        sleeper.cancel()
+        let cancelled = await sleeper.value
+        XCTAssertTrue(cancelled, "a cancelled sleep throws CancellationError")
+        XCTAssertLessThan(clock.now - started, .seconds(30), "a cancelled sleeper wakes without waiting for its deadline")
+        // Cancelled before it sleeps: throws at once as well.
+        let early = Task(executorPreference: log.executor) { () -> Bool in
+            withUnsafeCurrentTask { $0?.cancel() }
+            do { try await executorSleep(for: .seconds(600)); return false } catch is CancellationError { return true } catch { return false }
+        }
+        let earlyCancelled = await early.value
+        XCTAssertTrue(earlyCancelled)
+        await log.close()
+    }
+
+    /// Appends do not write state.head; the head is still right after retention trimmed every
+    /// record, after reopening, and for another connection.
+    func testHeadSurvivesTrimmingEveryRecord() async throws {
+        let path = dir.file("trim-all.db")
+        var config = LogConfiguration()
+        config.retentionMaxCount = 0
+        let log = try await DeviceLog.open(path: path, device: device, configuration: config)
+        for i in 1...10 { _ = try await log.append(reading(i)) }
+        try await log.markAcked(through: SequenceNumber(10))
+        let status = try await log.status()
+        XCTAssertEqual(status.retained, 0)
+        XCTAssertEqual(status.head, SequenceNumber(10))
+        await log.close()
+        let again = try await DeviceLog.open(path: path, device: device, configuration: config)
+        do { let value = try await again.head(); XCTAssertEqual(value, SequenceNumber(10)) }
+        let next = try await again.append(reading(11))
+        XCTAssertEqual(next, SequenceNumber(11))
+        do { let value = try await again.check(); XCTAssertEqual(value, []) }
+        await again.close()
+    }
+
+    /// A version 1 file (written by builds whose every append updated state.head) opens, is
+    /// marked version 2, and keeps its head and records.
+    func testVersion1FileOpensAndIsMarkedVersion2() async throws {
+        let path = dir.file("v1.db")
+        let log = try await DeviceLog.open(path: path, device: device)
+        for i in 1...5 { _ = try await log.append(reading(i)) }
+        await log.close()
+        try rawSQL(path, "UPDATE state SET head = (SELECT max(seq) FROM records); PRAGMA user_version = 1")
+        let again = try await DeviceLog.open(path: path, device: device)
+        do { let value = try await again.head(); XCTAssertEqual(value, SequenceNumber(5)) }
+        do { let value = try await again.append(reading(6)); XCTAssertEqual(value, SequenceNumber(6)) }
+        do { let value = try await again.check(); XCTAssertEqual(value, []) }
+        await again.close()
+        var db: OpaquePointer?
+        XCTAssertEqual(sqlite3_open(path, &db), SQLITE_OK)
+        defer { sqlite3_close(db) }
+        var stmt: OpaquePointer?
+        XCTAssertEqual(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nil), SQLITE_OK)
+        defer { sqlite3_finalize(stmt) }
+        XCTAssertEqual(sqlite3_step(stmt), SQLITE_ROW)
+        XCTAssertEqual(sqlite3_column_int64(stmt, 0), DeviceLog.schemaVersion)
     }
 
     func testAppendNotificationsReportTheHead() async throws {

@@ -1,7 +1,7 @@
 // Simulated power cuts through CrashVFS (shared/notes/POWERLOSS.md §4).
 //
-// Each case: a fresh directory; 4 concurrent appenders run the real append API (group commit
-// included) through the crash VFS; at a seeded random mutating I/O operation the power is
+// Each case: a fresh directory; 4 concurrent appenders (two on the log's own executor, two on
+// Swift's pool) run the real append API (group commit included) through the crash VFS; at a seeded random mutating I/O operation the power is
 // cut (queued writes applied, dropped or torn); every connection is closed; the file is
 // reopened through the plain "unix" VFS and checked. The seed is printed; set
 // FIELDLOG_POWERCUT_SEED to replay.
@@ -38,7 +38,9 @@ final class PowerCutTests: XCTestCase {
         result.epoch = log.epoch
         await withTaskGroup(of: Workload.self) { group in
             for worker in 0..<concurrency {
-                group.addTask {
+                // Half the appenders run on the log's own executor (as the device's sampler
+                // does), half on Swift's pool: both hand-offs to the group commit are cut.
+                group.addTask(executorPreference: worker % 2 == 1 ? log.executor : nil) {
                     var w = Workload()
                     for i in 0..<(appends / concurrency) {
                         let tag = worker * 10_000 + i

@@ -103,7 +103,9 @@ final class ProcessTests: XCTestCase {
         var rng = SystemRandomNumberGenerator()
         var totalReported = 0
         for iteration in 0..<20 {
-            let child = try Child(exe, ["--db", path, "--device", "killed-device", "--concurrency", "16", "--prefix", "i\(iteration)"])
+            // Every other run appends from the log's own executor (the device's way).
+            let child = try Child(exe, ["--db", path, "--device", "killed-device", "--concurrency", "16", "--prefix", "i\(iteration)",
+                                        "--executor", iteration % 2 == 0 ? "pool" : "log"])
             // Let it run for a random while (measured in appends reported), then kill -9.
             let target = Int.random(in: 1...400, using: &rng)
             let deadline = ContinuousClock.now + .seconds(10)
@@ -154,7 +156,8 @@ final class ProcessTests: XCTestCase {
         defer { dir.remove() }
         let path = dir.file("log.db")
         let children = try (0..<3).map { p in
-            try Child(exe, ["--db", path, "--device", "shared-device", "--concurrency", "4", "--count", "400", "--prefix", "p\(p)"])
+            try Child(exe, ["--db", path, "--device", "shared-device", "--concurrency", "4", "--count", "400", "--prefix", "p\(p)",
+                            "--executor", ["pool", "log", "mixed"][p]])
         }
         // This process reads and acknowledges while they append (sender's role).
         var reader: DeviceLog?
@@ -194,5 +197,43 @@ final class ProcessTests: XCTestCase {
         let problems = try await log.check()
         XCTAssertEqual(problems, [])
         await log.close()
+    }
+
+    /// Another process appends while 32 tasks on this process's log executor append too: this
+    /// process's writer keeps the head it committed only while no other connection committed
+    /// (`PRAGMA data_version`), so the two interleave without a sequence number given twice.
+    func testAnotherProcessAppendsBetweenGroupCommitsOfTheLogExecutor() async throws {
+        let exe = try tortureExecutable()
+        let dir = try TemporaryDirectory("fieldlog-interleave")
+        defer { dir.remove() }
+        let path = dir.file("log.db")
+        let log = try await DeviceLog.open(path: path, device: try DeviceID("shared-device"))
+        let child = try Child(exe, ["--db", path, "--device", "shared-device", "--concurrency", "8", "--count", "800",
+                                    "--prefix", "other", "--executor", "mixed"])
+        let mine = try await withThrowingTaskGroup(of: [(SequenceNumber, String)].self) { group in
+            for w in 0..<32 {
+                group.addTask(executorPreference: log.executor) {
+                    var done: [(SequenceNumber, String)] = []
+                    for i in 0..<25 {
+                        let tag = "here-\(w)-\(i)"
+                        done.append((try await log.append(try SensorValues(["tag": .text(tag)])), tag))
+                    }
+                    return done
+                }
+            }
+            var all: [(SequenceNumber, String)] = []
+            for try await part in group { all += part }
+            return all
+        }
+        child.wait()
+        XCTAssertEqual(child.process.terminationStatus, 0)
+        let theirs = parseTorture(child.lines).appends
+        XCTAssertEqual(theirs.count, 800)
+        XCTAssertEqual(mine.count, 800)
+        let all = mine + theirs
+        XCTAssertEqual(Set(all.map(\.0)).count, 1600, "no sequence number handed out twice")
+        await log.close()
+        let head = try await verifyReported(path, epoch: log.epoch.hex, reported: all, context: "two processes")
+        XCTAssertEqual(head, SequenceNumber(1600))
     }
 }

@@ -63,6 +63,14 @@ final class CodecTests: XCTestCase {
                             atUnixMilliseconds: 5, measuring: true)
         XCTAssertTrue(text(SyncCodec.encode(status)).contains(#""backlog":11"#))
         XCTAssertEqual(try SyncCodec.decodeStatus(SyncCodec.encode(status)), status)
+        var counted = status
+        counted.dataUsage = DataUsage(day: DataUsage.day(fromText: "2026-12-05")!, sentBytes: 123_456, receivedBytes: 789)
+        XCTAssertTrue(text(SyncCodec.encode(counted)).hasSuffix(#""measuring":true,"data_day":"2026-12-05","data_sent":123456,"data_received":789}"#))
+        XCTAssertEqual(try SyncCodec.decodeStatus(SyncCodec.encode(counted)), counted)
+        for bad in [#""data_day":"2026-02-30","data_sent":1,"data_received":1"#, #""data_day":"2026-12-05","data_sent":1"#,
+                    #""data_day":"2026-12-05","data_sent":-1,"data_received":1"#] {
+            XCTAssertThrowsError(try SyncCodec.decodeStatus(bytes(#"{"v":1,"type":"status","device":"dev-1","state":"online","# + bad + "}")), bad)
+        }
         let will = Status.lastWill(device: dev)
         XCTAssertEqual(text(SyncCodec.encode(will)), #"{"v":1,"type":"status","device":"dev-1","state":"offline"}"#)
         XCTAssertEqual(try SyncCodec.decodeStatus(SyncCodec.encode(will)), will)
@@ -71,7 +79,11 @@ final class CodecTests: XCTestCase {
             Command(kind: .reboot), Command(requestID: "r1", kind: .getConfig(key: "measurement:interval")),
             Command(requestID: "r2", kind: .setConfig(key: "measurement:enabled", value: "0")),
             Command(requestID: "r3", kind: .sendMeasurements(min: nil, max: nil, count: 10)),
-            Command(requestID: "r4", kind: .sendMeasurements(min: SequenceNumber(3), max: SequenceNumber(9), count: nil)),
+            Command(requestID: "r4", kind: .sendMeasurements(min: .sequence(SequenceNumber(3)), max: .sequence(SequenceNumber(9)), count: nil)),
+            Command(kind: .sendMeasurements(min: .streamID(RedisStreamID(milliseconds: 1_700_000_000_000)),
+                                            max: .streamID(RedisStreamID(milliseconds: 1_700_000_100_000, exclusive: true)), count: 2)),
+            Command(kind: .setConfig(key: "mqtt_sender:interval", value: .integer(30))),
+            Command(kind: .setConfig(key: "mqtt_sender:interval", value: .double(0.5))),
             Command(requestID: "r5", kind: .replay(epoch: epoch, range: SequenceRange(checked: SequenceNumber(1), SequenceNumber(100)))),
             Command(requestID: "r6", kind: .replay(epoch: nil, range: SequenceRange(checked: SequenceNumber(7), SequenceNumber(7)))),
             Command(requestID: "r7", kind: .status), Command(kind: .start), Command(kind: .stop),
@@ -81,6 +93,8 @@ final class CodecTests: XCTestCase {
 
         let responses: [CommandResponse] = [
             CommandResponse(requestID: "r1", command: "get_config", key: "k", value: "v"),
+            CommandResponse(requestID: nil, command: "set_config", key: "k", value: .integer(30)),
+            CommandResponse(requestID: nil, command: "set_config", key: "k", value: .double(2.5)),
             CommandResponse(requestID: nil, command: "frobnicate", error: .unknownCommand, message: "unknown command"),
             CommandResponse(requestID: "r5", command: "replay", resent: SequenceRange(checked: SequenceNumber(1), SequenceNumber(100)),
                             notRetained: [SequenceRange(checked: SequenceNumber(1), SequenceNumber(40))]),
@@ -96,11 +110,32 @@ final class CodecTests: XCTestCase {
         XCTAssertEqual(try SyncCodec.decodeCommand(bytes(#"{"command": "get_config", "key": "measurement:interval"}"#)),
                        Command(kind: .getConfig(key: "measurement:interval")))
         XCTAssertEqual(try SyncCodec.decodeCommand(bytes(#"{"command": "set_config", "key": "measurement:interval", "value": 5}"#)),
-                       Command(kind: .setConfig(key: "measurement:interval", value: "5")))
+                       Command(kind: .setConfig(key: "measurement:interval", value: .integer(5))))
         XCTAssertEqual(try SyncCodec.decodeCommand(bytes(#"{"command": "send_measurements", "min_id": "-", "max_id": "+", "count": 3}"#)),
                        Command(kind: .sendMeasurements(min: nil, max: nil, count: 3)))
         XCTAssertEqual(try SyncCodec.decodeCommand(bytes(#"{"command": "send_measurements", "min_id": "4", "max_id": 8}"#)),
-                       Command(kind: .sendMeasurements(min: SequenceNumber(4), max: SequenceNumber(8), count: nil)))
+                       Command(kind: .sendMeasurements(min: .sequence(SequenceNumber(4)), max: .sequence(SequenceNumber(8)), count: nil)))
+        // The seed calls int() on count, so a string of digits is a count.
+        XCTAssertEqual(try SyncCodec.decodeCommand(bytes(#"{"command": "send_measurements", "count": "3"}"#)),
+                       Command(kind: .sendMeasurements(min: nil, max: nil, count: 3)))
+        XCTAssertEqual(try SyncCodec.decodeCommand(bytes(#"{"command": "send_measurements", "count": " +12 "}"#)),
+                       Command(kind: .sendMeasurements(min: nil, max: nil, count: 12)))
+        // Redis stream ids, as seed tooling sends them: full, milliseconds only, exclusive.
+        XCTAssertEqual(try SyncCodec.decodeCommand(bytes(#"{"command": "send_measurements", "min_id": "1700000000000-0", "max_id": "(1700000005000"}"#)),
+                       Command(kind: .sendMeasurements(min: .streamID(RedisStreamID(milliseconds: 1_700_000_000_000)),
+                                                       max: .streamID(RedisStreamID(milliseconds: 1_700_000_005_000, exclusive: true)), count: nil)))
+        // A number is echoed as a number (the seed echoes what it got).
+        XCTAssertEqual(text(SyncCodec.encode(CommandResponse(requestID: nil, command: "set_config", key: "mqtt_sender:interval", value: .integer(30)))),
+                       #"{"v":1,"command":"set_config","ok":true,"key":"mqtt_sender:interval","value":30}"#)
+    }
+
+    func testRedisStreamIDsParseOnlyTheirOwnForm() {
+        XCTAssertEqual(RedisStreamID("1700000000000-7"), RedisStreamID(milliseconds: 1_700_000_000_000))
+        XCTAssertEqual(RedisStreamID("(5"), RedisStreamID(milliseconds: 5, exclusive: true))
+        XCTAssertEqual(RedisStreamID("(1700000000000-3")?.description, "(1700000000000-0")
+        for bad in ["", "-", "(", "5", "1-", "-1", "1-2-3", "a-0", "1 -0", "99999999999999999999999-0", "+1"] {
+            XCTAssertNil(RedisStreamID(bad), bad)
+        }
     }
 
     func testCommandErrorsCarryTheRequestIDAndAClearCode() {
@@ -128,6 +163,14 @@ final class CodecTests: XCTestCase {
         expect(#"{"id":"","command":"reboot"}"#, .malformed, id: nil)
         expect(#"{"command":"set_config","key":"k","value":{"x":1}}"#, .invalidArgument, id: nil)
         expect(#"{"command":"send_measurements","min_id":"9","max_id":"3"}"#, .invalidArgument, id: nil)
+        expect(#"{"command":"send_measurements","min_id":"1700000000001-0","max_id":"1700000000000-0"}"#, .invalidArgument, id: nil)
+        expect(#"{"command":"send_measurements","min_id":"yesterday"}"#, .invalidArgument, id: nil)
+        // What the seed crashed on stays refused: a boolean config value, a count that int() cannot read.
+        expect(#"{"id":"b1","command":"set_config","key":"measurement:enabled","value":true}"#, .invalidArgument, id: "b1")
+        expect(#"{"command":"send_measurements","count":"abc"}"#, .invalidArgument, id: nil)
+        expect(#"{"command":"send_measurements","count":"3.5"}"#, .invalidArgument, id: nil)
+        expect(#"{"command":"send_measurements","count":"0"}"#, .invalidArgument, id: nil)
+        expect(#"{"command":"send_measurements","count":true}"#, .invalidArgument, id: nil)
     }
 
     // MARK: dead-letter classes (spec §5.2)
@@ -255,6 +298,19 @@ final class CodecTests: XCTestCase {
                 m[Int(g.next() % UInt64(m.count))] = UInt8(truncatingIfNeeded: g.next())
                 SyncFuzzEntry.decodeAll(m)
             }
+        }
+    }
+
+    func testDataUsageDaysAreCalendarDates() {
+        XCTAssertEqual(DataUsage.day(fromText: "1970-01-01"), 0)
+        XCTAssertEqual(DataUsage.day(ofUnixMilliseconds: 1_700_000_000_000), 19_675)  // 2023-11-14T22:13:20Z
+        XCTAssertEqual(DataUsage(day: 19_675, sentBytes: 0, receivedBytes: 0).dayText, "2023-11-14")
+        XCTAssertEqual(DataUsage(day: DataUsage.day(fromText: "2024-02-29")!, sentBytes: 0, receivedBytes: 0).dayText, "2024-02-29")
+        for day in stride(from: Int64(0), to: 80_000, by: 97) {
+            XCTAssertEqual(DataUsage.day(fromText: DataUsage(day: day, sentBytes: 0, receivedBytes: 0).dayText), day)
+        }
+        for bad in ["2023-02-29", "2023-13-01", "2023-1-01", "1969-12-31", "20231114", "2023-11-14 "] {
+            XCTAssertNil(DataUsage.day(fromText: bad), bad)
         }
     }
 }

@@ -1,7 +1,12 @@
 // The browser test: the real stack, `fieldlog-backend run` (ingest + web in one process), a
-// device on the broker, and Debian's headless chromium driven through chromedriver's WebDriver
-// HTTP API. Signs in, opens the device page, sees a chart with data, stops measuring, sees
-// the device's answer and the readings stop. Screenshots go to .run/screenshots/.
+// device on the broker, 1,000 more devices written straight into the database, and Debian's
+// headless chromium driven through chromedriver's WebDriver HTTP API. As a viewer: the chart
+// (with its gap cut and marked, the hover read-out and drag-to-zoom), a live update arriving
+// without a reload, no controls. As an operator: stop the device and see its answer arrive,
+// replay the gap from the audit page and see the replay shown as answered; the fleet page
+// searched and filtered; the dead letters page. Screenshots at 1280×900 and 390×844 go to
+// .run/screenshots/ (NN-name-WIDTH.png); the phone layout is checked too (labels beside
+// values in tables, chart labels of a readable size).
 //
 // The device: `ProtocolDevice` below plays one with the protocol's own messages (Sync's
 // codec): it publishes batches and its status as the device user, and answers commands on its
@@ -11,6 +16,7 @@
 // scripts/checks/demo and in DeviceTests' command tests.
 import FieldlogCore
 import Foundation
+import Logging
 import MQTT
 import Sync
 import TestSupport
@@ -18,7 +24,7 @@ import XCTest
 @testable import BackendNode
 
 final class BrowserTests: XCTestCase {
-    func testOperatorSignsInSeesChartStopsDeviceAndReadingsStop() async throws {
+    func testViewerAndOperatorUseTheAdminOnDesktopAndPhone() async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver"), FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium") else {
             let why = "chromium and chromium-driver are not installed (scripts/install-deps installs them)"
             if ProcessInfo.processInfo.environment["FIELDLOG_REQUIRE_SERVICES"] == "1" { throw CommandFailed(description: why) }
@@ -31,16 +37,29 @@ final class BrowserTests: XCTestCase {
         let shots = Stack.packageRoot + "/.run/screenshots"
         try FileManager.default.createDirectory(atPath: shots, withIntermediateDirectories: true)
 
-        // Backend: schema, a user, then ingest + web in one process.
+        // Backend: schema, a viewer and an operator, 1,000 devices and some dead letters, then ingest + web in one process.
         let backend = try Binaries.path("fieldlog-backend")
         var env = db.environment.filter { $0.key.hasPrefix("FIELDLOG_") }
         env["FIELDLOG_WEB_BCRYPT_COST"] = "4"
         try runWithEnvironment(backend, ["migrate"], environment: env)
-        try runWithEnvironment(backend, ["user", "add", "operator"], environment: env, input: "correct horse battery\n")
+        try runWithEnvironment(backend, ["user", "add", "operator", "--role", "operator"], environment: env, input: "correct horse battery\n")
+        try runWithEnvironment(backend, ["user", "add", "viewer", "--role", "viewer"], environment: env, input: "correct horse battery\n")
+        let database = DatabaseClient(settings: db.settings, logger: Logger(label: "browser-test"))
+        let store = try await database.store()
+        let prefix = "bt"
+        try await insertFleet(store, count: 1000, prefix: prefix)
+        try await recordDeadLetters(store, [
+            DeadLetter(topic: "fieldlog/v1/devices/bt-0003/batch", reason: .malformedJSON, message: "expected a value at offset 14",
+                          topicDevice: try DeviceID("bt-0003"), payload: Array("{\"v\":1,\"records\":[{\"seq\":<script>alert(1)</script>".utf8)),
+            DeadLetter(topic: "fieldlog/v1/devices/bt-0004/batch", reason: .oversize, message: "payload of 9000000 bytes is over the 1048576 limit",
+                          topicDevice: try DeviceID("bt-0004"), payload: [0x1f, 0x8b, 0x08, 0x00], payloadBytes: 9_000_000),
+        ])
+        await database.close()
         let webPort = Ports.free()
         var processEnv = ProcessInfo.processInfo.environment
         for (k, v) in env { processEnv[k] = v }
         processEnv["FIELDLOG_INGEST_GROUP"] = Stack.uniqueName("browser")
+        processEnv["FIELDLOG_WEB_FLEET_CACHE_SECONDS"] = "1"
         let server = ManagedProcess(executable: backend, arguments: ["run", "--web-port", String(webPort), "--insecure-cookies"],
                                     logPath: tmp.file("backend.log"), environment: processEnv)
         try server.start()
@@ -64,72 +83,150 @@ final class BrowserTests: XCTestCase {
         try Ports.waitListening(driverPort, what: "chromedriver")
         let browser = try await WebDriver.start(port: driverPort)
         let base = "http://127.0.0.1:\(webPort)"
-
-        do {
-            try await browser.setWindow(width: 1366, height: 1000)
-            try await browser.go("\(base)/devices/\(device)")
-            try await browser.waitUntil("the sign-in page") { try await browser.script("return location.pathname") as? String == "/signin" }
-            try await browser.screenshot(to: shots + "/01-signin.png")
-            try await browser.type("input[name=user]", "operator")
+        let devicePath = "/devices/\(device.rawValue)"
+        func text(_ css: String) async throws -> String {
+            try await browser.script("var e=document.querySelector(\(jsString(css))); return e ? e.innerText : ''") as? String ?? ""
+        }
+        func count(_ css: String) async throws -> Int {
+            try await browser.script("return document.querySelectorAll(\(jsString(css))).length") as? Int ?? 0
+        }
+        func signIn(_ user: String) async throws {
+            try await browser.type("input[name=user]", user)
             try await browser.type("input[name=password]", "correct horse battery")
             try await browser.click("form button[type=submit]")
-            try await browser.waitUntil("the device page") { try await browser.script("return location.pathname") as? String == "/devices/\(device.rawValue)" }
+        }
 
-            // A chart with data.
-            let lines = try await browser.script("return document.querySelectorAll('svg.chart polyline.line').length") as? Int ?? 0
-            XCTAssertGreaterThan(lines, 0, "a chart line is drawn")
-            let points = try await browser.script("var p=document.querySelector('svg.chart polyline.line'); return p ? p.getAttribute('points').split(' ').length : 0") as? Int ?? 0
-            XCTAssertGreaterThan(points, 5, "the line has readings")
-            let gapBands = try await browser.script("return document.querySelectorAll('svg.chart rect.band.missing').length") as? Int ?? 0
-            XCTAssertGreaterThan(gapBands, 0, "the lost records 8…10 are marked on the chart")
-            try await browser.screenshot(to: shots + "/02-device.png")
+        do {
+            try await browser.setViewport(width: 1280, height: 900)
+            try await browser.go(base + devicePath)
+            try await browser.waitUntil("the sign-in page") { try await browser.script("return location.pathname") as? String == "/signin" }
+            try await browser.screenshot(to: shots + "/01-signin-1280.png", fullPage: false)
 
-            // Stop measuring; the device's answer appears.
+            // The viewer: charts, no controls.
+            try await signIn("viewer")
+            try await browser.waitUntil("the device page") { try await browser.script("return location.pathname") as? String == devicePath }
+            expectEqual(try await count("#stop-button"), 0, "a viewer has no stop button")
+            expectTrue(try await text("#control").contains("Your role (viewer) reads only"))
+            expectGreater(try await count(".chart polyline.line"), 1, "the line is cut at the gap 8…10")
+            expectGreater(try await count(".plot rect.band.missing"), 0, "the lost records 8…10 are marked on the chart")
+            // Hover: the value and time of the nearest reading.
+            try await browser.pointer(on: ".chartcard .plotbox", at: [(0.6, 0.5)])
+            let tip = try await text(".chartcard .tip")
+            XCTAssertTrue(tip.contains("seq"), "hover shows value, time and sequence number: \(tip.debugDescription)")
+            try await browser.screenshot(to: shots + "/02-device-viewer-hover-1280.png", fullPage: false)
+
+            // A live update without a reload: the device stops measuring on its own (its button).
+            try await browser.script("window.fieldlogMarker = 42")
+            await sim.setMeasuring(false)
+            try await browser.waitUntil("the live status", timeout: .seconds(20)) { try await text("#summary").contains("Stopped") }
+            expectEqual(try await browser.script("return window.fieldlogMarker") as? Int, 42, "no reload")
+            expectNotNil(Int(try await browser.script("return document.body.getAttribute('data-live-updates')") as? String ?? ""))
+            await sim.setMeasuring(true)
+            try await browser.waitUntil("measuring again", timeout: .seconds(20)) { try await text("#summary").contains("Measuring") }
+            try await Task.sleep(for: .seconds(2))
+
+            // Drag across the chart: the page zooms to that span.
+            try await browser.pointer(on: ".chartcard .plotbox", at: [(0.35, 0.5), (0.75, 0.5)], press: true)
+            try await browser.waitUntil("the zoomed range") { (try await browser.script("return location.search") as? String ?? "").contains("from=") }
+            let search = try await browser.script("return location.search") as? String ?? ""
+            XCTAssertTrue(search.contains("to="), search)
+            try await browser.go(base + devicePath)
+
+            // Sign out; the operator signs in.
+            try await browser.click("form.signout button")
+            try await browser.waitUntil("signed out") { try await browser.script("return location.pathname") as? String == "/signin" }
+            try await browser.go(base + devicePath)
+            try await signIn("operator")
+            try await browser.waitUntil("the device page") { try await browser.script("return location.pathname") as? String == devicePath }
+
+            // Stop measuring; the device's answer arrives live.
             try await browser.click("#stop-button")
+            try await browser.waitUntil("the device page again") { try await browser.script("return location.pathname") as? String == devicePath }
+            try await browser.script("window.fieldlogMarker = 7")
             try await browser.waitUntil("the device's answer", timeout: .seconds(20)) {
-                let text = try await browser.script("var c=document.querySelector('#commands'); return c ? c.innerText : ''") as? String ?? ""
-                return text.contains("answered") && text.contains("measuring stopped")
+                let t = try await text("#commands")
+                return t.contains("answered") && t.contains("measuring stopped")
             }
-            try await browser.screenshot(to: shots + "/03-stopped-answer.png")
+            expectEqual(try await browser.script("return window.fieldlogMarker") as? Int, 7, "the answer came without a reload")
+            try await browser.waitUntil("the stopped status", timeout: .seconds(20)) { try await text("#summary").contains("Stopped") }
+            try await browser.script("document.getElementById('control').scrollIntoView()")
+            try await browser.screenshot(to: shots + "/03-device-operator-stopped-1280.png", fullPage: false)
 
             // The readings stop: the count of stored readings no longer grows.
-            try await Task.sleep(for: .seconds(2))
             func storedCount() async throws -> Int {
-                try await browser.go("\(base)/devices/\(device)")
-                let text = try await browser.script("return document.querySelector('#readings .pager').innerText") as? String ?? ""
-                let digits = text.components(separatedBy: "·").last?.filter(\.isNumber) ?? ""
+                try await browser.go(base + devicePath)
+                let digits = try await text("#readings .pager").components(separatedBy: "·").last?.filter(\.isNumber) ?? ""
                 return Int(digits) ?? -1
             }
+            try await Task.sleep(for: .seconds(2))
             let before = try await storedCount()
             XCTAssertGreaterThan(before, 5)
             try await Task.sleep(for: .seconds(4))
             let after = try await storedCount()
             XCTAssertEqual(before, after, "no readings arrive after the stop")
-            let badge = try await browser.script("return document.querySelector('#summary').innerText") as? String ?? ""
-            XCTAssertTrue(badge.contains("Stopped"), "the status says measuring is stopped: \(badge)")
-            try await browser.script("document.getElementById('charts-section').scrollIntoView()")
-            try await browser.screenshot(to: shots + "/04-device-after-stop.png")
+            try await browser.screenshot(to: shots + "/04-device-1280-full.png")
 
-            // The other pages, on desktop and phone widths.
-            try await browser.go("\(base)/")
-            try await browser.screenshot(to: shots + "/05-fleet.png")
             // The audit shows the gap; its replay button asks the device to resend it, and it closes.
-            try await browser.go("\(base)/audit")
-            let auditText = try await browser.script("return document.querySelector('main').innerText") as? String ?? ""
-            XCTAssertTrue(auditText.contains("8…10"), "the audit lists the gap: \(auditText.prefix(500))")
-            try await browser.screenshot(to: shots + "/06-audit.png")
-            try await browser.click("a[href='/devices/\(device.rawValue)#audit'] ~ td form button, tr:has(a[href='/devices/\(device.rawValue)#audit']) form button")
+            try await browser.go(base + "/audit?x=1")
+            expectTrue(try await text("main").contains("8…10"), "the audit lists the gap")
+            try await browser.screenshot(to: shots + "/05-audit-1280.png", fullPage: false)
+            try await browser.click("tr:has(a[href='\(devicePath)#audit']) form button")
             try await browser.waitUntil("the replay to fill the gap", timeout: .seconds(20)) {
-                try await browser.go("\(base)/audit")
-                let text = try await browser.script("return document.querySelector('main').innerText") as? String ?? ""
-                return !text.contains("8…10")
+                try await browser.go(base + "/audit")
+                return !(try await text("main").contains("8…10"))
             }
-            try await browser.screenshot(to: shots + "/06b-audit-after-replay.png")
-            try await browser.setWindow(width: 390, height: 844)
-            try await browser.go("\(base)/")
-            try await browser.screenshot(to: shots + "/07-fleet-phone.png", maxHeight: 1600)
-            try await browser.go("\(base)/devices/\(device)")
-            try await browser.screenshot(to: shots + "/08-device-phone.png", maxHeight: 2200)
+            // The replay is shown as answered, not failed.
+            try await browser.go(base + devicePath)
+            try await browser.waitUntil("the replay's answer", timeout: .seconds(20)) { try await text("#commands").contains("answered · resent 8…10") }
+            expectFalse(try await text("#commands").contains("✗"))
+
+            // The fleet: 1,001 devices, searched, then filtered by the offline tile.
+            try await browser.go(base + "/")
+            // 1,000 written, the real one, and any whose retained status the shared broker still holds from earlier runs.
+            let pager = try await text("#fleet-pager")
+            let total = Int(pager.components(separatedBy: " of ").dropFirst().first?.prefix { $0.isNumber || $0 == "\u{202F}" }.filter(\.isNumber) ?? "") ?? 0
+            XCTAssertGreaterThanOrEqual(total, 1001, pager)
+            XCTAssertTrue(pager.contains("1–50 of"), pager)
+            try await browser.screenshot(to: shots + "/06-fleet-1280.png", fullPage: false)
+            try await browser.type("input[name=q]", "bt-00")
+            try await browser.click("form.search button[type=submit]")
+            try await browser.waitUntil("the search") { (try await text("#fleet-pager")).contains("of 100 devices") }
+            expectEqual(try await count("#fleet-rows tr"), 50)
+            try await browser.click("a.tile[data-filter=offline]")
+            try await browser.waitUntil("the offline filter") { (try await text("#fleet-pager")).contains("of 25 devices") }
+            let rows = try await browser.script("return Array.from(document.querySelectorAll('#fleet-rows td[data-label=Status]')).map(function(e){return e.innerText}).join('|')") as? String ?? ""
+            XCTAssertFalse(rows.contains("Online"), rows)
+            expectTrue(try await browser.script("return location.search") as? String == "?q=bt-00&filter=offline")
+            try await browser.screenshot(to: shots + "/07-fleet-search-offline-1280.png", fullPage: false)
+
+            // Dead letters, with the payload head (escaped).
+            try await browser.go(base + "/dead-letters")
+            expectEqual(try await count("table.deadletters tbody tr"), 50, "a page of the newest")
+            try await browser.script("document.querySelectorAll('table.deadletters details').forEach(function(d){d.open=true})")
+            expectTrue(try await text("table.deadletters").contains("<script>alert(1)</script>"), "shown as text")
+            expectEqual(try await count("table.deadletters script"), 0)
+            try await browser.screenshot(to: shots + "/08-dead-letters-1280.png", fullPage: false)
+
+            // The phone.
+            try await browser.setViewport(width: 390, height: 844)
+            try await browser.go(base + "/?filter=gaps")
+            let label = try await browser.script("""
+                var td=document.querySelector('#fleet-rows td[data-label=Backlog]'); var cs=getComputedStyle(td);
+                return cs.display + '|' + getComputedStyle(td,'::before').content
+                """) as? String ?? ""
+            XCTAssertEqual(label, "flex|\"Backlog\"", "the label sits beside the value, not glued to it")
+            try await browser.screenshot(to: shots + "/09-fleet-390.png", fullPage: false)
+            try await browser.go(base + devicePath)
+            let axis = try await browser.script("var t=document.querySelector('.chart svg.yaxis text'); return t.getBoundingClientRect().height") as? Double ?? 0
+            XCTAssertGreaterThanOrEqual(axis, 10, "chart labels are readable on a phone")
+            try await browser.screenshot(to: shots + "/10-device-390.png", fullPage: false)
+            try await browser.screenshot(to: shots + "/11-device-390-full.png", maxHeight: 5200)
+            try await browser.go(base + "/?filter=gaps")
+            try await browser.screenshot(to: shots + "/12-fleet-390-full.png", maxHeight: 3000)
+            try await browser.go(base + "/dead-letters?limit=5")
+            try await browser.screenshot(to: shots + "/13-dead-letters-390-full.png", maxHeight: 3000)
+            try await browser.go(base + "/audit")
+            try await browser.screenshot(to: shots + "/14-audit-390.png", fullPage: false)
             try await browser.quit()
         } catch {
             try? await browser.screenshot(to: shots + "/failure.png")
@@ -138,6 +235,11 @@ final class BrowserTests: XCTestCase {
             throw error
         }
     }
+}
+
+/// A JavaScript string literal of `s`.
+func jsString(_ s: String) -> String {
+    String(decoding: try! JSONSerialization.data(withJSONObject: [s]), as: UTF8.self).dropFirst().dropLast().description
 }
 
 /// A device that speaks protocol v1 on the broker: batches of one reading every 250 ms, its
@@ -180,6 +282,12 @@ actor ProtocolDevice {
     func status() -> Status {
         Status(device: device, state: .online, epoch: epoch, head: SequenceNumber(next.rawValue - 1), acked: SequenceNumber(next.rawValue - 1),
                atUnixMilliseconds: WebTime.nowMilliseconds(), measuring: measuring)
+    }
+
+    /// The device's own start/stop (its button): measuring changes and the status says so.
+    func setMeasuring(_ on: Bool) async {
+        measuring = on
+        await publishStatus()
     }
 
     func publishStatus() async {
@@ -277,6 +385,13 @@ struct WebDriver: Sendable {
         try await Self.call(base + "/window/rect", method: "POST", body: ["width": width, "height": height])
     }
 
+    /// Sizes the window so the page's viewport is width × height CSS pixels.
+    func setViewport(width: Int, height: Int) async throws {
+        try await setWindow(width: width, height: height)
+        let inner = try await script("return [window.innerWidth, window.innerHeight]") as? [Int] ?? [width, height]
+        try await setWindow(width: 2 * width - inner[0], height: 2 * height - inner[1])
+    }
+
     func element(_ css: String) async throws -> String {
         let r = try await Self.call(base + "/element", method: "POST", body: ["using": "css selector", "value": css])
         guard let v = r["value"] as? [String: Any], let id = v.values.first as? String else { throw BrowserTestError( "no element \(css)") }
@@ -298,14 +413,40 @@ struct WebDriver: Sendable {
         try await Self.call(base + "/execute/sync", method: "POST", body: ["script": js, "args": []])["value"]
     }
 
-    /// Saves a PNG of the whole page (the window is grown to the page's height first).
-    func screenshot(to path: String, maxHeight: Int = 6000) async throws {
-        let height = try await script("return Math.min(\(maxHeight), document.documentElement.scrollHeight)") as? Int ?? 1000
-        let width = try await script("return window.outerWidth") as? Int ?? 1366
-        try await setWindow(width: width, height: height + 140)
+    /// Saves a PNG of the window, or (`fullPage`) of the whole page: the window is grown to the
+    /// page's height for it, then set back.
+    func screenshot(to path: String, fullPage: Bool = true, maxHeight: Int = 6000) async throws {
+        // Headless chromium has no window frame to the sides, but reports an outer width of at
+        // least 500: the viewport's width is the width to keep.
+        let width = try await script("return window.innerWidth") as? Int ?? 1280
+        let windowHeight = try await script("return window.outerHeight") as? Int ?? 900
+        if fullPage {
+            let height = try await script("return Math.min(\(maxHeight), document.documentElement.scrollHeight)") as? Int ?? 1000
+            let chrome = try await script("return window.outerHeight - window.innerHeight") as? Int ?? 0
+            try await setWindow(width: width, height: height + chrome)
+        }
         let r = try await Self.call(base + "/screenshot", method: "GET")
         guard let b64 = r["value"] as? String, let data = Data(base64Encoded: b64) else { throw BrowserTestError( "no screenshot") }
         try data.write(to: URL(fileURLWithPath: path))
+        if fullPage { try await setWindow(width: width, height: windowHeight) }
+    }
+
+    /// Moves the mouse over the element to points given as fractions of its size; with
+    /// `press`, holds the button from the first point to the last (a drag).
+    func pointer(on css: String, at points: [(Double, Double)], press: Bool = false) async throws {
+        let id = try await element(css)
+        try await script("document.querySelector(\(jsString(css))).scrollIntoView({block:'center'})")
+        let size = try await script("var r=document.querySelector(\(jsString(css))).getBoundingClientRect(); return [r.width, r.height]") as? [Double] ?? [0, 0]
+        let origin: [String: Any] = ["element-6066-11e4-a52e-4f735466cecf": id]
+        var actions: [[String: Any]] = []
+        for (i, p) in points.enumerated() {
+            actions.append(["type": "pointerMove", "duration": i == 0 ? 0 : 300, "origin": origin,
+                            "x": Int((p.0 - 0.5) * size[0]), "y": Int((p.1 - 0.5) * size[1])])
+            if press, i == 0 { actions.append(["type": "pointerDown", "button": 0]) }
+        }
+        if press { actions.append(["type": "pointerUp", "button": 0]) }
+        try await Self.call(base + "/actions", method: "POST",
+                            body: ["actions": [["type": "pointer", "id": "mouse", "parameters": ["pointerType": "mouse"], "actions": actions]]])
     }
 
     func waitUntil(_ what: String, timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async throws {

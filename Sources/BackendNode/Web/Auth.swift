@@ -1,23 +1,27 @@
-// Auth: users, sessions and CSRF protection of the web admin.
+// Auth: sessions, roles and CSRF protection of the web admin.
 //
 // Theory of operation: passwords are stored as bcrypt hashes (HummingbirdBcrypt, cost from
 // WebSettings). Signing in creates a server-side session row (`web_sessions`: a 256-bit
 // random token, the user, a per-session 256-bit CSRF token, an expiry); the browser holds only
 // the token, in a cookie that is HttpOnly, SameSite=Strict and Secure (unless turned off for
-// plain-http loopback use). `SessionMiddleware` loads the session for every request except the
-// sign-in page and static assets; without one, pages redirect to /signin and /api answers 401.
+// plain-http loopback use). `SessionMiddleware` loads the session (with the user's role; a
+// disabled or removed user has none) for every request except the sign-in page and static
+// assets; without one, pages redirect to /signin and /api answers 401. The role a route needs
+// is decided in one place, `SessionMiddleware.requiredRole`: a 403 says which role it takes.
 // Every state-changing request (any method but GET/HEAD) must carry the session's CSRF token:
 // forms in the `csrf` field, the JSON API in the `X-CSRF-Token` header; a wrong or missing
 // token is a 403. The sign-in form itself is protected by a double-submit token (a short-lived
 // cookie that must equal the form field), so a foreign page cannot sign a browser in.
 // The table keeps only a SHA-256 of each session token (computed by MariaDB's SHA2), so a
 // copy of the database does not hand out live sessions. `SignInThrottle` slows down password
-// guessing against a user name.
+// guessing per client and per (client, user name), so nobody can lock another client out of
+// an account, and `SignInGate` bounds the bcrypt checks running at once.
 import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdBcrypt
 import Logging
+import NIOCore
 import Synchronization
 
 /// The request context of the web admin: Hummingbird's core plus the signed-in session.
@@ -28,9 +32,29 @@ struct WebContext: RequestContext {
     /// The url-encoded form of a POST, parsed once by the CSRF check.
     var form: [String: String] = [:]
 
+    /// The peer's IP address (nil in in-process tests).
+    var peerAddress: String?
+
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         session = nil
+        peerAddress = source.channel.remoteAddress?.ipAddress
+    }
+
+    /// Who is asking, for throttling: the peer, or the last X-Forwarded-For entry when the
+    /// peer is a trusted proxy.
+    func client(_ request: Request, trustedProxies: [String]) -> String {
+        let peer = peerAddress ?? "local"
+        guard trustedProxies.contains(peer), let forwarded = request.headers[HTTPField.Name("X-Forwarded-For")!] else { return peer }
+        let last = forwarded.split(separator: ",").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        return last.isEmpty || last.utf8.count > 64 ? peer : last
+    }
+
+    /// Throws 403 unless the signed-in user has at least `role`.
+    func require(_ role: Role) throws {
+        guard signedIn.role >= role else {
+            throw HTTPError(.forbidden, message: "This needs the \(role.rawValue) role; you are signed in as \(signedIn.user) (\(signedIn.role.rawValue)).")
+        }
     }
 
     /// 64 KiB is plenty for any form or command of the admin.
@@ -53,8 +77,30 @@ enum Passwords {
         await offPool { Bcrypt.verify(password, hash: hash) }
     }
 
-    /// A hash to verify against when the user does not exist, so both cases take the same time.
-    static let dummyHash = Bcrypt.hash("fieldlog-no-such-user", cost: 12)
+    /// Whether `password` matches `hash`; without a hash (no such user) it checks against a
+    /// dummy of the same cost and says no, so both take the same time.
+    static func verify(_ password: String, hash: String?, cost: UInt8) async -> Bool {
+        await offPool {
+            guard let hash else {
+                _ = Bcrypt.verify(password, hash: dummyHash(cost: cost))
+                return false
+            }
+            return Bcrypt.verify(password, hash: hash)
+        }
+    }
+
+    /// A hash to verify against when the user does not exist (or is disabled), at the cost of
+    /// real hashes, so both cases take the same time. Made once per cost.
+    static func dummyHash(cost: UInt8) -> String {
+        dummyHashes.withLock { d in
+            if let h = d[cost] { return h }
+            let h = Bcrypt.hash("fieldlog-no-such-user", cost: cost)
+            d[cost] = h
+            return h
+        }
+    }
+
+    private static let dummyHashes = Mutex<[UInt8: String]>([:])
 
     /// Checks a new password; the message says what is wrong.
     static func check(_ password: String) -> String? {
@@ -110,7 +156,16 @@ struct SessionMiddleware: RouterMiddleware {
         if request.method != .get, request.method != .head {
             try await checkCSRF(&request, context: &context, session: session)
         }
+        try context.require(Self.requiredRole(method: request.method, path: path))
         return try await next(request, context)
+    }
+
+    /// The role each route needs: user management is for admins, sending commands for
+    /// operators, everything else (reading) for every signed-in user.
+    static func requiredRole(method: HTTPRequest.Method, path: String) -> Role {
+        if path == "/users" || path.hasPrefix("/users/") || path == "/api/users" || path.hasPrefix("/api/users/") { return .admin }
+        if method == .post, path.hasSuffix("/commands") { return .operator }
+        return .viewer
     }
 
     /// Compares the request's CSRF token with the session's; forms are parsed here (once).
@@ -165,46 +220,98 @@ extension WebSettings {
     }
 }
 
-/// Slows down password guessing against one user name: after `freeFailures` failed sign-ins
-/// in a row, the next attempt for that name is refused until a delay has passed (30 s, then
-/// doubling per further failure, at most 15 min). A successful sign-in clears the name. Kept in
-/// memory per web process (a restart forgets it) and bounded: at most `capacity` names, the
-/// stalest dropped first. Time is passed in, so the rule is tested without waiting.
+/// Slows down password guessing. Two counters of failed sign-ins, both kept in memory per web
+/// process (a restart forgets them) and bounded (`capacity` entries each, the stalest
+/// dropped first):
+/// - per (client, user name): after `freeFailures` failures in a row, the next attempt for that
+///   name from that client is refused until a delay has passed (30 s, doubling per further
+///   failure, at most 15 min). Other clients can still sign in as that user: nobody can lock
+///   an operator out by failing on purpose.
+/// - per client, over all names: after `freeClientFailures` failures the client is slowed the
+///   same way, so trying many names costs the guesser time (and the server no bcrypt CPU).
+/// A successful sign-in clears the (client, name) entry and forgives the client one failure
+/// per success. Time is passed in, so the rule is tested without waiting.
 final class SignInThrottle: Sendable {
     struct Entry { var failures: Int; var lastFailure: ContinuousClock.Instant }
     let freeFailures: Int
+    let freeClientFailures: Int
     let capacity: Int
-    private let entries = Mutex<[String: Entry]>([:])
+    private let pairs = Mutex<[String: Entry]>([:])
+    private let clients = Mutex<[String: Entry]>([:])
 
-    init(freeFailures: Int = 5, capacity: Int = 10_000) {
-        precondition(freeFailures >= 1 && capacity >= 1)
+    init(freeFailures: Int = 5, freeClientFailures: Int = 20, capacity: Int = 10_000) {
+        precondition(freeFailures >= 1 && freeClientFailures >= 1 && capacity >= 1)
         self.freeFailures = freeFailures
+        self.freeClientFailures = freeClientFailures
         self.capacity = capacity
     }
 
-    /// How long `user` must still wait before trying again, or nil when an attempt is allowed.
-    func refusal(user: String, now: ContinuousClock.Instant) -> Duration? {
-        entries.withLock { e in
-            guard let entry = e[user], entry.failures >= freeFailures else { return nil }
-            let wait = Self.delay(afterFailures: entry.failures - freeFailures + 1) - (now - entry.lastFailure)
+    static func pairKey(client: String, user: String) -> String { client + "\u{0}" + user }
+
+    /// How long `client` must still wait before trying `user` again, or nil when an attempt is allowed.
+    func refusal(client: String, user: String, now: ContinuousClock.Instant) -> Duration? {
+        let a = Self.wait(pairs, Self.pairKey(client: client, user: user), free: freeFailures, now: now)
+        let b = Self.wait(clients, client, free: freeClientFailures, now: now)
+        return [a, b].compactMap { $0 }.max()
+    }
+
+    func failed(client: String, user: String, now: ContinuousClock.Instant) {
+        Self.count(pairs, Self.pairKey(client: client, user: user), now: now, capacity: capacity)
+        Self.count(clients, client, now: now, capacity: capacity)
+    }
+
+    func succeeded(client: String, user: String) {
+        pairs.withLock { _ = $0.removeValue(forKey: Self.pairKey(client: client, user: user)) }
+        clients.withLock { e in
+            guard let entry = e[client] else { return }
+            if entry.failures <= 1 { e[client] = nil } else { e[client]?.failures -= 1 }
+        }
+    }
+
+    private static func wait(_ table: borrowing Mutex<[String: Entry]>, _ key: String, free: Int, now: ContinuousClock.Instant) -> Duration? {
+        table.withLock { e in
+            guard let entry = e[key], entry.failures >= free else { return nil }
+            let wait = delay(afterFailures: entry.failures - free + 1) - (now - entry.lastFailure)
             return wait > .zero ? wait : nil
         }
     }
 
-    func failed(user: String, now: ContinuousClock.Instant) {
-        entries.withLock { e in
-            if e[user] == nil && e.count >= capacity, let stalest = e.min(by: { $0.value.lastFailure < $1.value.lastFailure })?.key {
+    private static func count(_ table: borrowing Mutex<[String: Entry]>, _ key: String, now: ContinuousClock.Instant, capacity: Int) {
+        table.withLock { e in
+            if e[key] == nil && e.count >= capacity, let stalest = e.min(by: { $0.value.lastFailure < $1.value.lastFailure })?.key {
                 e[stalest] = nil
             }
-            e[user, default: Entry(failures: 0, lastFailure: now)].failures += 1
-            e[user]?.lastFailure = now
+            e[key, default: Entry(failures: 0, lastFailure: now)].failures += 1
+            e[key]?.lastFailure = now
         }
     }
-
-    func succeeded(user: String) { entries.withLock { _ = $0.removeValue(forKey: user) } }
 
     /// 30 s for the first refused attempt, doubling, at most 15 min.
     static func delay(afterFailures n: Int) -> Duration {
         .seconds(min(30 * (1 << min(max(n - 1, 0), 10)), 900))
+    }
+}
+
+/// Bounds the password checks running at once: bcrypt costs ~0.2 s of CPU each by design, so
+/// a flood of sign-ins from many clients gets 429 instead of queueing up CPU work.
+final class SignInGate: Sendable {
+    let limit: Int
+    private let running = Mutex(0)
+
+    init(limit: Int) {
+        precondition(limit >= 1)
+        self.limit = limit
+    }
+
+    /// Runs `body` when fewer than `limit` run; nil (without running it) otherwise.
+    func run<T: Sendable>(_ body: () async throws -> T) async rethrows -> T? {
+        let admitted = running.withLock { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+        guard admitted else { return nil }
+        defer { running.withLock { $0 -= 1 } }
+        return try await body()
     }
 }

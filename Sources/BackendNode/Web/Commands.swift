@@ -96,7 +96,7 @@ struct CommandInput: Decodable, Sendable {
             } else {
                 guard let value else { throw bad("set_config needs a value") }
                 guard value.utf8.count <= ProtocolLimits.maxTextBytes else { throw bad("the value is longer than \(ProtocolLimits.maxTextBytes) bytes") }
-                kind = .setConfig(key: key, value: value)
+                kind = .setConfig(key: key, value: .string(try ConfigValueKind(key: key).normalized(value)))
             }
         case "replay":
             var epochValue: Epoch?
@@ -111,6 +111,40 @@ struct CommandInput: Decodable, Sendable {
             throw bad("unknown command \"\(command)\"; known are \(Self.names.joined(separator: ", "))")
         }
         return Command(requestID: requestID, kind: kind)
+    }
+}
+
+/// What a config key takes, so only valid values are offered and sent: the device reads any
+/// text but "0"/"false"/"off"/"no" as *on* for a switch, so "disable" would turn it on.
+/// Keys of the device's runtime switches end in `:enabled` (on/off) or `:interval` (seconds);
+/// other keys (FIELDLOG_WEB_CONFIG_KEYS may add some) take text.
+enum ConfigValueKind: Sendable, Hashable {
+    case onOff
+    case seconds
+    case text
+
+    init(key: String) {
+        if key.hasSuffix(":enabled") { self = .onOff } else if key.hasSuffix(":interval") { self = .seconds } else { self = .text }
+    }
+
+    /// The value as the device stores it ("1"/"0", seconds), or a 400 that says what is allowed.
+    func normalized(_ value: String) throws -> String {
+        let v = value.trimmingCharacters(in: .whitespaces)
+        switch self {
+        case .onOff:
+            switch v.lowercased() {
+            case "1", "on", "true", "yes": return "1"
+            case "0", "off", "false", "no": return "0"
+            default: throw HTTPError(.badRequest, message: "this setting is on or off: send 1 (on) or 0 (off), got \"\(value)\"")
+            }
+        case .seconds:
+            guard let d = Double(v), d.isFinite, d >= 0.01, d <= 86_400 else {
+                throw HTTPError(.badRequest, message: "this setting is a number of seconds, 0.01…86400, got \"\(value)\"")
+            }
+            return formatNumber(d)
+        case .text:
+            return value
+        }
     }
 }
 

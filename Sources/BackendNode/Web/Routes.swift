@@ -1,12 +1,16 @@
 // The web admin's application: `buildRouter` (pages, JSON API, assets) and `buildApplication`.
 //
-// Theory of operation: one Hummingbird router with three middlewares, outermost first:
-// `ErrorPageMiddleware` turns every error into a clear answer (HTML for pages, JSON for /api;
-// anything that is not an HTTPError is logged and becomes a 500 that says so), the security
-// headers middleware, then `SessionMiddleware` (auth + CSRF, see Auth.swift). Handlers parse
-// and check their parameters first (a 400 that names the parameter), then read through
-// `WebStore` and render with `Page` or encode JSON. Tests call `buildRouter` with a real
-// database and `app.test(.router)`; `fieldlog-backend web`/`run` call `buildApplication`.
+// Theory of operation: one Hummingbird router with three middlewares, outermost first: the
+// security headers middleware (so every answer carries them, errors included),
+// `ErrorPageMiddleware` (turns every error into a clear answer: HTML for pages, JSON for /api;
+// anything that is not an HTTPError is logged with a reference and becomes a 500 that gives
+// only the reference), then `SessionMiddleware` (auth, roles + CSRF, see Auth.swift).
+// Handlers parse and check their parameters first (a 400 that names the parameter), then read
+// through `WebStore` and render a `Page` (HTML that escapes by default) or encode JSON. Pages
+// of the fleet, devices, dead letters and the audit live here; users, the account and the
+// activity trail in AdminRoutes.swift; the live streams in Live.swift. Tests call
+// `buildRouter` with a real database and `app.test(.router)`; `fieldlog-backend web`/`run`
+// call `buildApplication`.
 import FieldlogCore
 import Foundation
 import HTTPTypes
@@ -23,16 +27,29 @@ struct WebDependencies: Sendable {
     var settings: WebSettings
     var logger: Logger
     var signInThrottle = SignInThrottle()
+    var signInGate: SignInGate
+    var live: LiveStreams
+
+    init(store: WebStore, commands: CommandDispatcher, settings: WebSettings, logger: Logger) {
+        self.store = store
+        self.commands = commands
+        self.settings = settings
+        self.logger = logger
+        signInGate = SignInGate(limit: settings.signInConcurrency)
+        live = LiveStreams(limit: settings.liveMaxStreams)
+    }
 }
 
 /// Builds the router with every page, API call and asset.
 func buildRouter(_ deps: WebDependencies) -> Router<WebContext> {
     let router = Router(context: WebContext.self)
-    router.add(middleware: ErrorPageMiddleware(logger: deps.logger))
     router.add(middleware: SecurityHeadersMiddleware())
+    router.add(middleware: ErrorPageMiddleware(logger: deps.logger))
     router.add(middleware: SessionMiddleware(store: deps.store))
     let web = WebRoutes(deps: deps)
     web.register(router)
+    web.registerAdmin(router)
+    web.registerLive(router)
     return router
 }
 
@@ -47,6 +64,7 @@ func buildApplication(_ deps: WebDependencies, services: [any Service] = []) -> 
 struct WebRoutes: Sendable {
     let deps: WebDependencies
     var store: WebStore { deps.store }
+    var users: UserDirectory { UserDirectory(store: deps.store) }
 
     func register(_ router: Router<WebContext>) {
         // Assets and health.
@@ -64,15 +82,16 @@ struct WebRoutes: Sendable {
         router.post("/devices/:device/commands") { request, context in try await commandForm(request, context) }
         router.get("/devices/:device/commands") { request, context in
             let d = try await knownDevice(context)
-            return htmlResponse(Page.commandsTable(try await store.commands(device: d, limit: 10), device: d.rawValue))
+            return htmlResponse(Page.commandsTable(try await store.commands(device: d, limit: 10)))
         }
         router.get("/audit") { request, context in try await auditPage(request, context) }
+        router.get("/dead-letters") { request, context in try await deadLettersPage(request, context) }
 
-        // JSON API (docs/openapi.yaml).
+        // JSON API (docs/openapi.yaml; WebRouteTests checks the two agree).
         router.get("/api/session") { _, context in try sessionInfo(context) }
         router.post("/api/session") { request, context in try await apiSignIn(request, context) }
         router.delete("/api/session") { request, context in try await apiSignOut(request, context) }
-        router.get("/api/devices") { _, _ in try json(["devices": try await store.fleet()]) }
+        router.get("/api/devices") { request, _ in try await apiFleet(request) }
         router.get("/api/devices/:device") { request, context in try await apiDevice(request, context) }
         router.get("/api/devices/:device/series") { request, context in try await apiSeries(request, context) }
         router.get("/api/devices/:device/readings") { request, context in try await apiReadings(request, context) }
@@ -82,12 +101,17 @@ struct WebRoutes: Sendable {
             return try json(["commands": try await store.commands(device: d)])
         }
         router.post("/api/devices/:device/commands") { request, context in try await apiCommand(request, context) }
-        router.get("/api/commands/:request") { _, context in
-            let id = context.parameters.get("request") ?? ""
+        router.get("/api/commands/:requestId") { _, context in
+            let id = context.parameters.get("requestId") ?? ""
             guard let c = try await store.command(requestID: id) else { throw HTTPError(.notFound, message: "no command with request id \"\(id)\"") }
             return try json(c)
         }
-        router.get("/api/audit") { _, _ in try json(try await store.audit()) }
+        router.get("/api/audit") { _, _ in try json(WebTime.isoTimes(try await store.audit())) }
+        router.get("/api/dead-letters") { request, _ in
+            let (rows, query) = try await deadLetters(request)
+            struct Body: Encodable { var deadLetters: [StoredDeadLetter]; var next: String? }
+            return try json(Body(deadLetters: rows, next: rows.count == query.limit ? rows.last.map { String($0.id) } : nil))
+        }
     }
 
     // MARK: parameters
@@ -103,8 +127,9 @@ struct WebRoutes: Sendable {
         return d
     }
 
+    /// A query parameter as Hummingbird decoded it (once), nil when absent or empty.
     func query(_ request: Request, _ name: String) -> String? {
-        request.uri.queryParameters[Substring(name)].map { String($0).removingPercentEncoding ?? String($0) }.flatMap { $0.isEmpty ? nil : $0 }
+        request.uri.queryParameters[Substring(name)].map(String.init).flatMap { $0.isEmpty ? nil : $0 }
     }
 
     /// The time range of a request: `range=fit|15m|1h|6h|24h|7d|30d` (ending now) or `from`/`to`
@@ -112,22 +137,7 @@ struct WebRoutes: Sendable {
     /// 24 h, so a device that just started fills the chart instead of a sliver at its edge.
     func timeRange(_ request: Request, device: DeviceID) async throws -> (key: String, from: Int64, to: Int64) {
         let now = WebTime.nowMilliseconds()
-        let fromText = query(request, "from"), toText = query(request, "to")
-        if fromText != nil || toText != nil {
-            guard let f = fromText, let from = WebTime.parse(f) else {
-                throw HTTPError(.badRequest, message: "from must be a time like 2026-11-29T08:00:00Z (or ms since 1970), got \(fromText.map { "\"\($0)\"" } ?? "nothing")")
-            }
-            let to: Int64
-            if let t = toText {
-                guard let v = WebTime.parse(t) else { throw HTTPError(.badRequest, message: "to must be a time like 2026-11-29T20:00:00Z (or ms since 1970), got \"\(t)\"") }
-                to = v
-            } else {
-                to = now
-            }
-            guard to > from else { throw HTTPError(.badRequest, message: "to must be after from") }
-            guard to - from <= 366 * 86_400_000 else { throw HTTPError(.badRequest, message: "a time range can span at most 366 days") }
-            return ("custom", from, to)
-        }
+        if let r = try WebTime.range(from: query(request, "from"), to: query(request, "to"), now: now) { return ("custom", r.from, r.to) }
         let key = query(request, "range") ?? "fit"
         guard let r = Page.ranges.first(where: { $0.key == key }) else {
             throw HTTPError(.badRequest, message: "range must be one of \(Page.ranges.map(\.key).joined(separator: ", ")), got \"\(key)\"")
@@ -142,26 +152,29 @@ struct WebRoutes: Sendable {
     }
 
     func intParameter(_ request: Request, _ name: String, default value: Int, range: ClosedRange<Int>) throws -> Int {
-        guard let t = query(request, name) else { return value }
-        guard let v = Int(t), range.contains(v) else {
-            throw HTTPError(.badRequest, message: "\(name) must be a whole number \(range.lowerBound)…\(range.upperBound), got \"\(t)\"")
-        }
-        return v
+        try FleetQuery.int(query(request, name), name, default: value, range: range)
     }
 
     // MARK: sign-in
 
-    func signInPage(_ request: Request, _ context: WebContext, message: String? = nil, status: HTTPResponse.Status = .ok) async throws -> Response {
+    func signInPage(_ request: Request, _ context: WebContext, next: String? = nil, message: String? = nil,
+                    status: HTTPResponse.Status = .ok) async throws -> Response {
         if context.session != nil, message == nil { return .redirect(to: "/", type: .found) }
         let token = randomToken()
-        var r = htmlResponse(Page.signIn(token: token, next: safeNext(query(request, "next")), message: message), status: status)
+        var r = htmlResponse(Page.signIn(token: token, next: safeNext(next ?? query(request, "next")), message: message), status: status)
         r.setCookie(deps.settings.signInCookie(token))
         return r
     }
 
-    /// Only local paths, so a sign-in link cannot send the user elsewhere.
+    /// Only paths of this site, so a sign-in link cannot send the user elsewhere: it must start
+    /// with one "/" and hold nothing a browser would read as another host (a second "/" or "\\"
+    /// at its start, after dropping the TAB/CR/LF browsers ignore) or treat specially (control
+    /// characters, spaces).
     func safeNext(_ next: String?) -> String {
-        guard let next, next.hasPrefix("/"), !next.hasPrefix("//"), !next.contains("\\") else { return "/" }
+        guard let next, next.utf8.count <= 2048, next.hasPrefix("/"),
+              next.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F && $0 != 0x5C }) else { return "/" }
+        let second = next.utf8.dropFirst().first
+        guard second != 0x2F else { return "/" }
         return next
     }
 
@@ -172,9 +185,14 @@ struct WebRoutes: Sendable {
             throw HTTPError(.forbidden, message: "The sign-in form is stale or was not sent from this site. Reload the sign-in page and try again.")
         }
         let user = form["user"] ?? "", password = form["password"] ?? ""
-        guard let session = try await authenticate(user: user, password: password) else {
-            deps.logger.notice("web: failed sign-in for \(user.debugDescription)")
-            return try await signInPage(request, context, message: "Wrong user name or password.", status: .unauthorized)
+        let session: WebSession?
+        do {
+            session = try await authenticate(user: user, password: password, client: context.client(request, trustedProxies: deps.settings.trustedProxies))
+        } catch let e as HTTPError where e.status == .tooManyRequests {
+            return try await signInPage(request, context, next: form["next"], message: e.body ?? "Too many sign-ins; wait a moment.", status: .tooManyRequests)
+        }
+        guard let session else {
+            return try await signInPage(request, context, next: form["next"], message: "Wrong user name or password.", status: .unauthorized)
         }
         var r = Response.redirect(to: safeNext(form["next"]), type: .found)
         r.setCookie(deps.settings.sessionCookie(session))
@@ -182,21 +200,28 @@ struct WebRoutes: Sendable {
         return r
     }
 
-    func authenticate(user: String, password: String) async throws -> WebSession? {
+    /// Checks the password (throttled, see SignInThrottle/SignInGate); a session when right.
+    func authenticate(user: String, password: String, client: String) async throws -> WebSession? {
         guard Passwords.checkUserName(user) == nil, !password.isEmpty, password.utf8.count <= 72 else { return nil }
-        if let wait = deps.signInThrottle.refusal(user: user, now: .now) {
-            deps.logger.notice("web: sign-in for \(user.debugDescription) refused: too many failures")
-            throw HTTPError(.tooManyRequests, message: "Too many failed sign-ins for this user name. Try again in \(wait.components.seconds + 1) s.")
+        if let wait = deps.signInThrottle.refusal(client: client, user: user, now: .now) {
+            deps.logger.notice("web: sign-in for \(user.debugDescription) from \(client) refused: too many failures")
+            throw HTTPError(.tooManyRequests, message: "Too many failed sign-ins from here. Try again in \(wait.components.seconds + 1) s.")
         }
-        let hash = try await store.passwordHash(user: user)
-        let ok = await Passwords.verify(password, hash: hash ?? Passwords.dummyHash)
-        guard ok, hash != nil else {
-            deps.signInThrottle.failed(user: user, now: .now)
+        let checked: Bool? = try await deps.signInGate.run {
+            let hash = try await store.passwordHash(user: user)
+            return await Passwords.verify(password, hash: hash, cost: deps.settings.bcryptCost)
+        }
+        guard let ok = checked else {
+            throw HTTPError(.tooManyRequests, message: "Too many sign-ins at once. Try again in a few seconds.")
+        }
+        guard ok, let session = try await store.createSession(user: user) else {
+            deps.signInThrottle.failed(client: client, user: user, now: .now)
+            deps.logger.notice("web: failed sign-in for \(user.debugDescription) from \(client)")
             return nil
         }
-        deps.signInThrottle.succeeded(user: user)
-        deps.logger.info("web: \(user) signed in")
-        return try await store.createSession(user: user)
+        deps.signInThrottle.succeeded(client: client, user: user)
+        deps.logger.info("web: \(user) signed in from \(client)")
+        return session
     }
 
     func signOut(_ request: Request, _ context: WebContext) async throws -> Response {
@@ -206,27 +231,29 @@ struct WebRoutes: Sendable {
         return r
     }
 
-    struct SessionInfo: Codable { var user: String; var csrfToken: String; var expiresAt: String }
+    struct SessionInfo: Codable { var user: String; var role: Role; var csrfToken: String; var expiresAt: String }
 
     func sessionInfo(_ context: WebContext) throws -> Response {
         guard let s = context.session else { throw HTTPError(.unauthorized, message: "Not signed in: POST /api/session with user and password first.") }
-        return try json(SessionInfo(user: s.user, csrfToken: s.csrfToken, expiresAt: WebTime.iso(milliseconds: s.expiresAtMs)))
+        return try json(SessionInfo(user: s.user, role: s.role, csrfToken: s.csrfToken, expiresAt: WebTime.iso(milliseconds: s.expiresAtMs)))
     }
 
     struct Credentials: Decodable { var user: String; var password: String }
 
     func apiSignIn(_ request: Request, _ context: WebContext) async throws -> Response {
         let c: Credentials = try await decodeJSON(request, context)
-        guard let session = try await authenticate(user: c.user, password: c.password) else {
+        guard let session = try await authenticate(user: c.user, password: c.password, client: context.client(request, trustedProxies: deps.settings.trustedProxies)) else {
             throw HTTPError(.unauthorized, message: "wrong user name or password")
         }
-        var r = try json(SessionInfo(user: session.user, csrfToken: session.csrfToken, expiresAt: WebTime.iso(milliseconds: session.expiresAtMs)), status: .created)
+        var r = try json(SessionInfo(user: session.user, role: session.role, csrfToken: session.csrfToken,
+                                     expiresAt: WebTime.iso(milliseconds: session.expiresAtMs)), status: .created)
         r.setCookie(deps.settings.sessionCookie(session))
         return r
     }
 
     func apiSignOut(_ request: Request, _ context: WebContext) async throws -> Response {
         guard let s = context.session else { throw HTTPError(.unauthorized, message: "Not signed in.") }
+        // /api/session is public (for signing in), so SessionMiddleware did not check the token.
         guard let given = request.headers[HTTPField.Name("X-CSRF-Token")!], constantTimeEqual(given, s.csrfToken) else {
             throw HTTPError(.forbidden, message: "missing or wrong X-CSRF-Token header")
         }
@@ -236,63 +263,79 @@ struct WebRoutes: Sendable {
         return r
     }
 
-    // MARK: pages
+    // MARK: fleet
 
-    func fleetPage(_ request: Request, _ context: WebContext) async throws -> Response {
-        let sort = query(request, "sort") ?? "device"
-        guard Page.fleetColumns.contains(where: { $0.key == sort }) else {
-            throw HTTPError(.badRequest, message: "sort must be one of \(Page.fleetColumns.map(\.key).joined(separator: ", ")), got \"\(sort)\"")
-        }
-        let dir = query(request, "dir") ?? "asc"
-        guard dir == "asc" || dir == "desc" else { throw HTTPError(.badRequest, message: "dir must be asc or desc, got \"\(dir)\"") }
-        return htmlResponse(Page.fleet(try await store.fleet(), sort: sort, descending: dir == "desc", session: context.signedIn))
+    func fleetQuery(_ request: Request, defaultPageSize: Int = 50) throws -> FleetQuery {
+        try FleetQuery(parameters: { query(request, $0) }, defaultPageSize: defaultPageSize)
     }
 
-    func deviceView(_ request: Request, device: DeviceID, message: String? = nil) async throws -> Page.DeviceView {
+    func fleetPage(_ request: Request, _ context: WebContext) async throws -> Response {
+        let q = try fleetQuery(request)
+        let snapshot = try await store.fleetSnapshot()
+        return htmlResponse(Page.fleet(Page.FleetView(query: q, snapshot: snapshot), session: context.signedIn))
+    }
+
+    func apiFleet(_ request: Request) async throws -> Response {
+        let q = try fleetQuery(request, defaultPageSize: 100)
+        let snapshot = try await store.fleetSnapshot()
+        let (page, total) = q.apply(snapshot.devices)
+        struct Body: Encodable { var devices: [FleetDevice]; var total: Int; var page: Int; var pageSize: Int; var counts: FleetCounts }
+        return try json(Body(devices: page, total: total, page: q.page, pageSize: q.pageSize, counts: snapshot.counts))
+    }
+
+    // MARK: device
+
+    func deviceView(_ request: Request, device: DeviceID, session: WebSession, message: String? = nil) async throws -> Page.DeviceView {
         let range = try await timeRange(request, device: device)
         let page = try intParameter(request, "page", default: 0, range: 0...100_000)
         let pageSize = try intParameter(request, "pageSize", default: 25, range: 1...500)
         guard let summary = try await store.fleet(device: device).first else { throw HTTPError(.notFound, message: "no device \"\(device)\" has been seen") }
         let audit = try await store.audit(device: device).devices.first
         let (series, truncated) = try await store.series(device: device, fromMs: range.from, toMs: range.to)
-        let bands = try await chartBands(device: device, summary: summary, audit: audit, from: range.from, to: range.to)
+        let marks = try await chartMarks(device: device, summary: summary, audit: audit, from: range.from, to: range.to)
         var names = Set(series.keys)
         if names.isEmpty { names.formUnion(try await store.sensors(device: device)) }
         let charts = names.sorted().map { name in
             let points = series[name] ?? []
-            let chart = SensorChart(sensor: name, points: points, fromMs: range.from, toMs: range.to, bands: bands)
-            return (sensor: name, svg: chart.svg(), latest: points.last, count: points.count)
+            let chart = SensorChart(sensor: name, points: points, fromMs: range.from, toMs: range.to, bands: marks.bands, cuts: marks.cuts)
+            return Page.ChartView(sensor: name, chart: chart.html(), latest: points.last, count: points.count)
         }
         let (readings, total) = try await store.readings(device: device, fromMs: range.from, toMs: range.to, page: page, pageSize: pageSize)
         return Page.DeviceView(device: summary, audit: audit, rangeKey: range.key, fromMs: range.from, toMs: range.to, charts: charts,
                                truncated: truncated, readings: readings, readingsTotal: total, page: page, pageSize: pageSize,
-                               commands: try await store.commands(device: device, limit: 10), configKeys: deps.settings.configKeys, message: message)
+                               commands: try await store.commands(device: device, limit: 10), configKeys: deps.settings.configKeys,
+                               rebootRefusal: try await store.rebootRefusal(device: device), canOperate: session.role >= .operator,
+                               message: message)
     }
 
-    /// Missing records (gaps, placed between the neighbouring stored readings) and "offline now".
-    func chartBands(device: DeviceID, summary: FleetDevice, audit: DeviceAudit?, from: Int64, to: Int64) async throws -> [ChartBand] {
-        var bands: [ChartBand] = []
-        var gaps: [(epoch: UInt64, first: UInt64, last: UInt64)] = []
+    /// What the charts mark: missing records (gaps, placed between the neighbouring stored
+    /// readings), declared losses, "offline now"; and the sequence ranges the line must not
+    /// be drawn across.
+    func chartMarks(device: DeviceID, summary: FleetDevice, audit: DeviceAudit?, from: Int64, to: Int64) async throws -> (bands: [ChartBand], cuts: [ChartCut]) {
+        var holes: [(kind: ChartBand.Kind, epoch: UInt64, first: UInt64, last: UInt64, label: String)] = []
         for e in audit?.epochs ?? [] {
             guard let epoch = try? Epoch(hex: e.epoch) else { continue }
-            for g in e.gaps { gaps.append((epoch.rawValue, g.first, g.last)) }
+            for g in e.gaps { holes.append((.missing, epoch.rawValue, g.first, g.last, "records \(g.first)…\(g.last) missing")) }
+            for g in e.rowsMissing { holes.append((.missing, epoch.rawValue, g.first, g.last, "records \(g.first)…\(g.last) acked but their rows are missing")) }
+            if let u = e.unstoredAtEnd { holes.append((.missing, epoch.rawValue, u.first, u.last, "records \(u.first)…\(u.last) never arrived")) }
+            for l in e.losses { holes.append((.lost, epoch.rawValue, l.first, l.last, "records \(l.first)…\(l.last) declared lost: \(l.reason)")) }
         }
-        if !gaps.isEmpty {
-            let times = try await store.gapTimes(device: device, gaps: Array(gaps.prefix(200)))
-            for (g, t) in zip(gaps, times) {
-                bands.append(ChartBand(kind: .missing, fromMs: t.from ?? from, toMs: t.to ?? to, label: "records \(g.first)…\(g.last) missing"))
-            }
+        holes = Array(holes.suffix(200))
+        var bands: [ChartBand] = []
+        let times = try await store.gapTimes(device: device, gaps: holes.map { ($0.epoch, $0.first, $0.last) })
+        for (h, t) in zip(holes, times) {
+            bands.append(ChartBand(kind: h.kind, fromMs: t.from ?? from, toMs: t.to ?? to, label: h.label))
         }
         if summary.state == "offline", let seen = summary.lastSeenAt.flatMap(WebTime.parse) {
             bands.append(ChartBand(kind: .offline, fromMs: seen, toMs: to, label: "offline since last seen"))
         }
-        return bands
+        return (bands, holes.map { ChartCut(epoch: $0.epoch, first: $0.first, last: $0.last) })
     }
 
     func devicePage(_ request: Request, _ context: WebContext) async throws -> Response {
         let d = try device(context)
         let message = query(request, "sent").map { "Command sent (request \($0)). The answer appears under Recent commands." }
-        return htmlResponse(Page.device(try await deviceView(request, device: d, message: message), session: context.signedIn))
+        return htmlResponse(Page.device(try await deviceView(request, device: d, session: context.signedIn, message: message), session: context.signedIn))
     }
 
     func auditPage(_ request: Request, _ context: WebContext) async throws -> Response {
@@ -311,13 +354,25 @@ struct WebRoutes: Sendable {
         return .redirect(to: back, type: .normal)
     }
 
+    // MARK: dead letters
+
+    func deadLetters(_ request: Request) async throws -> ([StoredDeadLetter], DeadLetterQuery) {
+        let q = try DeadLetterQuery(parameters: { query(request, $0) })
+        return (try await store.deadLetters(q), q)
+    }
+
+    func deadLettersPage(_ request: Request, _ context: WebContext) async throws -> Response {
+        let (rows, q) = try await deadLetters(request)
+        return htmlResponse(Page.deadLetters(rows, query: q, session: context.signedIn))
+    }
+
     // MARK: API
 
     func apiDevice(_ request: Request, _ context: WebContext) async throws -> Response {
         let d = try device(context)
         guard let summary = try await store.fleet(device: d).first else { throw HTTPError(.notFound, message: "no device \"\(d)\" has been seen") }
         struct Body: Encodable { var device: FleetDevice; var audit: DeviceAudit?; var sensors: [String] }
-        return try json(Body(device: summary, audit: try await store.audit(device: d).devices.first, sensors: try await store.sensors(device: d)))
+        return try json(Body(device: summary, audit: WebTime.isoTimes(try await store.audit(device: d)).devices.first, sensors: try await store.sensors(device: d)))
     }
 
     func apiSeries(_ request: Request, _ context: WebContext) async throws -> Response {
@@ -388,23 +443,26 @@ struct WebRoutes: Sendable {
             try await writer.finish(nil)
         }
         let name = "\(d.rawValue)-\(WebTime.iso(milliseconds: range.from).prefix(16))-\(WebTime.iso(milliseconds: range.to).prefix(16)).csv".replacingOccurrences(of: ":", with: "")
-        return Response(status: .ok, headers: [.contentType: "text/csv; charset=utf-8", .contentDisposition: "attachment; filename=\"\(name)\""], body: body)
+        return Response(status: .ok, headers: [.contentType: "text/csv; charset=utf-8", .contentDisposition: "attachment; filename=\"\(name)\"",
+                                               .cacheControl: "no-store"], body: body)
     }
 }
 
-/// CSV quoting (RFC 4180), and a leading quote for cells a spreadsheet would run as a formula.
+/// CSV quoting (RFC 4180), and a leading quote for cells a spreadsheet would run as a
+/// formula: those starting with = + - @, or with TAB / CR (which spreadsheets skip before
+/// reading the rest as a formula). Plain numbers stay numbers.
 func csvField(_ s: String) -> String {
     var v = s
-    if let f = v.first, "=+-@".contains(f), Double(v) == nil { v = "'" + v }
+    if let f = v.unicodeScalars.first, "=+-@\t\r".unicodeScalars.contains(f), Double(v) == nil { v = "'" + v }
     if v.contains(",") || v.contains("\"") || v.contains("\n") || v.contains("\r") {
         return "\"" + v.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
     return v
 }
 
-func htmlResponse(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
+func htmlResponse(_ page: HTML, status: HTTPResponse.Status = .ok) -> Response {
     Response(status: status, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
-             body: .init(byteBuffer: ByteBuffer(string: text)))
+             body: .init(byteBuffer: ByteBuffer(string: page.text)))
 }
 
 func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
@@ -451,10 +509,15 @@ struct ErrorPageMiddleware: RouterMiddleware {
             } else if let e = error as? any HTTPResponseError {
                 status = e.status
                 message = "\(e.status.reasonPhrase)"
+            } else if let e = error as? UserChangeError {
+                status = e.httpError.status
+                message = e.description
             } else {
-                logger.error("web: \(request.method) \(request.uri.path) failed: \(error)")
+                // The details stay in the log: they may name internals a visitor has no business seeing.
+                let reference = String(randomToken().prefix(12))
+                logger.error("web: \(request.method) \(request.uri.path) failed (reference \(reference)): \(error)")
                 status = .internalServerError
-                message = "An unexpected error happened and was logged: \(error)"
+                message = "An unexpected error happened. It was logged with reference \(reference)."
             }
             if SessionMiddleware.isAPI(request.uri.path) {
                 struct Body: Encodable { struct E: Encodable { var status: Int; var message: String }; var error: E }

@@ -1,6 +1,7 @@
 // Settings of the web admin (`fieldlog-backend web` / `run`), with defaults and limits.
 import FieldlogCore
 import Foundation
+import Hummingbird
 
 /// Everything the web admin needs besides the database and broker settings.
 struct WebSettings: Sendable {
@@ -21,6 +22,19 @@ struct WebSettings: Sendable {
     var silentAfter: Duration = .seconds(600)
     /// bcrypt cost of new password hashes. Default 12, 4…16 (tests use 4).
     var bcryptCost: UInt8 = 12
+    /// How old the fleet overview's snapshot may be before a request reads the fleet anew.
+    /// Default 10 s, 0…300 (0: every request reads it; see Fleet.swift).
+    var fleetCacheAge: Duration = .seconds(10)
+    /// How often a live page's stream looks for changes. Default 1 s (tests use less).
+    var liveInterval: Duration = .seconds(1)
+    /// A live stream ends after this long; the browser reconnects by itself. Default 10 min.
+    var liveMaxDuration: Duration = .seconds(600)
+    /// Live streams served at once by one web process; more are refused with 503. Default 200, 1…10000.
+    var liveMaxStreams: Int = 200
+    /// Peers whose X-Forwarded-For names the client (a TLS proxy in front). Default none.
+    var trustedProxies: [String] = []
+    /// Sign-in attempts checked at once (bcrypt is CPU-bound by design); more get 429. Default 4, 1…64.
+    var signInConcurrency: Int = 4
 
     static let sessionCookie = "fieldlog_session"
     static let signInCookie = "fieldlog_signin"
@@ -45,6 +59,16 @@ struct WebSettings: Sendable {
         s.commandTimeout = .seconds(try env.int(["FIELDLOG_WEB_COMMAND_TIMEOUT_SECONDS"], default: 30, range: 1...3600))
         s.silentAfter = .seconds(try env.int(["FIELDLOG_WEB_SILENT_AFTER_SECONDS"], default: 600, range: 10...30 * 86400))
         s.bcryptCost = UInt8(try env.int(["FIELDLOG_WEB_BCRYPT_COST"], default: 12, range: 4...16))
+        s.fleetCacheAge = .seconds(try env.int(["FIELDLOG_WEB_FLEET_CACHE_SECONDS"], default: 10, range: 0...300))
+        s.liveMaxStreams = try env.int(["FIELDLOG_WEB_LIVE_MAX_STREAMS"], default: 200, range: 1...10_000)
+        s.signInConcurrency = try env.int(["FIELDLOG_WEB_SIGNIN_CONCURRENCY"], default: 4, range: 1...64)
+        if let (name, list) = env.string(["FIELDLOG_WEB_TRUSTED_PROXIES"]) {
+            let addresses = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard addresses.allSatisfy({ $0.utf8.count <= 64 && $0.utf8.allSatisfy { b in isHexDigit(b | 0x20) || b == 0x2E || b == 0x3A } }) else {
+                throw ConfigurationError(setting: name, value: list, allowed: "a comma-separated list of IP addresses")
+            }
+            s.trustedProxies = addresses
+        }
         if let (name, list) = env.string(["FIELDLOG_WEB_CONFIG_KEYS"]) {
             let keys = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             guard !keys.isEmpty, keys.allSatisfy({ $0.utf8.count <= 128 }) else {
@@ -128,6 +152,36 @@ enum WebTime {
     }
 
     static func nowMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
+
+    /// A `from`/`to` range (either given; `to` defaults to now), checked; nil when neither is given.
+    static func range(from fromText: String?, to toText: String?, now: Int64) throws -> (from: Int64, to: Int64)? {
+        guard fromText != nil || toText != nil else { return nil }
+        guard let f = fromText, let from = parse(f) else {
+            throw HTTPError(.badRequest, message: "from must be a time like 2026-11-29T08:00:00Z (or ms since 1970), got \(fromText.map { "\"\($0)\"" } ?? "nothing")")
+        }
+        var to = now
+        if let t = toText {
+            guard let v = parse(t) else { throw HTTPError(.badRequest, message: "to must be a time like 2026-11-29T20:00:00Z (or ms since 1970), got \"\(t)\"") }
+            to = v
+        }
+        guard to > from else { throw HTTPError(.badRequest, message: "to must be after from") }
+        guard to - from <= 366 * 86_400_000 else { throw HTTPError(.badRequest, message: "a time range can span at most 366 days") }
+        return (from, to)
+    }
+
+    /// The audit report with its times in ISO 8601 UTC, as every other answer of the API has
+    /// them (the report itself keeps the SQL text that `fieldlog-backend audit` prints).
+    static func isoTimes(_ report: AuditReport) -> AuditReport {
+        var r = report
+        r.generatedAt = iso(sql: r.generatedAt) ?? r.generatedAt
+        for i in r.devices.indices {
+            r.devices[i].lastSeenAt = iso(sql: r.devices[i].lastSeenAt)
+            for j in r.devices[i].epochs.indices {
+                r.devices[i].epochs[j].lastStoredAt = iso(sql: r.devices[i].epochs[j].lastStoredAt)
+            }
+        }
+        return r
+    }
 }
 
 /// A duration in words for people ("3 min", "2 h 5 min").

@@ -13,27 +13,6 @@ import Logging
 import MariaDB
 import Sync
 
-/// One device as the fleet overview shows it.
-struct FleetDevice: Codable, Sendable {
-    var device: String
-    var protocolName: String
-    /// "online", "offline" or nil (no status received yet), from the device's retained status.
-    var state: String?
-    var measuring: Bool?
-    var epoch: String?
-    var head: UInt64?
-    var acked: UInt64?
-    /// head − acked from the last status: records the device still holds unsent or unacked.
-    var backlog: UInt64?
-    var storedThrough: UInt64?
-    var gapCount: Int
-    var missingRecords: UInt64
-    var deadLetters: Int
-    var lastSeenAt: String?
-    var statusAt: String?
-    var silent: Bool
-}
-
 /// A command as the pages and the API show it.
 struct CommandRow: Codable, Sendable {
     var requestId: String
@@ -93,27 +72,29 @@ struct SeriesPoint: Sendable, Hashable {
     var seq: UInt64
 }
 
-/// A signed-in user's session.
-struct WebSession: Sendable, Hashable {
-    var token: String
-    var user: String
-    var csrfToken: String
-    var expiresAtMs: Int64
-}
-
 final class WebStore: Sendable {
     let database: DatabaseClient
     let settings: WebSettings
     let logger: Logger
+    let fleetCache = FleetCache()
+    /// A second connection, for reading the whole fleet (Fleet.swift).
+    let fleetDatabase: DatabaseClient
 
     init(database: DatabaseClient, settings: WebSettings, logger: Logger) {
         self.database = database
         self.settings = settings
         self.logger = logger
+        fleetDatabase = DatabaseClient(settings: database.settings, logger: logger)
+    }
+
+    func close() async {
+        await database.close()
+        await fleetDatabase.close()
     }
 
     /// Runs `body` on the current connection; a lost connection becomes a 503 and is dropped.
-    func run<T: Sendable>(_ what: String, _ body: @Sendable (Store) async throws -> T) async throws -> T {
+    func run<T: Sendable>(_ what: String, on client: DatabaseClient? = nil, _ body: @Sendable (Store) async throws -> T) async throws -> T {
+        let database = client ?? self.database
         let store: Store
         do {
             store = try await database.store()
@@ -130,100 +111,13 @@ final class WebStore: Sendable {
         }
     }
 
-    // MARK: users and sessions
-
-    func addUser(name: String, passwordHash: String) async throws -> Bool {
-        try await run("add user") { s in
-            let now = SQLTime.now()
-            let r = try await s.connection.execute("""
-                INSERT INTO web_users (user_name, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?)
-                ON DUPLICATE KEY UPDATE password_hash = VALUES(password_hash), updated_at = VALUES(updated_at)
-                """, [.string(name), .string(passwordHash), .string(now), .string(now)])
-            return r.affectedRows == 1
-        }
-    }
-
-    func passwordHash(user: String) async throws -> String? {
-        try await run("read user") { s in
-            try await s.connection.execute("SELECT password_hash FROM web_users WHERE user_name = ?", [.string(user)]).rows.first?[0].string
-        }
-    }
-
-    func createSession(user: String) async throws -> WebSession {
-        let session = WebSession(token: randomToken(), user: user, csrfToken: randomToken(),
-                                 expiresAtMs: WebTime.nowMilliseconds() + Int64(settings.sessionLifetime.components.seconds) * 1000)
-        try await run("create session") { s in
-            try await s.connection.execute("DELETE FROM web_sessions WHERE expires_at < ?", [.string(SQLTime.now())])
-            try await s.connection.execute(
-                "INSERT INTO web_sessions (token, user_name, csrf_token, created_at, expires_at) VALUES (SHA2(?, 256), ?, ?, ?, ?)",
-                [.string(session.token), .string(user), .string(session.csrfToken), .string(SQLTime.now()),
-                 .string(SQLTime.datetime(unixMilliseconds: session.expiresAtMs)!)])
-        }
-        return session
-    }
-
-    /// The live session of a cookie token, or nil (unknown or expired).
-    func session(token: String) async throws -> WebSession? {
-        guard token.utf8.count == 64, token.utf8.allSatisfy({ isHexDigit($0) }) else { return nil }
-        return try await run("read session") { s in
-            let r = try await s.connection.execute(
-                "SELECT user_name, csrf_token, expires_at FROM web_sessions WHERE token = SHA2(?, 256) AND expires_at > ?",
-                [.string(token), .string(SQLTime.now())])
-            guard let row = r.rows.first, let user = row[0].string, let csrf = row[1].string,
-                  let exp = row[2].string.flatMap(WebTime.milliseconds(sql:)) else { return nil }
-            return WebSession(token: token, user: user, csrfToken: csrf, expiresAtMs: exp)
-        }
-    }
-
-    func deleteSession(token: String) async throws {
-        try await run("delete session") { s in
-            try await s.connection.execute("DELETE FROM web_sessions WHERE token = SHA2(?, 256)", [.string(token)])
-        }
-    }
-
-    // MARK: fleet and audit
+    // MARK: audit
 
     /// The audit; `checkingRows: false` reads only the ledger (no pass over the readings).
     func audit(device: DeviceID? = nil, checkingRows: Bool = true) async throws -> AuditReport {
         let silentAfter = settings.silentAfter
         return try await run("audit") { s in
             try await Auditor(connection: s.connection, silentAfter: silentAfter, checksRows: checkingRows).run(device: device)
-        }
-    }
-
-    func fleet(device: DeviceID? = nil) async throws -> [FleetDevice] {
-        // The overview's figures come from the ledger; the Audit page checks the rows too.
-        let report = try await audit(device: device, checkingRows: false)
-        let filter = device == nil ? "" : " WHERE device_id = ?"
-        let binds: [MariaDBValue] = device.map { [.string($0.rawValue)] } ?? []
-        let (statusRows, deadRows) = try await run("fleet") { s in
-            let st = try await s.connection.execute("""
-                SELECT device_id, status_state, status_measuring, status_epoch, status_head, status_acked, status_received_at
-                  FROM devices\(filter)
-                """, binds)
-            let dl = try await s.connection.execute(
-                "SELECT device_id, COUNT(*) FROM dead_letters WHERE device_id IS NOT NULL\(device == nil ? "" : " AND device_id = ?") GROUP BY device_id", binds)
-            return (st.rows, dl.rows)
-        }
-        var status: [String: [MariaDBValue]] = [:]
-        for r in statusRows { if let id = r[0].string { status[id] = r } }
-        var dead: [String: Int] = [:]
-        for r in deadRows { if let id = r[0].string { dead[id] = Int(r[1].int64 ?? 0) } }
-        return report.devices.map { d in
-            let st = status[d.device]
-            let epochValue = st?[3].uint64
-            let current = epochValue.map { Epoch($0).hex } ?? d.epochs.last?.epoch
-            let currentAudit = d.epochs.first { $0.epoch == current }
-            let head = st?[4].uint64, acked = st?[5].uint64
-            return FleetDevice(
-                device: d.device, protocolName: d.protocolName, state: st?[1].string,
-                measuring: st?[2].int64.map { $0 != 0 }, epoch: current, head: head, acked: acked,
-                backlog: head.flatMap { h in acked.map { h >= $0 ? h - $0 : 0 } },
-                storedThrough: currentAudit?.storedThrough,
-                gapCount: d.epochs.reduce(0) { $0 + $1.gaps.count + ($1.unstoredAtEnd == nil ? 0 : 1) },
-                missingRecords: d.epochs.reduce(0) { $0 + $1.missingCount },
-                deadLetters: dead[d.device] ?? 0,
-                lastSeenAt: WebTime.iso(sql: d.lastSeenAt), statusAt: WebTime.iso(sql: st?[6].string), silent: d.silent)
         }
     }
 
@@ -239,7 +133,7 @@ final class WebStore: Sendable {
     func sensors(device: DeviceID) async throws -> [String] {
         try await run("list sensors") { s in
             try await s.connection.execute("""
-                SELECT DISTINCT sensor FROM reading_values WHERE device_id = ?
+                SELECT sensor FROM device_sensors WHERE device_id = ?
                 UNION SELECT DISTINCT sensor FROM legacy_values WHERE device_id = ? ORDER BY 1
                 """, [.string(device.rawValue), .string(device.rawValue)]).rows.compactMap { $0[0].string }
         }
@@ -366,11 +260,15 @@ final class WebStore: Sendable {
         let binds: [MariaDBValue] = [.string(requestID), .string(device.rawValue), .string(command.name), epoch.map { .uint($0.rawValue) } ?? .null,
                                      range.map { .uint($0.first.rawValue) } ?? .null, range.map { .uint($0.last.rawValue) } ?? .null,
                                      .string(payload), .string(SQLTime.now()), .string(sentBy)]
+        let detail = command.name + (Page.commandArguments(payload).map { " " + $0 } ?? "")
         try await run("record command") { s in
-            try await s.connection.execute("""
-                INSERT INTO commands (request_id, device_id, command, epoch, first_seq, last_seq, payload, sent_at, sent_by)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, binds)
+            try await s.connection.transaction { t in
+                try t.execute("""
+                    INSERT INTO commands (request_id, device_id, command, epoch, first_seq, last_seq, payload, sent_at, sent_by)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, binds)
+                try UserDirectory.record(t, actor: sentBy, action: .command, target: device.rawValue, detail: detail, requestID: requestID)
+            }
         }
     }
 
@@ -383,31 +281,29 @@ final class WebStore: Sendable {
         }
     }
 
-    static let commandColumns = "request_id, device_id, command, payload, sent_by, sent_at, response_at, outcome, response"
+    /// The command's columns, and whether the device's answer said ok: the `ok` column of its
+    /// latest `command_responses` row (ingest records the answer there and on the command).
+    static let commandColumns = """
+        c.request_id, c.device_id, c.command, c.payload, c.sent_by, c.sent_at, c.response_at, c.outcome, c.response,
+        (SELECT r.ok FROM command_responses r WHERE r.request_id = c.request_id AND r.device_id = c.device_id ORDER BY r.id DESC LIMIT 1)
+        """
 
     func commandRow(_ r: [MariaDBValue], nowMs: Int64) -> CommandRow {
         let sentAt = r[5].string
         let responseAt = r[6].string
         let outcome = r[7].string
-        let state: String
-        if outcome == "not-sent" {
-            state = "not-sent"
-        } else if responseAt != nil {
-            state = (outcome == nil || outcome == "ok") ? "answered" : "failed"
-        } else if let t = sentAt.flatMap(WebTime.milliseconds(sql:)), nowMs - t > Int64(settings.commandTimeout.components.seconds) * 1000 {
-            state = "timed-out"
-        } else {
-            state = "waiting"
-        }
+        let state = CommandRow.state(answeredOK: r[9].int64.map { $0 != 0 }, responseAt: responseAt, outcome: outcome,
+                                     sentAtMs: sentAt.flatMap(WebTime.milliseconds(sql:)), nowMs: nowMs,
+                                     timeoutMs: Int64(settings.commandTimeout.components.seconds) * 1000)
         return CommandRow(requestId: r[0].string ?? "", device: r[1].string ?? "", command: r[2].string ?? "", payload: r[3].string ?? "",
                           sentBy: r[4].string, sentAt: WebTime.iso(sql: sentAt), responseAt: WebTime.iso(sql: responseAt),
                           outcome: outcome, response: r[8].string, state: state)
     }
 
     func commands(device: DeviceID?, limit: Int = 50) async throws -> [CommandRow] {
-        let filter = device == nil ? "" : " WHERE device_id = ?"
+        let filter = device == nil ? "" : " WHERE c.device_id = ?"
         let rows = try await run("read commands") { s in
-            try await s.connection.execute("SELECT \(Self.commandColumns) FROM commands\(filter) ORDER BY sent_at DESC LIMIT \(limit)",
+            try await s.connection.execute("SELECT \(Self.commandColumns) FROM commands c\(filter) ORDER BY c.sent_at DESC LIMIT \(limit)",
                                            device.map { [.string($0.rawValue)] } ?? []).rows
         }
         let now = WebTime.nowMilliseconds()
@@ -416,9 +312,42 @@ final class WebStore: Sendable {
 
     func command(requestID: String) async throws -> CommandRow? {
         let rows = try await run("read command") { s in
-            try await s.connection.execute("SELECT \(Self.commandColumns) FROM commands WHERE request_id = ?", [.string(requestID)]).rows
+            try await s.connection.execute("SELECT \(Self.commandColumns) FROM commands c WHERE c.request_id = ?", [.string(requestID)]).rows
         }
         return rows.first.map { commandRow($0, nowMs: WebTime.nowMilliseconds()) }
+    }
+
+    /// The device's latest answer to a reboot when it refused it (reboot disabled on the
+    /// device, or a device that does not know the command); nil when it never refused or
+    /// rebooted since.
+    func rebootRefusal(device: DeviceID) async throws -> (message: String, at: String?)? {
+        let row = try await run("read reboot answers") { s in
+            try await s.connection.execute("""
+                SELECT ok, payload, received_at FROM command_responses WHERE device_id = ? AND command = 'reboot' ORDER BY id DESC LIMIT 1
+                """, [.string(device.rawValue)]).rows.first
+        }
+        guard let row, row[0].int64 == 0, let payload = row[1].string,
+              let response = try? SyncCodec.decodeCommandResponse(Array(payload.utf8)),
+              response.error == .notAllowed || response.error == .unknownCommand else { return nil }
+        return (response.message ?? response.error?.rawValue ?? "refused", WebTime.iso(sql: row[2].string))
+    }
+}
+
+extension CommandRow {
+    /// The state of a command. The device's answer decides answered / failed by its `ok`
+    /// member (the `ok` column); the ingest's outcome text ("ok", "resent 1…3",
+    /// "not-retained …", or an error code) only describes it. Without an answer row (a
+    /// command the broker did not take, or rows from before answers were kept) the outcome
+    /// is read as failed only when it is one of the protocol's error codes.
+    static func state(answeredOK: Bool?, responseAt: String?, outcome: String?, sentAtMs: Int64?, nowMs: Int64, timeoutMs: Int64) -> String {
+        if let ok = answeredOK { return ok ? "answered" : "failed" }
+        if responseAt != nil {
+            if outcome == "not-sent" { return "not-sent" }
+            if let o = outcome, CommandErrorCode(rawValue: o) != nil { return "failed" }
+            return "answered"
+        }
+        if let t = sentAtMs, nowMs - t > timeoutMs { return "timed-out" }
+        return "waiting"
     }
 }
 

@@ -8,7 +8,10 @@
 // kernel reports an error while waiting, `run(reporter:)` throws an error naming chip and
 // line; the node runs it under a `SupervisedService`, which reports it and tries again with
 // backoff while the rest of the device keeps running.
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import FieldlogCore
 import GPIO
 import Logging
 import ServiceLifecycle
@@ -58,7 +61,7 @@ public struct ButtonService: Service {
         var toggle = ButtonToggle(detector: PressDetector(pressEdge: settings.edge == .rising ? .rising : .falling, bounce: settings.bounce))
         let (stream, sink) = AsyncStream.makeStream(of: EdgeEvent.self, bufferingPolicy: .bufferingNewest(256))
         let failure = LockedFailure()
-        let thread = Thread {
+        OSThread.start(name: "fieldlog-button") {
             while true {
                 do {
                     guard let e = try input.blockingWaitForEvent(timeout: .milliseconds(500)) else { continue }
@@ -72,8 +75,6 @@ public struct ButtonService: Service {
                 }
             }
         }
-        thread.name = "fieldlog-button"
-        thread.start()
         await withGracefulShutdownHandler {
             for await edge in stream where toggle.edge(edge) == .toggle {
                 metrics.buttonPresses.increment()
@@ -94,7 +95,7 @@ public struct ButtonService: Service {
 /// The edge thread's error, read by the service after the stream ended.
 private final class LockedFailure: @unchecked Sendable {
     // @unchecked: `reason` is only touched under `lock`.
-    private let lock = NSLock()
+    private let lock = Lock()
     private var reason: String?
     func set(_ r: String) { lock.withLock { reason = r } }
     var value: String? { lock.withLock { reason } }

@@ -13,7 +13,11 @@
 // `handle` for each message on the request and broadcast topics and publishes the payload on
 // the response topic.
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Logging
 import Sync
 
@@ -63,6 +67,9 @@ public protocol CommandEnvironment: Sendable {
     func replay(_ request: ReplayRequest) async throws -> ReplayOutcome
     /// The current status (also published on the status topic by the caller).
     func currentStatus() async throws -> Status
+    /// The first retained record at or after `sequence`, with its time; nil when there is none
+    /// (maps a Redis stream id in `send_measurements` onto the log).
+    func firstRetainedRecord(atOrAfter sequence: SequenceNumber) async throws -> RecordTime?
     /// The reboot command line; empty when reboot is disabled.
     var rebootCommand: [String] { get }
 }
@@ -154,7 +161,7 @@ public final class CommandHandler: Sendable {
     func execute(_ command: Command) async throws -> CommandResult {
         let settings = environment.settings
         let id = command.requestID
-        func ok(key: String? = nil, value: String? = nil) -> CommandResponse {
+        func ok(key: String? = nil, value: ConfigValue? = nil) -> CommandResponse {
             CommandResponse(requestID: id, command: command.name, key: key, value: value)
         }
         switch command.kind {
@@ -185,8 +192,8 @@ public final class CommandHandler: Sendable {
                 default: preconditionFailure("unhandled key \(key)")
                 }
             }
-            return result(ok(key: key.rawValue, value: value))
-        case .setConfig(let k, let text):
+            return result(ok(key: key.rawValue, value: .string(value)))
+        case .setConfig(let k, let sent):
             guard let key = ConfigKey(rawValue: k) else {
                 throw CommandFailure(code: .notAllowed, message: "key \(k.debugDescription) is not available; writable keys: \(ConfigKey.writableListing)")
             }
@@ -194,26 +201,35 @@ public final class CommandHandler: Sendable {
                 throw CommandFailure(code: .notAllowed, message: "key \(k.debugDescription) is read-only; writable keys: \(ConfigKey.writableListing)")
             }
             let value: SwitchValue
-            do { value = try sk.parse(text) } catch { throw CommandFailure(code: .invalidArgument, message: error.description) }
+            do { value = try sk.parse(sent.text) } catch { throw CommandFailure(code: .invalidArgument, message: error.description) }
             await settings.set(sk, value)
-            return result(ok(key: key.rawValue, value: value.redisText))
+            // Echo what is stored, in the JSON type it was sent in (the seed echoes a number as one).
+            return result(ok(key: key.rawValue, value: sent.sameKind(value.redisText)))
         case .start, .stop:
             let on = command.kind == .start
             await settings.set(.measurementEnabled, .enabled(on))
-            return result(ok(key: SwitchKey.measurementEnabled.rawValue, value: on ? "1" : "0"))
+            return result(ok(key: SwitchKey.measurementEnabled.rawValue, value: .string(on ? "1" : "0")))
         case .setInterval(let ms):
             let value: SwitchValue
             do { value = try SwitchKey.measurementInterval.parse(String(Double(ms) / 1000)) } catch {
                 throw CommandFailure(code: .invalidArgument, message: error.description)
             }
             await settings.set(.measurementInterval, value)
-            return result(ok(key: SwitchKey.measurementInterval.rawValue, value: value.redisText))
+            return result(ok(key: SwitchKey.measurementInterval.rawValue, value: .string(value.redisText)))
         case .status:
             var r = ok()
             r.status = try await environment.currentStatus()
             return result(r)
         case .sendMeasurements(let lo, let hi, let count):
-            let outcome = try await environment.replay(ReplayRequest(requestID: id, from: lo, to: hi, count: count))
+            // A stream-id bound is a time: the records appended within it (see MeasurementRange).
+            let head = try await environment.logFacts().head
+            let lookup: MeasurementRange.Lookup = { [environment] s in try await environment.firstRetainedRecord(atOrAfter: s) }
+            let lower = try await MeasurementRange.lower(lo, head: head, lookup: lookup)
+            let upper = try await MeasurementRange.upper(hi, head: head, lookup: lookup)
+            guard lower != .empty, upper != .empty else { return result(ok()) }  // no record within the times asked
+            let from = lower.sequence, to = upper.sequence
+            if let from, let to, from > to { return result(ok()) }
+            let outcome = try await environment.replay(ReplayRequest(requestID: id, from: from, to: to, count: count))
             var r = ok()
             r.resent = outcome.resent
             r.notRetained = outcome.notRetained
@@ -233,16 +249,9 @@ public final class CommandHandler: Sendable {
     }
 }
 
-/// Starts a command without waiting for it (reboot). No shell.
+/// Starts a command without waiting for it (reboot). No shell. A thread of its own reaps it
+/// when it ends, so no zombie is left behind.
 func runDetached(_ argv: [String]) throws {
-    let p = Process()
-    if argv[0].hasPrefix("/") {
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-    } else {
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = argv
-    }
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
+    let pid = try Spawn.start(argv)
+    OSThread.start(name: "reboot-wait") { _ = try? Spawn.exitStatus(pid, block: true) }
 }

@@ -12,7 +12,15 @@
 //
 // A side file rather than a table in the log's SQLite file: the log's schema belongs to the
 // log, and this state is not part of the replicated data.
+import Dispatch
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What is remembered about one command id.
 public enum SeenState: Sendable, Equatable {
@@ -24,14 +32,15 @@ public enum SeenState: Sendable, Equatable {
 
 /// The durable set of executed command ids (see the theory of operation above).
 public final class SeenCommands: @unchecked Sendable {
-    // @unchecked: `entries`, `order`, `lineCount` and `handle` are only touched on `queue`.
+    // @unchecked: `entries`, `order`, `lineCount` and `fd` are only touched on `queue`.
     public let path: String
     public let capacity: Int
     private let queue = DispatchQueue(label: "fieldlog.seen-commands")
     private var entries: [String: SeenState] = [:]
     private var order: [String] = []
     private var lineCount = 0
-    private var handle: FileHandle?
+    /// The file, open for appending; -1 once closed.
+    private var fd: Int32 = -1
 
     struct Line: Codable {
         var k: String
@@ -58,14 +67,13 @@ public final class SeenCommands: @unchecked Sendable {
             }
             Self.syncDirectory(of: path)
         }
-        guard let h = FileHandle(forWritingAtPath: path) else {
-            throw SeenCommandsError("cannot open the command-id file \(path) for writing")
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw SeenCommandsError("cannot open the command-id file \(path) for writing (\(String(cString: strerror(errno))))")
         }
-        h.seekToEndOfFile()
-        handle = h
     }
 
-    deinit { try? handle?.close() }
+    deinit { if fd >= 0 { close(fd) } }
 
     private func remember(_ key: String, _ state: SeenState) {
         if entries[key] == nil { order.append(key) }
@@ -101,15 +109,10 @@ public final class SeenCommands: @unchecked Sendable {
     }
 
     private func writeLocked(_ line: Line, state: SeenState) throws {
-        guard let handle else { throw SeenCommandsError("command-id file \(path) is closed") }
+        guard fd >= 0 else { throw SeenCommandsError("command-id file \(path) is closed") }
         var data = try JSONEncoder().encode(line)
         data.append(UInt8(ascii: "\n"))
-        do {
-            try handle.write(contentsOf: data)
-            try handle.synchronize()
-        } catch {
-            throw SeenCommandsError("cannot write the command-id file \(path): \(error.localizedDescription)")
-        }
+        try Self.writeAll(data, to: fd, path: path)
         remember(line.k, state)
         lineCount += 1
         if lineCount > 2 * capacity { try compactLocked() }
@@ -127,25 +130,37 @@ public final class SeenCommands: @unchecked Sendable {
             out.append(UInt8(ascii: "\n"))
         }
         let tmp = path + ".tmp"
-        _ = FileManager.default.createFile(atPath: tmp, contents: nil, attributes: [.posixPermissions: 0o600])
-        guard let th = FileHandle(forWritingAtPath: tmp) else { throw SeenCommandsError("cannot create \(tmp)") }
-        try th.write(contentsOf: out)
-        try th.synchronize()
-        try th.close()
+        let tfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard tfd >= 0 else { throw SeenCommandsError("cannot create \(tmp) (\(String(cString: strerror(errno))))") }
+        defer { close(tfd) }
+        try Self.writeAll(out, to: tfd, path: tmp)
         guard rename(tmp, path) == 0 else { throw SeenCommandsError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
         Self.syncDirectory(of: path)
-        try? handle?.close()
-        handle = FileHandle(forWritingAtPath: path)
-        handle?.seekToEndOfFile()
+        close(fd)
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
         let kept = Set(keep)
         for k in order where !kept.contains(k) { entries[k] = nil }
         order = Array(keep)
         lineCount = order.count
     }
 
+    /// Writes all of `data` and fsyncs; throws naming the file.
+    static func writeAll(_ data: Data, to fd: Int32, path: String) throws {
+        try data.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) in
+            var offset = 0
+            while offset < bytes.count {
+                let n = posixWrite(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw SeenCommandsError("cannot write the command-id file \(path): \(String(cString: strerror(errno)))") }
+                offset += n
+            }
+        }
+        guard fsync(fd) == 0 else { throw SeenCommandsError("cannot fsync the command-id file \(path): \(String(cString: strerror(errno)))") }
+    }
+
     static func syncDirectory(of path: String) {
-        let dir = (path as NSString).deletingLastPathComponent
-        let fd = open(dir.isEmpty ? "." : dir, O_RDONLY)
+        let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let fd = open(dir.isEmpty ? "/" : dir, O_RDONLY)
         if fd >= 0 {
             fsync(fd)
             close(fd)
@@ -158,3 +173,6 @@ public struct SeenCommandsError: Error, CustomStringConvertible, Sendable {
     public let description: String
     init(_ description: String) { self.description = description }
 }
+
+/// write(2), under a name the store's own `write` does not hide.
+private func posixWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int { write(fd, buffer, count) }

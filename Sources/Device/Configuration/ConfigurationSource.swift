@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// One problem with the configuration: which setting, what value, where it came from and
 /// what would have been allowed.
@@ -47,17 +51,17 @@ public struct ConfigurationSource: Sendable {
         var lineNumber = 0
         for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
-            var line = rawLine.trimmingCharacters(in: .whitespaces)
+            var line = rawLine.trimmed(.spaces)
             if line.hasSuffix("\r") { line.removeLast() }
             if line.isEmpty || line.hasPrefix("#") { continue }
-            if line.hasPrefix("export ") { line = String(line.dropFirst(7)).trimmingCharacters(in: .whitespaces) }
+            if line.hasPrefix("export ") { line = String(line.dropFirst(7)).trimmed(.spaces) }
             let source = SettingSource.file(path: path, line: lineNumber)
             guard let eq = line.firstIndex(of: "=") else {
                 problems.append(.init(setting: "(line)", value: line, source: source, allowed: "expected KEY=value"))
                 continue
             }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
-            var value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            let key = line[..<eq].trimmed(.spaces)
+            var value = line[line.index(after: eq)...].trimmed(.spaces)
             if value.count >= 2, let f = value.first, f == "\"" || f == "'", value.last == f {
                 value = String(value.dropFirst().dropLast())
             }

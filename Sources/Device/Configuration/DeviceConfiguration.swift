@@ -1,5 +1,9 @@
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Sync
 
 /// How durable an append is (mirrors the log's setting; parsed here so a typo fails at start).
@@ -306,13 +310,13 @@ struct Reader {
     }
 
     mutating func nonEmpty(_ name: String) -> String {
-        let v = raw(name).value.trimmingCharacters(in: .whitespaces)
+        let v = raw(name).value.trimmed(.spaces)
         if v.isEmpty { problem(name, "must not be empty") }
         return v
     }
 
     mutating func bool(_ name: String) -> Bool {
-        switch raw(name).value.trimmingCharacters(in: .whitespaces).lowercased() {
+        switch raw(name).value.trimmed(.spaces).lowercased() {
         case "1", "true", "yes", "on": return true
         case "0", "false", "no", "off": return false
         default:
@@ -322,7 +326,7 @@ struct Reader {
     }
 
     mutating func integer(_ name: String, _ range: ClosedRange<Int64>) -> Int64 {
-        let v = raw(name).value.trimmingCharacters(in: .whitespaces)
+        let v = raw(name).value.trimmed(.spaces)
         guard let n = Int64(v), range.contains(n) else {
             problem(name, "a whole number in \(range.lowerBound)…\(range.upperBound)")
             return range.lowerBound
@@ -332,7 +336,7 @@ struct Reader {
 
     /// Bytes with an optional k/M/G suffix (powers of 1024).
     mutating func bytes(_ name: String, _ range: ClosedRange<Int64>) -> Int64 {
-        var v = raw(name).value.trimmingCharacters(in: .whitespaces)
+        var v = raw(name).value.trimmed(.spaces)
         var factor: Int64 = 1
         switch v.last {
         case "k", "K": factor = 1024
@@ -349,7 +353,7 @@ struct Reader {
     }
 
     mutating func seconds(_ name: String, _ range: ClosedRange<Double>) -> Duration {
-        let v = raw(name).value.trimmingCharacters(in: .whitespaces)
+        let v = raw(name).value.trimmed(.spaces)
         guard let d = Double(v), d.isFinite, range.contains(d) else {
             problem(name, "a number of seconds in \(range.lowerBound)…\(range.upperBound) (decimals allowed)")
             return .seconds(range.lowerBound)
@@ -358,7 +362,7 @@ struct Reader {
     }
 
     mutating func choice<T: RawRepresentable & CaseIterable>(_ name: String, _: T.Type, uppercase: Bool = false) -> T where T.RawValue == String {
-        var v = raw(name).value.trimmingCharacters(in: .whitespaces)
+        var v = raw(name).value.trimmed(.spaces)
         v = uppercase ? v.uppercased() : v.lowercased()
         guard let c = T(rawValue: v) else {
             problem(name, "one of " + T.allCases.map(\.rawValue).joined(separator: ", ") + (uppercase ? " (case does not matter)" : ""))
@@ -368,7 +372,7 @@ struct Reader {
     }
 
     mutating func oneOf(_ name: String, _ allowed: [String]) -> String {
-        let v = raw(name).value.trimmingCharacters(in: .whitespaces).lowercased()
+        let v = raw(name).value.trimmed(.spaces).lowercased()
         guard allowed.contains(v) else {
             problem(name, "one of " + allowed.joined(separator: ", "))
             return allowed[0]
@@ -411,17 +415,17 @@ extension SensorSpec {
         var specs: [SensorSpec] = []
         var names = Set<String>()
         for part in text.split(separator: ";") {
-            let entry = part.trimmingCharacters(in: .whitespaces)
+            let entry = part.trimmed(.spaces)
             if entry.isEmpty { continue }
             guard let eq = entry.firstIndex(of: "=") else { throw DomainError("sensor entry \(entry.debugDescription) lacks `=`") }
-            let name = entry[..<eq].trimmingCharacters(in: .whitespaces)
+            let name = entry[..<eq].trimmed(.spaces)
             try SensorValues.validate(name: name)
             guard names.insert(name).inserted else { throw DomainError("sensor name \(name.debugDescription) is used twice") }
-            let rest = entry[entry.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            let rest = entry[entry.index(after: eq)...].trimmed(.spaces)
             let kind: Substring, argument: String
             if let colon = rest.firstIndex(of: ":") {
                 kind = rest[..<colon]
-                argument = rest[rest.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                argument = rest[rest.index(after: colon)...].trimmed(.spaces)
             } else {
                 kind = Substring(rest)
                 argument = ""

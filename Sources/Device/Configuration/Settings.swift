@@ -167,7 +167,7 @@ extension Settings {
     public static func referenceMarkdown() -> String {
         func cell(_ text: String) -> String {
             // A table cell: `|` would end the cell, a line break the row.
-            text.replacingOccurrences(of: "|", with: "\\|").replacingOccurrences(of: "\n", with: " ")
+            text.replacing("|", with: "\\|").replacing("\n", with: " ")
         }
         var out = """
         # fieldlog-device configuration reference

@@ -18,7 +18,14 @@
 // `fieldlog-device sample`, `button` and `sync` run a subset, as the seed's separate
 // containers did; several such processes may share one log file.
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Hummingbird
 import Log
 import Logging
@@ -98,7 +105,8 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
     public func currentStatus() async throws -> Status {
         let facts = try await logFacts()
         return Status(device: facts.deviceID, state: .online, epoch: facts.epoch, head: facts.head, acked: facts.ackedThrough,
-                      atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: await settings.switches.measurementEnabled)
+                      atUnixMilliseconds: WallClock.now().unixMilliseconds, measuring: await settings.switches.measurementEnabled,
+                      dataUsage: agent == nil ? nil : metrics.dataBudget.today())
     }
 
     public func recentReadings() async -> [RecentReadings.Entry] { await recent.snapshot() }
@@ -131,6 +139,9 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
             m += [("mqtt_connected", .bool(a.connected)), ("mqtt_subscribed", .bool(a.subscribed)), ("mqtt_connects", .integer(Int64(a.connects))),
                   ("in_flight", .array(a.inFlight.map { .array([.integer(Int64($0.first.rawValue)), .integer(Int64($0.last.rawValue))]) })),
                   ("mqtt_last_error", a.lastError.map { .string($0) } ?? .null)]
+            let u = metrics.dataBudget.today()
+            m += [("data_day", .string(u.dayText)), ("data_sent_bytes", .integer(u.sentBytes)),
+                  ("data_received_bytes", .integer(u.receivedBytes))]
         }
         if let e = await recent.lastError { m.append(("last_sampling_problem", .string(e))) }
         if let gap = await recent.appendGapMax { m.append(("append_gap_max_seconds", .double(gap / .seconds(1)))) }
@@ -188,7 +199,7 @@ public enum DeviceNode {
 
     /// Opens the log and builds the services for `components`, in start order.
     public static func services(for c: DeviceConfiguration, components: ComponentSet, logger: Logger) async throws -> (services: [any Service], environment: NodeEnvironment) {
-        let dir = (c.log.path as NSString).deletingLastPathComponent
+        let dir = c.log.path.lastIndex(of: "/").map { String(c.log.path[..<$0]) } ?? ""
         if !dir.isEmpty && !FileManager.default.fileExists(atPath: dir) {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }
@@ -265,14 +276,22 @@ public enum DeviceNode {
     }
 
     /// Runs the components until SIGTERM or SIGINT.
+    ///
+    /// The services' tasks prefer the log's own thread as their executor (`DeviceLog.executor`):
+    /// a reading's append, the sender's log reads and its acks then run there without a thread
+    /// switch each (at 100 readings/s the switches between Swift's pool and the log's thread
+    /// were most of the device's CPU, docs/benchmarks.md). A device does little besides its
+    /// log; what waits for the log (an fsync, another process's lock) waits anyway.
     public static func run(_ c: DeviceConfiguration, components: ComponentSet, logger: Logger) async throws {
-        let (services, _) = try await services(for: c, components: components, logger: logger)
+        let (services, environment) = try await services(for: c, components: components, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
             cancellationSignals: [],
             logger: logger))
-        try await group.run()
+        try await withTaskExecutorPreference(environment.log.executor) {
+            try await group.run()
+        }
     }
 }
 

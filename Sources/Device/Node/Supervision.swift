@@ -18,7 +18,6 @@
 // failures, since when) and `/metrics` (`fieldlog_device_component_up{component=…}`,
 // `fieldlog_device_component_failures_total{component=…}`).
 import FieldlogCore
-import Foundation
 import Logging
 import MQTT
 import Prometheus
@@ -62,7 +61,7 @@ public final class ComponentHealth: @unchecked Sendable {
         public func degraded(_ problem: String) { health.set(component, .degraded, problem: problem) }
     }
 
-    private let lock = NSLock()
+    private let lock = Lock()
     private var entries: [String: Entry] = [:]
     private var order: [String] = []
     private let registry: PrometheusCollectorRegistry?

@@ -8,7 +8,11 @@
 // written when it is back, unless Redis got a newer value in the meantime, which wins as the
 // seed's programs would see it). While Redis is down, everyone keeps the last known values.
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// The names of the runtime switches, as the seed's programs use them in Redis.
 public enum SwitchKey: String, Sendable, CaseIterable {
@@ -22,7 +26,7 @@ public enum SwitchKey: String, Sendable, CaseIterable {
 
     /// Parses a value as it may come from Redis or a command; throws naming the key and what is allowed.
     public func parse(_ text: String) throws(DomainError) -> SwitchValue {
-        let t = text.trimmingCharacters(in: .whitespaces)
+        let t = text.trimmed(.spaces)
         switch self {
         case .measurementEnabled, .senderEnabled:
             // The seed: "0" means off, anything else on. We accept the usual words too.
@@ -160,8 +164,9 @@ public actor RuntimeSettings {
         let id = UUID()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let timer = Task { [weak self] in
-                    try? await Task.sleep(for: timeout)
+                // On the waiter's executor (the log's thread in fieldlog-device), not the pool.
+                let timer = Task(executorPreference: currentTaskExecutorPreference()) { [weak self] in
+                    try? await executorSleep(for: timeout)
                     if !Task.isCancelled { await self?.wake(id) }
                 }
                 waiters[id] = Waiter(continuation: c, timer: timer, wakeOnAppend: orAppend)

@@ -7,7 +7,9 @@
 // the last known values, and the local changes wait until Redis is back. Redis' availability
 // is shown on /status and /metrics (and as the `redis_switches` component's state). Never
 // throws for Redis trouble.
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Redis
 import ServiceLifecycle

@@ -14,8 +14,10 @@
 // interval changes excluded) is kept as a figure of sampling continuity (/status, /metrics).
 import CDeviceSupport
 import FieldlogCore
+#if canImport(Glibc)
+import Glibc
+#endif
 import Log
-import Foundation
 import Logging
 import ServiceLifecycle
 

@@ -1,5 +1,8 @@
+import Dispatch
 import FieldlogCore
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One reading of all configured sensors: the values that could be read, the sensors that
 /// could not, and why.

@@ -7,7 +7,15 @@
 // records the sensor as missing in that reading. Sources hold no state that a failed read could
 // leave half-updated.
 import FieldlogCore
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import Sync
 
 /// Why a sensor could not be read.
 public struct SensorError: Error, Hashable, Sendable, CustomStringConvertible {
@@ -44,7 +52,7 @@ public func makeSensorSource(_ spec: SensorSpec, timeout: Duration) -> any Senso
 public final class SimulatedSensor: SensorSource, @unchecked Sendable {
     // @unchecked: `state` and `value` are only touched under `lock`.
     public let name: String
-    private let lock = NSLock()
+    private let lock = Lock()
     private var state: UInt64
     private var value: Double
 
@@ -75,18 +83,32 @@ public final class SimulatedSensor: SensorSource, @unchecked Sendable {
 
 // MARK: - sysfs helpers
 
+/// read(2), under a name no sensor's `read()` hides.
+private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int { read(fd, buffer, count) }
+
 enum SysfsFile {
     /// Reads a small sysfs attribute; throws naming the file.
     static func read(_ path: String, sensor: String) throws(SensorError) -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw SensorError(sensor: sensor, reason: "cannot open \(path) (\(errnoText()))")
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SensorError(sensor: sensor, reason: "cannot open \(path) (\(errnoText()))") }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var count = 0
+        while count < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { posixRead(fd, $0.baseAddress! + count, $0.count - count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw SensorError(sensor: sensor, reason: "cannot read \(path): \(errnoText())") }
+            if n == 0 { break }
+            count += n
         }
-        defer { try? handle.close() }
-        let data: Data
-        do { data = try handle.read(upToCount: 4096) ?? Data() } catch {
-            throw SensorError(sensor: sensor, reason: "cannot read \(path): \(error.localizedDescription)")
-        }
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return String(decoding: buffer[..<count], as: UTF8.self).trimmed()
+    }
+
+    /// True for a directory, false for anything else, nil when nothing is at `path`.
+    static func isDirectory(_ path: String) -> Bool? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return (st.st_mode & S_IFMT) == S_IFDIR
     }
 
     static func number(_ path: String, sensor: String) throws(SensorError) -> Double {
@@ -119,13 +141,13 @@ public struct IIOSensor: SensorSource {
     }
 
     public func read() throws(SensorError) -> [String: SensorValue] {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+        guard let isDirectory = SysfsFile.isDirectory(path) else {
             throw SensorError(sensor: name, reason: "IIO path \(path) does not exist")
         }
-        if !isDirectory.boolValue {
-            let dir = (path as NSString).deletingLastPathComponent
-            let file = (path as NSString).lastPathComponent
+        if !isDirectory {
+            let slash = path.lastIndex(of: "/")
+            let dir = slash.map { String(path[..<$0]) } ?? "."
+            let file = slash.map { String(path[path.index(after: $0)...]) } ?? path
             guard let channel = Self.channel(ofFile: file) else {
                 throw SensorError(sensor: name, reason: "\(path) is not an IIO channel file (in_*_input or in_*_raw)")
             }
@@ -133,7 +155,7 @@ public struct IIOSensor: SensorSource {
         }
         let files: [String]
         do { files = try FileManager.default.contentsOfDirectory(atPath: path) } catch {
-            throw SensorError(sensor: name, reason: "cannot list \(path): \(error.localizedDescription)")
+            throw SensorError(sensor: name, reason: "cannot list \(path): \(error)")
         }
         var channels = Set<String>()
         for f in files { if let c = Self.channel(ofFile: f) { channels.insert(c) } }
@@ -211,11 +233,11 @@ public struct OneWireSensor: SensorSource {
 
     /// Parses the two lines of `w1_slave`.
     static func parseW1Slave(_ text: String, sensor: String, file: String) throws(SensorError) -> Double {
-        let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        let lines = text.split(separator: "\n").map { $0.trimmed(.spaces) }
         guard lines.count >= 2 else { throw SensorError(sensor: sensor, reason: "\(file): expected two lines, got \(text.debugDescription)") }
         guard lines[0].contains("crc=") else { throw SensorError(sensor: sensor, reason: "\(file): first line has no crc: \(lines[0].debugDescription)") }
         guard lines[0].hasSuffix("YES") else { throw SensorError(sensor: sensor, reason: "\(file): CRC check failed (\(lines[0]))") }
-        guard let r = lines[1].range(of: "t="), let milli = Double(lines[1][r.upperBound...]) else {
+        guard let r = lines[1].firstRange(of: "t="), let milli = Double(lines[1][r.upperBound...]) else {
             throw SensorError(sensor: sensor, reason: "\(file): second line has no t=<value>: \(lines[1].debugDescription)")
         }
         return try check(milli / 1000, sensor: sensor, file: file)
@@ -253,31 +275,30 @@ public struct CommandSensor: SensorSource {
         return try Self.parse(output, sensor: name)
     }
 
-    static func parse(_ output: Data, sensor: String) throws(SensorError) -> [String: SensorValue] {
-        let object: Any
-        do { object = try JSONSerialization.jsonObject(with: output) } catch {
-            throw SensorError(sensor: sensor, reason: "command output is not JSON: \(String(decoding: output.prefix(200), as: UTF8.self).debugDescription)")
+    static func parse(_ output: [UInt8], sensor: String) throws(SensorError) -> [String: SensorValue] {
+        let object: JSONValue
+        do { object = try JSONReader.parse(output) } catch {
+            throw SensorError(sensor: sensor, reason: "command output is not JSON (\(error)): \(String(decoding: output.prefix(200), as: UTF8.self).debugDescription)")
         }
-        guard let dict = object as? [String: Any] else {
+        guard case .object(let members) = object else {
             throw SensorError(sensor: sensor, reason: "command output must be a JSON object, got \(String(decoding: output.prefix(200), as: UTF8.self).debugDescription)")
         }
         var values: [String: SensorValue] = [:]
-        for (key, value) in dict {
+        for (key, value) in members {
             let full = "\(sensor).\(key)"
             do throws(DomainError) { try SensorValues.validate(name: full) } catch {
                 throw SensorError(sensor: sensor, reason: "command output key \(key.debugDescription): \(error)")
             }
-            if let n = value as? NSNumber {
-                // JSONSerialization gives booleans as NSNumber too; store them as 0/1.
-                let d = n.doubleValue
-                guard d.isFinite else { throw SensorError(sensor: sensor, reason: "value of \(key.debugDescription) is not finite") }
-                values[full] = .number(d)
-            } else if let s = value as? String {
+            switch value {
+            case .integer(let i): values[full] = .number(Double(i))
+            case .double(let d): values[full] = .number(d)  // the reader gives finite numbers only
+            case .bool(let b): values[full] = .number(b ? 1 : 0)  // booleans are stored as 0/1
+            case .string(let s):
                 guard s.utf8.count <= SensorValues.maxTextBytes else {
                     throw SensorError(sensor: sensor, reason: "text value of \(key.debugDescription) is longer than \(SensorValues.maxTextBytes) bytes")
                 }
                 values[full] = .text(s)
-            } else {
+            default:
                 throw SensorError(sensor: sensor, reason: "value of \(key.debugDescription) must be a number, string or boolean")
             }
         }
@@ -285,53 +306,55 @@ public struct CommandSensor: SensorSource {
         return values
     }
 
-    private func run() throws(SensorError) -> Data {
-        let process = Process()
+    /// Runs the program with its output on a pipe, reads at most `maxOutputBytes` + 1 bytes
+    /// until it closes, and kills the program when `timeout` passes first.
+    private func run() throws(SensorError) -> [UInt8] {
         let exe = arguments[0]
-        if exe.hasPrefix("/") {
-            process.executableURL = URL(fileURLWithPath: exe)
-            process.arguments = Array(arguments.dropFirst())
-        } else {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = arguments
+        var fds: [Int32] = [-1, -1]
+        // Close-on-exec, so the program (and other children) keep only the end dup2'ed to stdout.
+        guard pipe(&fds) == 0 else { throw SensorError(sensor: name, reason: "cannot make a pipe: \(SysfsFile.errnoText())") }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        let pid: pid_t
+        do { pid = try Spawn.start(arguments, stdout: fds[1], discardingErrors: true) } catch {
+            close(fds[0]); close(fds[1])
+            throw SensorError(sensor: name, reason: error.description)
         }
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        let done = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in done.signal() }
-        do { try process.run() } catch {
-            throw SensorError(sensor: name, reason: "cannot start \(exe): \(error.localizedDescription)")
+        close(fds[1])
+        defer { close(fds[0]) }
+        let deadline = ContinuousClock.now + timeout
+        func killed(_ why: String) -> SensorError {
+            kill(pid, SIGKILL)
+            _ = try? Spawn.exitStatus(pid, block: true)
+            return SensorError(sensor: name, reason: "\(exe) \(why)")
         }
-        // Read on this (sampler) thread while a timer guards the deadline.
-        let reader = out.fileHandleForReading
-        nonisolated(unsafe) var data = Data()
-        let readDone = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            while data.count <= Self.maxOutputBytes {
-                let chunk = reader.availableData
-                if chunk.isEmpty { break }
-                data.append(chunk)
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while data.count <= Self.maxOutputBytes {
+            let left = deadline - .now
+            guard left > .zero else { throw killed("did not finish within \(timeout); killed") }
+            var p = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
+            let ms = Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
+            let ready = poll(&p, 1, ms)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready >= 0 else { throw killed("could not be read: \(SysfsFile.errnoText())") }
+            if ready == 0 { continue }
+            let n = chunk.withUnsafeMutableBytes { posixRead(fds[0], $0.baseAddress!, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw killed("could not be read: \(SysfsFile.errnoText())") }
+            if n == 0 { break }  // end of output
+            data += chunk[..<n]
+        }
+        guard data.count <= Self.maxOutputBytes else { throw killed("printed more than \(Self.maxOutputBytes) bytes") }
+        // Output closed: the program is ending; wait for it until the deadline.
+        while true {
+            let status: Int32?
+            do { status = try Spawn.exitStatus(pid, block: false) } catch { throw SensorError(sensor: name, reason: error.description) }
+            if let status {
+                guard status == 0 else { throw SensorError(sensor: name, reason: "\(exe) exited with status \(status)") }
+                return data
             }
-            readDone.signal()
+            guard ContinuousClock.now < deadline else { throw killed("did not finish within \(timeout); killed") }
+            OSThread.sleep(.milliseconds(5))
         }
-        let ms = Int(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        if done.wait(timeout: .now() + .milliseconds(ms)) == .timedOut {
-            kill(process.processIdentifier, SIGKILL)
-            done.wait()
-            _ = readDone.wait(timeout: .now() + 1)
-            throw SensorError(sensor: name, reason: "\(exe) did not finish within \(timeout); killed")
-        }
-        guard readDone.wait(timeout: .now() + 1) == .success else {
-            throw SensorError(sensor: name, reason: "\(exe) exited but its output did not close (a child still holds it?)")
-        }
-        guard process.terminationStatus == 0 else {
-            throw SensorError(sensor: name, reason: "\(exe) exited with status \(process.terminationStatus)")
-        }
-        guard data.count <= Self.maxOutputBytes else {
-            throw SensorError(sensor: name, reason: "\(exe) printed more than \(Self.maxOutputBytes) bytes")
-        }
-        return data
     }
 }

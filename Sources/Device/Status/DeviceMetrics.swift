@@ -1,5 +1,6 @@
-import Foundation
+import FieldlogCore
 import Prometheus
+import Synchronization
 
 /// The device's Prometheus metrics, served at `GET /metrics`.
 ///
@@ -26,9 +27,13 @@ public final class DeviceMetrics: Sendable {
     public let commands: Counter
     public let commandErrors: Counter
     public let buttonPresses: Counter
-    private let sensorErrorCounters: NSLockedDictionary
+    /// MQTT bytes sent and received, in all and today (the sync agent's client reports them).
+    public let dataBudget: DataBudget
+    private let sensorErrorCounters = Mutex<[String: Counter]>([:])
 
-    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    /// - Parameter now: the wall clock in ms since 1970, for the data budget's day (tests turn it).
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+                now: @escaping @Sendable () -> Int64 = { WallClock.now().unixMilliseconds }) {
         self.registry = registry
         appends = registry.makeCounter(descriptor: Self.d("appends_total", "Readings appended durably to the log."))
         appendFailures = registry.makeCounter(descriptor: Self.d("append_failures_total", "Appends that failed (disk, quota)."))
@@ -51,13 +56,16 @@ public final class DeviceMetrics: Sendable {
         commands = registry.makeCounter(descriptor: Self.d("commands_total", "Commands executed."))
         commandErrors = registry.makeCounter(descriptor: Self.d("command_errors_total", "Commands answered with an error (malformed, unknown, rejected)."))
         buttonPresses = registry.makeCounter(descriptor: Self.d("button_presses_total", "Debounced start/stop button presses."))
-        sensorErrorCounters = NSLockedDictionary()
+        dataBudget = DataBudget(registry: registry, name: Self.d, now: now)
     }
 
     /// Counts a failed read of one sensor (labelled by sensor name).
     public func sensorError(_ sensor: String) {
-        sensorErrorCounters.counter(for: sensor) {
-            registry.makeCounter(descriptor: Self.d("sensor_errors_total", "Failed sensor reads."), labels: [("sensor", sensor)])
+        sensorErrorCounters.withLock { counters in
+            if let c = counters[sensor] { return c }
+            let c = registry.makeCounter(descriptor: Self.d("sensor_errors_total", "Failed sensor reads."), labels: [("sensor", sensor)])
+            counters[sensor] = c
+            return c
         }.increment()
     }
 
@@ -67,21 +75,8 @@ public final class DeviceMetrics: Sendable {
     }
 
     /// The Prometheus text exposition.
-    public func render() -> String { registry.emitToString() }
-}
-
-/// Counters by label, created on first use.
-final class NSLockedDictionary: @unchecked Sendable {
-    // @unchecked: `counters` is only touched under `lock`.
-    private let lock = NSLock()
-    private var counters: [String: Counter] = [:]
-
-    func counter(for key: String, make: () -> Counter) -> Counter {
-        lock.withLock {
-            if let c = counters[key] { return c }
-            let c = make()
-            counters[key] = c
-            return c
-        }
+    public func render() -> String {
+        dataBudget.today()  // a new day shows 0 even before the first packet of the day
+        return registry.emitToString()
     }
 }

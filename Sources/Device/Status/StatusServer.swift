@@ -7,7 +7,6 @@
 // as JSON; `GET /metrics` is the Prometheus text exposition. The server only reads
 // snapshots from the other components; nothing here can block sampling or syncing.
 import FieldlogCore
-import Foundation
 import Hummingbird
 import Logging
 import NIOPosix
@@ -60,8 +59,8 @@ public enum StatusServer {
 /// The HTML page with an inline SVG chart per numeric sensor.
 enum StatusPage {
     static func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+        s.replacing("&", with: "&amp;").replacing("<", with: "&lt;")
+            .replacing(">", with: "&gt;").replacing("\"", with: "&quot;")
     }
 
     static func render(status: JSONValue, readings: [RecentReadings.Entry]) -> String {

@@ -135,6 +135,11 @@ public enum SyncCodec {
         if let b = s.backlog { m.append(("backlog", .integer(Int64(b)))) }
         if let t = s.atUnixMilliseconds { m.append(("at", .integer(t))) }
         if let me = s.measuring { m.append(("measuring", .bool(me))) }
+        if let u = s.dataUsage {
+            m.append(("data_day", .string(u.dayText)))
+            m.append(("data_sent", .integer(u.sentBytes)))
+            m.append(("data_received", .integer(u.receivedBytes)))
+        }
         return .object(m)
     }
 
@@ -144,10 +149,10 @@ public enum SyncCodec {
         switch c.kind {
         case .reboot, .status, .start, .stop: break
         case .getConfig(let key): m.append(("key", .string(key)))
-        case .setConfig(let key, let value): m.append(("key", .string(key))); m.append(("value", .string(value)))
+        case .setConfig(let key, let value): m.append(("key", .string(key))); m.append(("value", json(value)))
         case .sendMeasurements(let lo, let hi, let count):
-            m.append(("min_id", lo.map(seq) ?? .string("-")))
-            m.append(("max_id", hi.map(seq) ?? .string("+")))
+            m.append(("min_id", lo.map(json) ?? .string("-")))
+            m.append(("max_id", hi.map(json) ?? .string("+")))
             if let count { m.append(("count", .integer(count))) }
         case .replay(let epoch, let range):
             if let epoch { m.append(("epoch", .string(epoch.hex))) }
@@ -159,6 +164,21 @@ public enum SyncCodec {
         return .object(m)
     }
 
+    static func json(_ v: ConfigValue) -> JSONValue {
+        switch v {
+        case .string(let s): return .string(s)
+        case .integer(let i): return .integer(i)
+        case .double(let d): return .double(d)
+        }
+    }
+
+    static func json(_ b: MeasurementBound) -> JSONValue {
+        switch b {
+        case .sequence(let s): return seq(s)
+        case .streamID(let id): return .string(id.description)
+        }
+    }
+
     static func json(_ r: CommandResponse) -> JSONValue {
         var m: [(String, JSONValue)] = [("v", .integer(syncProtocolVersion)), ("command", .string(r.command))]
         if let id = r.requestID { m.append(("id", .string(id))) }
@@ -166,7 +186,7 @@ public enum SyncCodec {
         if let e = r.error { m.append(("error", .string(e.rawValue))) }
         if let msg = r.message { m.append(("message", .string(msg))) }
         if let k = r.key { m.append(("key", .string(k))) }
-        if let v = r.value { m.append(("value", .string(v))) }
+        if let v = r.value { m.append(("value", json(v))) }
         if let rs = r.resent { m.append(("resent", json(rs))) }
         if !r.notRetained.isEmpty { m.append(("not_retained", .array(r.notRetained.map(json)))) }
         if let s = r.status { m.append(("status", json(s))) }
@@ -396,11 +416,22 @@ public enum SyncCodec {
         let backlog = try f.has("backlog") ? f.integer("backlog") : nil
         let at = try f.has("at") ? f.timestamp("at") : nil
         let measuring = try f.optionalBool("measuring")
+        var dataUsage: DataUsage?
+        if f.has("data_day") || f.has("data_sent") || f.has("data_received") {
+            let text = try f.string("data_day", maxBytes: 10)
+            guard let day = DataUsage.day(fromText: text) else {
+                throw SyncDecodingError(.invalidMessage, "data_day \(text.debugDescription) is not a date YYYY-MM-DD")
+            }
+            let sent = try f.integer("data_sent"), received = try f.integer("data_received")
+            guard sent >= 0, received >= 0 else { throw SyncDecodingError(.invalidMessage, "data_sent and data_received must not be negative") }
+            dataUsage = DataUsage(day: day, sentBytes: sent, receivedBytes: received)
+        }
         try f.finish()
         if let head, let acked, acked > head {
             throw SyncDecodingError(.invalidMessage, "acked \(acked) is after head \(head)")
         }
-        let s = Status(device: device, state: state, epoch: epoch, head: head, acked: acked, atUnixMilliseconds: at, measuring: measuring)
+        let s = Status(device: device, state: state, epoch: epoch, head: head, acked: acked, atUnixMilliseconds: at, measuring: measuring,
+                       dataUsage: dataUsage)
         if let backlog, backlog != s.backlog.map({ Int64($0) }) {
             throw SyncDecodingError(.invalidMessage, "backlog \(backlog) is not head − acked")
         }
@@ -423,7 +454,7 @@ public enum SyncCodec {
         guard ok == (code == nil) else { throw SyncDecodingError(.invalidMessage, "\"ok\" must be false exactly when \"error\" is set") }
         let message = try f.optionalString("message", maxBytes: ProtocolLimits.maxTextBytes)
         let key = try f.optionalString("key", maxBytes: ProtocolLimits.maxKeyBytes)
-        let value = try f.optionalString("value", maxBytes: ProtocolLimits.maxTextBytes)
+        let value = try f.take("value").map { v throws(SyncDecodingError) in try configValue(v) }
         let resent = try f.take("resent").map { v throws(SyncDecodingError) in try range(v, path: "resent") }
         var notRetained: [SequenceRange] = []
         for (k, v) in (try f.optionalArray("not_retained", maxCount: ProtocolLimits.maxAckListEntries) ?? []).enumerated() {
@@ -436,6 +467,35 @@ public enum SyncCodec {
         try f.finish()
         return CommandResponse(requestID: id, command: command, error: code, message: message, key: key, value: value,
                                resent: resent, notRetained: notRetained, status: status)
+    }
+
+    /// A config value (set_config, and its echo in a response): a string of at most
+    /// `ProtocolLimits.maxTextBytes` or a number. A boolean is refused: the seed's handler
+    /// dies on one (redis-py cannot store it), so no seed tool sends one that worked.
+    static func configValue(_ v: JSONValue) throws(SyncDecodingError) -> ConfigValue {
+        switch v {
+        case .string(let s):
+            guard s.utf8.count <= ProtocolLimits.maxTextBytes else {
+                throw SyncDecodingError(.invalidMessage, "value is longer than \(ProtocolLimits.maxTextBytes) bytes")
+            }
+            return .string(s)
+        case .integer(let i): return .integer(i)
+        case .double(let d): return .double(d)
+        case .bool(let b):
+            throw SyncDecodingError(.invalidMessage, "value must be a string or a number, got the boolean \(b); send 1 or 0")
+        default: throw SyncDecodingError(.invalidMessage, "value must be a string or a number, got \(v.kindName)")
+        }
+    }
+
+    /// What Python's int() reads from a string, for digits: optional blanks around, an optional
+    /// `+`, then decimal digits (no sign `-`: a count is never negative). nil otherwise.
+    static func wholeNumber(_ s: String) -> Int64? {
+        let blank: (UInt8) -> Bool = { $0 == 0x20 || ($0 >= 0x09 && $0 <= 0x0D) }
+        var bytes = s.utf8.drop(while: blank)
+        while let last = bytes.last, blank(last) { bytes = bytes.dropLast() }
+        if bytes.first == UInt8(ascii: "+") { bytes = bytes.dropFirst() }
+        guard !bytes.isEmpty, bytes.count <= 19, bytes.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+        return Int64(String(decoding: bytes, as: UTF8.self))
     }
 
     /// Decodes a command. Seed-style commands (no `"v"`, no `"id"`, any letter case of the
@@ -480,39 +540,48 @@ public enum SyncCodec {
             kind = .getConfig(key: try arg { f throws(SyncDecodingError) in try f.string("key", maxBytes: ProtocolLimits.maxKeyBytes) })
         case "set_config":
             let key = try arg { f throws(SyncDecodingError) in try f.string("key", maxBytes: ProtocolLimits.maxKeyBytes) }
-            let value: String = try arg { f throws(SyncDecodingError) in
-                // The seed sends any JSON scalar; config values are kept as text.
+            let value: ConfigValue = try arg { f throws(SyncDecodingError) in
                 guard let v = f.take("value") else { throw f.missing("value") }
-                switch v {
-                case .string(let s):
-                    guard s.utf8.count <= ProtocolLimits.maxTextBytes else {
-                        throw SyncDecodingError(.invalidMessage, "value is longer than \(ProtocolLimits.maxTextBytes) bytes")
-                    }
-                    return s
-                case .integer(let i): return String(i)
-                case .double(let d): return String(d)
-                case .bool(let b): return b ? "1" : "0"
-                default: throw SyncDecodingError(.invalidMessage, "value must be a string, number or boolean, got \(v.kindName)")
-                }
+                return try configValue(v)
             }
             kind = .setConfig(key: key, value: value)
         case "send_measurements":
             kind = try arg { f throws(SyncDecodingError) in
-                func bound(_ k: String, open: String) throws(SyncDecodingError) -> SequenceNumber? {
+                // The seed passes min_id, max_id and count to Redis' XRANGE: a bound is "-" / "+"
+                // (open), a sequence number (integer or digit string), or a stream id.
+                func bound(_ k: String, open: String) throws(SyncDecodingError) -> MeasurementBound? {
                     guard let v = f.take(k) else { return nil }
                     if case .string(let s) = v {
                         if s == open { return nil }
-                        if let n = UInt64(s), n >= 1, n <= SequenceNumber.max.rawValue { return SequenceNumber(n) }
-                        throw SyncDecodingError(.invalidMessage, "\(k) must be \"\(open)\" or a sequence number, got \(s.debugDescription)")
+                        if let n = UInt64(s), n >= 1, n <= SequenceNumber.max.rawValue { return .sequence(SequenceNumber(n)) }
+                        if let id = RedisStreamID(s) { return .streamID(id) }
+                        throw SyncDecodingError(.invalidMessage, "\(k) must be \"\(open)\", a sequence number or a Redis stream id (like \"1700000000000-0\"), got \(s.debugDescription)")
                     }
-                    return try Fields.sequenceValue(v, path: k, allowZero: false)
+                    return .sequence(try Fields.sequenceValue(v, path: k, allowZero: false))
                 }
                 let lo = try bound("min_id", open: "-")
                 let hi = try bound("max_id", open: "+")
-                if let lo, let hi, lo > hi { throw SyncDecodingError(.invalidMessage, "min_id \(lo) is after max_id \(hi)") }
+                switch (lo, hi) {
+                case (.sequence(let a)?, .sequence(let b)?) where a > b:
+                    throw SyncDecodingError(.invalidMessage, "min_id \(a) is after max_id \(b)")
+                case (.streamID(let a)?, .streamID(let b)?) where a.milliseconds > b.milliseconds:
+                    throw SyncDecodingError(.invalidMessage, "min_id \(a) is after max_id \(b)")
+                default: break
+                }
                 var count: Int64?
-                if f.has("count") {
-                    let c = try f.integer("count")
+                if let v = f.take("count") {
+                    // The seed calls int() on it: a digit string counts too.
+                    let c: Int64
+                    switch v {
+                    case .integer(let i): c = i
+                    case .string(let s):
+                        guard let i = wholeNumber(s) else {
+                            throw SyncDecodingError(.invalidMessage, "count must be a whole number (or a string of one), got \(s.debugDescription)")
+                        }
+                        c = i
+                    default:
+                        throw SyncDecodingError(.invalidMessage, "count must be a whole number (or a string of one), got \(describe(v))")
+                    }
                     guard c >= 1 else { throw SyncDecodingError(.invalidMessage, "count must be at least 1, got \(c)") }
                     count = c
                 }

@@ -20,19 +20,19 @@ public struct StoreRows: Hashable, Sendable {
     }
     /// `epochs` (INSERT IGNORE).
     public struct Epoch: Hashable, Sendable { public var device: String; public var epoch: UInt64 }
-    /// `readings` (INSERT IGNORE on device, epoch, seq).
+    /// `readings` (INSERT IGNORE on device, epoch, seq): one row per reading, its values in
+    /// `vals` (schema v7; `reading_values` is a view over it, docs/backend.md).
     public struct Reading: Hashable, Sendable {
         public var device: String, epoch: UInt64, seq: UInt64, deviceMs: Int64
         public var deviceTime: String?
         public var unsynchronized: Bool
         public var missingSensors: String?
+        /// The values as a JSON array, sensors in name order: `[{"s":"temp","n":21.5},{"s":"state","t":"on"}]`.
+        public var vals: String
     }
-    /// `reading_values` (INSERT IGNORE on device, epoch, seq, sensor).
-    public struct Value: Hashable, Sendable {
-        public var device: String, epoch: UInt64, seq: UInt64, sensor: String
-        public var deviceTime: String?
-        public var number: Double?, text: String?
-    }
+    /// `device_sensors` (INSERT IGNORE on device, sensor): the sensors a device has sent, so a
+    /// list of them never scans its readings.
+    public struct Sensor: Hashable, Sendable { public var device: String, sensor: String }
     /// `loss_ranges` (INSERT IGNORE).
     public struct Loss: Hashable, Sendable {
         public var device: String, epoch: UInt64, first: UInt64, last: UInt64, reason: String, detail: String, recordedMs: Int64
@@ -62,6 +62,9 @@ public struct StoreRows: Hashable, Sendable {
         public var epoch: UInt64?, head: UInt64?, acked: UInt64?
         public var measuring: Bool?
         public var deviceMs: Int64?
+        /// The data budget of the status (spec §3.4): a `device_data_usage` row per device and
+        /// day, keeping the larger figure of each direction.
+        public var dataUsage: DataUsage?
     }
     /// A command response: a `command_responses` row, and the command's row when its id is known.
     public struct Response: Hashable, Sendable {
@@ -71,7 +74,7 @@ public struct StoreRows: Hashable, Sendable {
     public var devices: [Device] = []
     public var epochs: [Epoch] = []
     public var readings: [Reading] = []
-    public var values: [Value] = []
+    public var sensors: [Sensor] = []
     public var losses: [Loss] = []
     public var ranges: [Range] = []
     public var deadLetters: [DeadLetterRow] = []
@@ -96,7 +99,8 @@ public struct StoreRows: Hashable, Sendable {
         for d in transaction.deadLetters { deadLetters.append(Self.row(d)) }
         for s in transaction.statuses {
             statuses.append(Status(device: s.device.rawValue, state: s.state.rawValue, epoch: s.epoch?.rawValue, head: s.head?.rawValue,
-                                   acked: s.acked?.rawValue, measuring: s.measuring, deviceMs: s.atUnixMilliseconds))
+                                   acked: s.acked?.rawValue, measuring: s.measuring, deviceMs: s.atUnixMilliseconds,
+                                   dataUsage: s.dataUsage))
         }
         for r in transaction.responses {
             responses.append(Response(device: r.device.rawValue, requestID: r.response.requestID,
@@ -108,16 +112,16 @@ public struct StoreRows: Hashable, Sendable {
 
     private mutating func add(_ b: StoreRequest) {
         let device = b.device.rawValue, epoch = b.epoch.rawValue
+        var names: Set<String> = []
         for r in b.records {
-            let time = SQLDateTime.format(unixMilliseconds: r.timestamp.unixMilliseconds)
             readings.append(Reading(device: device, epoch: epoch, seq: r.sequence.rawValue, deviceMs: r.timestamp.unixMilliseconds,
-                                    deviceTime: time, unsynchronized: r.timestamp.clockUnsynchronized,
-                                    missingSensors: r.missingSensors.isEmpty ? nil : r.missingSensors.joined(separator: ",")))
-            for (name, value) in r.values.sorted {
-                switch value {
-                case .number(let d): values.append(Value(device: device, epoch: epoch, seq: r.sequence.rawValue, sensor: name, deviceTime: time, number: d, text: nil))
-                case .text(let s): values.append(Value(device: device, epoch: epoch, seq: r.sequence.rawValue, sensor: name, deviceTime: time, number: nil, text: s))
-                }
+                                    deviceTime: SQLDateTime.format(unixMilliseconds: r.timestamp.unixMilliseconds),
+                                    unsynchronized: r.timestamp.clockUnsynchronized,
+                                    missingSensors: r.missingSensors.isEmpty ? nil : r.missingSensors.joined(separator: ","),
+                                    vals: Self.vals(r.values)))
+            for (name, _) in r.values.sorted where names.insert(name).inserted && !knownSensors.contains(Sensor(device: device, sensor: name)) {
+                knownSensors.insert(Sensor(device: device, sensor: name))
+                sensors.append(Sensor(device: device, sensor: name))
             }
         }
         for l in b.losses {
@@ -131,6 +135,23 @@ public struct StoreRows: Hashable, Sendable {
         }
         ranges.append(Range(device: device, epoch: epoch, first: b.range.first.rawValue, last: b.range.last.rawValue))
     }
+
+    /// Sensors already in `sensors` (one row per device and sensor per transaction).
+    private var knownSensors: Set<Sensor> = []
+
+    /// A reading's values as stored in `readings.vals`: a JSON array of `{"s": name, "n": number}`
+    /// or `{"s": name, "t": text}`, in name order (the protocol's deterministic JSON writer).
+    public static func vals(_ values: SensorValues) -> String {
+        String(decoding: JSONWriter.encode(.array(values.sorted.map { name, value in
+            switch value {
+            case .number(let d): return .object([("s", .string(name)), ("n", .double(d))])
+            case .text(let t): return .object([("s", .string(name)), ("t", .string(t))])
+            }
+        })), as: UTF8.self)
+    }
+
+    /// Longest `vals`: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.
+    public static let maxValsBytes = 16 << 20
 
     private mutating func add(_ l: LegacyValues) {
         let device = l.device.rawValue
@@ -174,15 +195,9 @@ public struct StoreRows: Hashable, Sendable {
             check(Columns.deviceID(r.device) && r.epoch != 0 && Columns.sequence(r.seq), "readings key \(r.device) \(r.epoch) \(r.seq)")
             check(r.deviceTime.map(Columns.datetime) ?? true, "readings.device_time \(String(describing: r.deviceTime))")
             check(r.missingSensors.map { Columns.ascii($0, 4_200) } ?? true, "readings.missing_sensors")
+            check(r.vals.utf8.count <= Self.maxValsBytes && Columns.vals(r.vals), "readings.vals \(r.vals.prefix(100))")
         }
-        for x in values {
-            check(Columns.deviceID(x.device) && x.epoch != 0 && Columns.sequence(x.seq), "reading_values key")
-            check(Columns.sensor(x.sensor), "reading_values.sensor \(x.sensor.debugDescription)")
-            check((x.number == nil) != (x.text == nil), "reading_values: exactly one of num_value, text_value")
-            check(x.number.map(\.isFinite) ?? true, "reading_values.num_value \(String(describing: x.number))")
-            check(x.text.map { Columns.varchar($0, 256) } ?? true, "reading_values.text_value")
-            check(x.deviceTime.map(Columns.datetime) ?? true, "reading_values.device_time")
-        }
+        for x in sensors { check(Columns.deviceID(x.device) && Columns.sensor(x.sensor), "device_sensors \(x)") }
         for l in losses {
             check(Columns.deviceID(l.device) && l.epoch != 0 && Columns.sequence(l.first) && Columns.sequence(l.last) && l.first <= l.last,
                   "loss_ranges key \(l.first)…\(l.last)")
@@ -235,6 +250,22 @@ public enum Columns {
     public static func sensor(_ s: String) -> Bool { (try? SensorValues.validate(name: s)) != nil }
     /// A sequence number column: 1…2^53.
     public static func sequence(_ n: UInt64) -> Bool { n >= 1 && n <= SequenceNumber.max.rawValue }
+    /// `readings.vals`: what the `reading_values` view's JSON_TABLE reads back: an array of
+    /// objects, each a valid sensor name `s` with either a finite number `n` or a text `t` of at
+    /// most 256 characters (the view's columns).
+    public static func vals(_ s: String) -> Bool {
+        guard case .array(let items)? = try? JSONReader.parse(Array(s.utf8)) else { return false }
+        return items.allSatisfy { item in
+            guard case .object(let m) = item, m.count == 2, case .string(let name)? = item["s"], sensor(name) else { return false }
+            switch (item["n"], item["t"]) {
+            case (.double(let d)?, nil): return d.isFinite
+            case (.integer?, nil): return true
+            case (nil, .string(let t)?): return varchar(t, 256)
+            default: return false
+            }
+        }
+    }
+
     /// "YYYY-MM-DD hh:mm:ss.fff" with a year of 1000…9999.
     public static func datetime(_ s: String) -> Bool {
         let b = Array(s.utf8)

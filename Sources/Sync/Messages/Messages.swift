@@ -124,9 +124,12 @@ public struct Status: Hashable, Sendable {
     public var atUnixMilliseconds: Int64?
     /// Whether measuring is enabled (`measurement:enabled`).
     public var measuring: Bool?
+    /// MQTT bytes sent and received today (the device's UTC day), for the data budget.
+    public var dataUsage: DataUsage?
 
     public init(device: DeviceID, state: DeviceState, epoch: Epoch? = nil, head: SequenceNumber? = nil,
-                acked: SequenceNumber? = nil, atUnixMilliseconds: Int64? = nil, measuring: Bool? = nil) {
+                acked: SequenceNumber? = nil, atUnixMilliseconds: Int64? = nil, measuring: Bool? = nil,
+                dataUsage: DataUsage? = nil) {
         self.device = device
         self.state = state
         self.epoch = epoch
@@ -134,6 +137,7 @@ public struct Status: Hashable, Sendable {
         self.acked = acked
         self.atUnixMilliseconds = atUnixMilliseconds
         self.measuring = measuring
+        self.dataUsage = dataUsage
     }
 
     /// Records appended but not yet acknowledged (head − acked), when both are known.
@@ -146,6 +150,62 @@ public struct Status: Hashable, Sendable {
     public static func lastWill(device: DeviceID) -> Status { Status(device: device, state: .offline) }
 }
 
+/// The bytes a device's MQTT traffic took on one day (UTC), as the device counts them: every
+/// PUBLISH and PUBACK it sent or received, headers included (spec §3.4; the MQTT module's
+/// MQTTTraffic.swift says what is not counted).
+public struct DataUsage: Hashable, Sendable {
+    /// The day, as days since 1970-01-01 (UTC).
+    public var day: Int64
+    public var sentBytes: Int64
+    public var receivedBytes: Int64
+
+    public init(day: Int64, sentBytes: Int64, receivedBytes: Int64) {
+        self.day = day
+        self.sentBytes = sentBytes
+        self.receivedBytes = receivedBytes
+    }
+
+    /// The UTC day of a wall-clock time in ms since 1970.
+    public static func day(ofUnixMilliseconds ms: Int64) -> Int64 {
+        let d = ms / 86_400_000
+        return ms < 0 && ms % 86_400_000 != 0 ? d - 1 : d
+    }
+
+    /// `YYYY-MM-DD` (proleptic Gregorian calendar; the civil-from-days algorithm of
+    /// H. Hinnant, "chrono-compatible low-level date algorithms").
+    public var dayText: String {
+        let z = day + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(y)-\(two(m))-\(two(d))"
+    }
+
+    /// Parses `YYYY-MM-DD` (years 1970…9999, a real date); nil otherwise.
+    public static func day(fromText text: String) -> Int64? {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
+              parts.allSatisfy({ $0.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 } }),
+              let y = Int64(parts[0]), let m = Int64(parts[1]), let d = Int64(parts[2]),
+              y >= 1970, (1...12).contains(m), d >= 1 else { return nil }
+        let yy = m <= 2 ? y - 1 : y
+        let era = yy / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let day = era * 146_097 + doe - 719_468
+        // Reject 02-30 and the like: the day must print back as given.
+        guard DataUsage(day: day, sentBytes: 0, receivedBytes: 0).dayText == text else { return nil }
+        return day
+    }
+}
+
 /// Backend/operator → device on the request or broadcast topic (spec §3.5). The seed's
 /// commands keep their names and members; every command may carry a request id.
 public struct Command: Hashable, Sendable {
@@ -155,9 +215,9 @@ public struct Command: Hashable, Sendable {
         /// Read a config key (seed); only keys on the device's allow-list.
         case getConfig(key: String)
         /// Write a config key (seed); only keys on the device's allow-list, values checked.
-        case setConfig(key: String, value: String)
+        case setConfig(key: String, value: ConfigValue)
         /// Seed: send a range of readings. `min`/`max` nil mean the seed's "-" / "+".
-        case sendMeasurements(min: SequenceNumber?, max: SequenceNumber?, count: Int64?)
+        case sendMeasurements(min: MeasurementBound?, max: MeasurementBound?, count: Int64?)
         /// Resend `range` of `epoch` (nil: the current epoch) as batches marked with the request id.
         case replay(epoch: Epoch?, range: SequenceRange)
         /// Publish a fresh status message and reply with it.
@@ -194,6 +254,88 @@ public struct Command: Hashable, Sendable {
     }
 }
 
+/// A `set_config` value as it came: the seed takes a JSON string or number, stores it as text
+/// and echoes it back in the same JSON type (spec §3.5). Booleans are not config values: the
+/// seed's handler dies on one, so the decoder refuses them.
+public enum ConfigValue: Hashable, Sendable, ExpressibleByStringLiteral, CustomStringConvertible {
+    case string(String)
+    case integer(Int64)
+    case double(Double)
+
+    public init(stringLiteral value: String) { self = .string(value) }
+
+    /// The value as text (what is parsed and stored in Redis).
+    public var text: String {
+        switch self {
+        case .string(let s): return s
+        case .integer(let i): return String(i)
+        case .double(let d): return String(d)
+        }
+    }
+
+    public var description: String { text }
+
+    /// `text` in the JSON type of `self`: a string stays a string; for a number, `text` is read
+    /// back as an integer when it is one, else as a double (a text that is no number stays text).
+    public func sameKind(_ text: String) -> ConfigValue {
+        guard case .string = self else {
+            if let i = Int64(text) { return .integer(i) }
+            if let d = Double(text), d.isFinite { return .double(d) }
+            return .string(text)
+        }
+        return .string(text)
+    }
+}
+
+/// A Redis stream id as the seed's tooling sends for `send_measurements` (`1700000000000-0`,
+/// or with XRANGE's `(` prefix for an exclusive bound). It stands for the wall-clock time
+/// (ms since 1970) the seed appended a reading at; the device maps it onto the times of its
+/// records. The log keeps whole milliseconds, so the part after `-` (which orders entries
+/// within one millisecond in Redis) is checked but does not narrow the bound, and `(`
+/// excludes the whole millisecond. A digit string without `-` is a sequence number, not a
+/// stream id (spec §3.5).
+public struct RedisStreamID: Hashable, Sendable, CustomStringConvertible {
+    public var milliseconds: UInt64
+    /// `(` prefix: the bound itself is excluded.
+    public var exclusive: Bool
+
+    public init(milliseconds: UInt64, exclusive: Bool = false) {
+        self.milliseconds = milliseconds
+        self.exclusive = exclusive
+    }
+
+    /// Parses `ms-seq`, `(ms-seq` or `(ms` (decimal digits); nil for anything else.
+    public init?(_ text: String) {
+        var rest = Substring(text)
+        exclusive = rest.first == "("
+        if exclusive { rest = rest.dropFirst() }
+        let parts = rest.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        func number(_ s: Substring) -> UInt64? {
+            guard !s.isEmpty, s.utf8.count <= 20, s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+            return UInt64(s)
+        }
+        guard let ms = number(parts[0]), parts.count == 2 ? number(parts[1]) != nil : exclusive else { return nil }
+        milliseconds = ms
+    }
+
+    /// The wire form, always with a sequence part so it never reads as a sequence number.
+    public var description: String { (exclusive ? "(" : "") + String(milliseconds) + "-0" }
+}
+
+/// One end of a `send_measurements` range: a sequence number of the log, or a Redis stream id
+/// (a time) as the seed's tooling sends.
+public enum MeasurementBound: Hashable, Sendable, CustomStringConvertible {
+    case sequence(SequenceNumber)
+    case streamID(RedisStreamID)
+
+    public var description: String {
+        switch self {
+        case .sequence(let s): return s.description
+        case .streamID(let id): return id.description
+        }
+    }
+}
+
 /// Why a command failed; the raw values are the wire names (spec §3.6).
 public enum CommandErrorCode: String, Hashable, Sendable, CaseIterable {
     case malformed = "malformed"
@@ -213,9 +355,10 @@ public struct CommandResponse: Hashable, Sendable {
     public var error: CommandErrorCode?
     /// Human-readable detail (always set for errors).
     public var message: String?
-    /// Seed-compatible members for get_config / set_config.
+    /// Seed-compatible members for get_config / set_config (`value` in the JSON type the
+    /// set_config command used, like the seed's echo).
     public var key: String?
-    public var value: String?
+    public var value: ConfigValue?
     /// For `replay` / `send_measurements`: the range that was resent, and ranges answered
     /// with `not-retained` loss markers.
     public var resent: SequenceRange?
@@ -224,7 +367,7 @@ public struct CommandResponse: Hashable, Sendable {
     public var status: Status?
 
     public init(requestID: String?, command: String, error: CommandErrorCode? = nil, message: String? = nil,
-                key: String? = nil, value: String? = nil, resent: SequenceRange? = nil,
+                key: String? = nil, value: ConfigValue? = nil, resent: SequenceRange? = nil,
                 notRetained: [SequenceRange] = [], status: Status? = nil) {
         self.requestID = requestID
         self.command = command

@@ -1,0 +1,106 @@
+// Schema 7 on a database with a million readings (issue 17): `migrate --prepare` moves every
+// reading's values into `readings.vals` while a writer of the previous version keeps inserting
+// in the old layout, then `migrate` (writers stopped) catches up and swaps the table for the
+// view. Nothing may be lost or doubled: every value of the old table is in the view, equal,
+// once; the switch-over's duration is the downtime an upgrade costs, and is printed.
+import FieldlogCore
+import Foundation
+import Logging
+import MariaDB
+import Sync
+import TestSupport
+import XCTest
+@testable import BackendNode
+
+final class SchemaUpgradeTests: XCTestCase {
+    func testAMillionReadingsMoveToOneRowPerReadingWhileTheOldWriterRunsAndNothingIsLostOrDoubled() async throws {
+        let db = try TestDatabase("upgrade7")
+        defer { db.drop() }
+        // Statements over a million rows take longer than the tests' usual 10 s read timeout.
+        var settings = db.settings
+        settings.readTimeout = .seconds(600)
+        let c = try await connectFirst(settings, logger: Logger(label: "test"))
+        let migrator = Migrator(connection: c, logger: Logger(label: "test"))
+        let previous = Schema.migrations.map(\.version).filter { $0 < 7 }.max()!
+        try await migrator.migrate(upTo: previous)
+        // A million readings of ten devices in the schema-6 layout, two values each (a number and,
+        // for every seventh reading, a text), built on the server (the SEQUENCE engine).
+        let n = 1_000_000
+        let fillStart = ContinuousClock.now
+        try await c.query("""
+            INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at)
+            SELECT CONCAT('old-', s.seq % 10), 7, s.seq DIV 10 + 1, 1700000000000 + s.seq * 100,
+                   FROM_UNIXTIME(1700000000 + s.seq / 10), 0, NOW(3)
+              FROM seq_0_to_\(n - 1) s
+            """)
+        try await c.query("""
+            INSERT INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)
+            SELECT device_id, epoch, seq, 'temp', device_time, seq / 8 + 0.1, NULL FROM readings
+            """)
+        try await c.query("""
+            INSERT INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value, text_value)
+            SELECT device_id, epoch, seq, 'state', device_time, NULL, IF(seq % 2 = 0, 'on "quoted" é', 'off\\\\path') FROM readings WHERE seq % 7 = 0
+            """)
+        print("schema 7 upgrade: filled \(n) readings in \(ContinuousClock.now - fillStart)")
+        let before = try await c.query("SELECT COUNT(*), SUM(num_value), COUNT(text_value), SUM(CRC32(text_value)) FROM reading_values").rows[0].map(\.description)
+
+        // The previous version's ingest keeps writing, in the old layout, during --prepare.
+        let writerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
+        let writer = Task { () -> Int in
+            var k = 0
+            while !Task.isCancelled {
+                k += 1
+                let k = k
+                _ = try? await writerConnection.transaction { s in
+                    try s.execute("INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at) VALUES ('live', 9, ?, ?, NOW(3), 0, NOW(3))",
+                                  [.int(Int64(k)), .int(1_800_000_000_000 + Int64(k))])
+                    try s.execute("INSERT INTO reading_values (device_id, epoch, seq, sensor, device_time, num_value) VALUES ('live', 9, ?, 'temp', NOW(3), ?)",
+                                  [.int(Int64(k)), .double(Double(k) / 4)])
+                }
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return k
+        }
+        let prepareStart = ContinuousClock.now
+        let prepared = try await migrator.prepare()
+        XCTAssertEqual(prepared, [7])
+        let prepareTime = ContinuousClock.now - prepareStart
+        writer.cancel()
+        let written = await writer.value
+        XCTAssertGreaterThan(written, 10, "the old writer ran during --prepare")
+        let versionAfterPrepare = try await migrator.currentVersion()
+        XCTAssertEqual(versionAfterPrepare, previous, "--prepare does not switch")
+        XCTAssertGreaterThan(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = 'live' AND vals IS NULL"), "0",
+                             "rows written after --prepare passed them are left for the switch-over")
+
+        // Ingest stopped: the switch-over.
+        let switchStart = ContinuousClock.now
+        let applied = try await migrator.migrate()
+        let switchTime = ContinuousClock.now - switchStart
+        XCTAssertEqual(applied, [7])
+        let versionAfter = try await migrator.currentVersion()
+        XCTAssertEqual(versionAfter, 7)
+        XCTAssertEqual(try db.scalar("SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'reading_values'"), "VIEW")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals IS NULL"), "0")
+        // Every value, equal, once: the view over the new layout against the old table.
+        let after = try await c.query("SELECT COUNT(*), SUM(num_value), COUNT(text_value), SUM(CRC32(text_value)) FROM reading_values WHERE device_id <> 'live'").rows[0].map(\.description)
+        XCTAssertEqual(after, before)
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values_v6"), String(Int(before[0])! + written))
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values"), String(Int(before[0])! + written))
+        XCTAssertEqual(try db.scalar("""
+            SELECT COUNT(*) FROM reading_values_v6 o LEFT JOIN reading_values v
+              ON v.device_id = o.device_id AND v.epoch = o.epoch AND v.seq = o.seq AND v.sensor = o.sensor
+             WHERE o.device_id = 'old-3' AND (v.seq IS NULL OR NOT (v.num_value <=> o.num_value) OR NOT (v.text_value <=> o.text_value))
+            """), "0", "one device value by value")
+        XCTAssertEqual(try db.scalar("SELECT GROUP_CONCAT(sensor ORDER BY sensor) FROM device_sensors WHERE device_id = 'old-3'"), "state,temp")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM sensor_values WHERE device_id = 'old-3' AND sensor = 'temp'"), String(n / 10))
+        // The ingest of this version writes the new layout, read through the same view.
+        let device = Fixtures.device()
+        _ = try await Store(connection: c).storeBatches([Fixtures.request(Fixtures.batch(device, Epoch(1), 1, 5))], newDevices: [device], newEpochs: [(device, Epoch(1))])
+        XCTAssertEqual(try db.scalar("SELECT GROUP_CONCAT(CONCAT(seq, sensor, COALESCE(num_value, text_value)) ORDER BY seq, sensor) FROM reading_values WHERE device_id = '\(device)'"),
+                       "1stateok,1temp0.1,2stateok,2temp0.2,3stateok,3temp0.3,4stateok,4temp0.4,5stateok,5temp0.5")
+        print("schema 7 upgrade: \(n) readings; --prepare \(prepareTime) while the old writer added \(written); switch-over (the downtime) \(switchTime)")
+        await writerConnection.close()
+        await c.close()
+    }
+}
