@@ -8,7 +8,10 @@ import MariaDB
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class IngestWriterTests: XCTestCase {
     private func writer(_ db: TestDatabase, metrics: BackendMetrics = BackendMetrics(), publish: @escaping AckPublisher) -> IngestWriter {
