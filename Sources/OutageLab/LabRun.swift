@@ -186,6 +186,11 @@ public final class LabRun: @unchecked Sendable {
     private var runStart = monotonicSeconds()
     /// Serialises watcher polls (the watcher thread and the drain loop both poll).
     private let pollLock = NSLock()
+    /// Stack services under a fault of the schedule, from its start until its end took effect.
+    private var servicesFaulted: Set<ServiceName> = []
+    /// Stack services that died without a fault (reported once each time).
+    private var servicesSeenDead: Set<ServiceName> = []
+    private var serviceDeaths: [String] = []
 
     /// Stops the run at its next step (SIGINT/SIGTERM of the tool): it tears down what it
     /// started and `run()` throws.
@@ -226,8 +231,11 @@ public final class LabRun: @unchecked Sendable {
 
         // Fault phase.
         let watcher = Thread { [unowned self] in
+            var polls = 0
             while !self.lock.withLock({ self.watcherStop }) {
                 self.watchOnce()
+                polls += 1
+                if polls % 4 == 0 { self.watchServices() }
                 Thread.sleep(forTimeInterval: 0.25)
             }
         }
@@ -472,6 +480,7 @@ public final class LabRun: @unchecked Sendable {
                 activeFaults[index] = f
                 startedFaults += 1
                 if f.pathImpact != .none { pathFaults[index] = f }
+                if case .service(let service) = f.target { servicesFaulted.insert(service) }
             }
         } else {
             guard lock.withLock({ activeFaults.removeValue(forKey: index) }) != nil else { return }
@@ -495,7 +504,29 @@ public final class LabRun: @unchecked Sendable {
                     }
                     if f.kind == .clockJump { continuity.clockOffset(device: i, atMs: now, offsetSeconds: begin ? f.clockOffsetSeconds : 0) }
                 }
-                if !begin { pathFaults.removeValue(forKey: index) }
+                if !begin {
+                    pathFaults.removeValue(forKey: index)
+                    if case .service(let service) = f.target { servicesFaulted.remove(service) }
+                }
+            }
+        }
+    }
+
+    /// A stack service that is gone while no fault of the schedule acts on it died on its own
+    /// (a crash of the broker, say): that is a finding, reported like a process that exited.
+    private func watchServices() {
+        guard let stack else { return }
+        for service in stack.services {
+            let faulted = lock.withLock { servicesFaulted.contains(service) || cancelled }
+            guard !faulted else { continue }
+            let alive = stack.pid(service) != nil
+            lock.withLock {
+                if alive {
+                    servicesSeenDead.remove(service)
+                } else if servicesSeenDead.insert(service).inserted {
+                    let at = String(format: "%.1f", monotonicSeconds() - runStart)
+                    serviceDeaths.append("\(service) died without a fault of the schedule (t=\(at) s of the run); see its log in the stack directory \(stack.directory)")
+                }
             }
         }
     }
@@ -709,6 +740,7 @@ public final class LabRun: @unchecked Sendable {
             if !p.isRunning { problems.append("\(p.name) is not running after healing; see \(p.logPath)") }
         }
         for s in stack.services where stack.pid(s) == nil { problems.append("\(s) is not running after healing") }
+        problems.append(contentsOf: lock.withLock { serviceDeaths })
         return Verdict(devices: verdicts, auditExitStatus: auditStatus, auditSummary: String(auditSummary.prefix(2000)), processProblems: problems)
     }
 }
