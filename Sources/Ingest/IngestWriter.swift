@@ -112,7 +112,7 @@ package final class IngestWriter: Sendable {
                     actions = machine.messageReceived(topic: topic, payload: payload, now: now)
                 case .written(let id, .success(let result), let seconds):
                     metrics.commitLatency.recordNanoseconds(Int64(seconds * 1e9))
-                    actions = machine.transactionCommitted(id, result: result, now: now)
+                    actions = machine.transactionCommitted(id, result: result, nowUnixMilliseconds: Self.wallClockMilliseconds(), now: now)
                 case .written(let id, .failure(let box), _):
                     actions = machine.transactionFailed(id, failure: box.failure, now: now)
                 case .progress(let id, .success(let ranges)):
