@@ -114,7 +114,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(try config().sync.encoding, .json, "JSON unless the device is told otherwise")
         let c = try config(file: "SYNC_ENCODING=compact\n")
         XCTAssertEqual(c.sync.encoding, .compact)
-        XCTAssertEqual(DeviceNode.senderConfiguration(c).encoding, .compact)
+        XCTAssertEqual(DeviceNode.syncConfiguration(c).sender.encoding, .compact)
         XCTAssertEqual(try config(env: ["SYNC_ENCODING": " Compact "]).sync.encoding, .compact)
         let p = problems(env: ["SYNC_ENCODING": "cbor"])
         XCTAssertEqual(p.map(\.setting), ["SYNC_ENCODING"])

@@ -61,6 +61,9 @@ final class SimulationTests: XCTestCase {
         XCTAssertGreaterThan(stats.notRetainedMarkers, 0)
         XCTAssertGreaterThan(stats.diskQuotaDrops, 0)
         XCTAssertGreaterThan(stats.staleThroughs, 0)
+        XCTAssertGreaterThan(stats.subscribeFailures, 0)
+        XCTAssertGreaterThan(stats.senderPauses, 0)
+        XCTAssertGreaterThan(stats.replaysRefused, 0)
         // The store fails as MariaDB does, and a hostile device sends garbage, in every run of seeds.
         XCTAssertGreaterThan(stats.connectionFailures, 0)
         XCTAssertGreaterThan(stats.conflicts, 0)
