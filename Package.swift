@@ -6,13 +6,22 @@
 //   FieldlogCore  domain types shared by all (DeviceID, Epoch, SequenceNumber, LogRecord,
 //                 LossMarker) and the WorkerThread that keeps blocking C calls off the cooperative pool
 //   Log           the device's durable SQLite log and its Redis hot-state mirror
-//   Sync          the sync protocol: messages, codec, sans-IO state machines (no IO)
+//   Sync          the sync protocol: messages, codecs (JSON, compact), sans-IO state machines (no IO)
 //   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
 //   Redis         thin, safe wrapper over hiredis
 //   MariaDB       thin, safe wrapper over MariaDB Connector/C
 //   GPIO          thin, safe wrapper over libgpiod v1.6 (start/stop button)
-//   DeviceNode    `fieldlog-device`, the program on each device
-//   BackendNode   `fieldlog-backend`, ingest/audit/replay into MariaDB
+//   Device        the device's components: sampler, button, sync agent, commands, status page
+//   DeviceNode    `fieldlog-device`, the program on each device (arguments, starts Device's services)
+//   BackendStore  the backend's MariaDB side: settings, schema and migrations, every write and read
+//   Ingest        `fieldlog-backend ingest`: the MQTT and database shell around Sync's IngestStateMachine, /metrics
+//   Audit         gaps per device and epoch, replay commands
+//   WebAdmin      the web admin (pages, JSON API, users and roles, live streams)
+//   BackendNode   `fieldlog-backend`, the program: arguments, starts the libraries' services
+//   Processes     child processes, tools, loopback ports (lab, benchmarks, tests)
+//   OutageLab     fault-injecting proxy, fleet orchestration, fault schedule, independent checker
+//   LabNode       `fieldlog-lab`;  Bench `fieldlog-bench`;  LogTorture (a test helper program)
+//   TestSupport   what the test targets share: private services, the test database, hostile payloads
 import PackageDescription
 
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -48,6 +57,7 @@ let package = Package(
         .systemLibrary(name: "CMariaDB", pkgConfig: "libmariadb", providers: [.apt(["libmariadb-dev"])]),
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CGPIOD", pkgConfig: "libgpiod", providers: [.apt(["libgpiod-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Domain types
         .target(name: "FieldlogCore", swiftSettings: strict),
@@ -60,7 +70,7 @@ let package = Package(
 
         // Product libraries
         .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "Sync", dependencies: ["FieldlogCore"], swiftSettings: strict),
+        .target(name: "Sync", dependencies: ["FieldlogCore", "CZlib"], swiftSettings: strict),
 
         // The device node's components (sampler, button, sync agent, commands, status server)
         .target(name: "CDeviceSupport"),
@@ -87,17 +97,36 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
+        // The backend's libraries (behind the thin `fieldlog-backend`)
+        .target(name: "BackendStore",
+                dependencies: ["FieldlogCore", "Sync", "MariaDB", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .target(name: "Ingest",
+                dependencies: ["BackendStore", "FieldlogCore", "Sync", "MQTT", "MariaDB",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                               .product(name: "Metrics", package: "swift-metrics"),
+                               .product(name: "Prometheus", package: "swift-prometheus"),
+                               .product(name: "Hummingbird", package: "hummingbird")],
+                swiftSettings: strict),
+        .target(name: "Audit",
+                dependencies: ["BackendStore", "FieldlogCore", "Sync", "MQTT", "MariaDB", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .target(name: "WebAdmin",
+                dependencies: ["BackendStore", "Audit", "FieldlogCore", "Sync", "MQTT", "MariaDB",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                               .product(name: "Hummingbird", package: "hummingbird"),
+                               .product(name: "HummingbirdBcrypt", package: "hummingbird-auth")],
+                swiftSettings: strict),
         .executableTarget(
             name: "BackendNode",
             dependencies: [
-                "FieldlogCore", "Sync", "MQTT", "MariaDB",
+                "BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
             ],
             swiftSettings: strict),
 
@@ -121,14 +150,16 @@ let package = Package(
                                                           .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
 
         // Tests
-        .target(name: "TestSupport", dependencies: ["Processes", "FieldlogCore", "Sync"], path: "Tests/TestSupport", swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["Processes", "FieldlogCore", "Sync", "BackendStore", "MariaDB",
+                                                   .product(name: "Logging", package: "swift-log")],
+                path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "WebTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
+        .testTarget(name: "WebTests", dependencies: ["BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "Processes", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "DeviceTests", dependencies: ["Processes", "Device", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .testTarget(name: "BackendTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "GaleraTests", dependencies: ["BackendNode", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "BackendTests", dependencies: ["BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "GaleraTests", dependencies: ["BackendStore", "Ingest", "Audit", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport"], swiftSettings: strict),
     ]
 )

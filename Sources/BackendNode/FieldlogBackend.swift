@@ -1,11 +1,15 @@
 // `fieldlog-backend`: the command line. Thin: parse, load configuration, bootstrap logging,
 // hand over to the services and functions of the other files.
 import ArgumentParser
+import Audit
+import BackendStore
 import FieldlogCore
 import Foundation
+import Ingest
 import Logging
 import MariaDB
 import ServiceLifecycle
+import WebAdmin
 
 /// `fieldlog-backend`: ingest, audit and replay into MariaDB.
 @main
@@ -34,18 +38,8 @@ struct CommonOptions: ParsableArguments {
                                                                   mqttPort: mqttPort, metricsPort: metricsPort))
     }
 
-    /// The log level: `--log-level`, else FIELDLOG_LOG_LEVEL, else info.
-    static func logLevel(option: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> Logger.Level {
-        let text = option ?? environment["FIELDLOG_LOG_LEVEL"] ?? "info"
-        guard let level = Logger.Level(rawValue: text) else {
-            throw ConfigurationError(setting: option != nil ? "--log-level" : "FIELDLOG_LOG_LEVEL", value: text,
-                                     allowed: Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
-        }
-        return level
-    }
-
     func bootstrapLogging() throws -> Logger {
-        let level = try Self.logLevel(option: logLevel)
+        let level = try BackendConfiguration.logLevel(option: logLevel)
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
@@ -193,19 +187,3 @@ func parseEpoch(_ text: String, setting: String) throws(ConfigurationError) -> E
     do { return try Epoch(hex: text) } catch { throw ConfigurationError(setting: setting, value: text, allowed: error.description) }
 }
 
-/// Connects to the first answering server of the list (for the one-shot commands).
-func connectFirst(_ settings: DatabaseSettings, logger: Logger) async throws -> MariaDBConnection {
-    var last: Error?
-    for address in settings.addresses {
-        let connection = MariaDBConnection(configuration: settings.configuration(for: address), logger: logger)
-        do {
-            try await connection.connect()
-            try await Store(connection: connection).prepareSession()
-            return connection
-        } catch {
-            last = error
-            await connection.close()
-        }
-    }
-    throw last!
-}

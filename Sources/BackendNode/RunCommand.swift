@@ -1,8 +1,12 @@
 // `fieldlog-backend run`: ingest and the web admin in one process, for small installations.
 import ArgumentParser
+import Audit
+import BackendStore
 import Foundation
+import Ingest
 import Logging
 import ServiceLifecycle
+import WebAdmin
 
 extension FieldlogBackend {
     struct Run: AsyncParsableCommand {

@@ -1,10 +1,14 @@
 // `fieldlog-backend web` (the web admin), `fieldlog-backend user …` (its users).
 import ArgumentParser
+import Audit
+import BackendStore
 import FieldlogCore
 import Foundation
 import Hummingbird
+import Ingest
 import Logging
 import ServiceLifecycle
+import WebAdmin
 
 /// Options of the web server, shared by `web` and `run`.
 struct WebOptions: ParsableArguments {
@@ -108,8 +112,8 @@ extension FieldlogBackend {
             @Option(help: "viewer, operator or admin (default operator).") var role: String = "operator"
 
             func run() async throws {
-                let r: BackendNode.Role
-                do { r = try BackendNode.Role.parse(role) } catch { throw ValidationError(error.description) }
+                let r: WebAdmin.Role
+                do { r = try WebAdmin.Role.parse(role) } catch { throw ValidationError(error.description) }
                 if let problem = Passwords.checkUserName(user.name) { throw ValidationError("invalid user name \(user.name.debugDescription): \(problem)") }
                 let password = try readPassword(for: user.name)
                 let c = try await Context.open(common)
@@ -142,8 +146,8 @@ extension FieldlogBackend {
             @Argument(help: "viewer, operator or admin.") var role: String
 
             func run() async throws {
-                let r: BackendNode.Role
-                do { r = try BackendNode.Role.parse(role) } catch { throw ValidationError(error.description) }
+                let r: WebAdmin.Role
+                do { r = try WebAdmin.Role.parse(role) } catch { throw ValidationError(error.description) }
                 let c = try await Context.open(common)
                 try await c.run { d in
                     try await d.setRole(name: user.name, role: r, by: UserDirectory.commandLineActor)

@@ -6,7 +6,7 @@ import Foundation
 struct AllBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "all",
-        abstract: "append, drain, fleet and footprint in one run (one private stack); with --json one object per line.")
+        abstract: "append, encoding, drain, fleet and footprint in one run (one private stack); with --json one object per line.")
 
     @OptionGroup var stackOptions: StackOptions
 
@@ -28,6 +28,12 @@ struct AllBench: AsyncParsableCommand {
         reporter.note("append")
         let append = try AppendBench.parse(["--seconds", String(appendSeconds), "--dir", dir.path + "/append"] + (stackOptions.json ? ["--json"] : []))
         try await append.run()
+
+        reporter.note("encoding")
+        for row in try EncodingBench.measure(sensors: [1, 4, 8], records: 500, batches: 20, intervalMs: 2000, jitterMs: 5,
+                                             seconds: 0.5, samples: nil) {
+            reporter.emit(row)
+        }
 
         let stack = try await BenchStack.start(stackOptions, dir: dir.path, reporter: reporter)
         defer { stack.stop() }

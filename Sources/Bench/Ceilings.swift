@@ -20,7 +20,7 @@ func benchReading(sensors: Int, seed: Int) -> SensorValues {
 }
 
 /// The encoded size of a full batch of such readings (what the sender publishes).
-func batchPayloadBytes(records: Int, sensors: Int) -> Int {
+func batchPayloadBytes(records: Int, sensors: Int, encoding: BatchEncoding = .json) -> Int {
     let base = Int64(1_700_000_000_000)
     let recs = (1...records).map { i in
         LogRecord(sequence: SequenceNumber(UInt64(1_000_000 + i)), timestamp: DeviceTimestamp(unixMilliseconds: base + Int64(i) * 10),
@@ -28,7 +28,7 @@ func batchPayloadBytes(records: Int, sensors: Int) -> Int {
     }
     let b = Batch(device: try! DeviceID("bench-drain"), epoch: Epoch(0x1234_5678_9ABC_DEF0),
                   range: SequenceRange(checked: recs.first!.sequence, recs.last!.sequence), records: recs)
-    return SyncCodec.encode(b).count
+    return encoding.encode(b, maxBytes: .max).payload.count
 }
 
 enum Ceilings {

@@ -7,6 +7,7 @@ import Processes
 @_spi(Testing) import Log
 import Logging
 import MariaDB
+import Sync
 
 struct DrainBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,6 +28,9 @@ struct DrainBench: AsyncParsableCommand {
     @Option(help: "Records per batch (SYNC_BATCH_MAX_RECORDS of the device).")
     var batchRecords: Int = 500
 
+    @Option(help: "Batch encoding of the device (SYNC_ENCODING): json or compact.")
+    var encoding: String = "json"
+
     @Option(help: "Readings inserted directly for the MariaDB ceiling.")
     var ceilingReadings: Int = 200_000
 
@@ -41,6 +45,7 @@ struct DrainBench: AsyncParsableCommand {
         guard (1...64).contains(sensors) else { throw ValidationError("--sensors must be 1…64") }
         guard (1...64).contains(window) else { throw ValidationError("--window must be 1…64") }
         guard (1...1000).contains(batchRecords) else { throw ValidationError("--batch-records must be 1…1000") }
+        guard BatchEncoding(rawValue: encoding) != nil else { throw ValidationError("--encoding must be json or compact") }
         guard ceilingReadings >= batchRecords, ceilingMessages >= 100 else { throw ValidationError("ceilings need ≥ one batch / ≥ 100 messages") }
     }
 
@@ -51,7 +56,7 @@ struct DrainBench: AsyncParsableCommand {
         let stack = try await BenchStack.start(stackOptions, dir: dir.path, reporter: reporter)
         defer { stack.stop() }
         reporter.emit(try await Self.measure(stack: stack, dir: dir.path, readings: readings, sensors: sensors, window: window,
-                                             batchRecords: batchRecords, ceilingReadings: ceilingReadings,
+                                             batchRecords: batchRecords, encoding: BatchEncoding(rawValue: encoding)!, ceilingReadings: ceilingReadings,
                                              ceilingMessages: ceilingMessages, timeout: timeout, reporter: reporter))
     }
 
@@ -63,13 +68,13 @@ struct DrainBench: AsyncParsableCommand {
         let tasks = 256
         let start = ContinuousClock.now
         let base = Int64(Date().timeIntervalSince1970 * 1000) - Int64(readings) * 10
-        let values = (0..<64).map { benchReading(sensors: sensors, seed: $0) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for t in 0..<tasks {
                 group.addTask {
                     var i = t
                     while i < readings {
-                        _ = try await log.append(values[i % values.count], timestamp: DeviceTimestamp(unixMilliseconds: base + Int64(i) * 10))
+                        // A fresh reading each time (a repeating set would flatter the compact encoding's zlib).
+                        _ = try await log.append(benchReading(sensors: sensors, seed: i), timestamp: DeviceTimestamp(unixMilliseconds: base + Int64(i) * 10))
                         i += tasks
                     }
                 }
@@ -84,7 +89,7 @@ struct DrainBench: AsyncParsableCommand {
     }
 
     static func measure(stack: BenchStack, dir: String, readings: Int, sensors: Int, window: Int, batchRecords: Int,
-                        ceilingReadings: Int, ceilingMessages: Int, timeout: Double, reporter: Reporter) async throws -> [String: Any] {
+                        encoding: BatchEncoding = .json, ceilingReadings: Int, ceilingMessages: Int, timeout: Double, reporter: Reporter) async throws -> [String: Any] {
         let tag = "\(getpid())"
         let database = "bench_drain_\(tag)"
         let ceilingDatabase = "bench_ceiling_\(tag)"
@@ -97,7 +102,7 @@ struct DrainBench: AsyncParsableCommand {
         defer { Task { await stack.dropDatabase(database); await stack.dropDatabase(ceilingDatabase) } }
 
         // Ceilings first (same services, same run).
-        let payloadBytes = batchPayloadBytes(records: batchRecords, sensors: sensors)
+        let payloadBytes = batchPayloadBytes(records: batchRecords, sensors: sensors, encoding: encoding)
         reporter.note("drain: ceilings (MariaDB \(ceilingReadings) readings direct, mosquitto \(ceilingMessages) × \(payloadBytes) B)")
         let dbCeiling = try await Ceilings.mariaDBInsert(stack: stack, database: ceilingDatabase, readings: ceilingReadings,
                                                          sensors: sensors, batch: batchRecords, perTransaction: window * batchRecords)
@@ -116,7 +121,7 @@ struct DrainBench: AsyncParsableCommand {
         guard ingest.isRunning else { throw BenchError("ingest exited: \(ingest.tail())") }
         let env = stack.deviceEnvironment(device: deviceName, password: password, logPath: logPath, extra: [
             "LOG_DURABILITY": "normal", "SYNC_WINDOW": String(window), "SYNC_BATCH_MAX_RECORDS": String(batchRecords),
-            "SYNC_BATCH_MAX_BYTES": "256k", "SYNC_INTERVAL_SECONDS": "0.2",
+            "SYNC_BATCH_MAX_BYTES": "256k", "SYNC_INTERVAL_SECONDS": "0.2", "SYNC_ENCODING": encoding.rawValue,
             // Keep every acknowledged record: trimming is not what this measures.
             "LOG_RETENTION_RECORDS": String(readings), "LOG_RETENTION_SECONDS": "315360000"])
         reporter.note("drain: starting fieldlog-device sync (window \(window), \(batchRecords) records per batch)")
@@ -167,7 +172,8 @@ struct DrainBench: AsyncParsableCommand {
         let reference = try await ReferencePipeline.measure(stack: stack, dir: dir, readings: readings, sensors: sensors, window: window,
                                                             batchRecords: batchRecords, reporter: reporter)
         return [
-            "benchmark": "drain", "readings": readings, "sensors_per_reading": sensors, "window_batches": window,
+            "benchmark": encoding == .json ? "drain" : "drain-\(encoding.rawValue)", "encoding": encoding.rawValue,
+            "readings": readings, "sensors_per_reading": sensors, "window_batches": window,
             "records_per_batch": batchRecords, "batch_payload_bytes": payloadBytes, "ceiling_readings_per_transaction": window * batchRecords,
             "fill_readings_per_s": fillRate, "fill_method": "DeviceLog.append, 256 concurrent appenders, durability normal",
             "readings_per_s": rate, "time_to_empty_s": elapsed, "first_ack_s": firstAckAt ?? 0,

@@ -12,7 +12,7 @@ struct FieldlogBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-bench",
         abstract: "Fieldlog benchmarks. Run a release build on the target machine.",
-        subcommands: [AppendBench.self, DrainBench.self, FleetBench.self, FootprintBench.self, WebBench.self, AllBench.self,
+        subcommands: [AppendBench.self, DrainBench.self, FleetBench.self, FootprintBench.self, EncodingBench.self, WebBench.self, QueryBench.self, AllBench.self,
                       ReferenceIngest.self, ReferencePublish.self])
 }
 

@@ -17,6 +17,9 @@
 //     head (liveness): the time that takes is "time to drain".
 //  4. Check: the independent checker (Checker.swift) over the log files and the database,
 //     `fieldlog-backend audit --json`, and the liveness of every process the lab did not kill.
+//  Throughout, the watcher (4 polls a second) also feeds the recovery and continuity
+//  figures (RecoveryFigures.swift): time from healed to drained, the longest frozen acked
+//  pointer while the path was healthy, and the longest gap between two appends per device.
 import Foundation
 import Logging
 import Processes
@@ -69,6 +72,8 @@ public struct LabReport: Sendable {
     public var timeToDrainSeconds: Double
     public var notes: [String]
     public var workDirectory: String
+    /// Recovery and continuity (issue 21); reported, not part of the verdict.
+    public var figures: RecoveryFigures
 
     public var passed: Bool { verdict.passed && drained && faultErrors.isEmpty }
 
@@ -91,6 +96,7 @@ public struct LabReport: Sendable {
             "  acked but missing:  \(verdict.ackedButMissing)",
             "  faults injected:    \(faults.count)\(kinds.isEmpty ? "" : " (\(kinds))")",
             "  time to drain:      \(drained ? String(format: "%.1f s", timeToDrainSeconds) : "did not drain within \(Int(timeToDrainSeconds)) s")",
+        ] + figures.lines + [
             "  audit:              \(verdict.auditExitStatus.map { "exit \($0)" } ?? "not run")\(verdict.auditExitStatus == 0 ? "" : ": " + verdict.auditSummary.prefix(400))",
             "  processes:          \(verdict.processProblems.isEmpty ? "every process the lab did not kill kept running" : "\(verdict.processProblems.count) problem(s)")",
         ]
@@ -98,6 +104,7 @@ public struct LabReport: Sendable {
             lines.append(String(format: "    %@ epoch %@: head %llu acked %llu stored %d lost %d unexplained %d",
                                 d.device as NSString, String(d.epoch, radix: 16) as NSString, d.head, d.acked, d.stored, d.declaredLost,
                                 d.unexplainedCount + d.phantoms + d.conflicts))
+            if let f = figures.devices.first(where: { $0.id == d.device }) { lines.append(figures.deviceLine(f)) }
         }
         for n in notes { lines.append("  note: \(n)") }
         for e in faultErrors.prefix(20) { lines.append("  fault error: \(e)") }
@@ -123,6 +130,9 @@ final class LabDevice: @unchecked Sendable {
     var acked: UInt64 = 0
     var markersSeen: Set<DeclaredLoss> = []
     var epoch: UInt64 = 0
+    /// The highest record the watcher has read, and when it last read (wall ms).
+    var lastSeqSeen: UInt64 = 0
+    var lastPollWallMs = wallMilliseconds()
 
     init(index: Int, id: String, logPath: String, redisDB: Int, proxy: FaultProxy, process: LabProcess, clockFile: String?) {
         self.index = index
@@ -168,6 +178,19 @@ public final class LabRun: @unchecked Sendable {
     private var watcherStop = false
     private var queues: [FaultTarget: DispatchQueue] = [:]
     private var cancelled = false
+    /// Faults that cut a path to the backend, from their start until their end took effect.
+    private var pathFaults: [Int: ScheduledFault] = [:]
+    private var recovery = RecoveryTracker()
+    private var continuity = ContinuityTracker()
+    /// Start of the run (monotonic seconds): the time base of the recovery figures.
+    private var runStart = monotonicSeconds()
+    /// Serialises watcher polls (the watcher thread and the drain loop both poll).
+    private let pollLock = NSLock()
+    /// Stack services under a fault of the schedule, from its start until its end took effect.
+    private var servicesFaulted: Set<ServiceName> = []
+    /// Stack services that died without a fault (reported once each time).
+    private var servicesSeenDead: Set<ServiceName> = []
+    private var serviceDeaths: [String] = []
 
     /// Stops the run at its next step (SIGINT/SIGTERM of the tool): it tears down what it
     /// started and `run()` throws.
@@ -195,6 +218,9 @@ public final class LabRun: @unchecked Sendable {
         progress("lab: scenario \(options.scenario.name), seed \(options.seed), \(schedule.count) faults over \(Int(options.durationSeconds)) s; work directory \(workDir)")
 
         defer { tearDown() }
+        runStart = monotonicSeconds()
+        continuity.exemptDevices = Set(shape.quotaDevices.filter { $0.value == "stop" }.keys)
+        continuity.intervalMs = shape.intervalSeconds * 1000
         try setUp(shape)
 
         // Warm-up: every device appends and the pipeline acks something before faults start.
@@ -205,13 +231,17 @@ public final class LabRun: @unchecked Sendable {
 
         // Fault phase.
         let watcher = Thread { [unowned self] in
+            var polls = 0
             while !self.lock.withLock({ self.watcherStop }) {
                 self.watchOnce()
-                Thread.sleep(forTimeInterval: 1)
+                polls += 1
+                if polls % 4 == 0 { self.watchServices() }
+                Thread.sleep(forTimeInterval: 0.25)
             }
         }
         watcher.start()
         let t0 = monotonicSeconds()
+        let pressureAtStart = (cpu: pressureStallMicroseconds("cpu"), io: pressureStallMicroseconds("io"))
         var events: [(at: Double, begin: Bool, index: Int)] = []
         for (i, f) in schedule.enumerated() {
             events.append((f.atSeconds, true, i))
@@ -243,11 +273,29 @@ public final class LabRun: @unchecked Sendable {
         }
         for q in lock.withLock({ Array(queues.values) }) { q.sync {} }
 
+        let phaseMicroseconds = (monotonicSeconds() - t0) * 1e6
+        func share(_ start: Double?, _ resource: String) -> Double? {
+            guard let start, let end = pressureStallMicroseconds(resource) else { return nil }
+            return (end - start) / phaseMicroseconds
+        }
+        let cpuPressure = share(pressureAtStart.cpu, "cpu"), ioPressure = share(pressureAtStart.io, "io")
+
         // Heal.
         progress("lab: healing: proxies clean, processes resumed, killed processes and services restarted")
         let healStart = monotonicSeconds()
         heal()
+        let healedAt = monotonicSeconds() - runStart
+        let healedWallMs = wallMilliseconds()
+        lock.withLock { pathFaults.removeAll() }
+        for d in devices {
+            let head = (try? DeviceLogSnapshot.readState(path: d.logPath).head) ?? 0
+            lock.withLock {
+                continuity.outageEnded(device: d.index, atMs: healedWallMs)
+                recovery.healed(device: d.index, at: healedAt, head: head)
+            }
+        }
         // Stop sampling, then wait for the fleet to drain.
+        lock.withLock { continuity.stoppedAtMs = wallMilliseconds() }
         stopSampling()
         let drained = waitForDrain(deadline: healStart + options.drainTimeoutSeconds)
         let timeToDrain = monotonicSeconds() - healStart
@@ -258,11 +306,19 @@ public final class LabRun: @unchecked Sendable {
         // Check.
         progress("lab: checking \(devices.count) device logs against the database")
         let verdict = check()
+        var figures = lock.withLock {
+            RecoveryFigures(devices: devices.map { d in
+                RecoveryFigures.Device(id: d.id, intervalSeconds: shape.intervalSeconds, exempt: continuity.exemptDevices.contains(d.index),
+                                       recovery: recovery.figures(device: d.index), continuity: continuity.figures(device: d.index))
+            })
+        }
+        figures.cpuPressure = cpuPressure
+        figures.ioPressure = ioPressure
         return LabReport(scenario: options.scenario.name, seed: options.seed, durationSeconds: options.durationSeconds,
                          devices: devices.count, ingests: ingests.count,
                          database: shape.galeraNodes > 0 ? "Galera cluster of \(shape.galeraNodes) nodes" : "single MariaDB",
                          verdict: verdict, faults: schedule, faultErrors: lock.withLock { faultErrors }, drained: drained,
-                         timeToDrainSeconds: timeToDrain, notes: lock.withLock { notes }, workDirectory: workDir)
+                         timeToDrainSeconds: timeToDrain, notes: lock.withLock { notes }, workDirectory: workDir, figures: figures)
     }
 
     // MARK: setup and teardown
@@ -420,7 +476,12 @@ public final class LabRun: @unchecked Sendable {
 
     private func dispatch(_ f: ScheduledFault, index: Int, begin: Bool) {
         if begin {
-            lock.withLock { activeFaults[index] = f; startedFaults += 1 }
+            lock.withLock {
+                activeFaults[index] = f
+                startedFaults += 1
+                if f.pathImpact != .none { pathFaults[index] = f }
+                if case .service(let service) = f.target { servicesFaulted.insert(service) }
+            }
         } else {
             guard lock.withLock({ activeFaults.removeValue(forKey: index) }) != nil else { return }
         }
@@ -433,6 +494,50 @@ public final class LabRun: @unchecked Sendable {
                 let msg = "\(begin ? "begin" : "end") \(f.kind.rawValue) on \(f.target): \(error)"
                 logger.warning("lab: fault action failed", metadata: ["fault": "\(msg)"])
                 lock.withLock { faultErrors.append(msg) }
+            }
+            // The fault took effect (or ended): what the figures need to know.
+            let now = wallMilliseconds()
+            lock.withLock {
+                if case .device(let i) = f.target {
+                    if f.stopsDeviceProcess {
+                        if begin { continuity.outageBegan(device: i, atMs: now) } else { continuity.outageEnded(device: i, atMs: now) }
+                    }
+                    if f.kind == .clockJump { continuity.clockOffset(device: i, atMs: now, offsetSeconds: begin ? f.clockOffsetSeconds : 0) }
+                }
+                if !begin {
+                    pathFaults.removeValue(forKey: index)
+                    if case .service(let service) = f.target { servicesFaulted.remove(service) }
+                }
+            }
+        }
+    }
+
+    /// A stack service that is gone while no fault of the schedule acts on it died on its own
+    /// (a crash of the broker, say): that is a finding, reported like a process that exited.
+    private func watchServices() {
+        guard let stack else { return }
+        for service in stack.services {
+            let faulted = lock.withLock { servicesFaulted.contains(service) || cancelled }
+            guard !faulted else { continue }
+            let alive = stack.pid(service) != nil
+            lock.withLock {
+                if alive {
+                    servicesSeenDead.remove(service)
+                } else if servicesSeenDead.insert(service).inserted {
+                    let at = String(format: "%.1f", monotonicSeconds() - runStart)
+                    serviceDeaths.append("\(service) died without a fault of the schedule (t=\(at) s of the run); see its log in the stack directory \(stack.directory)")
+                }
+            }
+        }
+    }
+
+    /// No fault cuts device `index` off from the backend (call under `lock`).
+    private func pathHealthy(_ index: Int) -> Bool {
+        !pathFaults.values.contains { f in
+            switch f.pathImpact {
+            case .none: return false
+            case .allDevices: return true
+            case .device(let i): return i == index
             }
         }
     }
@@ -492,20 +597,31 @@ public final class LabRun: @unchecked Sendable {
 
     // MARK: watching, draining
 
-    /// Reads every device log once (read-only) and keeps the highest head, acked and markers.
+    /// Reads every device log once (read-only): keeps the highest head, acked and markers,
+    /// and feeds the recovery and continuity figures.
     private func watchOnce() {
+        pollLock.lock()
+        defer { pollLock.unlock() }
         for d in devices {
+            let t = monotonicSeconds() - runStart
             guard FileManager.default.fileExists(atPath: d.logPath),
-                  let s = try? DeviceLogSnapshot.readState(path: d.logPath) else { continue }
+                  let s = try? DeviceLogSnapshot.readState(path: d.logPath, recordsAfter: d.lastSeqSeen) else { continue }
+            let now = wallMilliseconds()
             lock.withLock {
                 if d.epoch != 0 && s.epoch != d.epoch {
                     notes.append("device \(d.id) changed epoch \(String(d.epoch, radix: 16)) → \(String(s.epoch, radix: 16))")
                     d.headMax = 0
+                    d.lastSeqSeen = 0
+                    continuity.restart(device: d.index)
                 }
                 d.epoch = s.epoch
                 d.headMax = max(d.headMax, s.head)
                 d.acked = s.acked
                 d.markersSeen.formUnion(s.markers)
+                continuity.records(device: d.index, s.records, windowStartMs: d.lastPollWallMs, windowEndMs: now)
+                d.lastPollWallMs = now
+                if let last = s.records.last { d.lastSeqSeen = max(d.lastSeqSeen, last.seq) }
+                recovery.observe(device: d.index, at: t, head: s.head, acked: s.acked, healthy: pathHealthy(d.index))
             }
         }
     }
@@ -624,6 +740,7 @@ public final class LabRun: @unchecked Sendable {
             if !p.isRunning { problems.append("\(p.name) is not running after healing; see \(p.logPath)") }
         }
         for s in stack.services where stack.pid(s) == nil { problems.append("\(s) is not running after healing") }
+        problems.append(contentsOf: lock.withLock { serviceDeaths })
         return Verdict(devices: verdicts, auditExitStatus: auditStatus, auditSummary: String(auditSummary.prefix(2000)), processProblems: problems)
     }
 }

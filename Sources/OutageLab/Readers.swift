@@ -84,8 +84,10 @@ public struct DeviceLogSnapshot: Sendable {
         return DeviceLogSnapshot(path: path, deviceID: device, epoch: epoch, head: head, acked: acked, records: records, lossMarkers: markers)
     }
 
-    /// Only head, acked and epoch (cheap, for progress and drain detection).
-    public static func readState(path: String) throws -> (epoch: UInt64, head: UInt64, acked: UInt64, markers: [DeclaredLoss]) {
+    /// Head, acked, epoch and loss markers (cheap, for progress and drain detection), and the
+    /// records after `recordsAfter` (seq and device time, ascending, at most 20,000) when asked.
+    public static func readState(path: String, recordsAfter: UInt64? = nil)
+        throws -> (epoch: UInt64, head: UInt64, acked: UInt64, markers: [DeclaredLoss], records: [(seq: UInt64, tsMs: Int64)]) {
         var db: OpaquePointer?
         let rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nil)
         defer { sqlite3_close_v2(db) }
@@ -107,7 +109,13 @@ public struct DeviceLogSnapshot: Sendable {
             markers.append(DeclaredLoss(first: UInt64(sqlite3_column_int64(stmt, 0)), last: UInt64(sqlite3_column_int64(stmt, 1)),
                                         reason: text(stmt, 2)))
         }
-        return (epoch, head, acked, markers)
+        var records: [(seq: UInt64, tsMs: Int64)] = []
+        if let after = recordsAfter {
+            try query(db, "SELECT seq, ts_ms FROM records WHERE seq > \(after) ORDER BY seq LIMIT 20000", path) { stmt in
+                records.append((UInt64(sqlite3_column_int64(stmt, 0)), sqlite3_column_int64(stmt, 1)))
+            }
+        }
+        return (epoch, head, acked, markers, records)
     }
 
     private static func exec(_ db: OpaquePointer, _ sql: String, _ path: String) throws {

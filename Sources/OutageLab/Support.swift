@@ -43,6 +43,13 @@ public func monotonicSeconds() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
+/// Wall-clock milliseconds since 1970 (what device timestamps are).
+public func wallMilliseconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Double(ts.tv_sec) * 1000 + Double(ts.tv_nsec) / 1e6
+}
+
 /// Parses "90", "90s", "10m", "1h", "500ms" into seconds.
 public func parseDurationSeconds(_ text: String) throws -> Double {
     let t = text.trimmingCharacters(in: .whitespaces).lowercased()

@@ -9,7 +9,10 @@ import MQTT
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class AuditRowCheckTests: XCTestCase {
     private func r(_ a: UInt64, _ b: UInt64) -> SequenceRange { SequenceRange(checked: SequenceNumber(a), SequenceNumber(b)) }

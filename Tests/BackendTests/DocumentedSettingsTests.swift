@@ -8,7 +8,10 @@
 import Foundation
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class DocumentedSettingsTests: XCTestCase {
     /// Everything `fieldlog-backend` takes from an environment, as text (or the error it gives).
@@ -17,7 +20,7 @@ final class DocumentedSettingsTests: XCTestCase {
             let reader = EnvironmentReader(env)
             let config = try BackendConfiguration.load(environment: reader)
             let web = try WebSettings.load(environment: reader, host: nil, port: nil, insecureCookies: false)
-            let level = try CommonOptions.logLevel(option: nil, environment: env)
+            let level = try BackendConfiguration.logLevel(option: nil, environment: env)
             var text = ""
             dump(config, to: &text)
             dump(web, to: &text)

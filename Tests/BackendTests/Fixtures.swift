@@ -6,44 +6,10 @@ import MariaDB
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
-
-/// A fresh database on the shared stack's MariaDB, migrated, dropped at the end.
-final class TestDatabase: @unchecked Sendable {
-    // @unchecked: immutable after init.
-    let stack: Stack
-    let name: String
-    let settings: DatabaseSettings
-
-    init(_ prefix: String = "backend") throws {
-        guard let stack = try Stack.available() else { throw XCTSkip("no service stack (run scripts/stack up)") }
-        self.stack = stack
-        name = try stack.createDatabase(prefix)
-        settings = DatabaseSettings(addresses: [DatabaseAddress(host: stack.mariaDBHost, port: stack.mariaDBPort)],
-                                    user: stack.mariaDBUser, password: stack.mariaDBPassword, database: name,
-                                    connectTimeout: .seconds(2), readTimeout: .seconds(10))
-    }
-
-    func connect() async throws -> MariaDBConnection {
-        let c = try await connectFirst(settings, logger: Logger(label: "test"))
-        return c
-    }
-
-    func migrated() async throws -> MariaDBConnection {
-        let c = try await connect()
-        try await Migrator(connection: c).migrate()
-        return c
-    }
-
-    /// Environment for a spawned `fieldlog-backend` that uses this database.
-    var environment: [String: String] { stack.backendEnvironment(database: name) }
-
-    func scalar(_ sql: String) throws -> String {
-        try stack.sql(sql, database: name).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    func drop() { try? stack.dropDatabase(name) }
-}
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 enum Fixtures {
     static func device(_ prefix: String = "dev") -> DeviceID { try! DeviceID(Stack.uniqueName(prefix)) }

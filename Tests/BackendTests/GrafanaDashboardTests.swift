@@ -6,7 +6,10 @@
 import Foundation
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class GrafanaDashboardTests: XCTestCase {
     struct Panel { var title: String; var sql: String }

@@ -8,7 +8,10 @@ import MariaDB
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class IngestProcessTests: XCTestCase {
     func testTwoIngestProcessesOneKilledMidStreamStoreEverythingExactlyOnceAndAuditFindsAGapMadeOnPurpose() async throws {

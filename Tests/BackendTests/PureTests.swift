@@ -3,7 +3,10 @@ import FieldlogCore
 import Foundation
 import Sync
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class CoverageTests: XCTestCase {
     private func r(_ a: UInt64, _ b: UInt64) -> SequenceRange { SequenceRange(checked: SequenceNumber(a), SequenceNumber(b)) }

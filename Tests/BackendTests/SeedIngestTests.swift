@@ -10,7 +10,10 @@ import MQTT
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class SeedIngestTests: XCTestCase {
     func testSeedReadingsSurviveIngestAndBrokerRestarts() async throws {

@@ -7,7 +7,10 @@ import Logging
 import MQTT
 import Sync
 import TestSupport
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class SimDevice: @unchecked Sendable {
     // @unchecked: `acked` and `acks` are only touched under `lock`; the rest is immutable.

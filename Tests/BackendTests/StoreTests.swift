@@ -6,7 +6,10 @@ import MariaDB
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class MigrationTests: XCTestCase {
     func testMigrateCreatesTheSchemaRerunIsANoOpAndANewerSchemaIsRefused() async throws {

@@ -1,4 +1,5 @@
 import Device
+import Sync
 import FieldlogCore
 import XCTest
 
@@ -107,6 +108,17 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.sync.batchMaxBytes, 128 << 10)
         XCTAssertEqual(problems(env: ["LOG_MAX_BYTES": "1k"]).map(\.setting), ["LOG_MAX_BYTES"], "a quota below 64k cannot work")
         XCTAssertEqual(problems(env: ["SYNC_BATCH_MAX_BYTES": "2M"]).map(\.setting), ["SYNC_BATCH_MAX_BYTES"], "beyond the protocol's 256k")
+    }
+
+    func testSyncEncodingChoosesTheSendersBatchEncoding() throws {
+        XCTAssertEqual(try config().sync.encoding, .json, "JSON unless the device is told otherwise")
+        let c = try config(file: "SYNC_ENCODING=compact\n")
+        XCTAssertEqual(c.sync.encoding, .compact)
+        XCTAssertEqual(DeviceNode.syncConfiguration(c).sender.encoding, .compact)
+        XCTAssertEqual(try config(env: ["SYNC_ENCODING": " Compact "]).sync.encoding, .compact)
+        let p = problems(env: ["SYNC_ENCODING": "cbor"])
+        XCTAssertEqual(p.map(\.setting), ["SYNC_ENCODING"])
+        XCTAssertTrue(p[0].allowed.contains("json, compact"), p[0].allowed)
     }
 
     func testButtonSettingsAreCaseInsensitiveLikeTheSeed() throws {

@@ -17,7 +17,9 @@ import MariaDB
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
 
 final class GaleraClusterTests: XCTestCase {
     private nonisolated(unsafe) static var shared: Result<PrivateGalera, Error>?

@@ -7,7 +7,9 @@
 //
 // Input: a sequence of messages, each [selector: 1 byte][length: 2 bytes, big endian][payload].
 // selector & 7 picks the topic (0 batch, 1 status, 2 response, 3 seed values of dev-1,
-// 4 a topic no template matches, 5 batch of dev-2, 6 a batch topic with an invalid device id);
+// 4 a topic no template matches, 5 batch of dev-2, 6 a batch topic with an invalid device id,
+// 7 batch of dev-1 announced with the compact encoding's content type, spec §2.3; the others
+// carry no content type, so the payload alone decides between JSON and compact);
 // bit 3 makes the next transaction fail as refused, bit 4 as a lost connection, bit 5 as a
 // conflict, bit 6 makes the progress read lag (miss the last commit).
 import FieldlogCore
@@ -31,9 +33,12 @@ enum IngestFuzz {
         case 3: return topics.legacyValues.topic(device: dev1)
         case 4: return "somewhere/else/\(selector)"
         case 5: return topics.batch.topic(device: dev2)
-        default: return "fieldlog/v1/devices/bad+id/batch"
+        case 6: return "fieldlog/v1/devices/bad+id/batch"
+        default: return topics.batch.topic(device: dev1)
         }
     }
+
+    static func contentType(_ selector: UInt8) -> String? { selector & 7 == 7 ? CompactBatchCodec.contentType : nil }
 
     static func run(_ bytes: [UInt8]) {
         var c = IngestConfiguration()
@@ -117,7 +122,7 @@ enum IngestFuzz {
             // The codec's own checks (every decoder; what is accepted round-trips) on every payload.
             SyncFuzzEntry.decodeAll(payload)
             sent += 1
-            perform(machine.messageReceived(topic: topic(selector), payload: payload, now: now))
+            perform(machine.messageReceived(topic: topic(selector), payload: payload, contentType: contentType(selector), now: now))
             if selector & 128 != 0 { step() }
         }
         var guardSteps = 0

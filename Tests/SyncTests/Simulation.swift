@@ -3,7 +3,9 @@ import FieldlogCore
 import TestSupport
 
 // A deterministic simulation of the whole protocol (spec/protocol.md §8), in the manner of
-// TigerBeetle's VOPR: one seed drives a device (durable log + SenderStateMachine), a broker
+// TigerBeetle's VOPR: one seed drives a device (durable log + the shipped
+// DeviceSyncStateMachine: the connected rule, subscriptions that may fail, the sender switch,
+// replay commands resolved from optional bounds, around SenderStateMachine), a broker
 // that loses, duplicates, delays and reorders messages, keeps a retained ack and drops
 // connections, two ingest processes on a shared subscription (the shipped IngestStateMachine,
 // driven exactly as its shell drives it), an idempotent store that fails like MariaDB does
@@ -58,8 +60,11 @@ struct SimulationFailure: Error, CustomStringConvertible {
 
 final class Simulation {
     typealias Sender = SenderStateMachine<VirtualInstant>
+    typealias Session = DeviceSyncStateMachine<VirtualInstant>
 
     let seed: UInt64
+    /// How the device encodes its batches (from the seed's parity).
+    let encoding: BatchEncoding
     let variant: SimulationVariant
     var rng: SplitMix64
     var now = VirtualInstant.zero
@@ -81,10 +86,19 @@ final class Simulation {
     var retainedFrom = SequenceNumber(1)
     var truth: [UInt64: LogRecord] = [:]
     // Device: volatile.
-    var sender: Sender
+    var session: Session
+    var sender: Sender { session.sender }
     var deviceConnected = false
+    var senderEnabled = true
     var pendingLoad: (from: SequenceNumber, through: SequenceNumber, limit: Int)?
+    var pendingSubscribe: Int?
+    var subscribed = false
     var timerAt: VirtualInstant?
+    var subscribeRetryAt: VirtualInstant?
+    var nextTicket: UInt64 = 0
+    var openTickets = Set<UInt64>()
+    /// When the liveness phase began, and the longest it took to converge.
+    var livenessStart = VirtualInstant.zero
 
     // Broker.
     var toReceivers: [(topic: String, payload: [UInt8])] = []
@@ -130,8 +144,15 @@ final class Simulation {
     struct Stats {
         var resends = 0, replays = 0, notRetainedMarkers = 0, diskQuotaDrops = 0, deviceCrashes = 0
         var receiverCrashes = 0, staleThroughs = 0, drops = 0, duplicates = 0, rejected = 0
+        var subscribeFailures = 0, senderPauses = 0, replaysRefused = 0
+        /// Longest virtual time from the end of faults to convergence (milliseconds).
+        var convergeMsMax: Int64 = 0
         var connectionFailures = 0, conflicts = 0, refusals = 0, isolations = 0, notAcked = 0, hostile = 0, deadLetters = 0
+        var compactBatches = 0
         mutating func add(_ o: Stats) {
+            compactBatches += o.compactBatches
+            subscribeFailures += o.subscribeFailures; senderPauses += o.senderPauses; replaysRefused += o.replaysRefused
+            convergeMsMax = max(convergeMsMax, o.convergeMsMax)
             resends += o.resends; replays += o.replays; notRetainedMarkers += o.notRetainedMarkers
             diskQuotaDrops += o.diskQuotaDrops; deviceCrashes += o.deviceCrashes; receiverCrashes += o.receiverCrashes
             staleThroughs += o.staleThroughs; drops += o.drops; duplicates += o.duplicates; rejected += o.rejected
@@ -149,17 +170,28 @@ final class Simulation {
         epoch = Epoch.random(using: &rng)
         recordTarget = 6 + rng.below(20)
         batchTopic = topics.batch.topic(device: device)
-        sender = Simulation.makeSender(device: device, epoch: epoch, head: .zero, acked: .zero, rng: &rng)
+        // Odd seeds run the device with the compact encoding (spec §3.7), from the seed, not
+        // the generator, so every other draw of a seed is the same in both encodings.
+        encoding = seed & 1 == 0 ? .json : .compact
+        session = Simulation.makeSession(device: device, epoch: epoch, head: .zero, acked: .zero, senderEnabled: true, encoding: encoding, rng: &rng)
     }
 
-    static func makeSender(device: DeviceID, epoch: Epoch, head: SequenceNumber, acked: SequenceNumber, rng: inout SplitMix64) -> Sender {
-        var c = SenderConfiguration()
-        c.windowBatches = 1 + rng.below(4)
-        c.maxRecordsPerBatch = 1 + rng.below(5)
-        c.resendDelayInitial = .milliseconds(500 + rng.below(1500))
-        c.resendDelayMax = .seconds(8)
-        return Sender(device: device, epoch: epoch, head: head, acked: acked, configuration: c)
+    static func makeSession(device: DeviceID, epoch: Epoch, head: SequenceNumber, acked: SequenceNumber, senderEnabled: Bool,
+                            encoding: BatchEncoding, rng: inout SplitMix64) -> Session {
+        var c = DeviceSyncConfiguration()
+        c.sender.encoding = encoding
+        c.sender.windowBatches = 1 + rng.below(4)
+        c.sender.maxRecordsPerBatch = 1 + rng.below(5)
+        c.sender.resendDelayInitial = .milliseconds(500 + rng.below(1500))
+        c.sender.resendDelayMax = .seconds(8)
+        c.sender.probeDelayMax = .seconds(3)
+        c.statusInterval = .milliseconds(rng.below(3000))
+        c.subscribeRetryInitial = .milliseconds(200 + rng.below(800))
+        c.subscribeRetryMax = .seconds(4)
+        return Session(device: device, epoch: epoch, head: head, acked: acked, senderEnabled: senderEnabled, configuration: c)
     }
+
+    var wallMs: Int64 { now.nanoseconds / 1_000_000 }
 
     func log(_ s: @autoclosure () -> String) {
         if verbose { trace.append("[\(step) \(now)] \(s())") }
@@ -179,7 +211,10 @@ final class Simulation {
         // Liveness: faults stop, everything comes back, and the run must converge.
         faults = false
         log("--- liveness phase")
+        livenessStart = now
+        let staleBefore = stats.staleThroughs
         for k in receivers.indices where !receivers[k].up { receivers[k] = ReceiverSim() }
+        if !senderEnabled { try switchSender() }
         if !deviceConnected { try connectDevice() }
         while Int(head.rawValue) < recordTarget { try append() }
         let limit = step + 5_000
@@ -190,6 +225,19 @@ final class Simulation {
             step += 1
             try calmStep()
             try checkInvariants()
+        }
+        // Recovery in seconds: once faults stop, the probe (capped backoff) and the backoff
+        // reset on progress bring the run to convergence within a bounded virtual time; each
+        // stale `through` (receivers that cannot see each other's commits yet, which goes on
+        // in this phase) may cost one more probe.
+        let convergeMs = (now.nanoseconds - livenessStart.nanoseconds) / 1_000_000
+        stats.convergeMsMax = convergeMs
+        let c = session.configuration
+        let probeCap = max(c.sender.probeDelayMax, c.sender.resendDelayInitial)
+        let bound = probeCap * (1 + stats.staleThroughs - staleBefore) + c.sender.resendDelayInitial * 4 + c.subscribeRetryMax
+        let boundMs = Int64(bound / .milliseconds(1))
+        if variant == .correct && convergeMs > boundMs {
+            throw fail("took \(convergeMs) ms of virtual time to converge after the faults stopped (bound \(boundMs) ms)")
         }
         // Every record is stored exactly once with its values, or declared lost.
         var s = SequenceNumber(1)
@@ -224,7 +272,8 @@ final class Simulation {
             if !toDevice.isEmpty { log("broker drops an ack"); toDevice.remove(at: rng.below(toDevice.count)) }
         case 915..<935:
             if deviceConnected { try disconnectDevice() } else { try connectDevice() }
-        case 935..<945: try crashDevice()
+        case 935..<937: try switchSender()
+        case 937..<945: try crashDevice()
         case 945..<960:
             let k = rng.below(receivers.count)
             if receivers[k].up {
@@ -240,12 +289,13 @@ final class Simulation {
         case 980..<990: try requestReplay()
         case 990..<997: sendHostile()
         default:
-            if !deviceConnected { try connectDevice() }
+            if !deviceConnected { try connectDevice() } else { try answerSubscribe() }
         }
     }
 
     func calmStep() throws(SimulationFailure) {
         if !deviceConnected { try connectDevice(); return }
+        if pendingSubscribe != nil { try answerSubscribe(); return }
         var options: [Int] = []
         if !toReceivers.isEmpty { options.append(0) }
         if !toDevice.isEmpty { options.append(1) }
@@ -255,7 +305,7 @@ final class Simulation {
         if receivers.contains(where: { $0.pendingRead != nil }) { options.append(5) }
         if options.isEmpty {
             // Nothing in transit: only time moves things now.
-            let timers = ([timerAt] + receivers.map(\.timerAt)).compactMap { $0 }
+            let timers = ([timerAt, subscribeRetryAt] + receivers.map(\.timerAt)).compactMap { $0 }
             guard let t = timers.min() else { throw fail("stuck: nothing in transit and no timer; acked \(sender.acked) head \(head)") }
             try advanceTime(by: now.duration(to: t))
             return
@@ -281,21 +331,46 @@ final class Simulation {
         truth[s.rawValue] = rec
         head = s
         log("device appends \(s)")
-        try execute(sender.appended(through: s, now: now))
+        try execute(session.headObserved(s, measuring: true, now: now, wallMilliseconds: wallMs))
     }
 
     func connectDevice() throws(SimulationFailure) {
         deviceConnected = true
         log("device connects")
+        try execute(session.brokerConnected(now: now, wallMilliseconds: wallMs))
+    }
+
+    /// The broker answers the pending SUBSCRIBE; it may refuse it while faults are on. The
+    /// retained ack comes with a granted subscription.
+    func answerSubscribe() throws(SimulationFailure) {
+        guard let c = pendingSubscribe else { return }
+        pendingSubscribe = nil
+        if faults && rng.chance(250) {
+            log("subscribe \(c) fails")
+            stats.subscribeFailures += 1
+            try execute(session.subscribeFailed(connection: c, now: now))
+            return
+        }
+        log("subscribed (\(c))")
+        subscribed = true
         if let r = retainedAck { toDevice.append(r) }
-        try execute(sender.connected(now: now))
+        try execute(session.subscribed(connection: c, now: now))
+    }
+
+    func switchSender() throws(SimulationFailure) {
+        senderEnabled.toggle()
+        if !senderEnabled { stats.senderPauses += 1 }
+        log("mqtt_sender:enabled = \(senderEnabled)")
+        try execute(session.senderSwitched(enabled: senderEnabled, now: now))
     }
 
     func disconnectDevice() throws(SimulationFailure) {
         deviceConnected = false
+        pendingSubscribe = nil
+        subscribed = false
         toDevice.removeAll()
         log("device disconnects")
-        try execute(sender.disconnected())
+        try execute(session.brokerDisconnected(now: now))
     }
 
     func crashDevice() throws(SimulationFailure) {
@@ -304,8 +379,13 @@ final class Simulation {
         deviceConnected = false
         toDevice.removeAll()
         pendingLoad = nil
+        pendingSubscribe = nil
+        subscribed = false
         timerAt = nil
-        sender = Simulation.makeSender(device: device, epoch: epoch, head: head, acked: persistedAcked, rng: &rng)
+        subscribeRetryAt = nil
+        openTickets = []  // the process died with its commands unanswered
+        session = Simulation.makeSession(device: device, epoch: epoch, head: head, acked: persistedAcked, senderEnabled: senderEnabled,
+                                         encoding: encoding, rng: &rng)
     }
 
     func diskQuotaDrop() throws(SimulationFailure) {
@@ -332,12 +412,17 @@ final class Simulation {
 
     func requestReplay() throws(SimulationFailure) {
         guard head.rawValue > 0 else { return }
+        // Any bound may be missing (the seed's send_measurements, a bare `replay`); ids repeat sometimes.
         let a = 1 + UInt64(rng.below(Int(head.rawValue)))
         let b = a + UInt64(rng.below(Int(head.rawValue - a + 1)))
-        log("backend asks for replay \(a)…\(b)")
-        if let actions = sender.replayRequested(requestID: "r\(step)", range: SequenceRange(checked: SequenceNumber(a), SequenceNumber(b)), now: now) {
-            try execute(actions)
-        }
+        let query = ReplayQuery(requestID: rng.chance(250) ? nil : "r\(rng.below(6))",
+                                from: rng.chance(250) ? nil : SequenceNumber(a), to: rng.chance(250) ? nil : SequenceNumber(b),
+                                count: rng.chance(300) ? Int64(rng.below(4)) : nil)
+        nextTicket += 1
+        openTickets.insert(nextTicket)
+        log("backend asks for replay \(query) (ticket \(nextTicket))")
+        try execute(session.replayRequested(query, ticket: nextTicket, oldestRetained: retained.isEmpty ? nil : retainedFrom,
+                                            logHead: head, now: now))
     }
 
     func answerLoad() throws(SimulationFailure) {
@@ -351,16 +436,21 @@ final class Simulation {
         }
         let losses = logLosses.filter { $0.range.last >= load.from && $0.range.first <= load.through }
         log("log answers load from \(load.from): \(recs.count) records, \(losses.count) markers")
-        try execute(sender.recordsLoaded(from: load.from, records: recs, losses: losses, retainedFrom: retainedFrom,
+        try execute(session.recordsLoaded(from: load.from, records: recs, losses: losses, retainedFrom: retainedFrom,
                                          nowUnixMilliseconds: now.nanoseconds / 1_000_000, now: now))
     }
 
     func advanceTime(by d: Duration) throws(SimulationFailure) {
         now = now.advanced(by: d)
+        if let t = subscribeRetryAt, t <= now {
+            subscribeRetryAt = nil
+            log("subscribe retry timer fires")
+            try execute(session.timerFired(.subscribeRetry, now: now))
+        }
         if let t = timerAt, t <= now {
             timerAt = nil
             log("timer fires")
-            try execute(sender.timerFired(now: now))
+            try execute(session.timerFired(.resend, now: now))
         }
         for k in receivers.indices where receivers[k].up {
             if let t = receivers[k].timerAt, t <= now {
@@ -371,23 +461,48 @@ final class Simulation {
     }
 
     func deliverToDevice() throws(SimulationFailure) {
+        // The SUBACK comes before anything else on a new connection.
+        if pendingSubscribe != nil { return try answerSubscribe() }
         guard !toDevice.isEmpty else { return }
         let payload = toDevice.remove(at: rng.below(toDevice.count))
-        let ack: Ack
-        do { ack = try SyncCodec.decodeAck(payload, expectedDevice: device) } catch { throw fail("device cannot decode an ack: \(error)") }
-        log("device gets ack through \(ack.through) stored \(ack.stored.map { "\($0)" } ?? "-")")
-        try execute(sender.ackReceived(ack, now: now))
+        log("device gets an ack")
+        try execute(session.ackPayloadReceived(payload, now: now))
     }
 
-    func execute(_ actions: [Sender.Action]) throws(SimulationFailure) {
+    func execute(_ actions: [Session.Action]) throws(SimulationFailure) {
         for a in actions {
             switch a {
+            case .subscribe(let c):
+                guard deviceConnected else { throw fail("subscribe while disconnected") }
+                pendingSubscribe = c
+            case .publishStatus(let status):
+                guard deviceConnected else { throw fail("status published while disconnected") }
+                if (status.acked ?? .zero) > storePrefix || (status.head ?? .zero) > head {
+                    throw fail("status \(status) claims more than is stored or appended")
+                }
+            case .armTimer(.subscribeRetry, let at): subscribeRetryAt = at
+            case .cancelTimer(.subscribeRetry): subscribeRetryAt = nil
+            case .answerReplay(let ticket, let answer):
+                guard openTickets.remove(ticket) != nil else { throw fail("replay ticket \(ticket) answered twice or never asked") }
+                switch answer {
+                case .refused(let why):
+                    log("replay \(ticket) refused: \(why)")
+                    stats.replaysRefused += 1
+                case .finished(let resent, let notRetained):
+                    log("replay \(ticket) finished: resent \(resent.map { "\($0)" } ?? "-"), not retained \(notRetained)")
+                    stats.replays += 1
+                    stats.notRetainedMarkers += notRetained.count
+                    for r in notRetained where r.last >= retainedFrom { throw fail("replay says \(r) not retained but the log retains from \(retainedFrom)") }
+                }
             case .loadRecords(let from, let through, let limit):
                 guard pendingLoad == nil else { throw fail("second load while one is pending") }
                 pendingLoad = (from, through, limit)
-            case .publish(let out):
-                guard deviceConnected else { throw fail("publish while disconnected") }
-                log("device publishes \(out.batch.range)\(out.batch.replayRequestID != nil ? " (replay)" : "") resend \(out.resendCount)")
+            case .publishBatch(let out):
+                guard deviceConnected, subscribed, senderEnabled else {
+                    throw fail("publish while disconnected, unsubscribed or paused")
+                }
+                log("device publishes \(out.batch.range)\(out.batch.replayRequestID != nil ? " (replay)" : "") resend \(out.resendCount) as \(out.encoding)")
+                if out.encoding == .compact { stats.compactBatches += 1 }
                 toReceivers.append((batchTopic, out.payload))
                 if out.resendCount > 0 { stats.resends += 1 }
                 if variant == .trimUnacked, out.batch.range.last > persistedAcked {
@@ -398,13 +513,8 @@ final class Simulation {
                 guard through <= head else { throw fail("persistAcked \(through) beyond head \(head)") }
                 // Persisting may lag; a lost write just means a resend after a crash.
                 if through > persistedAcked, !rng.chance(100) { persistedAcked = through }
-            case .armTimer(let at): timerAt = at
-            case .cancelTimer: timerAt = nil
-            case .replayFinished(let id, let resent, let notRetained):
-                log("replay \(id) finished: resent \(resent.map { "\($0)" } ?? "-"), not retained \(notRetained)")
-                stats.replays += 1
-                stats.notRetainedMarkers += notRetained.count
-                for r in notRetained where r.last >= retainedFrom { throw fail("replay says \(r) not retained but the log retains from \(retainedFrom)") }
+            case .armTimer(.resend, let at): timerAt = at
+            case .cancelTimer(.resend): timerAt = nil
             case .reportAnomaly(let m):
                 throw fail("sender anomaly: \(m)")
             }

@@ -55,11 +55,15 @@ final class SimulationTests: XCTestCase {
         print("simulation: \(count) seeds, \(steps) steps, \(String(format: "%.1f", Date().timeIntervalSince(start))) s; exercised: \(stats)")
         // The run is only worth something if the faults really happened.
         XCTAssertGreaterThan(stats.resends, 0)
+        XCTAssertGreaterThan(stats.compactBatches, 0, "odd seeds send compact batches")
         XCTAssertGreaterThan(stats.deviceCrashes, 0)
         XCTAssertGreaterThan(stats.receiverCrashes, 0)
         XCTAssertGreaterThan(stats.notRetainedMarkers, 0)
         XCTAssertGreaterThan(stats.diskQuotaDrops, 0)
         XCTAssertGreaterThan(stats.staleThroughs, 0)
+        XCTAssertGreaterThan(stats.subscribeFailures, 0)
+        XCTAssertGreaterThan(stats.senderPauses, 0)
+        XCTAssertGreaterThan(stats.replaysRefused, 0)
         // The store fails as MariaDB does, and a hostile device sends garbage, in every run of seeds.
         XCTAssertGreaterThan(stats.connectionFailures, 0)
         XCTAssertGreaterThan(stats.conflicts, 0)

@@ -10,6 +10,8 @@ public enum HostilePayloads {
         case randomBytes, truncated, garbled, boundaryNumbers, nonFinite, deepNesting, huge, badText
         case duplicateKeys, tilingViolation, deviceMismatch, unknownEpoch, injection, d1RequestID, d2Overflow, d3Timestamp
         case legacyGarbage
+        /// Compact batches (spec §3.7) broken after encoding, or naming another device.
+        case compactGarbage
     }
 
     /// One hostile (topic, payload) for `device`, of `kind`.
@@ -18,14 +20,14 @@ public enum HostilePayloads {
         let batchTopic = topics.batch.topic(device: device)
         let d = device.rawValue
         func pick<T>(_ xs: [T]) -> T { xs[Int.random(in: 0..<xs.count, using: &g)] }
-        func validBatch(first: UInt64 = 1, count: UInt64 = 3, epoch: Epoch? = nil) -> [UInt8] {
+        func validBatch(first: UInt64 = 1, count: UInt64 = 3, epoch: Epoch? = nil, as encoding: BatchEncoding = .json, of owner: DeviceID? = nil) -> [UInt8] {
             let e = epoch ?? Epoch.random(using: &g)
             let records = (first..<(first + count)).map { s in
                 LogRecord(sequence: SequenceNumber(s), timestamp: DeviceTimestamp(unixMilliseconds: 1_700_000_000_000 + Int64(s)),
                           values: try! SensorValues(["t": .number(Double(s))]))
             }
-            return SyncCodec.encode(Batch(device: device, epoch: e, range: SequenceRange(checked: SequenceNumber(first), SequenceNumber(first + count - 1)),
-                                          records: records))
+            return encoding.encode(Batch(device: owner ?? device, epoch: e, range: SequenceRange(checked: SequenceNumber(first), SequenceNumber(first + count - 1)),
+                                         records: records), maxBytes: .max).payload
         }
         let epoch = Epoch.random(using: &g).hex
         let boundaries = ["0", "-1", "9007199254740992", "9007199254740993", "9223372036854775807", "-9223372036854775808",
@@ -97,6 +99,16 @@ public enum HostilePayloads {
             let body = pick([#"[{"_id":"x"}]"#, #"[{"_id":"1-0","_device_uuid":"other"}]"#, #"{"_id":"1-0"}"#, #"[{"_id":"99999999999999999999-0","t":"1"}]"#,
                              #"[{"_id":"1700000000000-0","bad name":"1"}]"#, #"[1,2,3]"#, "[" + String(repeating: #"{"_id":"1-0"},"#, count: 50) + "{}]"])
             return (topics.legacyValues.topic(device: device), Array(body.utf8))
+        case .compactGarbage:
+            var b = validBatch(count: UInt64.random(in: 1...30, using: &g), as: .compact)
+            switch Int.random(in: 0..<5, using: &g) {
+            case 0: b = Array(b.prefix(Int.random(in: 0..<b.count, using: &g)))
+            case 1: for _ in 0..<Int.random(in: 1...4, using: &g) { b[Int.random(in: 3..<b.count, using: &g)] ^= UInt8.random(in: 1...255, using: &g) }
+            case 2: b[3] = UInt8.random(in: 2...255, using: &g)  // a format version nobody speaks
+            case 3: b += (0..<Int.random(in: 1...64, using: &g)).map { _ in UInt8.random(in: 0...255, using: &g) }
+            default: b = validBatch(as: .compact, of: try! DeviceID("someone-else"))
+            }
+            return (batchTopic, b)
         }
     }
 

@@ -21,7 +21,10 @@ import MQTT
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class BrowserTests: XCTestCase {
     func testViewerAndOperatorUseTheAdminOnDesktopAndPhone() async throws {

@@ -10,7 +10,10 @@ import Logging
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class WebDefectTests: XCTestCase {
     /// Records a command as the web sends it and the device's answer as the ingest records it.

@@ -10,32 +10,21 @@ import MariaDB
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
-/// A fresh, migrated database on the shared stack with one web user.
-final class WebTestDatabase: @unchecked Sendable {
-    // @unchecked: immutable after init.
-    let stack: Stack
-    let name: String
-    let settings: DatabaseSettings
+/// The web tests' database: the shared fixture, with the web users.
+typealias WebTestDatabase = TestDatabase
+
+extension TestDatabase {
     static let user = "operator"
     static let password = "correct horse battery"
-
-    init() throws {
-        guard let stack = try Stack.available() else { throw XCTSkip("no service stack (run scripts/stack up)") }
-        self.stack = stack
-        name = try stack.createDatabase("web")
-        settings = DatabaseSettings(addresses: [DatabaseAddress(host: stack.mariaDBHost, port: stack.mariaDBPort)],
-                                    user: stack.mariaDBUser, password: stack.mariaDBPassword, database: name,
-                                    connectTimeout: .seconds(2), readTimeout: .seconds(10))
-    }
-
-    var broker: BrokerSettings {
-        BrokerSettings(host: stack.mqttHost, port: stack.mqttPort, user: stack.mqttBackendUser, password: stack.mqttBackendPassword)
-    }
-
     /// A user of each role, all with `password`.
     static let viewer = "viewer", admin = "admin"
+
+    convenience init() throws { try self.init("web") }
 
     /// Migrates and adds the test users (bcrypt cost 4 keeps tests fast).
     func prepare(_ web: WebStore) async throws {
@@ -46,11 +35,6 @@ final class WebTestDatabase: @unchecked Sendable {
             try await users.add(name: name, password: Self.password, role: role, by: "test")
         }
     }
-
-    /// Environment for a spawned `fieldlog-backend` that uses this database.
-    var environment: [String: String] { stack.backendEnvironment(database: name) }
-
-    func drop() { try? stack.dropDatabase(name) }
 }
 
 /// A web app on a test database, with its MQTT publisher connected to the stack's broker.

@@ -10,7 +10,10 @@ import MQTT
 import Sync
 import TestSupport
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class WebRouteTests: XCTestCase {
     static let pages = ["/", "/audit", "/devices/d1", "/devices/d1/readings.csv", "/devices/d1/commands"]

@@ -3,7 +3,10 @@ import FieldlogCore
 import Foundation
 import Sync
 import XCTest
-@testable import BackendNode
+@testable import BackendStore
+@testable import Ingest
+@testable import Audit
+@testable import WebAdmin
 
 final class WebUnitTests: XCTestCase {
     func testTimesParseAndFormatRoundTrip() {

@@ -113,6 +113,8 @@ public struct DeviceConfiguration: Sendable {
         public var batchMaxBytes: Int
         public var window: Int
         public var resendTimeout: Duration
+        /// How batches are encoded (`SYNC_ENCODING`, spec §3.7).
+        public var encoding: BatchEncoding
     }
 
     public struct ButtonSettings: Sendable {
@@ -233,7 +235,8 @@ public struct DeviceConfiguration: Sendable {
             batchMaxRecords: Int(r.integer("SYNC_BATCH_MAX_RECORDS", 1...1000)),
             batchMaxBytes: Int(r.bytes("SYNC_BATCH_MAX_BYTES", 32768...262_144)),
             window: Int(r.integer("SYNC_WINDOW", 1...64)),
-            resendTimeout: r.seconds("SYNC_RESEND_SECONDS", 0.5...3600))
+            resendTimeout: r.seconds("SYNC_RESEND_SECONDS", 0.5...3600),
+            encoding: r.choice("SYNC_ENCODING", BatchEncoding.self))
 
         button = ButtonSettings(
             enabled: r.bool("BUTTON_ENABLE"), chip: r.nonEmpty("BUTTON_CHIP"),

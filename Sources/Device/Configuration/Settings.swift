@@ -110,7 +110,9 @@ public enum Settings {
         .init("SYNC_BATCH_MAX_RECORDS", "500", group: "sync", "Records per batch (1…1000)."),
         .init("SYNC_BATCH_MAX_BYTES", "64k", group: "sync", "Bytes per batch (32k…256k, the protocol's limits). Suffixes k, M allowed."),
         .init("SYNC_WINDOW", "16", group: "sync", "Batches in flight before waiting for an ack (1…64)."),
-        .init("SYNC_RESEND_SECONDS", "5", group: "sync", "First resend timeout for an unacked batch (0.5…3600); doubles per resend up to 300 s."),
+        .init("SYNC_RESEND_SECONDS", "5", group: "sync", "First resend timeout for an unacked batch (0.5…3600); doubles per resend up to 300 s, and is back to this value after a reconnect or any ack progress. The oldest batch (the probe) is resent at least every max(this, 4 s) while unacked."),
+        .init("SYNC_ENCODING", "json", group: "sync",
+              "How batches are encoded: json (readable, what every tool speaks) or compact (spec §3.7: columnar, delta-coded, zlib; about 2 bytes per one-sensor reading of a slowly changing sensor and 9 of a full-precision one, instead of 58–73; for metered links). Every Fieldlog ingest reads both; acks, replays and loss markers work the same; batches are cut by their JSON size either way. When to use which: docs/migrating-from-seed.md."),
 
         // Button
         .init("BUTTON_ENABLE", "false", group: "button", "Watch a GPIO start/stop button (needs /dev/gpiochipN)."),

@@ -3,12 +3,20 @@
 //
 // Theory of operation: `DeviceNode.services(for:)` opens the log first (everything else
 // reads or appends it), then makes the services in dependency order: the log keeper (closes
-// the log last on shutdown), the switch poller (Redis), the status server, the sync agent
-// (MQTT, commands), the button, and the sampler last. swift-service-lifecycle starts them in
-// that order and shuts them down in reverse on SIGTERM/SIGINT: the sampler stops first, so
-// no append is cut off, and the log is closed after everyone else. `fieldlog-device sample`,
-// `button` and `sync` run a subset, as the seed's separate containers did; several such
-// processes may share one log file.
+// the log last on shutdown), the switch poller and the mirror (Redis), the status server,
+// the sync agent (MQTT, commands), the button, and the sampler last. swift-service-lifecycle
+// starts them in that order and shuts them down in reverse on SIGTERM/SIGINT: the sampler
+// stops first, so no append is cut off, and the log is closed after everyone else.
+//
+// Only the log may stop measuring: a log that cannot be opened ends the process with the
+// reason, and a full disk under quota `stop` makes the sampler refuse appends (logged,
+// counted, shown) while it keeps trying. Every other component runs under a
+// `SupervisedService` (Supervision.swift): when it fails — a status port someone else holds,
+// a broker or Redis that is down, a missing GPIO line, an unreadable command-id file — it
+// says what is wrong (log, /status `components`, /metrics `component_up`) and is retried
+// with backoff, and it can never end the ServiceGroup (which ends when any service ends).
+// `fieldlog-device sample`, `button` and `sync` run a subset, as the seed's separate
+// containers did; several such processes may share one log file.
 import FieldlogCore
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -18,6 +26,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import Hummingbird
 import Log
 import Logging
 import MQTT
@@ -64,17 +73,20 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
     public let metrics: DeviceMetrics
     public let recent: RecentReadings
     public let components: ComponentSet
+    /// How each supervised component is doing.
+    public let health: ComponentHealth
     var agent: SyncAgent?
     let startedAt = WallClock.now()
 
     init(configuration: DeviceConfiguration, log: DeviceLog, settings: RuntimeSettings, metrics: DeviceMetrics,
-         recent: RecentReadings, components: ComponentSet) {
+         recent: RecentReadings, components: ComponentSet, health: ComponentHealth) {
         self.configuration = configuration
         self.log = log
         self.settings = settings
         self.metrics = metrics
         self.recent = recent
         self.components = components
+        self.health = health
     }
 
     public var rebootCommand: [String] { configuration.commands.rebootCommand }
@@ -124,7 +136,7 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
               ("redis_available", .bool(await settings.redisAvailable))]
         if let agent {
             let a = agent.snapshot
-            m += [("mqtt_connected", .bool(a.connected)), ("mqtt_connects", .integer(Int64(a.connects))),
+            m += [("mqtt_connected", .bool(a.connected)), ("mqtt_subscribed", .bool(a.subscribed)), ("mqtt_connects", .integer(Int64(a.connects))),
                   ("in_flight", .array(a.inFlight.map { .array([.integer(Int64($0.first.rawValue)), .integer(Int64($0.last.rawValue))]) })),
                   ("mqtt_last_error", a.lastError.map { .string($0) } ?? .null)]
             let u = metrics.dataBudget.today()
@@ -132,6 +144,8 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
                   ("data_received_bytes", .integer(u.receivedBytes))]
         }
         if let e = await recent.lastError { m.append(("last_sampling_problem", .string(e))) }
+        if let gap = await recent.appendGapMax { m.append(("append_gap_max_seconds", .double(gap / .seconds(1)))) }
+        m.append(("components", health.json()))
         m.append(("clock_synchronized", .bool(WallClock.isSynchronized())))
         return .object(m)
     }
@@ -158,21 +172,31 @@ public enum DeviceNode {
             tls = .init(caFile: c.mqtt.tlsCACerts ?? "/etc/ssl/certs/ca-certificates.crt", certificateFile: c.mqtt.tlsCertFile,
                         keyFile: c.mqtt.tlsKeyFile, insecureSkipHostnameCheck: c.mqtt.tlsInsecure)
         }
+        // Reconnects at most 2 s apart (1–2 s with the jitter): a healed network or a restarted
+        // broker is noticed within seconds, and a refused TCP connect costs the broker little.
         return MQTTConfiguration(host: c.mqtt.host, port: c.mqtt.port, clientID: c.mqtt.clientID, cleanStart: false,
                                  username: c.mqtt.username, password: c.mqtt.password, keepAlive: .seconds(c.mqtt.keepAliveSeconds),
-                                 tls: tls, will: will, sessionExpiry: .seconds(7 * 24 * 3600),
-                                 reconnect: MQTTReconnectPolicy(minDelay: .milliseconds(500), maxDelay: .seconds(30), jitter: 0.5))
+                                 connectTimeout: .seconds(5), tls: tls, will: will, sessionExpiry: .seconds(7 * 24 * 3600),
+                                 reconnect: MQTTReconnectPolicy(minDelay: .milliseconds(250), maxDelay: .seconds(2), jitter: 0.5))
     }
 
-    public static func senderConfiguration(_ c: DeviceConfiguration) -> SenderConfiguration {
-        var s = SenderConfiguration()
-        s.windowBatches = c.sync.window
-        s.maxRecordsPerBatch = min(c.sync.batchMaxRecords, ProtocolLimits.maxRecordsPerBatch)
-        s.maxBatchBytes = c.sync.batchMaxBytes
-        s.resendDelayInitial = c.sync.resendTimeout
-        s.resendDelayMax = max(c.sync.resendTimeout, .seconds(300))
+    /// The sync session's rules from the configuration (spec §4.1).
+    public static func syncConfiguration(_ c: DeviceConfiguration) -> DeviceSyncConfiguration {
+        var s = DeviceSyncConfiguration()
+        s.sender.windowBatches = c.sync.window
+        s.sender.maxRecordsPerBatch = min(c.sync.batchMaxRecords, ProtocolLimits.maxRecordsPerBatch)
+        s.sender.maxBatchBytes = c.sync.batchMaxBytes
+        s.sender.resendDelayInitial = c.sync.resendTimeout
+        s.sender.resendDelayMax = max(c.sync.resendTimeout, .seconds(300))
+        // The probe: one batch at most every 4 s (or the resend timeout, if longer) while the
+        // backend does not answer, so its return is noticed within seconds.
+        s.sender.probeDelayMax = max(c.sync.resendTimeout, .seconds(4))
+        s.sender.encoding = c.sync.encoding
         return s
     }
+
+    /// Delays between restarts of a failed component: 1 s doubling to 15 s, with jitter.
+    static let componentRetry = MQTTReconnectPolicy(minDelay: .seconds(1), maxDelay: .seconds(15), jitter: 0.3)
 
     /// Opens the log and builds the services for `components`, in start order.
     public static func services(for c: DeviceConfiguration, components: ComponentSet, logger: Logger) async throws -> (services: [any Service], environment: NodeEnvironment) {
@@ -189,37 +213,61 @@ public enum DeviceNode {
             measurementEnabled: c.sampling.enabled, measurementInterval: c.sampling.interval,
             senderEnabled: c.sync.enabled, senderInterval: c.sync.interval))
         let recent = RecentReadings()
-        let env = NodeEnvironment(configuration: c, log: log, settings: settings, metrics: metrics, recent: recent, components: components)
+        let health = ComponentHealth(metrics: metrics)
+        let env = NodeEnvironment(configuration: c, log: log, settings: settings, metrics: metrics, recent: recent,
+                                  components: components, health: health)
+        func supervised(_ component: String, retry: MQTTReconnectPolicy = componentRetry,
+                        _ body: @escaping @Sendable (ComponentHealth.Reporter) async throws -> Void) -> SupervisedService {
+            SupervisedService(health.reporter(component), retry: retry, logger: logger, body: body)
+        }
 
         var services: [any Service] = [LogKeeper(log: log, logger: logger)]
         if c.redis.enabled {
             let rc = RedisConfiguration(host: c.redis.host, port: c.redis.port, connectTimeout: .seconds(1), commandTimeout: .seconds(2),
                                         database: c.redis.database)
-            services.append(SwitchPoller(redis: rc, settings: settings, metrics: metrics, logger: logger))
+            services.append(supervised("redis_switches") { reporter in
+                try await SwitchPoller(redis: rc, settings: settings, metrics: metrics, logger: logger, health: reporter).run()
+            })
             if components.contains(.sampler) {
                 // The process that samples also mirrors its log into the stream measurement:values.
-                var hc = HotStateConfiguration(redis: rc)
-                hc.streamMaxLength = c.redis.streamMaxLength
-                services.append(MirrorService(mirror: HotStateMirror(log: log, configuration: hc, logger: logger)))
+                var mirrorConfiguration = HotStateConfiguration(redis: rc)
+                mirrorConfiguration.streamMaxLength = c.redis.streamMaxLength
+                let hc = mirrorConfiguration
+                services.append(supervised("redis_mirror") { reporter in
+                    reporter.running()
+                    try await MirrorService(mirror: HotStateMirror(log: log, configuration: hc, logger: logger)).run()
+                })
             }
         }
         if components.contains(.status) && c.status.port != 0 {
-            services.append(StatusServer.buildApplication(env, host: c.status.host, port: c.status.port, logger: logger))
+            let host = c.status.host, port = c.status.port
+            services.append(supervised("status_server") { reporter in
+                try await StatusServer.buildApplication(env, host: host, port: port, logger: logger,
+                                                        onServerRunning: { reporter.running() }).run()
+            })
         }
         if components.contains(.sync) && c.mqtt.enabled {
+            let seenPath = c.log.path + ".commands", seenCapacity = c.commands.seenIDsMax
             let agent = SyncAgent(
                 configuration: SyncAgentConfiguration(
                     device: c.identity.deviceID,
                     identity: DeviceIdentity(deviceType: c.identity.deviceType, appID: c.identity.appID, appName: c.identity.appName),
-                    mqtt: mqttConfiguration(c), topics: c.mqtt.topics, sender: senderConfiguration(c)),
-                log: log, settings: settings, metrics: metrics, logger: logger)
-            let seen = try SeenCommands(path: c.log.path + ".commands", capacity: c.commands.seenIDsMax)
-            agent.setCommandHandler(CommandHandler(environment: env, seen: seen, metrics: metrics, logger: logger))
+                    mqtt: mqttConfiguration(c), topics: c.mqtt.topics, sync: syncConfiguration(c)),
+                log: log, settings: settings, metrics: metrics, logger: logger, health: health,
+                makeCommandHandler: {
+                    CommandHandler(environment: env, seen: try SeenCommands(path: seenPath, capacity: seenCapacity), metrics: metrics, logger: logger)
+                })
             env.agent = agent
-            services.append(agent)
+            // The agent reports its own state under "mqtt" (and "commands"); the supervisor's
+            // failures land on the same entry.
+            services.append(supervised("mqtt") { _ in try await agent.run() })
         }
         if components.contains(.button) && c.button.enabled {
-            services.append(ButtonService(settings: c.button, runtime: settings, metrics: metrics, logger: logger))
+            // Without GPIO hardware this fails every time: retried at most once a minute.
+            let retry = MQTTReconnectPolicy(minDelay: .seconds(5), maxDelay: .seconds(60), jitter: 0.3)
+            services.append(supervised("button", retry: retry) { reporter in
+                try await ButtonService(settings: c.button, runtime: settings, metrics: metrics, logger: logger).run(reporter: reporter)
+            })
         }
         if components.contains(.sampler) {
             let panel = SensorPanel(specs: c.sampling.sensors, timeout: c.sampling.sensorTimeout)

@@ -5,7 +5,8 @@
 // absent keeps the last known value (the seed's fallback); an invalid value is logged and
 // ignored. When Redis does not answer, nothing changes: the sampler and the sender go on with
 // the last known values, and the local changes wait until Redis is back. Redis' availability
-// is shown on /status and /metrics. Never throws for Redis trouble.
+// is shown on /status and /metrics (and as the `redis_switches` component's state). Never
+// throws for Redis trouble.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,13 +20,17 @@ public struct SwitchPoller: Service {
     public let metrics: DeviceMetrics
     public let pollInterval: Duration
     public let logger: Logger
+    /// Where Redis' availability is reported as this component's state.
+    public let health: ComponentHealth.Reporter?
 
-    public init(redis: RedisConfiguration, settings: RuntimeSettings, metrics: DeviceMetrics, pollInterval: Duration = .seconds(1), logger: Logger) {
+    public init(redis: RedisConfiguration, settings: RuntimeSettings, metrics: DeviceMetrics, pollInterval: Duration = .seconds(1), logger: Logger,
+                health: ComponentHealth.Reporter? = nil) {
         self.redis = RedisConnection(configuration: redis, logger: logger)
         self.settings = settings
         self.metrics = metrics
         self.pollInterval = pollInterval
         self.logger = logger
+        self.health = health
     }
 
     public func run() async throws {
@@ -73,10 +78,12 @@ public struct SwitchPoller: Service {
                 logger.warning("ignoring an invalid switch value in Redis; keeping the last known one", metadata: ["problem": "\(problem)"])
             }
             metrics.redisAvailable.set(Double(1))
+            health?.running()
             return true
         } catch {
             await settings.setRedisAvailable(false)
             metrics.redisAvailable.set(Double(0))
+            health?.degraded("Redis \(redis.configuration.endpointDescription) does not answer (\(error)); keeping the last known switches")
             logger.debug("Redis poll failed", metadata: ["error": "\(error)"])
             return false
         }

@@ -9,6 +9,9 @@
 // fixed grid from the start, so the rate does not drift with read and append time. An append
 // that fails (disk full, quota reached under the `stop` policy) is logged with its reason
 // and counted, and the sampler tries again at the next tick; it never crashes the process.
+// Nothing else can hold it up: it waits only for the sensors (bounded by their timeout) and
+// the log. The longest time between two consecutive appends (pauses of measurement and
+// interval changes excluded) is kept as a figure of sampling continuity (/status, /metrics).
 import CDeviceSupport
 import FieldlogCore
 #if canImport(Glibc)
@@ -64,6 +67,22 @@ public actor RecentReadings {
     }
 
     private(set) var consecutiveAppendFailures = 0
+    private var lastAppendAt: ContinuousClock.Instant?
+    /// Longest time between two consecutive appends so far (nil before the second append).
+    public private(set) var appendGapMax: Duration?
+
+    /// Notes an append at `at`; returns the longest gap so far.
+    func appended(at: ContinuousClock.Instant) -> Duration? {
+        if let last = lastAppendAt {
+            let gap = at - last
+            if gap > appendGapMax ?? .zero { appendGapMax = gap }
+        }
+        lastAppendAt = at
+        return appendGapMax
+    }
+
+    /// Measurement paused or its interval changed: the next append starts a new run.
+    func restartGapClock() { lastAppendAt = nil }
 
     /// Counts failed appends in a row; returns the count after this call (0 after a success).
     func appendResult(failed: Bool) -> (now: Int, before: Int) {
@@ -119,6 +138,7 @@ public struct Sampler: Service {
             } else if !paused {
                 logger.info("measurement paused (measurement:enabled is 0)")
                 paused = true
+                await recent.restartGapClock()
             }
             // Next tick on the grid; if we fell behind, skip the missed ticks (counted).
             let interval = switches.measurementInterval
@@ -137,6 +157,7 @@ public struct Sampler: Service {
                 if after != before {
                     if after.measurementInterval != before.measurementInterval {
                         next = clock.now  // take the new pace from now
+                        await recent.restartGapClock()
                     } else if after.measurementEnabled && !before.measurementEnabled {
                         next = clock.now
                     }
@@ -157,8 +178,10 @@ public struct Sampler: Service {
         let start = ContinuousClock.now
         do {
             let seq = try await log.append(reading.values, timestamp: timestamp, missingSensors: reading.missingSensors)
-            metrics.appendLatency.record(ContinuousClock.now - start)
+            let appendedAt = ContinuousClock.now
+            metrics.appendLatency.record(appendedAt - start)
             metrics.appends.increment()
+            if let gap = await recent.appended(at: appendedAt) { metrics.appendGapMax.set(gap / .seconds(1)) }
             metrics.head.set(Double(seq.rawValue))
             await settings.appended()
             await recent.add(.init(sequence: seq, timestamp: timestamp, values: reading.values, missing: reading.missingSensors))

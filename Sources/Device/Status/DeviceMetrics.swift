@@ -13,6 +13,7 @@ public final class DeviceMetrics: Sendable {
     public let appends: Counter
     public let appendFailures: Counter
     public let appendLatency: DurationHistogram
+    public let appendGapMax: Gauge
     public let readingsSkipped: Counter
     public let batchesSent: Counter
     public let resends: Counter
@@ -40,6 +41,8 @@ public final class DeviceMetrics: Sendable {
             descriptor: Self.d("append_latency_seconds", "Time from reading to durable append."),
             buckets: [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
                       .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1)])
+        appendGapMax = registry.makeGauge(descriptor: Self.d("append_gap_max_seconds",
+                                                             "Longest time between two consecutive appends since start (pauses of measurement excluded)."))
         readingsSkipped = registry.makeCounter(descriptor: Self.d("readings_skipped_total", "Sampling ticks skipped because the previous reading was still running."))
         batchesSent = registry.makeCounter(descriptor: Self.d("batches_sent_total", "Batches published (first sends and resends)."))
         resends = registry.makeCounter(descriptor: Self.d("resends_total", "Batches published again (timeout, reconnect, replay)."))

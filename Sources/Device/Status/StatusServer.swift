@@ -40,11 +40,14 @@ public enum StatusServer {
         return router
     }
 
-    /// The application (a `Service`), on an event-loop group of one thread.
-    public static func buildApplication(_ provider: any StatusProvider, host: String, port: Int, logger: Logger) -> some ApplicationProtocol {
+    /// The application (a `Service`), on an event-loop group of one thread. `onServerRunning`
+    /// is called once the port is bound.
+    public static func buildApplication(_ provider: any StatusProvider, host: String, port: Int, logger: Logger,
+                                        onServerRunning: @escaping @Sendable () async -> Void = {}) -> some ApplicationProtocol {
         Application(
             router: buildRouter(provider),
             configuration: .init(address: .hostname(host, port: port), serverName: "fieldlog-device"),
+            onServerRunning: { _ in await onServerRunning() },
             eventLoopGroupProvider: .shared(eventLoopGroup),
             logger: logger)
     }

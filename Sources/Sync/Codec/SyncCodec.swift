@@ -15,6 +15,9 @@ public enum DeadLetterReason: String, Hashable, Sendable, CaseIterable {
     case oversize = "oversize"
     /// Not JSON, or not UTF-8, or trailing data, duplicate keys, too deep.
     case malformedJSON = "malformed-json"
+    /// A compact batch (§3.7) whose bytes cannot be read: truncated, a corrupt zlib stream, an
+    /// inflated size other than the declared one, non-canonical varints, invalid UTF-8, trailing bytes.
+    case malformedCompact = "malformed-compact"
     /// `v` missing or not a version this receiver speaks.
     case unknownVersion = "unknown-version"
     /// Valid JSON of the right version, but a member missing, of the wrong type, out of
@@ -288,23 +291,7 @@ public enum SyncCodec {
             spans.append((lo, hi))
         }
         // Records and losses together must tile first...last exactly.
-        spans.sort { $0.0 < $1.0 }
-        var expected = first.rawValue  // the lowest sequence number not yet covered
-        for (lo, hi) in spans {
-            guard lo >= first, hi <= last else {
-                throw SyncDecodingError(.rangeMismatch, "sequence \(lo == hi ? "\(lo)" : "\(lo)…\(hi)") is outside the batch range \(range)")
-            }
-            guard lo.rawValue >= expected else {
-                throw SyncDecodingError(.rangeMismatch, "sequence \(lo) is covered twice (by a record and a loss marker)")
-            }
-            guard lo.rawValue == expected else {
-                throw SyncDecodingError(.rangeMismatch, "sequence \(expected)…\(lo.rawValue - 1) of the batch range \(range) has neither a record nor a loss marker")
-            }
-            expected = hi.rawValue + 1
-        }
-        guard expected == last.rawValue + 1 else {
-            throw SyncDecodingError(.rangeMismatch, "sequence \(expected)…\(last) of the batch range \(range) has neither a record nor a loss marker")
-        }
+        try BatchTiling.check(range: range, spans: &spans)
         return Batch(device: device, epoch: epoch, range: range, records: records, losses: losses, replayRequestID: replay, rejected: rejected)
     }
 

@@ -149,7 +149,9 @@ public enum IngestItem: Hashable, Sendable {
     }
 
     /// Validates one message from the broker (spec §5.2, checked in the order given there).
-    public static func classify(topic: String, payload: [UInt8], configuration: IngestConfiguration) -> IngestItem {
+    /// A batch may come in either encoding (§2.3, §3.7): its payload decides, and the MQTT
+    /// content type, when the publisher set one (`contentType`), must agree with it.
+    public static func classify(topic: String, payload: [UInt8], contentType: String? = nil, configuration: IngestConfiguration) -> IngestItem {
         let t = configuration.topics
         let maxBytes = configuration.maxMessageBytes
         func dead(_ device: DeviceID?, _ error: SyncDecodingError) -> IngestItem {
@@ -157,7 +159,8 @@ public enum IngestItem: Hashable, Sendable {
         }
         if let device = t.batch.device(inTopic: topic) {
             do {
-                return .batch(StoreRequest(try SyncCodec.decodeBatch(payload, expectedDevice: device, maxBytes: maxBytes), topic: topic))
+                return .batch(StoreRequest(try SyncCodec.decodeAnyBatch(payload, contentType: contentType, expectedDevice: device,
+                                                                        maxBytes: maxBytes), topic: topic))
             } catch { return dead(device, error) }
         }
         if let device = t.status.device(inTopic: topic) {

@@ -142,12 +142,20 @@ public struct StoreRows: Hashable, Sendable {
     /// A reading's values as stored in `readings.vals`: a JSON array of `{"s": name, "n": number}`
     /// or `{"s": name, "t": text}`, in name order (the protocol's deterministic JSON writer).
     public static func vals(_ values: SensorValues) -> String {
-        String(decoding: JSONWriter.encode(.array(values.sorted.map { name, value in
+        // Written straight into one buffer (no JSONValue tree): one per stored reading.
+        var w = JSONWriter(reservingCapacity: 32 * max(1, values.count))
+        w.raw("[")
+        for (k, (name, value)) in values.sorted.enumerated() {
+            w.raw(k == 0 ? "{\"s\":" : ",{\"s\":")
+            w.string(name)
             switch value {
-            case .number(let d): return .object([("s", .string(name)), ("n", .double(d))])
-            case .text(let t): return .object([("s", .string(name)), ("t", .string(t))])
+            case .number(let d): w.raw(",\"n\":"); w.double(d)
+            case .text(let t): w.raw(",\"t\":"); w.string(t)
             }
-        })), as: UTF8.self)
+            w.raw("}")
+        }
+        w.raw("]")
+        return String(decoding: w.bytes, as: UTF8.self)
     }
 
     /// Longest `vals`: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.

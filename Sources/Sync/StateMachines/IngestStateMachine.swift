@@ -234,9 +234,10 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
     public let configuration: IngestConfiguration
 
     // Queue: one FIFO per device (nil: messages whose topic names none), served round robin.
+    // A message is validated when it arrives (so decoding overlaps the transaction in flight);
+    // the queue counts its payload's bytes.
     private struct Queued: Sendable {
-        var topic: String
-        var payload: [UInt8]
+        var work: Work
         var cost: Int
     }
     private struct Bucket: Sendable {
@@ -246,7 +247,8 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         var count: Int { items.count - head }
         mutating func pop() -> Queued {
             let q = items[head]
-            items[head] = Queued(topic: "", payload: [], cost: 0)
+            items[head] = Queued(work: Work(item: .deadLetter(DeadLetter(topic: "", reason: .unknownTopic, message: "", topicDevice: nil, payload: [])),
+                                            topic: "", payloadHead: [], payloadBytes: 0), cost: 0)
             head += 1
             if head > 64 && head * 2 > items.count { items.removeFirst(head); head = 0 }
             return q
@@ -288,6 +290,8 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
 
     // Caches (bounded; a miss only costs a longer read or an INSERT IGNORE).
     private var checkpoints: [EpochKey: SequenceNumber] = [:]
+    /// The transaction in hand's logs whose prefix needed no read (see `transactionCommitted`).
+    private var localOutcomes: [EpochKey: SequenceNumber] = [:]
     private var batchesSinceCompaction: [EpochKey: Int] = [:]
     private var knownDevices: Set<DeviceID> = []
     private var knownEpochs: Set<EpochKey> = []
@@ -313,10 +317,10 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
 
     // MARK: Events
 
-    /// A message arrived from the broker.
-    public mutating func messageReceived(topic: String, payload: [UInt8], now: Instant) -> [Action] {
+    /// A message arrived from the broker, with the MQTT content type its publisher set, if any.
+    public mutating func messageReceived(topic: String, payload: [UInt8], contentType: String? = nil, now: Instant) -> [Action] {
         let device = IngestItem.device(ofTopic: topic, configuration: configuration)
-        let cost = payload.count + topic.utf8.count + 64
+        let cost = payload.count + topic.utf8.count + (contentType?.utf8.count ?? 0) + 64
         let bucketBytes = buckets[device]?.bytes ?? 0
         if bucketBytes > 0 && bucketBytes + cost > configuration.maxQueuedBytesPerDevice {
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .deviceShare)]
@@ -325,7 +329,9 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .queueFull)]
         }
         if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
-        buckets[device]!.items.append(Queued(topic: topic, payload: payload, cost: cost))
+        let item = IngestItem.classify(topic: topic, payload: payload, contentType: contentType, configuration: configuration)
+        let work = Work(item: item, topic: topic, payloadHead: Array(payload.prefix(DeadLetter.excerptBytes)), payloadBytes: payload.count)
+        buckets[device]!.items.append(Queued(work: work, cost: cost))
         buckets[device]!.bytes += cost
         queuedBytes += cost
         queuedMessages += 1
@@ -339,7 +345,8 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
     }
 
     /// The transaction committed; `result` holds its affected-row counts.
-    public mutating func transactionCommitted(_ id: TransactionID, result: WriteResult, now: Instant) -> [Action] {
+    /// `nowUnixMilliseconds` (wall clock) is only for the device-delay figure of the report.
+    public mutating func transactionCommitted(_ id: TransactionID, result: WriteResult, nowUnixMilliseconds: Int64? = nil, now: Instant) -> [Action] {
         guard case .writing(let part, let tx) = phase, tx.id == id else { return [] }
         knownDevices.formUnion(tx.newDevices)
         knownEpochs.formUnion(tx.newEpochs)
@@ -351,7 +358,22 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             actions += startNext(now: now)
             return actions
         }
-        let queries = progressKeys(tx).map { ProgressQuery(key: $0, above: checkpoints[$0] ?? .zero) }
+        // A log whose batches here continue its cached prefix without a hole needs no read: our
+        // own commit's rows are committed, so the prefix reaches at least their end (rule B; a
+        // concurrent commit beyond it is picked up by a later ack). Only the others are read.
+        let highest = highestPerKey(tx)
+        var local: [EpochKey: SequenceNumber] = [:]
+        var queries: [ProgressQuery] = []
+        for key in progressKeys(tx) {
+            let checkpoint = checkpoints[key] ?? .zero
+            let own = tx.batches.filter { $0.device == key.device && $0.epoch == key.epoch }.map(\.range)
+            let through = AckRule.storedThrough(checkpoint: checkpoint, ranges: own)
+            if through >= highest[key] ?? .zero { local[key] = through } else { queries.append(ProgressQuery(key: key, above: checkpoint)) }
+        }
+        localOutcomes = local
+        if queries.isEmpty {
+            return complete(tx, result: result, read: [], nowUnixMilliseconds: nowUnixMilliseconds, now: now)
+        }
         phase = .reading(part, tx, result, queries)
         return [.readProgress(id, queries)]
     }
@@ -381,13 +403,31 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
     /// The committed ranges for the queries of `.readProgress`, in the same order.
     public mutating func progressRead(_ id: TransactionID, ranges: [[SequenceRange]], nowUnixMilliseconds: Int64, now: Instant) -> [Action] {
         guard case .reading(_, let tx, let result, let queries) = phase, tx.id == id else { return [] }
+        let read = queries.enumerated().map { (k, q) in (q, k < ranges.count ? ranges[k] : []) }
+        return complete(tx, result: result, read: read, nowUnixMilliseconds: nowUnixMilliseconds, now: now)
+    }
+
+    /// After the commit (and the read, for the logs that needed one): the acks, housekeeping
+    /// and the report; then the next transaction.
+    private mutating func complete(_ tx: IngestTransaction, result: WriteResult, read: [(ProgressQuery, [SequenceRange])],
+                                   nowUnixMilliseconds: Int64?, now: Instant) -> [Action] {
         var actions: [Action] = []
         var outcomes: [EpochKey: (through: SequenceNumber, missing: [SequenceRange])] = [:]
         var lags: [CommitReport.Lag] = []
         let highest = highestPerKey(tx)
         let newest = newestDeviceTime(tx)
-        for (k, q) in queries.enumerated() {
-            let ranges = k < ranges.count ? ranges[k] : []
+        func delay(_ key: EpochKey) -> Int64? {
+            guard let nowUnixMilliseconds, let ms = newest[key] else { return nil }
+            let (d, overflow) = nowUnixMilliseconds.subtractingReportingOverflow(ms)
+            return overflow ? nil : d
+        }
+        for (key, through) in localOutcomes {
+            checkpoints[key] = max(checkpoints[key] ?? .zero, through)
+            outcomes[key] = (through, [])
+            lags.append(CommitReport.Lag(device: key.device, recordsAbovePrefix: 0, delayMilliseconds: delay(key)))
+        }
+        localOutcomes = [:]
+        for (q, ranges) in read {
             let checkpoint = q.above
             let through = AckRule.storedThrough(checkpoint: checkpoint, ranges: ranges)
             let top = highest[q.key] ?? .zero
@@ -401,10 +441,7 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             outcomes[q.key] = (through, AckRule.missing(after: through, ranges: ranges))
             let highestCommitted = max(through, ranges.map(\.last).max() ?? .zero)
             lags.append(CommitReport.Lag(device: q.key.device, recordsAbovePrefix: highestCommitted.rawValue - through.rawValue,
-                                         delayMilliseconds: newest[q.key].flatMap { ms in
-                                             let (d, overflow) = nowUnixMilliseconds.subtractingReportingOverflow(ms)
-                                             return overflow ? nil : d
-                                         }))
+                                         delayMilliseconds: delay(q.key)))
         }
         var acks: [AckMessage] = []
         for b in tx.batches {
@@ -447,12 +484,10 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             phase = .waitingToRead(part, tx, result, queries, until: until)
             return [.retrying(tx.id, failure, attempt: part.attempts, delay: .milliseconds(50)), .armTimer(at: until)]
         }
-        // Give up on these acks: the devices resend, the duplicates are absorbed and acked then.
-        var actions: [Action] = queries.map { .notAcked($0.key, reason: "progress read failed: \(failure)") }
-        actions.append(.committed(report(tx, result: result, lags: [], acks: 0)))
-        phase = .idle
-        actions += startNext(now: now)
-        return actions
+        // Give up on the acks that needed the read: the devices resend, the duplicates are
+        // absorbed and acked then. (Logs that needed no read are still acked.)
+        let actions: [Action] = queries.map { .notAcked($0.key, reason: "progress read failed: \(failure)") }
+        return actions + complete(tx, result: result, read: [], nowUnixMilliseconds: nil, now: now)
     }
 
     /// A timer armed with `.armTimer` fired (early or stale calls are ignored).
@@ -580,12 +615,12 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             }
             skipped = 0
             let q = buckets[key]!.pop()
-            perDevice[key, default: 0] += q.payload.count
+            perDevice[key, default: 0] += q.work.payloadBytes
             buckets[key]!.bytes -= q.cost
             queuedBytes -= q.cost
             queuedMessages -= 1
             taken.append(q)
-            bytes += q.payload.count
+            bytes += q.work.payloadBytes
             if buckets[key]!.count == 0 {
                 buckets[key] = nil
                 rotation.remove(at: cursor)
@@ -601,9 +636,8 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         guard !taken.isEmpty else { return actions }
         var data: [Work] = [], state: [Work] = []
         for q in taken {
-            let item = IngestItem.classify(topic: q.topic, payload: q.payload, configuration: configuration)
-            let w = Work(item: item, topic: q.topic, payloadHead: Array(q.payload.prefix(DeadLetter.excerptBytes)), payloadBytes: q.payload.count)
-            switch item {
+            let w = q.work
+            switch w.item {
             case .batch, .legacy, .deadLetter: data.append(w)
             case .status, .response: state.append(w)
             }

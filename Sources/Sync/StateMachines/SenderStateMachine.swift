@@ -10,10 +10,15 @@
 // so it is not resent, while `through` may still lag (several receivers commit
 // concurrently and each computes `through` from what it can see). Resends are selective:
 // on its own timer (exponential backoff per batch) a batch that is not selectively acked is
-// published again; when every batch in the window is selectively acked but `through` lags,
-// only the oldest one is resent, as a probe that makes a receiver recompute `through`. On
-// reconnect every batch not yet selectively acked is published at once (the broker session
-// may have lost it). Acks are monotone: an older one is ignored, one for another epoch is
+// published again. The oldest normal batch is the *probe*: it is resent when due even when
+// selectively acked (its ack makes a receiver recompute a lagging `through`), and its
+// backoff is capped low (`probeDelayMax`), so a device whose backend was down notices within
+// seconds that it is back. Other selectively acked batches need no deadline. Backoff resets:
+// on reconnect every batch not yet selectively acked is published at once (the broker session
+// may have lost it) with the initial delay, and any ack progress (a `through` that advances,
+// or a batch newly marked stored) brings every deadline back to at most the initial delay
+// after its last publish: the backend answers again, so what it has not confirmed is
+// probably lost. Acks are monotone: an older one is ignored, one for another epoch is
 // ignored, one beyond `head` is reported as an anomaly and ignored. Advancing `acked`
 // emits `.persistAcked`; persisting is allowed to lag (after a crash the sender restarts
 // from the persisted pointer and resends, and the backend absorbs the duplicates).
@@ -32,9 +37,17 @@ public struct SenderConfiguration: Sendable, Hashable {
     /// Encoded size of one batch. Default 64 KiB, within 32 KiB…`ProtocolLimits.maxMessageBytes`
     /// (32 KiB fits the largest record the limits of `SensorValues` allow).
     public var maxBatchBytes: Int = 65_536
-    /// First resend delay of a batch; doubles on every resend up to `resendDelayMax`.
+    /// First resend delay of a batch; doubles on every resend up to `resendDelayMax`, and
+    /// comes back to this value on reconnect and on any ack progress.
     public var resendDelayInitial: Duration = .seconds(5)
     public var resendDelayMax: Duration = .seconds(300)
+    /// How batches are encoded (spec §3.7). Default JSON. Batches are cut by their JSON size
+    /// either way, so a compact batch always fits `maxBatchBytes` (or is sent as JSON).
+    public var encoding: BatchEncoding = .json
+    /// Largest resend delay of the probe, the oldest normal batch in the window (at least
+    /// `resendDelayInitial` is used). It bounds how long a device keeps quiet after its
+    /// backend came back; one batch per this delay is what a long backend outage costs.
+    public var probeDelayMax: Duration = .seconds(4)
 
     public init() {}
 
@@ -45,6 +58,7 @@ public struct SenderConfiguration: Sendable, Hashable {
         precondition(maxBatchBytes >= 32_768 && maxBatchBytes <= ProtocolLimits.maxMessageBytes,
                      "maxBatchBytes must be 32768…\(ProtocolLimits.maxMessageBytes), got \(maxBatchBytes)")
         precondition(resendDelayInitial > .zero && resendDelayMax >= resendDelayInitial, "resend delays must satisfy 0 < initial ≤ max")
+        precondition(probeDelayMax > .zero, "probeDelayMax must be positive")
         return self
     }
 }
@@ -52,10 +66,12 @@ public struct SenderConfiguration: Sendable, Hashable {
 /// A batch ready to publish (QoS 1, not retained, on the device's batch topic).
 public struct OutgoingBatch: Hashable, Sendable {
     public var batch: Batch
-    /// `SyncCodec.encode(batch)`, at most `SenderConfiguration.maxBatchBytes`.
+    /// `batch` in `encoding`, at most `SenderConfiguration.maxBatchBytes`.
     public var payload: [UInt8]
     /// How many times this batch was published before (0 for the first time).
     public var resendCount: Int
+    /// The encoding of `payload` (publish it with `encoding.contentType`).
+    public var encoding: BatchEncoding = .json
 }
 
 /// The device-side sync state machine; see the theory of operation at the top of the file.
@@ -98,6 +114,12 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
         var isReplay: Bool { outgoing.batch.replayRequestID != nil }
         var selectivelyAcked = false
         var published = false
+        /// When it was last published.
+        var publishedAt: Instant?
+        /// Resends since the last reconnect or ack progress: the backoff exponent.
+        var backoffLevel = 0
+        /// When to resend it; nil while disconnected, before the first publish, and for a
+        /// selectively acked batch that is not the probe.
         var due: Instant?
     }
 
@@ -163,8 +185,14 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
     public mutating func connected(now: Instant) -> [Action] {
         isConnected = true
         var actions: [Action] = []
-        for k in inFlight.indices where !inFlight[k].selectivelyAcked {
-            publish(k, now: now, &actions)
+        let probe = probeIndex
+        for k in inFlight.indices {
+            inFlight[k].backoffLevel = 0
+            if !inFlight[k].selectivelyAcked {
+                publish(k, now: now, &actions)
+            } else {
+                inFlight[k].due = k == probe ? now.advanced(by: configuration.resendDelayInitial) : nil
+            }
         }
         requestLoadIfNeeded(&actions)
         rearm(&actions)
@@ -196,19 +224,23 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
             return [.reportAnomaly("ack through \(ack.through) is beyond head \(head) of epoch \(epoch); ignored")]
         }
         var actions: [Action] = []
+        var progress = false
         if let stored = ack.stored, stored.last <= head {
-            for k in inFlight.indices where inFlight[k].range == stored {
+            for k in inFlight.indices where inFlight[k].range == stored && !inFlight[k].selectivelyAcked {
                 inFlight[k].selectivelyAcked = true
+                progress = true
             }
             inFlight.removeAll { $0.isReplay && $0.selectivelyAcked }
         }
         if ack.through > acked {
             acked = ack.through
+            progress = true
             actions.append(.persistAcked(through: acked))
             inFlight.removeAll { $0.range.last <= acked }
             if nextToSend <= acked { nextToSend = acked.next }
             if case .normal(let from)? = pendingLoad, from <= acked { pendingLoadIsStale = true }
         }
+        if progress { resetBackoff(now: now) }
         requestLoadIfNeeded(&actions)
         rearm(&actions)
         return actions
@@ -219,14 +251,16 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
         var actions: [Action] = []
         guard isConnected, let deadline = timerDeadline, deadline <= now else { return actions }
         timerDeadline = nil
-        let oldestNormal = inFlight.firstIndex { !$0.isReplay }
+        let probe = probeIndex
         for k in inFlight.indices {
             guard let due = inFlight[k].due, due <= now else { continue }
-            if !inFlight[k].selectivelyAcked || k == oldestNormal {
+            if !inFlight[k].selectivelyAcked || k == probe {
+                inFlight[k].backoffLevel += 1
                 publish(k, now: now, &actions)
             } else {
-                // Stored but not yet covered by `through`; an older batch's resend will move it.
-                inFlight[k].due = now.advanced(by: delay(after: inFlight[k].outgoing.resendCount))
+                // Stored but not yet covered by `through`, and not the probe: the probe's
+                // ack will move `through` past it.
+                inFlight[k].due = nil
             }
         }
         rearm(&actions)
@@ -286,17 +320,45 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
 
     // MARK: Internals
 
-    private func delay(after resends: Int) -> Duration {
+    /// The oldest normal batch: the probe (§4.2 rule 4).
+    private var probeIndex: Int? { inFlight.firstIndex { !$0.isReplay } }
+
+    /// `resendDelayInitial · 2^level`, capped at `resendDelayMax`, or for the probe at
+    /// `probeDelayMax` (but never below the initial delay).
+    private func delay(level: Int, probe: Bool) -> Duration {
+        let cap = probe ? max(configuration.resendDelayInitial, min(configuration.probeDelayMax, configuration.resendDelayMax))
+                        : configuration.resendDelayMax
         var d = configuration.resendDelayInitial
-        for _ in 0..<min(resends, 30) where d < configuration.resendDelayMax { d = d * 2 }
-        return min(d, configuration.resendDelayMax)
+        for _ in 0..<min(level, 62) where d < cap { d = d * 2 }
+        return min(d, cap)
     }
 
+    /// Publishes batch `k` (a resend if it was published before) and sets its deadline from
+    /// its backoff level.
     private mutating func publish(_ k: Int, now: Instant, _ actions: inout [Action]) {
         if inFlight[k].published { inFlight[k].outgoing.resendCount += 1 }
         inFlight[k].published = true
-        inFlight[k].due = now.advanced(by: delay(after: inFlight[k].outgoing.resendCount))
+        inFlight[k].publishedAt = now
+        inFlight[k].due = now.advanced(by: delay(level: inFlight[k].backoffLevel, probe: k == probeIndex))
         actions.append(.publish(inFlight[k].outgoing))
+    }
+
+    /// Ack progress: the backend answers, so every batch it has not confirmed is due again
+    /// at most the initial delay after its last publish (at once if that has passed). A
+    /// stored probe gives the receivers the initial delay from now to let `through` catch up.
+    private mutating func resetBackoff(now: Instant) {
+        guard isConnected else {
+            for k in inFlight.indices { inFlight[k].backoffLevel = 0 }
+            return
+        }
+        let probe = probeIndex
+        for k in inFlight.indices {
+            inFlight[k].backoffLevel = 0
+            guard let at = inFlight[k].publishedAt, !inFlight[k].selectivelyAcked || k == probe else { continue }
+            let soon = inFlight[k].selectivelyAcked ? now.advanced(by: configuration.resendDelayInitial)
+                                                    : max(now, at.advanced(by: configuration.resendDelayInitial))
+            inFlight[k].due = inFlight[k].due.map { min($0, soon) } ?? soon
+        }
     }
 
     private mutating func append(_ outgoing: OutgoingBatch, now: Instant, _ actions: inout [Action]) {
@@ -387,8 +449,8 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
         precondition(pos > from, "batch from \(from) is empty")
         let batch = Batch(device: device, epoch: epoch, range: SequenceRange(checked: from, pos.previous),
                           records: outRecords, losses: outLosses, replayRequestID: replayRequestID)
-        let payload = SyncCodec.encode(batch)
+        let (payload, encoding) = configuration.encoding.encode(batch, maxBytes: configuration.maxBatchBytes)
         precondition(payload.count <= configuration.maxBatchBytes, "batch of \(payload.count) bytes exceeds \(configuration.maxBatchBytes)")
-        return OutgoingBatch(batch: batch, payload: payload, resendCount: 0)
+        return OutgoingBatch(batch: batch, payload: payload, resendCount: 0, encoding: encoding)
     }
 }

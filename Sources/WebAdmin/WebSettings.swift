@@ -1,0 +1,196 @@
+// Settings of the web admin (`fieldlog-backend web` / `run`), with defaults and limits.
+import Audit
+import BackendStore
+import FieldlogCore
+import Foundation
+import Hummingbird
+
+/// Everything the web admin needs besides the database and broker settings.
+package struct WebSettings: Sendable {
+    /// Address the HTTP server binds to. Default "127.0.0.1" (put a TLS proxy in front for remote use).
+    package var host: String = "127.0.0.1"
+    /// Default 8080, 1…65535 (0 in tests: any free port).
+    package var port: Int = 8080
+    /// Whether session cookies carry `Secure` (sent only over HTTPS). Default true; turn it off
+    /// only for plain-http loopback use (FIELDLOG_WEB_INSECURE_COOKIES=1 / --insecure-cookies).
+    package var secureCookies: Bool = true
+    /// How long a session lives after sign-in. Default 12 h, 5 min…30 days.
+    package var sessionLifetime: Duration = .seconds(12 * 3600)
+    /// How long the pages wait for a device's answer before showing "no answer". Default 30 s, 1…3600 s.
+    package var commandTimeout: Duration = .seconds(30)
+    /// Config keys the pages offer for get/set (the device enforces its own allow-list too).
+    package var configKeys: [String] = ["measurement:interval", "measurement:enabled", "mqtt_sender:interval", "mqtt_sender:enabled"]
+    /// A device is shown as "silent" when nothing arrived for this long. Default 10 min.
+    package var silentAfter: Duration = .seconds(600)
+    /// bcrypt cost of new password hashes. Default 12, 4…16 (tests use 4).
+    package var bcryptCost: UInt8 = 12
+    /// How old the fleet overview's snapshot may be before a request reads the fleet anew.
+    /// Default 10 s, 0…300 (0: every request reads it; see Fleet.swift).
+    package var fleetCacheAge: Duration = .seconds(10)
+    /// How often a live page's stream looks for changes. Default 1 s (tests use less).
+    package var liveInterval: Duration = .seconds(1)
+    /// A live stream ends after this long; the browser reconnects by itself. Default 10 min.
+    package var liveMaxDuration: Duration = .seconds(600)
+    /// Live streams served at once by one web process; more are refused with 503. Default 200, 1…10000.
+    package var liveMaxStreams: Int = 200
+    /// Peers whose X-Forwarded-For names the client (a TLS proxy in front). Default none.
+    package var trustedProxies: [String] = []
+    /// Sign-in attempts checked at once (bcrypt is CPU-bound by design); more get 429. Default 4, 1…64.
+    package var signInConcurrency: Int = 4
+
+    package static let sessionCookie = "fieldlog_session"
+    package static let signInCookie = "fieldlog_signin"
+
+    /// Reads FIELDLOG_WEB_* variables; `host`/`port` from the command line win.
+    package static func load(environment env: EnvironmentReader = EnvironmentReader(), host: String?, port: Int?,
+                     insecureCookies: Bool) throws(ConfigurationError) -> WebSettings {
+        var s = WebSettings()
+        s.host = host ?? env.string(["FIELDLOG_WEB_HOST"])?.value ?? s.host
+        if let port {
+            s.port = try EnvironmentReader.checkedInt(String(port), setting: "--port", range: 1...65535)
+        } else {
+            s.port = try env.int(["FIELDLOG_WEB_PORT"], default: 8080, range: 1...65535)
+        }
+        if insecureCookies {
+            s.secureCookies = false
+        } else if let (name, v) = env.string(["FIELDLOG_WEB_INSECURE_COOKIES"]) {
+            guard v == "0" || v == "1" else { throw ConfigurationError(setting: name, value: v, allowed: "0 or 1") }
+            s.secureCookies = v == "0"
+        }
+        s.sessionLifetime = .seconds(try env.int(["FIELDLOG_WEB_SESSION_SECONDS"], default: 12 * 3600, range: 300...30 * 86400))
+        s.commandTimeout = .seconds(try env.int(["FIELDLOG_WEB_COMMAND_TIMEOUT_SECONDS"], default: 30, range: 1...3600))
+        s.silentAfter = .seconds(try env.int(["FIELDLOG_WEB_SILENT_AFTER_SECONDS"], default: 600, range: 10...30 * 86400))
+        s.bcryptCost = UInt8(try env.int(["FIELDLOG_WEB_BCRYPT_COST"], default: 12, range: 4...16))
+        s.fleetCacheAge = .seconds(try env.int(["FIELDLOG_WEB_FLEET_CACHE_SECONDS"], default: 10, range: 0...300))
+        s.liveMaxStreams = try env.int(["FIELDLOG_WEB_LIVE_MAX_STREAMS"], default: 200, range: 1...10_000)
+        s.signInConcurrency = try env.int(["FIELDLOG_WEB_SIGNIN_CONCURRENCY"], default: 4, range: 1...64)
+        if let (name, list) = env.string(["FIELDLOG_WEB_TRUSTED_PROXIES"]) {
+            let addresses = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard addresses.allSatisfy({ $0.utf8.count <= 64 && $0.utf8.allSatisfy { b in isHexDigit(b | 0x20) || b == 0x2E || b == 0x3A } }) else {
+                throw ConfigurationError(setting: name, value: list, allowed: "a comma-separated list of IP addresses")
+            }
+            s.trustedProxies = addresses
+        }
+        if let (name, list) = env.string(["FIELDLOG_WEB_CONFIG_KEYS"]) {
+            let keys = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard !keys.isEmpty, keys.allSatisfy({ $0.utf8.count <= 128 }) else {
+                throw ConfigurationError(setting: name, value: list, allowed: "a comma-separated list of config keys of at most 128 bytes each")
+            }
+            s.configKeys = keys
+        }
+        return s
+    }
+}
+
+/// UTC times as MariaDB returns them ("YYYY-MM-DD hh:mm:ss.fff") and as the web shows them
+/// (ISO 8601 with Z, which the page's script turns into the viewer's time zone).
+package enum WebTime {
+    /// Milliseconds since 1970 of a DATETIME text in UTC; nil when it is not one.
+    package static func milliseconds(sql text: String) -> Int64? {
+        let u = Array(text.utf8)
+        guard u.count >= 19, u[4] == 0x2D, u[7] == 0x2D, u[10] == 0x20 || u[10] == 0x54, u[13] == 0x3A, u[16] == 0x3A else { return nil }
+        func num(_ a: Int, _ b: Int) -> Int64? {
+            var v: Int64 = 0
+            for i in a..<b { guard u[i] >= 0x30, u[i] <= 0x39 else { return nil }; v = v * 10 + Int64(u[i] - 0x30) }
+            return v
+        }
+        guard let y = num(0, 4), let m = num(5, 7), let d = num(8, 10), let h = num(11, 13), let mi = num(14, 16), let s = num(17, 19),
+              (1...12).contains(m), (1...31).contains(d), h < 24, mi < 60, s < 61 else { return nil }
+        var ms: Int64 = 0
+        if u.count > 20, u[19] == 0x2E {
+            var digits = 0
+            var i = 20
+            while i < u.count, u[i] >= 0x30, u[i] <= 0x39, digits < 3 { ms = ms * 10 + Int64(u[i] - 0x30); digits += 1; i += 1 }
+            while digits < 3 { ms *= 10; digits += 1 }
+        }
+        // Days from civil (Howard Hinnant's algorithm).
+        let yy = m <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let mp = (m + 9) % 12
+        let doy = (153 * mp + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146_097 + doe - 719_468
+        return ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms
+    }
+
+    /// "2026-11-29T20:16:13.123Z".
+    package static func iso(milliseconds ms: Int64) -> String {
+        guard let t = SQLTime.datetime(unixMilliseconds: ms) else { return String(ms) }
+        return t.replacingOccurrences(of: " ", with: "T") + "Z"
+    }
+
+    /// ISO text of a DATETIME text, or nil.
+    package static func iso(sql text: String?) -> String? {
+        guard let text, let ms = milliseconds(sql: text) else { return nil }
+        return iso(milliseconds: ms)
+    }
+
+    /// Parses what the API and the forms accept for a time: ISO 8601 with a zone
+    /// ("2026-11-29T20:00:00Z", "…+01:00", fractional seconds allowed), or milliseconds since 1970.
+    package static func parse(_ text: String) -> Int64? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        if let ms = Int64(t), ms >= 0, ms < 253_402_300_800_000 { return ms }
+        let u = Array(t.utf8)
+        guard u.count >= 20, u[10] == 0x54 else { return nil }
+        // Split off the zone: "Z" or ±hh:mm.
+        var offsetMs: Int64 = 0
+        var body = t
+        if t.hasSuffix("Z") {
+            body = String(t.dropLast())
+        } else if u.count >= 25, u[u.count - 6] == 0x2B || u[u.count - 6] == 0x2D, u[u.count - 3] == 0x3A {
+            let zone = Array(t.utf8.suffix(6))
+            guard let hh = Int64(String(decoding: zone[1...2], as: UTF8.self)), let mm = Int64(String(decoding: zone[4...5], as: UTF8.self)),
+                  hh < 24, mm < 60 else { return nil }
+            offsetMs = (hh * 60 + mm) * 60_000 * (zone[0] == 0x2B ? 1 : -1)
+            body = String(t.dropLast(6))
+        } else {
+            return nil
+        }
+        guard body.utf8.count >= 19, let local = milliseconds(sql: body) else { return nil }
+        let ms = local - offsetMs
+        guard ms >= 0, ms < 253_402_300_800_000 else { return nil }
+        return ms
+    }
+
+    package static func nowMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
+
+    /// A `from`/`to` range (either given; `to` defaults to now), checked; nil when neither is given.
+    package static func range(from fromText: String?, to toText: String?, now: Int64) throws -> (from: Int64, to: Int64)? {
+        guard fromText != nil || toText != nil else { return nil }
+        guard let f = fromText, let from = parse(f) else {
+            throw HTTPError(.badRequest, message: "from must be a time like 2026-11-29T08:00:00Z (or ms since 1970), got \(fromText.map { "\"\($0)\"" } ?? "nothing")")
+        }
+        var to = now
+        if let t = toText {
+            guard let v = parse(t) else { throw HTTPError(.badRequest, message: "to must be a time like 2026-11-29T20:00:00Z (or ms since 1970), got \"\(t)\"") }
+            to = v
+        }
+        guard to > from else { throw HTTPError(.badRequest, message: "to must be after from") }
+        guard to - from <= 366 * 86_400_000 else { throw HTTPError(.badRequest, message: "a time range can span at most 366 days") }
+        return (from, to)
+    }
+
+    /// The audit report with its times in ISO 8601 UTC, as every other answer of the API has
+    /// them (the report itself keeps the SQL text that `fieldlog-backend audit` prints).
+    package static func isoTimes(_ report: AuditReport) -> AuditReport {
+        var r = report
+        r.generatedAt = iso(sql: r.generatedAt) ?? r.generatedAt
+        for i in r.devices.indices {
+            r.devices[i].lastSeenAt = iso(sql: r.devices[i].lastSeenAt)
+            for j in r.devices[i].epochs.indices {
+                r.devices[i].epochs[j].lastStoredAt = iso(sql: r.devices[i].epochs[j].lastStoredAt)
+            }
+        }
+        return r
+    }
+}
+
+/// A duration in words for people ("3 min", "2 h 5 min").
+package func humanDuration(milliseconds ms: Int64) -> String {
+    let s = max(0, ms / 1000)
+    if s < 60 { return "\(s) s" }
+    if s < 3600 { return "\(s / 60) min" }
+    if s < 86400 { return "\(s / 3600) h \(s % 3600 / 60) min" }
+    return "\(s / 86400) d \(s % 86400 / 3600) h"
+}
