@@ -11,6 +11,7 @@ import FieldlogCore
 import Foundation
 import Logging
 import MariaDB
+import Sync
 
 package actor DatabaseClient {
     package nonisolated let settings: DatabaseSettings
@@ -18,9 +19,13 @@ package actor DatabaseClient {
     private var index = 0
     private var current: Store?
 
-    package init(settings: DatabaseSettings, logger: Logger) {
+    /// Sharded: the shard every address must say it is (`shard_self`), checked on each connect.
+    package nonisolated let expectedShard: ShardNumber?
+
+    package init(settings: DatabaseSettings, expectedShard: ShardNumber? = nil, logger: Logger) {
         precondition(!settings.addresses.isEmpty, "no database address")
         self.settings = settings
+        self.expectedShard = expectedShard
         self.logger = logger
     }
 
@@ -39,6 +44,12 @@ package actor DatabaseClient {
                 try await connection.connect()
                 let store = Store(connection: connection)
                 try await store.prepareSession()
+                if let expectedShard {
+                    let found = try await store.shardSelf()
+                    guard found == expectedShard.rawValue else {
+                        throw ShardMismatch(expected: expectedShard, found: found, address: address.description)
+                    }
+                }
                 index = i
                 current = store
                 logger.info("connected to MariaDB", metadata: ["address": "\(address)"])

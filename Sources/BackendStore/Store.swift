@@ -66,7 +66,9 @@ package final class Store: Sendable {
     /// Writes one ingest transaction's rows (Sync's `StoreRows`) in ONE database transaction and
     /// returns what the inserts did. Throws `MariaDBError` (the ingest classifies it: connection,
     /// conflict, refused, unknown); nothing is acked unless this returned.
-    package func write(_ rows: StoreRows) async throws -> WriteResult {
+    /// `fence`: on a shard, the cached map version; the transaction then starts with
+    /// `CALL fl_fence(version)` (SQLSTATE FL001 when the shard's map is newer: `isShardMapChanged`).
+    package func write(_ rows: StoreRows, fence: ShardMapVersion? = nil) async throws -> WriteResult {
         let now = MariaDBValue.string(SQLTime.now())
         @Sendable func text(_ s: String?) -> MariaDBValue { s.map(MariaDBValue.string) ?? .null }
         @Sendable func time(_ s: String?) -> MariaDBValue { s.map(MariaDBValue.string) ?? .null }
@@ -102,6 +104,7 @@ package final class Store: Sendable {
         let seedLetters = zip(rows.deadLetters, deadLetters).filter { $0.0.dedupKey != nil }.map(\.1)
         let statusDevices = Array(Set(statuses.map(\.device))).sorted().map { [.string($0), .string("fieldlog"), now, .null, .null, .null] as [MariaDBValue] }
         return try await connection.transaction { s in
+            if let fence { try s.query("CALL fl_fence(\(fence.rawValue))") }
             if !devices.isEmpty || !statusDevices.isEmpty { try s.insert(.devices, devices + statusDevices) }
             if !epochs.isEmpty { try s.insert(.epochs, epochs) }
             let inserted = try s.insert(.readings, readings).inserted

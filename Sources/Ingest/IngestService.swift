@@ -45,7 +45,7 @@ package struct IngestService: Service, CustomStringConvertible {
     /// Runs `attempt` until it succeeds, logging `what` and waiting 200 ms, doubling up to 5 s,
     /// after each failure that `retryable` accepts (any, unless given); other errors end it.
     @discardableResult
-    private static func retrying<T>(_ logger: Logger, _ what: @autoclosure () -> String,
+    static func retrying<T>(_ logger: Logger, _ what: @autoclosure () -> String,
                                     if retryable: (any Error) -> Bool = { _ in true },
                                     _ attempt: () async throws -> T) async throws -> T {
         var backoff = Duration.milliseconds(200)
@@ -60,7 +60,7 @@ package struct IngestService: Service, CustomStringConvertible {
         }
     }
 
-    private func makeClient(id: String, persistent: Bool) throws -> MQTTClient {
+    func makeClient(id: String, persistent: Bool) throws -> MQTTClient {
         let broker = configuration.broker
         return try MQTTClient(
             configuration: MQTTConfiguration(host: broker.host, port: broker.port, clientID: id, cleanStart: !persistent,
@@ -72,7 +72,7 @@ package struct IngestService: Service, CustomStringConvertible {
     }
 
     /// Connects (waiting for the broker) and subscribes to `filters`, in the shared group when `shared`.
-    private func start(_ client: MQTTClient, filters: [String], shared: Bool) async throws -> MQTTConnAck {
+    func start(_ client: MQTTClient, filters: [String], shared: Bool) async throws -> MQTTConnAck {
         let broker = configuration.broker
         let ack = try await Self.retrying(logger, "broker \(broker.host):\(broker.port) not reachable") { try await client.connect() }
         // The connection may drop again before the SUBACKs come back (a flapping network, a
@@ -91,6 +91,8 @@ package struct IngestService: Service, CustomStringConvertible {
     }
 
     package func run() async throws {
+        // FIELDLOG_SHARDS: one writer per shard behind a router (ShardedIngest.swift).
+        if let shards = try ShardSettings.load() { return try await runSharded(shards) }
         let ingest = configuration.ingest
         let machine = ingest.machine(topics: configuration.topics.templates)
         let templates = configuration.topics.templates
@@ -141,7 +143,7 @@ package struct IngestService: Service, CustomStringConvertible {
         logger.info("ingest stopped")
     }
 
-    private static func logEvents(of client: MQTTClient, clientID: String?, logger: Logger) async {
+    static func logEvents(of client: MQTTClient, clientID: String?, logger: Logger) async {
         for await event in client.events {
             switch event {
             case .connected(let sessionPresent):

@@ -34,6 +34,25 @@ package struct ReadControl: Sendable {
     package static let none = ReadControl(pause: {}, resume: {})
 }
 
+/// What a writer of one shard needs from the sharded ingest (ShardedIngest.swift).
+package struct ShardBinding: Sendable {
+    package var shard: ShardNumber
+    /// The cached map's version, passed to `fl_fence` at the start of every write transaction.
+    package var version: @Sendable () -> ShardMapVersion
+    /// After FL001: reload the map (returns when it is loaded or could not be).
+    package var reload: @Sendable () async -> Void
+    /// Routes the messages of a fenced transaction again (same order), with the reloaded map.
+    package var reroute: @Sendable ([IngestWriter.Machine.Released]) -> Void
+
+    package init(shard: ShardNumber, version: @escaping @Sendable () -> ShardMapVersion, reload: @escaping @Sendable () async -> Void,
+                 reroute: @escaping @Sendable ([IngestWriter.Machine.Released]) -> Void) {
+        self.shard = shard
+        self.version = version
+        self.reload = reload
+        self.reroute = reroute
+    }
+}
+
 /// The ingest shell. `run` owns the machine; nothing else touches it.
 package final class IngestWriter: Sendable {
     package typealias Machine = IngestStateMachine<ContinuousClock.Instant>
@@ -44,12 +63,18 @@ package final class IngestWriter: Sendable {
     package let logger: Logger
     package let publishAck: AckPublisher
     package let readControl: ReadControl
+    /// Sharded: the shard this writer writes (its transactions are fenced), nil without shards.
+    package let shard: ShardBinding?
 
     package enum Input: Sendable {
         case message(topic: String, payload: [UInt8], contentType: String?)
         case written(TransactionID, Result<WriteResult, StoreFailureBox>, seconds: Double)
         case progress(TransactionID, Result<[[SequenceRange]], StoreFailureBox>)
         case timer
+        /// Sharded: the shard refused the transaction, its map is newer (FL001).
+        case fenced(TransactionID, String)
+        /// Sharded: messages another shard's writer released after FL001, routed here.
+        case requeue([Machine.Released])
         /// No more messages (the broker stream ended, or shutdown): finish what is queued, then return.
         case finish
     }
@@ -61,7 +86,8 @@ package final class IngestWriter: Sendable {
     private let continuation: AsyncStream<Input>.Continuation
 
     package init(database: DatabaseClient, configuration: IngestConfiguration, metrics: BackendMetrics, logger: Logger,
-         readControl: ReadControl = .none, publishAck: @escaping AckPublisher) {
+         readControl: ReadControl = .none, shard: ShardBinding? = nil, publishAck: @escaping AckPublisher) {
+        self.shard = shard
         self.database = database
         self.configuration = configuration
         self.metrics = metrics
@@ -77,6 +103,11 @@ package final class IngestWriter: Sendable {
     /// Hands a message from the broker to the writer (any thread; never blocks).
     package func offer(topic: String, payload: [UInt8], contentType: String? = nil) {
         continuation.yield(.message(topic: topic, payload: payload, contentType: contentType))
+    }
+
+    /// Sharded: queues messages another shard's writer released (any thread; never blocks).
+    package func requeue(_ released: [Machine.Released]) {
+        continuation.yield(.requeue(released))
     }
 
     /// Asks `run` to finish: queued messages are still stored and acked (up to the shutdown deadline).
@@ -123,6 +154,23 @@ package final class IngestWriter: Sendable {
                     actions = machine.progressReadFailed(id, failure: box.failure, now: now)
                 case .timer:
                     actions = machine.timerFired(now: now)
+                case .fenced(let id, let why):
+                    // Not a failure of the messages: reload the map before anything else is
+                    // written here (the next transaction then carries the new version), and
+                    // route the transaction's messages again.
+                    let before = shard?.version()
+                    if let shard {
+                        metrics.shardFenced(shard.shard)
+                        logger.notice("\(id) refused by \(shard.shard), its shard map is newer; reloading the map and routing again: \(why)")
+                        await shard.reload()
+                        // A shard that keeps refusing (no map there, or none loadable): do not spin.
+                        if shard.version() == before { try? await Task.sleep(for: .milliseconds(200)) }
+                    }
+                    let (released, next) = machine.transactionFenced(id, now: ContinuousClock.now)
+                    shard?.reroute(released)
+                    actions = next
+                case .requeue(let released):
+                    actions = machine.requeue(released, now: now)
                 case .finish:
                     finishing = true
                     actions = []
@@ -167,13 +215,16 @@ package final class IngestWriter: Sendable {
             continuation.yield(.written(tx.id, .success(WriteResult(readingsInserted: 0, legacyInserted: 0)), seconds: 0))
         case .write(let tx):
             let database = self.database
+            let fence = shard?.version()
             tasks.addTask {
                 let rows = StoreRows(tx)
                 let start = ContinuousClock.now
                 do {
                     let store = try await database.store()
-                    let result = try await store.write(rows)
+                    let result = try await store.write(rows, fence: fence)
                     continuation.yield(.written(tx.id, .success(result), seconds: (ContinuousClock.now - start).seconds))
+                } catch let e as MariaDBError where fence != nil && e.isShardMapChanged {
+                    continuation.yield(.fenced(tx.id, e.message))
                 } catch {
                     continuation.yield(.written(tx.id, .failure(StoreFailureBox(failure: Self.classify(error))), seconds: 0))
                 }
@@ -295,6 +346,8 @@ package final class IngestWriter: Sendable {
     package static func classify(_ error: any Error) -> StoreFailure {
         guard let e = error as? MariaDBError else {
             if error is CancellationError { return .connection("cancelled") }
+            // A misconfigured shard address: as if the shard were down (retried, never isolated).
+            if error is ShardMismatch { return .connection(String(describing: error)) }
             return .unknown(String(describing: error))
         }
         return e.storeFailure
@@ -304,6 +357,10 @@ package final class IngestWriter: Sendable {
 }
 
 extension MariaDBError {
+    /// `fl_fence` refused: the shard's map is newer than the caller's (docs/sharding.md, "The fence").
+    /// Checked before `storeFailure`, which would count the SIGNAL (1644) as refused values.
+    package var isShardMapChanged: Bool { sqlState == "FL001" }
+
     /// The ingest's class of this error (spec §5.2; docs/backend.md "When the database says no").
     package var storeFailure: StoreFailure {
         if isConnectionLost || isTLSFailure || Self.unavailableCodes.contains(code) { return .connection(description) }

@@ -29,7 +29,9 @@ package final class BackendMetrics: Sendable {
         "fieldlog_ack_publish_failures_total": "Acks that could not be published (the device resends; the duplicate is absorbed).",
         "fieldlog_deadlock_retries_total": "Transactions retried after a deadlock or Galera certification conflict.",
         "fieldlog_database_reconnects_total": "Connections to MariaDB made again after a failure.",
-        "fieldlog_messages_dropped_unacked_total": "Messages not taken, unacknowledged, by reason (device-share, queue-full); the device resends them.",
+        "fieldlog_messages_dropped_unacked_total": "Messages not taken, unacknowledged, by reason (device-share, queue-full; sharded: device-moving, bucket-frozen, shard-unavailable, hold-full); the device resends them.",
+        "fieldlog_shard_map_fenced_total": "Sharded: transactions a shard refused because its map was newer (FL001); their messages were routed again with the reloaded map, by shard.",
+        "fieldlog_shard_map_version": "Sharded: the version of the shard map this process routes with.",
         "fieldlog_legacy_rows_inserted_total": "Seed-format readings inserted (legacy values topic).",
         "fieldlog_legacy_duplicates_absorbed_total": "Seed-format readings received again and absorbed.",
         "fieldlog_commit_seconds": "Time to commit one transaction of batches.",
@@ -98,6 +100,16 @@ package final class BackendMetrics: Sendable {
     /// `fieldlog_messages_dropped_unacked_total{reason}`: messages not taken (device-share, queue-full).
     package func dropped(_ reason: DropReason) {
         Metrics.Counter(label: "fieldlog_messages_dropped_unacked_total", dimensions: [("reason", reason.rawValue)], factory: factory).increment()
+    }
+
+    /// `fieldlog_shard_map_fenced_total{shard}`: transactions refused by `fl_fence` (FL001).
+    package func shardFenced(_ shard: ShardNumber) {
+        Metrics.Counter(label: "fieldlog_shard_map_fenced_total", dimensions: [("shard", "\(shard.rawValue)")], factory: factory).increment()
+    }
+
+    /// `fieldlog_shard_map_version`.
+    package func shardMapVersion(_ version: ShardMapVersion) {
+        Metrics.Gauge(label: "fieldlog_shard_map_version", factory: factory).record(Double(version.rawValue))
     }
 
     /// `fieldlog_dead_letters_total{reason}`.

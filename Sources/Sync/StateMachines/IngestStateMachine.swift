@@ -189,6 +189,15 @@ public enum DropReason: String, Hashable, Sendable {
     case deviceShare = "device-share"
     /// The whole queue is at its hard cap (twice `maxQueuedBytes`).
     case queueFull = "queue-full"
+    /// Sharded: the device is being moved to another shard (docs/sharding.md).
+    case deviceMoving = "device-moving"
+    /// Sharded: the device has no override and its bucket is being reassigned.
+    case bucketFrozen = "bucket-frozen"
+    /// Sharded: the map places the device on a shard not written here (retired, or added
+    /// since the process started).
+    case shardUnavailable = "shard-unavailable"
+    /// Sharded: held seed values beyond the hold's bound.
+    case holdFull = "hold-full"
 }
 
 /// The backend's ingest state machine; see the theory of operation at the top of the file.
@@ -262,8 +271,8 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
     public private(set) var readingPaused = false
 
     // Work: one part outstanding; the rest wait here (isolation pushes halves to the front).
-    private enum Stage: Hashable, Sendable { case original, recordsRejected, deadLettered, minimal }
-    private struct Work: Hashable, Sendable {
+    fileprivate enum Stage: Hashable, Sendable { case original, recordsRejected, deadLettered, minimal }
+    fileprivate struct Work: Hashable, Sendable {
         var item: IngestItem
         var topic: String
         var payloadHead: [UInt8]
@@ -705,5 +714,64 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         if batchesSinceCompaction.count > cap { batchesSinceCompaction.removeAll(keepingCapacity: false) }
         if knownEpochs.count > cap { knownEpochs.removeAll(keepingCapacity: false) }
         if knownDevices.count > cap { knownDevices.removeAll(keepingCapacity: false) }
+    }
+}
+
+// MARK: Sharding (docs/sharding.md, "How ingest routes")
+
+extension IngestStateMachine {
+    /// A message taken back from a transaction the shard fenced off (FL001), to be routed again.
+    /// Opaque: only another machine's `requeue` takes it.
+    public struct Released: Hashable, Sendable {
+        fileprivate let work: Work
+        fileprivate init(_ work: Work) { self.work = work }
+        /// The device it belongs to (nil: its topic names none).
+        public var device: DeviceID? { work.item.device }
+        public var topic: String { work.topic }
+        public var payloadBytes: Int { work.payloadBytes }
+        /// A seed value list (or a seed message's dead letter): never resent, so never dropped.
+        public var isSeed: Bool {
+            switch work.item {
+            case .legacy: return true
+            case .deadLetter(let d): return d.dedupKey != nil
+            case .batch, .status, .response: return false
+            }
+        }
+    }
+
+    /// The shard refused the transaction because its map is newer than the one its messages
+    /// were routed with (FL001, `fl_fence`): nothing of it committed. Its messages, and those of
+    /// the parts waiting behind it (routed with the same map), are handed back, in order, for
+    /// the caller to route again with the reloaded map; that is not a failure of the messages
+    /// (no retry count, no isolation). The caller reloads the map before it reports this, so
+    /// the next transaction carries the new version.
+    public mutating func transactionFenced(_ id: TransactionID, now: Instant) -> (released: [Released], actions: [Action]) {
+        guard case .writing(let part, let tx) = phase, tx.id == id else { return ([], []) }
+        var released = part.work.map(Released.init)
+        for p in parts { released += p.work.map(Released.init) }
+        parts = []
+        phase = .idle
+        return (released, startNext(now: now))
+    }
+
+    /// Messages another shard's machine released (`transactionFenced`), routed here: queued as if
+    /// just received, behind the device's queued messages. They are not dropped for the queue's
+    /// bounds (they were taken once already; what is released is bounded by the other queue).
+    public mutating func requeue(_ released: [Released], now: Instant) -> [Action] {
+        for r in released {
+            let device = r.device
+            let cost = r.work.payloadBytes + r.work.topic.utf8.count + 64
+            if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
+            buckets[device]!.items.append(Queued(work: r.work, cost: cost))
+            buckets[device]!.bytes += cost
+            queuedBytes += cost
+            queuedMessages += 1
+        }
+        var actions: [Action] = []
+        if !readingPaused && queuedBytes > configuration.maxQueuedBytes {
+            readingPaused = true
+            actions.append(.pauseReading)
+        }
+        return actions + startNext(now: now)
     }
 }
