@@ -191,6 +191,10 @@ public final class LabRun: @unchecked Sendable {
     /// Stack services that died without a fault (reported once each time).
     private var servicesSeenDead: Set<ServiceName> = []
     private var serviceDeaths: [String] = []
+    /// Sharded: per shard-kill fault, the devices' shards and acked pointers once the shard was down.
+    private var shardKillWatch: [Int: (shard: Int, homes: [String: Int], acked: [Int: UInt64], deviceFaults: [Int: Int])] = [:]
+    /// Device faults begun so far, per device (a device faulted during a shard's outage is not expected to progress).
+    private var deviceFaultsBegun: [Int: Int] = [:]
 
     /// Stops the run at its next step (SIGINT/SIGTERM of the tool): it tears down what it
     /// started and `run()` throws.
@@ -316,7 +320,8 @@ public final class LabRun: @unchecked Sendable {
         figures.ioPressure = ioPressure
         return LabReport(scenario: options.scenario.name, seed: options.seed, durationSeconds: options.durationSeconds,
                          devices: devices.count, ingests: ingests.count,
-                         database: shape.galeraNodes > 0 ? "Galera cluster of \(shape.galeraNodes) nodes" : "single MariaDB",
+                         database: shape.shards > 0 ? "\(shape.shards) shards (single MariaDB each) behind a Spider front end"
+                             : shape.galeraNodes > 0 ? "Galera cluster of \(shape.galeraNodes) nodes" : "single MariaDB",
                          verdict: verdict, faults: schedule, faultErrors: lock.withLock { faultErrors }, drained: drained,
                          timeToDrainSeconds: timeToDrain, notes: lock.withLock { notes }, workDirectory: workDir, figures: figures)
     }
@@ -329,11 +334,11 @@ public final class LabRun: @unchecked Sendable {
         }
         if let existing = options.existingStackDirectory {
             stack = try LabStack(existing: existing, script: options.stackScript, logger: logger)
-            guard existing.isEmpty == false, (shape.galeraNodes > 0) == (stack.galeraNodes > 0) else {
-                throw LabError.configuration("scenario \(options.scenario.name) needs \(shape.galeraNodes > 0 ? "a Galera" : "a single-MariaDB") stack")
+            guard existing.isEmpty == false, (shape.galeraNodes > 0) == (stack.galeraNodes > 0), (shape.shards > 0) == (stack.shards > 0) else {
+                throw LabError.configuration("scenario \(options.scenario.name) needs \(shape.shards > 0 ? "a sharded (--shards)" : shape.galeraNodes > 0 ? "a Galera" : "a single-MariaDB") stack")
             }
         } else {
-            stack = try LabStack(directory: workDir + "/stack", script: options.stackScript, galeraNodes: shape.galeraNodes, logger: logger)
+            stack = try LabStack(directory: workDir + "/stack", script: options.stackScript, galeraNodes: shape.galeraNodes, shards: shape.shards, logger: logger)
             progress("lab: starting a stack of its own under \(workDir)/stack")
         }
         try stack.up()
@@ -345,10 +350,18 @@ public final class LabRun: @unchecked Sendable {
         let first = addresses[0].split(separator: ":")
         let admin = DatabaseAccess(host: String(first[0]), port: Int(first[1]) ?? 3306, user: try stack.value("FIELDLOG_MARIADB_USER"),
                                    password: try stack.value("FIELDLOG_MARIADB_PASSWORD"), database: "mysql")
-        _ = try admin.rows("CREATE DATABASE `\(databaseName)` CHARACTER SET utf8mb4")
-        dbAccess = DatabaseAccess(host: admin.host, port: admin.port, user: admin.user, password: admin.password, database: databaseName)
-        try Tool.run(options.backendBinary, ["migrate"], environment: backendEnvironment(mqttPort: try stack.port("FIELDLOG_MQTT_PORT"),
-                                                                                          mariadb: addresses.joined(separator: ",")))
+        if stack.shards > 0 {
+            // The shards' database, migrated and mapped by `scripts/shards init` (stack up);
+            // the lab reads through the Spider front end (FIELDLOG_MARIADB_*), as readers do.
+            // Device ids are unique per run, so a reused stack's rows do not mix with this run's.
+            databaseName = stack.env["FIELDLOG_MARIADB_DATABASE"] ?? "fieldlog"
+            dbAccess = DatabaseAccess(host: admin.host, port: admin.port, user: admin.user, password: admin.password, database: databaseName)
+        } else {
+            _ = try admin.rows("CREATE DATABASE `\(databaseName)` CHARACTER SET utf8mb4")
+            dbAccess = DatabaseAccess(host: admin.host, port: admin.port, user: admin.user, password: admin.password, database: databaseName)
+            try Tool.run(options.backendBinary, ["migrate"], environment: backendEnvironment(mqttPort: try stack.port("FIELDLOG_MQTT_PORT"),
+                                                                                              mariadb: addresses.joined(separator: ",")))
+        }
         var rng = SplitMix64(seed: options.seed ^ 0x5EED_F1E1_D106)
         let mqttPort = try stack.port("FIELDLOG_MQTT_PORT")
         let mariaPort = try stack.port("FIELDLOG_MARIADB_PORT")
@@ -357,7 +370,7 @@ public final class LabRun: @unchecked Sendable {
             let bp = try FaultProxy(name: "ingest\(i)-broker", targetPort: mqttPort, seed: rng.next(), logger: logger)
             var dp: FaultProxy? = nil
             var mariadb = addresses.joined(separator: ",")
-            if shape.galeraNodes == 0 {
+            if shape.galeraNodes == 0 && stack.shards == 0 {
                 dp = try FaultProxy(name: "ingest\(i)-mariadb", targetPort: mariaPort, seed: rng.next(), logger: logger)
                 mariadb = "127.0.0.1:\(dp!.port)"
             } else {
@@ -445,6 +458,11 @@ public final class LabRun: @unchecked Sendable {
         env["FIELDLOG_MQTT_KEEPALIVE_SECONDS"] = "5"
         env["FIELDLOG_METRICS_PORT"] = "0"
         env["FIELDLOG_LOG_LEVEL"] = "info"
+        if let stack, stack.shards > 0 {
+            // Sharded ingest: the shards' addresses (the readers' address above is the front end).
+            env["FIELDLOG_SHARDS"] = String(stack.shards)
+            for k in 1...stack.shards { env["FIELDLOG_SHARD_\(k)_ADDRESSES"] = try stack.value("FIELDLOG_SHARD_\(k)_ADDRESSES") }
+        }
         return env
     }
 
@@ -465,6 +483,7 @@ public final class LabRun: @unchecked Sendable {
         // All stack services share one queue: a service fault starts only after the previous
         // one's restart finished (a Galera node is synced again), so two nodes are never down
         // at once because a rejoin took longer than the schedule assumed (quorum would be lost).
+        // A device move is a map change, which needs every shard: it shares that queue too.
         let key: FaultTarget = { if case .service = target { return .service(.mariadb) }; return target }()
         return lock.withLock {
             if let q = queues[key] { return q }
@@ -485,7 +504,8 @@ public final class LabRun: @unchecked Sendable {
         } else {
             guard lock.withLock({ activeFaults.removeValue(forKey: index) }) != nil else { return }
         }
-        queue(for: f.target).async { [self] in
+        if begin, case .device(let i) = f.target, f.kind != .deviceMove { lock.withLock { deviceFaultsBegun[i, default: 0] += 1 } }
+        queue(for: f.kind == .deviceMove ? .service(.mariadb) : f.target).async { [self] in
             // After an interrupt, queued faults are dropped: teardown must not wait behind them.
             if lock.withLock({ cancelled }) { return }
             do {
@@ -554,6 +574,29 @@ public final class LabRun: @unchecked Sendable {
             if begin { ingests[i].process.pause() } else { ingests[i].process.resume() }
         case (.serviceKill, .service(let s)), (.galeraKill, .service(let s)):
             if begin { try stack.kill9(s) } else { try stack.restart(s) }
+        case (.shardKill, .service(.shard(let k))):
+            if begin {
+                let homes = try stack.shardsOf(devices.map(\.id))
+                try stack.kill9(.shard(k))
+                // What was in flight on the shard has been acked or never will be: the baseline.
+                Thread.sleep(forTimeInterval: 1)
+                watchOnce()
+                lock.withLock {
+                    shardKillWatch[index] = (k, homes, Dictionary(uniqueKeysWithValues: devices.map { ($0.index, $0.acked) }), deviceFaultsBegun)
+                }
+            } else {
+                watchOnce()
+                if let w = lock.withLock({ shardKillWatch.removeValue(forKey: index) }) { try checkOtherShardsAcked(w, index: index) }
+                try stack.restart(.shard(k))
+            }
+        case (.deviceMove, .device(let i)):
+            guard begin else { return }
+            let id = devices[i].id
+            guard let from = try stack.shardsOf([id])[id] else { throw LabError.command("no shard for \(id)") }
+            let to = from % stack.shards + 1
+            let t = monotonicSeconds()
+            try stack.moveDevice(id, to: to)
+            lock.withLock { notes.append(String(format: "device %@ moved from shard %d to shard %d mid-stream in %.1f s", id, from, to, monotonicSeconds() - t)) }
         case (.servicePause, .service(let s)):
             if begin { stack.pause(s) } else { stack.resume(s) }
         case (.deviceCut, .device(let i)):
@@ -579,6 +622,33 @@ public final class LabRun: @unchecked Sendable {
             try "\(offset >= 0 ? "+" : "")\(offset)\n".write(toFile: file, atomically: true, encoding: .utf8)
         default:
             throw LabError.configuration("fault \(f.kind.rawValue) cannot act on \(f.target)")
+        }
+    }
+
+    /// While shard `w.shard` was down, every device on another shard that no fault of its own
+    /// stopped must have been acked further (a shard that is down stops only its devices).
+    private func checkOtherShardsAcked(_ w: (shard: Int, homes: [String: Int], acked: [Int: UInt64], deviceFaults: [Int: Int]), index: Int) throws {
+        let (now, faultsNow) = lock.withLock { (Dictionary(uniqueKeysWithValues: devices.map { ($0.index, $0.acked) }), deviceFaultsBegun) }
+        var others: [String] = [], stalled: [String] = [], own: [String] = []
+        for d in devices {
+            guard let home = w.homes[d.id] else { continue }
+            let before = w.acked[d.index] ?? 0, after = now[d.index] ?? 0
+            if home == w.shard { own.append("\(d.id) +\(after - before)"); continue }
+            // Faulted meanwhile (killed, paused, cut off): not expected to progress.
+            let quiet = (faultsNow[d.index] ?? 0) == (w.deviceFaults[d.index] ?? 0)
+                && !lock.withLock({ activeFaults.values.contains { $0.target == .device(d.index) } })
+            guard quiet else { continue }
+            others.append("\(d.id) +\(after - before)")
+            if after <= before { stalled.append(d.id) }
+        }
+        lock.withLock {
+            notes.append("shard \(w.shard) down: devices on other shards acked \(others.joined(separator: ", ")); its own \(own.joined(separator: ", "))")
+        }
+        if others.isEmpty {
+            throw LabError.command("shard \(w.shard) down: no device on another shard could be watched (all faulted)")
+        }
+        if !stalled.isEmpty {
+            throw LabError.command("shard \(w.shard) down: devices on other shards were not acked meanwhile: \(stalled.joined(separator: ", "))")
         }
     }
 

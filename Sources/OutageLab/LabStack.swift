@@ -15,6 +15,8 @@ import Processes
 public enum ServiceName: Hashable, Sendable, CustomStringConvertible {
     case redis, mosquitto, mariadb
     case galera(Int)
+    /// Shard K's MariaDB (node 1 of it) in a sharded stack.
+    case shard(Int)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum ServiceName: Hashable, Sendable, CustomStringConvertible {
         case .mosquitto: return "mosquitto"
         case .mariadb: return "mariadbd"
         case .galera(let i): return "galera node \(i)"
+        case .shard(let k): return "shard \(k) mariadbd"
         }
     }
 }
@@ -31,6 +34,8 @@ public final class LabStack: @unchecked Sendable {
     public let directory: String
     public let script: String
     public let galeraNodes: Int
+    /// Shards (0: one MariaDB or one Galera cluster); with shards, MariaDB is the Spider front end.
+    public let shards: Int
     public let ownsStack: Bool
     private let ports: [String: String]
     private let logger: Logger
@@ -38,10 +43,11 @@ public final class LabStack: @unchecked Sendable {
     public private(set) var env: [String: String] = [:]
 
     /// A new stack of the lab's own under `directory`, on free ports.
-    public init(directory: String, script: String, galeraNodes: Int = 0, logger: Logger) throws {
+    public init(directory: String, script: String, galeraNodes: Int = 0, shards: Int = 0, logger: Logger) throws {
         self.directory = directory
         self.script = script
         self.galeraNodes = galeraNodes
+        self.shards = shards
         self.ownsStack = true
         self.logger = logger
         var p: [String: String] = [
@@ -50,6 +56,8 @@ public final class LabStack: @unchecked Sendable {
         ]
         // Galera uses port, port+1, … and +1000…+1200 offsets for its cluster traffic.
         if galeraNodes > 0 { p["FIELDLOG_GALERA_PORT"] = String(20_000 + Int.random(in: 0..<8_000)) }
+        // Shard K listens on port + 10(K-1) (the stack's layout).
+        if shards > 0 { p["FIELDLOG_SHARD_PORT"] = String(30_000 + 10 * Int.random(in: 0..<800)) }
         ports = p
     }
 
@@ -62,8 +70,9 @@ public final class LabStack: @unchecked Sendable {
         let e = try Self.readEnv(directory + "/stack.env")
         env = e
         galeraNodes = Int(e["FIELDLOG_GALERA_NODES"] ?? "0") ?? 0
+        shards = Int(e["FIELDLOG_SHARDS"] ?? "0") ?? 0
         var p: [String: String] = [:]
-        for k in ["FIELDLOG_REDIS_PORT", "FIELDLOG_MQTT_PORT", "FIELDLOG_MARIADB_PORT", "FIELDLOG_GALERA_PORT"] { p[k] = e[k] }
+        for k in ["FIELDLOG_REDIS_PORT", "FIELDLOG_MQTT_PORT", "FIELDLOG_MARIADB_PORT", "FIELDLOG_GALERA_PORT", "FIELDLOG_SHARD_PORT"] { p[k] = e[k] }
         ports = p
     }
 
@@ -84,6 +93,7 @@ public final class LabStack: @unchecked Sendable {
         for (k, v) in ports { e[k] = v }
         var full = args + ["--dir", directory]
         if galeraNodes > 0 && args.first == "up" { full += ["--galera", String(galeraNodes)] }
+        if shards > 0 && args.first == "up" { full += ["--shards", String(shards)] }
         let r = try Tool.status(script, full, environment: e, timeoutSeconds: timeoutSeconds)
         guard r.status == 0 else {
             throw LabError.command("scripts/stack \(full.joined(separator: " ")) exited \(r.status): \(r.stderr.suffix(1500)) \(r.stdout.suffix(500))")
@@ -110,7 +120,8 @@ public final class LabStack: @unchecked Sendable {
     }
 
     public var services: [ServiceName] {
-        galeraNodes > 0 ? [.redis, .mosquitto] + (1...galeraNodes).map { ServiceName.galera($0) } : [.redis, .mosquitto, .mariadb]
+        if shards > 0 { return [.redis, .mosquitto, .mariadb] + (1...shards).map { ServiceName.shard($0) } }
+        return galeraNodes > 0 ? [.redis, .mosquitto] + (1...galeraNodes).map { ServiceName.galera($0) } : [.redis, .mosquitto, .mariadb]
     }
 
     func pidFile(_ s: ServiceName) -> String {
@@ -119,6 +130,7 @@ public final class LabStack: @unchecked Sendable {
         case .mosquitto: return directory + "/mosquitto/mosquitto.pid"
         case .mariadb: return directory + "/mariadb/mariadb.pid"
         case .galera(let i): return directory + "/galera/node\(i)/mariadb.pid"
+        case .shard(let k): return directory + "/shards/s\(k)\(galeraNodes > 0 ? "/node1" : "")/mariadb.pid"
         }
     }
 
@@ -136,6 +148,12 @@ public final class LabStack: @unchecked Sendable {
                 try runScript(["galera-kill", String(i)])
                 // The script returns right after the signal; the node's listening socket closes
                 // only when the process is gone, and a restart before that finds the port busy.
+                if let old { waitGone(old) }
+                return
+            }
+            if case .shard(let k) = s {
+                let old = pid(s)
+                try runScript(["shard-kill", String(k)])
                 if let old { waitGone(old) }
                 return
             }
@@ -162,8 +180,40 @@ public final class LabStack: @unchecked Sendable {
                 if pid(s) == nil { try runScript(["galera-start", String(i)]) }
                 return
             }
+            if case .shard(let k) = s {
+                if pid(s) == nil { try runScript(["shard-start", String(k)]) }
+                return
+            }
             try runScript(["up"])
         }
+    }
+
+    /// Moves a device to another shard with the stack's own command (`scripts/shards move`).
+    public func moveDevice(_ device: String, to shard: Int) throws {
+        let shardsScript = ((script as NSString).deletingLastPathComponent as NSString).appendingPathComponent("shards")
+        var e = ProcessInfo.processInfo.environment
+        for (k, v) in ports { e[k] = v }
+        let r = try Tool.status(shardsScript, ["move", device, String(shard), "--dir", directory], environment: e, timeoutSeconds: 120)
+        guard r.status == 0 else {
+            throw LabError.command("scripts/shards move \(device) \(shard) exited \(r.status): \(r.stderr.suffix(1500)) \(r.stdout.suffix(500))")
+        }
+    }
+
+    /// The shard each device is on now, read through the front end (`fl_shard_of`).
+    public func shardsOf(_ devices: [String]) throws -> [String: Int] {
+        guard !devices.isEmpty else { return [:] }
+        let shardsScript = ((script as NSString).deletingLastPathComponent as NSString).appendingPathComponent("shards")
+        var e = ProcessInfo.processInfo.environment
+        for (k, v) in ports { e[k] = v }
+        let select = devices.map { "SELECT '\($0)', fl_shard_of('\($0)')" }.joined(separator: " UNION ALL ")
+        let r = try Tool.status(shardsScript, ["sql", "front", "-e", select, "--dir", directory], environment: e, timeoutSeconds: 30)
+        guard r.status == 0 else { throw LabError.command("scripts/shards sql front exited \(r.status): \(r.stderr.suffix(500))") }
+        var out: [String: Int] = [:]
+        for line in r.stdout.split(separator: "\n") {
+            let parts = line.split(separator: "\t").map(String.init)
+            if parts.count == 2, let k = Int(parts[1]) { out[parts[0]] = k }
+        }
+        return out
     }
 
     /// Resumes every service and starts any that are down.

@@ -25,6 +25,8 @@ public enum FaultKind: String, Sendable, CaseIterable, Codable {
     case slowLink = "slow-lossy-link"          // device ↔ broker: delay, throttle, random resets
     case clockJump = "clock-jump"              // a device's wall clock jumps backwards or forwards
     case galeraKill = "galera-node-kill"       // SIGKILL a Galera node, restart (IST) later
+    case shardKill = "shard-node-kill"         // SIGKILL a shard's MariaDB, restart later (sharded stacks)
+    case deviceMove = "device-move"            // `scripts/shards move` a device to another shard (sharded stacks)
 }
 
 /// What a fault acts on.
@@ -69,6 +71,9 @@ public struct FleetShape: Sendable {
     public var clockDevices: Set<Int> = []
     /// Galera nodes (0: a single MariaDB).
     public var galeraNodes = 0
+    /// Shards (0: not sharded): `scripts/stack up --shards N`, the Spider front end for readers
+    /// and the checker, sharded ingest (docs/sharding.md).
+    public var shards = 0
     /// Seconds between readings per device.
     public var intervalSeconds = 0.05
     public init() {}
@@ -128,6 +133,14 @@ public struct Scenario: Sendable {
                      return s
                  }(), faults: [.galeraKill, .galeraKill, .ingestKill, .deviceKill],
                  meanGapSeconds: 6, defaultDurationSeconds: 60),
+        Scenario(name: "shards", summary: "2 shards: each shard's MariaDB SIGKILLed under load and restarted (the other shard's devices must keep being acked), a device moved between shards mid-stream, device kills",
+                 shape: {
+                     var s = FleetShape()
+                     s.devices = 6
+                     s.shards = 2
+                     return s
+                 }(), faults: [.deviceKill, .devicePause],
+                 meanGapSeconds: 3, defaultDurationSeconds: 45),
     ]
 
     public static func named(_ name: String) -> Scenario? { all.first { $0.name == name } }
@@ -141,6 +154,22 @@ public enum FaultSchedule {
         var busyUntil: [FaultTarget: Double] = [:]
         var serviceBusyUntil = 0.0
         var out: [ScheduledFault] = []
+        if shape.shards > 0 {
+            // Every sharded run kills each of two shards once (apart, so a map change, which
+            // needs every copy, can run between them) and moves a device in between.
+            let first = 1 + Int(seed % UInt64(shape.shards))
+            let second = first % shape.shards + 1
+            let moved = Int((seed >> 8) % UInt64(max(1, shape.devices)))
+            out.append(ScheduledFault(atSeconds: durationSeconds * 0.12, durationSeconds: max(4, durationSeconds * 0.15), kind: .shardKill,
+                                      target: .service(.shard(first))))
+            out.append(ScheduledFault(atSeconds: durationSeconds * 0.38, durationSeconds: 1, kind: .deviceMove, target: .device(moved)))
+            if second != first {
+                out.append(ScheduledFault(atSeconds: durationSeconds * 0.66, durationSeconds: max(4, durationSeconds * 0.12), kind: .shardKill,
+                                          target: .service(.shard(second))))
+            }
+            serviceBusyUntil = .infinity
+            busyUntil[.device(moved)] = durationSeconds * 0.38 + 2
+        }
         var t = 1.0 + rng.nextDouble() * scenario.meanGapSeconds
         // Leave the last tenth of the phase quiet, so every fault's heal happens inside it.
         let end = durationSeconds * 0.9
@@ -167,6 +196,12 @@ public enum FaultSchedule {
             case .serviceKill, .servicePause:
                 let services: [ServiceName] = shape.galeraNodes > 0 ? [.redis, .mosquitto] : [.redis, .mosquitto, .mariadb]
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(1, 6), kind: kind, target: .service(services[pick(services.count)]))
+            case .shardKill:
+                guard shape.shards > 0 else { continue }
+                f = ScheduledFault(atSeconds: t, durationSeconds: between(3, 8), kind: kind, target: .service(.shard(1 + pick(shape.shards))))
+            case .deviceMove:
+                guard shape.shards > 0 else { continue }
+                f = ScheduledFault(atSeconds: t, durationSeconds: 1, kind: kind, target: .device(pick(shape.devices)))
             case .galeraKill:
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(3, 12), kind: kind, target: .service(.galera(1 + pick(max(1, shape.galeraNodes)))))
             case .deviceCut, .deviceStall:
@@ -198,6 +233,6 @@ public enum FaultSchedule {
             }
             t += between(0.2, 2 * scenario.meanGapSeconds)
         }
-        return out
+        return out.sorted { $0.atSeconds < $1.atSeconds }
     }
 }
