@@ -37,16 +37,19 @@ package struct ReadControl: Sendable {
 /// What a writer of one shard needs from the sharded ingest (ShardedIngest.swift).
 package struct ShardBinding: Sendable {
     package var shard: ShardNumber
-    /// The cached map's version, passed to `fl_fence` at the start of every write transaction.
+    /// The map version the writer starts with (every message it gets until `.mapChanged` was routed with it).
+    package var initialVersion: ShardMapVersion
+    /// The router's current map version (to tell whether a reload found a newer map).
     package var version: @Sendable () -> ShardMapVersion
     /// After FL001: reload the map (returns when it is loaded or could not be).
     package var reload: @Sendable () async -> Void
     /// Routes the messages of a fenced transaction again (same order), with the reloaded map.
     package var reroute: @Sendable ([IngestWriter.Machine.Released]) -> Void
 
-    package init(shard: ShardNumber, version: @escaping @Sendable () -> ShardMapVersion, reload: @escaping @Sendable () async -> Void,
-                 reroute: @escaping @Sendable ([IngestWriter.Machine.Released]) -> Void) {
+    package init(shard: ShardNumber, initialVersion: ShardMapVersion, version: @escaping @Sendable () -> ShardMapVersion,
+                 reload: @escaping @Sendable () async -> Void, reroute: @escaping @Sendable ([IngestWriter.Machine.Released]) -> Void) {
         self.shard = shard
+        self.initialVersion = initialVersion
         self.version = version
         self.reload = reload
         self.reroute = reroute
@@ -75,6 +78,8 @@ package final class IngestWriter: Sendable {
         case fenced(TransactionID, String)
         /// Sharded: messages another shard's writer released after FL001, routed here.
         case requeue([Machine.Released])
+        /// Sharded: the router installed this map version; what was routed with an older one is routed again.
+        case mapChanged(ShardMapVersion)
         /// No more messages (the broker stream ended, or shutdown): finish what is queued, then return.
         case finish
     }
@@ -110,6 +115,11 @@ package final class IngestWriter: Sendable {
         continuation.yield(.requeue(released))
     }
 
+    /// Sharded: the router installed a newer map (call in the router's lock, in the order of its routing).
+    package func mapChanged(_ version: ShardMapVersion) {
+        continuation.yield(.mapChanged(version))
+    }
+
     /// Asks `run` to finish: queued messages are still stored and acked (up to the shutdown deadline).
     package func finish() { continuation.yield(.finish) }
 
@@ -130,6 +140,10 @@ package final class IngestWriter: Sendable {
     private func drive(_ inputs: AsyncStream<Input>, _ continuation: AsyncStream<Input>.Continuation) async {
         var machine = Machine(configuration: configuration)
         var finishing = false
+        // Sharded: the version every transaction is fenced with. It only moves forward when the
+        // machine has handed back everything routed with an older map (`.mapChanged`), so a
+        // transaction never carries a version newer than the map that routed its messages.
+        var fence = shard?.initialVersion
         // Acks go out on a task of their own, in commit order, so the next transaction never waits
         // for the broker's PUBACKs (a broker busy with a flood answers slowly).
         let (ackStream, acks) = AsyncStream.makeStream(of: [AckMessage].self)
@@ -158,25 +172,33 @@ package final class IngestWriter: Sendable {
                     // Not a failure of the messages: reload the map before anything else is
                     // written here (the next transaction then carries the new version), and
                     // route the transaction's messages again.
-                    let before = shard?.version()
                     if let shard {
                         metrics.shardFenced(shard.shard)
                         logger.notice("\(id) refused by \(shard.shard), its shard map is newer; reloading the map and routing again: \(why)")
                         await shard.reload()
                         // A shard that keeps refusing (no map there, or none loadable): do not spin.
-                        if shard.version() == before { try? await Task.sleep(for: .milliseconds(200)) }
+                        if let fence, shard.version() <= fence { try? await Task.sleep(for: .milliseconds(200)) }
                     }
                     let (released, next) = machine.transactionFenced(id, now: ContinuousClock.now)
                     shard?.reroute(released)
                     actions = next
                 case .requeue(let released):
                     actions = machine.requeue(released, now: now)
+                case .mapChanged(let version):
+                    if let current = fence, version > current {
+                        let (released, next) = machine.releaseAll(now: now)
+                        fence = version
+                        shard?.reroute(released)
+                        actions = next
+                    } else {
+                        actions = []
+                    }
                 case .finish:
                     finishing = true
                     actions = []
                 }
                 for action in actions {
-                    await perform(action, tasks: &tasks, continuation: continuation, acks: acks)
+                    await perform(action, fence: fence, tasks: &tasks, continuation: continuation, acks: acks)
                 }
                 metrics.queueDepth.record(machine.queuedMessages)
                 metrics.queueBytes.record(machine.queuedBytes)
@@ -189,7 +211,7 @@ package final class IngestWriter: Sendable {
         }
     }
 
-    private func perform(_ action: Machine.Action, tasks: inout DiscardingTaskGroup, continuation: AsyncStream<Input>.Continuation,
+    private func perform(_ action: Machine.Action, fence: ShardMapVersion?, tasks: inout DiscardingTaskGroup, continuation: AsyncStream<Input>.Continuation,
                          acks: AsyncStream<[AckMessage]>.Continuation) async {
         switch action {
         case .pauseReading:
@@ -215,7 +237,6 @@ package final class IngestWriter: Sendable {
             continuation.yield(.written(tx.id, .success(WriteResult(readingsInserted: 0, legacyInserted: 0)), seconds: 0))
         case .write(let tx):
             let database = self.database
-            let fence = shard?.version()
             tasks.addTask {
                 let rows = StoreRows(tx)
                 let start = ContinuousClock.now

@@ -37,6 +37,7 @@ package final class ShardRouter: Sendable {
         var heldBytes = 0
         var paused: Set<ShardNumber> = []
         var warnedUnserved: Set<ShardNumber> = []
+        var writers: [ShardNumber: IngestWriter] = [:]
     }
 
     package let machine: IngestConfiguration
@@ -45,8 +46,10 @@ package final class ShardRouter: Sendable {
     private let metrics: BackendMetrics
     private let logger: Logger
     private let broker: ReadControl
+    /// The map, the writers and what is held. Messages are handed to the writers (a non-blocking
+    /// yield) and map changes announced to them inside this lock, so each writer sees its
+    /// messages and the `.mapChanged` of the map that routed them in routing order.
     private let state: Mutex<State>
-    private let writers = Mutex<[ShardNumber: IngestWriter]>([:])
     /// Most bytes of seed values held for devices that cannot be written now.
     private let maxHeldBytes: Int
 
@@ -66,24 +69,22 @@ package final class ShardRouter: Sendable {
     package var version: ShardMapVersion { state.withLock { $0.map.version } }
 
     /// Sets the writers, once, before the first message.
-    package func serve(_ writers: [ShardNumber: IngestWriter]) { self.writers.withLock { $0 = writers } }
+    package func serve(_ writers: [ShardNumber: IngestWriter]) { state.withLock { $0.writers = writers } }
 
-    /// What writer `k` gets as its `ShardBinding`.
+    /// What writer `k` gets as its `ShardBinding` (created before `serve`, with the map in use then).
     package func binding(for k: ShardNumber) -> ShardBinding {
-        ShardBinding(shard: k, version: { [self] in version }, reload: { [self] in await reload() },
+        ShardBinding(shard: k, initialVersion: version, version: { [self] in version }, reload: { [self] in await reload() },
                      reroute: { [self] in reroute($0) })
     }
 
     /// Writer `k`'s backpressure: the broker pauses only while every shard's queue asks for it.
     package func readControl(for k: ShardNumber) -> ReadControl {
         ReadControl(pause: { [self] in
-            let n = writers.withLock { $0.count }
-            let all = state.withLock { s in s.paused.insert(k); return s.paused.count >= n }
+            let all = state.withLock { s in s.paused.insert(k); return s.paused.count >= s.writers.count }
             if all { broker.pause() }
         }, resume: { [self] in
-            let n = writers.withLock { $0.count }
             let wasAll = state.withLock { s in
-                let was = s.paused.count >= n
+                let was = s.paused.count >= s.writers.count
                 s.paused.remove(k)
                 return was
             }
@@ -95,11 +96,16 @@ package final class ShardRouter: Sendable {
     package func offer(topic: String, payload: [UInt8], contentType: String?) {
         let device = IngestItem.device(ofTopic: topic, configuration: machine)
         let seed = ShardRouting.isSeedTopic(topic, configuration: machine)
-        let decision = state.withLock { ShardRouting.decide(device: device, isSeed: seed, map: $0.map) }
-        switch decision {
-        case .shard(let k):
-            guard let w = writer(k) else { return drop(topic: topic, device: device, bytes: payload.count, .shardUnavailable) }
+        let decision = state.withLock { s -> ShardRouting.Decision in
+            let d = ShardRouting.decide(device: device, isSeed: seed, map: s.map)
+            guard case .shard(let k) = d else { return d }
+            guard let w = s.writers[k] else { return .drop(.shardUnavailable) }
             w.offer(topic: topic, payload: payload, contentType: contentType)
+            return d
+        }
+        switch decision {
+        case .shard:
+            break
         case .drop(let reason):
             drop(topic: topic, device: device, bytes: payload.count, reason)
         case .hold(let reason):
@@ -110,26 +116,31 @@ package final class ShardRouter: Sendable {
 
     /// The messages of a fenced transaction, routed again with the (reloaded) map, in order.
     package func reroute(_ released: [IngestWriter.Machine.Released]) {
-        var perShard: [ShardNumber: [IngestWriter.Machine.Released]] = [:]
-        var order: [ShardNumber] = []
-        let map = self.map
-        for r in released {
-            switch ShardRouting.decide(device: r.device, isSeed: r.isSeed, map: map) {
-            case .shard(let k):
-                if perShard[k] == nil { order.append(k) }
-                perShard[k, default: []].append(r)
-            case .drop(let reason):
-                drop(topic: r.topic, device: r.device, bytes: r.payloadBytes, reason)
-            case .hold(let reason):
-                hold(.released(r), bytes: r.payloadBytes + r.topic.utf8.count, topic: r.topic, device: r.device, reason: reason)
+        guard !released.isEmpty else { return }
+        let notTaken = state.withLock { s -> [(IngestWriter.Machine.Released, ShardRouting.Decision)] in
+            var perShard: [ShardNumber: [IngestWriter.Machine.Released]] = [:]
+            var order: [ShardNumber] = []
+            var notTaken: [(IngestWriter.Machine.Released, ShardRouting.Decision)] = []
+            for r in released {
+                let d = ShardRouting.decide(device: r.device, isSeed: r.isSeed, map: s.map)
+                if case .shard(let k) = d, s.writers[k] != nil {
+                    if perShard[k] == nil { order.append(k) }
+                    perShard[k, default: []].append(r)
+                } else if case .shard = d {
+                    notTaken.append((r, .drop(.shardUnavailable)))
+                } else {
+                    notTaken.append((r, d))
+                }
             }
+            for k in order { s.writers[k]!.requeue(perShard[k]!) }
+            return notTaken
         }
-        for k in order {
-            guard let w = writer(k) else {
-                for r in perShard[k]! { drop(topic: r.topic, device: r.device, bytes: r.payloadBytes, .shardUnavailable) }
-                continue
+        for (r, d) in notTaken {
+            switch d {
+            case .drop(let reason): drop(topic: r.topic, device: r.device, bytes: r.payloadBytes, reason)
+            case .hold(let reason): hold(.released(r), bytes: r.payloadBytes + r.topic.utf8.count, topic: r.topic, device: r.device, reason: reason)
+            case .shard: break
             }
-            w.requeue(perShard[k]!)
         }
     }
 
@@ -162,6 +173,8 @@ package final class ShardRouter: Sendable {
         let held: [Held]? = state.withLock { s in
             guard map.version > s.map.version else { return nil }
             s.map = map
+            // Each writer hands back what it holds that was routed with an older map.
+            for w in s.writers.values { w.mapChanged(map.version) }
             let h = s.held
             s.held = []
             s.heldBytes = 0
@@ -172,7 +185,7 @@ package final class ShardRouter: Sendable {
         logger.info("shard map \(map.version) loaded", metadata: ["overrides": "\(map.overrides.count)",
                                                                   "moving": "\(map.overrides.values.filter { $0.movingTo != nil }.count)",
                                                                   "frozen buckets": "\(map.buckets.filter(\.frozen).count)"])
-        let served = writers.withLock { Set($0.keys) }
+        let served = state.withLock { Set($0.writers.keys) }
         for k in map.activeShards where !served.contains(k) {
             if state.withLock({ $0.warnedUnserved.insert(k).inserted }) {
                 logger.error("the shard map names \(k), which this process does not write (added since it started): restart ingest; its devices' messages are dropped unacked meanwhile")
@@ -185,8 +198,6 @@ package final class ShardRouter: Sendable {
             }
         }
     }
-
-    private func writer(_ k: ShardNumber) -> IngestWriter? { writers.withLock { $0[k] } }
 
     private func drop(topic: String, device: DeviceID?, bytes: Int, _ reason: DropReason) {
         metrics.dropped(reason)

@@ -192,7 +192,7 @@ public final class LabRun: @unchecked Sendable {
     private var servicesSeenDead: Set<ServiceName> = []
     private var serviceDeaths: [String] = []
     /// Sharded: per shard-kill fault, the devices' shards and acked pointers once the shard was down.
-    private var shardKillWatch: [Int: (shard: Int, homes: [String: Int], acked: [Int: UInt64], deviceFaults: [Int: Int])] = [:]
+    private var shardKillWatch: [Int: (shard: Int, homes: [String: Int], acked: [Int: UInt64], deviceFaults: [Int: Int], since: Double)] = [:]
     /// Device faults begun so far, per device (a device faulted during a shard's outage is not expected to progress).
     private var deviceFaultsBegun: [Int: Int] = [:]
 
@@ -389,8 +389,19 @@ public final class LabRun: @unchecked Sendable {
         for g in ingests { try g.process.start() }
         // Devices.
         let redisPort = try stack.port("FIELDLOG_REDIS_PORT")
+        var ids = (0..<shape.devices).map { "lab-\(runID)-d\($0)" }
+        if stack.shards > 0 {
+            // Spread evenly over the shards (the map decides: variants of each id are tried
+            // until it lands on shard i mod N + 1), so every shard's outage has devices to watch
+            // on the others.
+            for i in 0..<shape.devices {
+                let candidates = (0..<24).map { ids[i] + ($0 == 0 ? "" : "v\($0)") }
+                let homes = try stack.shardsOf(candidates)
+                if let pick = candidates.first(where: { homes[$0] == i % stack.shards + 1 }) { ids[i] = pick }
+            }
+        }
         for i in 0..<shape.devices {
-            let id = "lab-\(runID)-d\(i)"
+            let id = ids[i]
             let password = String(rng.next(), radix: 36) + String(rng.next(), radix: 36)
             try stack.addMQTTUser(id, password: password)
             let proxy = try FaultProxy(name: "device\(i)-broker", targetPort: mqttPort, seed: rng.next(), logger: logger)
@@ -582,11 +593,22 @@ public final class LabRun: @unchecked Sendable {
                 Thread.sleep(forTimeInterval: 1)
                 watchOnce()
                 lock.withLock {
-                    shardKillWatch[index] = (k, homes, Dictionary(uniqueKeysWithValues: devices.map { ($0.index, $0.acked) }), deviceFaultsBegun)
+                    shardKillWatch[index] = (k, homes, Dictionary(uniqueKeysWithValues: devices.map { ($0.index, $0.acked) }), deviceFaultsBegun,
+                                             monotonicSeconds())
                 }
             } else {
-                watchOnce()
-                if let w = lock.withLock({ shardKillWatch.removeValue(forKey: index) }) { try checkOtherShardsAcked(w, index: index) }
+                if let w = lock.withLock({ shardKillWatch.removeValue(forKey: index) }) {
+                    // The shard stays down for the fault's duration from when it really went
+                    // down: a fault queued behind a slow one (a move) must not shrink the window.
+                    let remaining = f.durationSeconds - 1 - (monotonicSeconds() - w.since)
+                    if remaining > 0 { Thread.sleep(forTimeInterval: remaining) }
+                    watchOnce()
+                    var finding: (any Error)?
+                    do { try checkOtherShardsAcked(w, index: index) } catch { finding = error }
+                    try stack.restart(.shard(k))
+                    if let finding { throw finding }
+                    return
+                }
                 try stack.restart(.shard(k))
             }
         case (.deviceMove, .device(let i)):
@@ -627,7 +649,8 @@ public final class LabRun: @unchecked Sendable {
 
     /// While shard `w.shard` was down, every device on another shard that no fault of its own
     /// stopped must have been acked further (a shard that is down stops only its devices).
-    private func checkOtherShardsAcked(_ w: (shard: Int, homes: [String: Int], acked: [Int: UInt64], deviceFaults: [Int: Int]), index: Int) throws {
+    private func checkOtherShardsAcked(_ w: (shard: Int, homes: [String: Int], acked: [Int: UInt64], deviceFaults: [Int: Int], since: Double),
+                                       index: Int) throws {
         let (now, faultsNow) = lock.withLock { (Dictionary(uniqueKeysWithValues: devices.map { ($0.index, $0.acked) }), deviceFaultsBegun) }
         var others: [String] = [], stalled: [String] = [], own: [String] = []
         for d in devices {
@@ -642,7 +665,8 @@ public final class LabRun: @unchecked Sendable {
             if after <= before { stalled.append(d.id) }
         }
         lock.withLock {
-            notes.append("shard \(w.shard) down: devices on other shards acked \(others.joined(separator: ", ")); its own \(own.joined(separator: ", "))")
+            notes.append(String(format: "shard %d down: devices on other shards acked %@; its own %@ (over %.1f s)", w.shard,
+                                others.joined(separator: ", "), own.joined(separator: ", "), monotonicSeconds() - w.since))
         }
         if others.isEmpty {
             throw LabError.command("shard \(w.shard) down: no device on another shard could be watched (all faulted)")

@@ -139,7 +139,7 @@ public struct Scenario: Sendable {
                      s.devices = 6
                      s.shards = 2
                      return s
-                 }(), faults: [.deviceKill, .devicePause],
+                 }(), faults: [.shardKill, .deviceMove, .deviceKill, .devicePause],
                  meanGapSeconds: 3, defaultDurationSeconds: 45),
     ]
 
@@ -170,6 +170,7 @@ public enum FaultSchedule {
             serviceBusyUntil = .infinity
             busyUntil[.device(moved)] = durationSeconds * 0.38 + 2
         }
+        let fixed = out
         var t = 1.0 + rng.nextDouble() * scenario.meanGapSeconds
         // Leave the last tenth of the phase quiet, so every fault's heal happens inside it.
         let end = durationSeconds * 0.9
@@ -196,12 +197,9 @@ public enum FaultSchedule {
             case .serviceKill, .servicePause:
                 let services: [ServiceName] = shape.galeraNodes > 0 ? [.redis, .mosquitto] : [.redis, .mosquitto, .mariadb]
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(1, 6), kind: kind, target: .service(services[pick(services.count)]))
-            case .shardKill:
-                guard shape.shards > 0 else { continue }
-                f = ScheduledFault(atSeconds: t, durationSeconds: between(3, 8), kind: kind, target: .service(.shard(1 + pick(shape.shards))))
-            case .deviceMove:
-                guard shape.shards > 0 else { continue }
-                f = ScheduledFault(atSeconds: t, durationSeconds: 1, kind: kind, target: .device(pick(shape.devices)))
+            case .shardKill, .deviceMove:
+                // Placed above, apart from each other: a move is a map change, which needs every shard up.
+                continue
             case .galeraKill:
                 f = ScheduledFault(atSeconds: t, durationSeconds: between(3, 12), kind: kind, target: .service(.galera(1 + pick(max(1, shape.galeraNodes)))))
             case .deviceCut, .deviceStall:
@@ -224,7 +222,11 @@ public enum FaultSchedule {
             }
             // Scheduling rules: one fault per target at a time; one service fault at a time.
             let isService: Bool = { if case .service = f.target { return true }; return false }()
-            let free = isService ? serviceBusyUntil <= t : (busyUntil[f.target] ?? 0) <= t
+            var free = isService ? serviceBusyUntil <= t : (busyUntil[f.target] ?? 0) <= t
+            // Sharded: no device fault overlaps a shard's outage, so every device on the other
+            // shards can be watched being acked meanwhile.
+            let stop = t + min(f.durationSeconds, max(0.1, end - t)) + 0.5
+            if fixed.contains(where: { $0.kind == .shardKill && $0.atSeconds - 1 < stop && t < $0.atSeconds + $0.durationSeconds + 1 }) { free = false }
             if free && end - t >= 0.3 {
                 f.durationSeconds = min(f.durationSeconds, max(0.1, end - t))
                 out.append(f)

@@ -140,6 +140,35 @@ final class ShardingTests: XCTestCase {
         XCTAssertTrue(m.isIdle)
     }
 
+    func testANewMapReleasesEverythingNotInFlightSoTheNextFenceNeverOutrunsTheRouting() throws {
+        let a = d("dev-a"), b = d("dev-b")
+        var m = Machine()
+        let (ta, pa) = batch(a, 1, 5)
+        let inFlight = try XCTUnwrap(writes(m.messageReceived(topic: ta, payload: pa, now: t0)).first)
+        let (tb, pb) = batch(b, 1, 3)
+        let (ta2, pa2) = batch(a, 6, 9)
+        _ = m.messageReceived(topic: tb, payload: pb, now: t0)
+        _ = m.messageReceived(topic: ta2, payload: pa2, now: t0)
+        // The map changed: the queued messages were routed with the old one and come back in order.
+        let (released, actions) = m.releaseAll(now: t0)
+        XCTAssertEqual(released.map(\.topic), [tb, ta2])
+        XCTAssertEqual(writes(actions), [], "the transaction in flight stays the only one")
+        XCTAssertEqual(m.queuedMessages, 0)
+        XCTAssertEqual(m.queuedBytes, 0)
+        // The transaction in flight still completes (its older fence version decides on the shard).
+        let done = m.transactionCommitted(inFlight.id, result: WriteResult(readingsInserted: 5, legacyInserted: 0), now: t0)
+        XCTAssertTrue(done.contains { if case .publishAcks = $0 { true } else { false } })
+        XCTAssertTrue(m.isIdle)
+
+        // A part waiting to be retried (its shard was down) was routed with the old map too.
+        let again = try XCTUnwrap(writes(m.messageReceived(topic: tb, payload: pb, now: t0)).first)
+        let retry = m.transactionFailed(again.id, failure: .connection("down"), now: t0)
+        XCTAssertTrue(retry.contains { if case .armTimer = $0 { true } else { false } })
+        XCTAssertEqual(m.releaseAll(now: t0).released.map(\.topic), [tb])
+        XCTAssertTrue(m.isIdle)
+        XCTAssertEqual(writes(m.timerFired(now: t0.advanced(by: .seconds(10)))), [], "the stale backoff timer writes nothing")
+    }
+
     func testRequeueCountsTowardsTheQueueAndPausesReadingAboveTheMark() throws {
         var source = Machine(), target: Machine = {
             var c = IngestConfiguration()

@@ -754,6 +754,37 @@ extension IngestStateMachine {
         return (released, startNext(now: now))
     }
 
+    /// The caller's map changed: every message taken but not in a transaction in flight (the
+    /// queues, the parts waiting, a part waiting to be retried) was routed with an older map and
+    /// is handed back, in order, to be routed again. The transaction in flight, if any, keeps
+    /// the older version it was fenced with (the shard refuses it if its map moved on). After
+    /// this, every message in the machine was routed with the new map, so the caller may fence
+    /// the next transactions with the new version.
+    public mutating func releaseAll(now: Instant) -> (released: [Released], actions: [Action]) {
+        var released: [Released] = []
+        if case .waitingToWrite(let part, _) = phase {
+            released += part.work.map(Released.init)
+            phase = .idle
+        }
+        for p in parts { released += p.work.map(Released.init) }
+        parts = []
+        for device in rotation {
+            guard var b = buckets[device] else { continue }
+            while b.count > 0 { released.append(Released(b.pop().work)) }
+        }
+        buckets = [:]
+        rotation = []
+        cursor = 0
+        queuedBytes = 0
+        queuedMessages = 0
+        var actions: [Action] = []
+        if readingPaused {
+            readingPaused = false
+            actions.append(.resumeReading)
+        }
+        return (released, actions + startNext(now: now))
+    }
+
     /// Messages another shard's machine released (`transactionFenced`), routed here: queued as if
     /// just received, behind the device's queued messages. They are not dropped for the queue's
     /// bounds (they were taken once already; what is released is bounded by the other queue).
