@@ -70,15 +70,15 @@ struct QueryBench: AsyncParsableCommand {
         let device = "bench-q-\(devices / 2)"
         func sqlTime(_ ms: Int64) -> String { SQLDateTime.format(unixMilliseconds: ms)! }
 
-        // 1. One sensor of one device over 24 h.
+        // 1. One sensor of one device over 24 h, as docs/backend.md writes it.
         var samples: [Int64] = []
         var count = 0
         for k in 0..<requests {
             let d = "bench-q-\(k % devices)"
             let t = ContinuousClock.now
             let r = try await db.execute("""
-                SELECT device_time, num_value FROM reading_values
-                 WHERE device_id = ? AND sensor = 'temp' AND device_time BETWEEN ? AND ? ORDER BY device_time
+                SELECT device_time, CAST(JSON_VALUE(vals, '$.temp') AS DOUBLE) AS temp FROM readings
+                 WHERE device_id = ? AND device_time BETWEEN ? AND ? ORDER BY device_time
                 """, [.string(d), .string(sqlTime(fromMs)), .string(sqlTime(lastMs))])
             samples.append(nanoseconds(ContinuousClock.now - t))
             count = r.rows.count

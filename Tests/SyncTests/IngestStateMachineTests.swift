@@ -317,14 +317,18 @@ final class IngestStateMachineTests: XCTestCase {
     func testValsAreTheDeterministicJSONOfTheValuesInNameOrder() throws {
         let v = try SensorValues(["temp": .number(21.5), "count": .number(3), "state": .text("on \"x\"\n"), "tiny": .number(1e-7)])
         let vals = StoreRows.vals(v)
-        XCTAssertEqual(vals, #"[{"s":"count","n":3.0},{"s":"state","t":"on \"x\"\n"},{"s":"temp","n":21.5},{"s":"tiny","n":1e-07}]"#)
-        XCTAssertEqual(Array(vals.utf8), JSONWriter.encode(.array(v.sorted.map { name, value in
-            if case .number(let d) = value { return .object([("s", .string(name)), ("n", .double(d))]) }
-            if case .text(let t) = value { return .object([("s", .string(name)), ("t", .string(t))]) }
-            return .null
+        XCTAssertEqual(vals, #"{"count":3.0,"state":"on \"x\"\n","temp":21.5,"tiny":1e-07}"#)
+        XCTAssertEqual(Array(vals.utf8), JSONWriter.encode(.object(v.sorted.map { name, value in
+            if case .number(let d) = value { return (name, .double(d)) }
+            if case .text(let t) = value { return (name, .string(t)) }
+            return (name, .null)
         })), "the same bytes as the protocol's writer")
         XCTAssertTrue(Columns.vals(vals))
-        XCTAssertEqual(StoreRows.vals(try SensorValues([:])), "[]")
+        XCTAssertEqual(StoreRows.vals(try SensorValues([:])), "{}")
+        XCTAssertTrue(Columns.vals("{}"))
+        for bad in [#"[{"s":"temp","n":1}]"#, #"{"a b":1}"#, #"{"temp":null}"#, #"{"temp":[1]}"#, "{"] {
+            XCTAssertFalse(Columns.vals(bad), bad)
+        }
     }
 
     func testAckRuleIsTheContiguousPrefixOfCommittedRanges() {

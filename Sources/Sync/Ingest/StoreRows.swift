@@ -21,13 +21,13 @@ public struct StoreRows: Hashable, Sendable {
     /// `epochs` (INSERT IGNORE).
     public struct Epoch: Hashable, Sendable { public var device: String; public var epoch: UInt64 }
     /// `readings` (INSERT IGNORE on device, epoch, seq): one row per reading, its values in
-    /// `vals` (schema v7; `reading_values` is a view over it, docs/backend.md).
+    /// `vals` (schema v8; `reading_values` is a view over it, docs/backend.md).
     public struct Reading: Hashable, Sendable {
         public var device: String, epoch: UInt64, seq: UInt64, deviceMs: Int64
         public var deviceTime: String?
         public var unsynchronized: Bool
         public var missingSensors: String?
-        /// The values as a JSON array, sensors in name order: `[{"s":"temp","n":21.5},{"s":"state","t":"on"}]`.
+        /// The values as a JSON object, sensors in name order: `{"state":"on","temp":21.5}`.
         public var vals: String
     }
     /// `device_sensors` (INSERT IGNORE on device, sensor): the sensors a device has sent, so a
@@ -139,23 +139,40 @@ public struct StoreRows: Hashable, Sendable {
     /// Sensors already in `sensors` (one row per device and sensor per transaction).
     private var knownSensors: Set<Sensor> = []
 
-    /// A reading's values as stored in `readings.vals`: a JSON array of `{"s": name, "n": number}`
-    /// or `{"s": name, "t": text}`, in name order (the protocol's deterministic JSON writer).
+    /// A reading's values as stored in `readings.vals` (schema 8): a JSON object from sensor name
+    /// to a number or a text, in name order (the protocol's deterministic JSON writer), so one
+    /// sensor is `JSON_VALUE(vals, '$.temp')` in SQL (docs/backend.md).
     public static func vals(_ values: SensorValues) -> String {
         // Written straight into one buffer (no JSONValue tree): one per stored reading.
-        var w = JSONWriter(reservingCapacity: 32 * max(1, values.count))
-        w.raw("[")
+        var w = JSONWriter(reservingCapacity: 24 * max(1, values.count))
+        w.raw("{")
         for (k, (name, value)) in values.sorted.enumerated() {
-            w.raw(k == 0 ? "{\"s\":" : ",{\"s\":")
+            if k > 0 { w.raw(",") }
             w.string(name)
+            w.raw(":")
             switch value {
-            case .number(let d): w.raw(",\"n\":"); w.double(d)
-            case .text(let t): w.raw(",\"t\":"); w.string(t)
+            case .number(let d): w.double(d)
+            case .text(let t): w.string(t)
             }
-            w.raw("}")
         }
-        w.raw("]")
+        w.raw("}")
         return String(decoding: w.bytes, as: UTF8.self)
+    }
+
+    /// The values back from a `readings.vals` object (the web admin reads them without MariaDB's
+    /// JSON functions); nil for anything that is not one.
+    public static func values(vals: String) -> SensorValues? {
+        guard case .object(let members)? = try? JSONReader.parse(Array(vals.utf8)) else { return nil }
+        var values: [String: SensorValue] = [:]
+        for (name, value) in members {
+            switch value {
+            case .double(let d): values[name] = .number(d)
+            case .integer(let i): values[name] = .number(Double(i))
+            case .string(let t): values[name] = .text(t)
+            default: return nil
+            }
+        }
+        return try? SensorValues(values)
     }
 
     /// Longest `vals`: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.
@@ -258,17 +275,17 @@ public enum Columns {
     public static func sensor(_ s: String) -> Bool { (try? SensorValues.validate(name: s)) != nil }
     /// A sequence number column: 1…2^53.
     public static func sequence(_ n: UInt64) -> Bool { n >= 1 && n <= SequenceNumber.max.rawValue }
-    /// `readings.vals`: what the `reading_values` view's JSON_TABLE reads back: an array of
-    /// objects, each a valid sensor name `s` with either a finite number `n` or a text `t` of at
-    /// most 256 characters (the view's columns).
+    /// `readings.vals`: what the `reading_values` view and `JSON_VALUE` read back: an object
+    /// whose members are valid sensor names, each with a finite number or a text of at most 256
+    /// characters (the view's columns).
     public static func vals(_ s: String) -> Bool {
-        guard case .array(let items)? = try? JSONReader.parse(Array(s.utf8)) else { return false }
-        return items.allSatisfy { item in
-            guard case .object(let m) = item, m.count == 2, case .string(let name)? = item["s"], sensor(name) else { return false }
-            switch (item["n"], item["t"]) {
-            case (.double(let d)?, nil): return d.isFinite
-            case (.integer?, nil): return true
-            case (nil, .string(let t)?): return varchar(t, 256)
+        guard case .object(let members)? = try? JSONReader.parse(Array(s.utf8)) else { return false }
+        return members.allSatisfy { name, value in
+            guard sensor(name) else { return false }
+            switch value {
+            case .double(let d): return d.isFinite
+            case .integer: return true
+            case .string(let t): return varchar(t, 256)
             default: return false
             }
         }
