@@ -285,6 +285,8 @@ package enum Schema {
         // switches the table for the view (docs/operating-backend.md, "Upgrading to schema 7").
         Migration(version: 7, name: "readings.vals: one row per reading; reading_values a view; device_sensors", statements: [
             "ALTER TABLE readings ADD COLUMN IF NOT EXISTS vals MEDIUMTEXT NULL",
+            // Schema 8's column, here too: schema 7's data step writes schema 8's form.
+            "ALTER TABLE readings ADD COLUMN IF NOT EXISTS texts MEDIUMTEXT NULL",
             """
             CREATE TABLE IF NOT EXISTS device_sensors (
               device_id \(deviceColumn),
@@ -294,14 +296,18 @@ package enum Schema {
             """,
         ], data: { connection, logger in try await ReadingValuesMove(connection: connection, logger: logger).run() },
         switchOver: { connection, logger in try await ReadingValuesMove(connection: connection, logger: logger).switchOver() }),
-        // Issue 17: `readings.vals` becomes a JSON object from sensor name to value
-        // (`{"hum":40.1,"temp":21.5}`), so one sensor is `JSON_VALUE(vals, '$.temp')` — about twice
-        // as fast as `reading_values`' JSON_TABLE over schema 7's array, which made the queries of
-        // Grafana and the web admin slower than schema 6's table (docs/benchmarks.md). Upgrading:
+        // Issue 17: `readings.vals` becomes a JSON object from sensor name to number
+        // (`{"hum":40.1,"temp":21.5}`) and texts move to `readings.texts` (`{"state":"on"}`, NULL
+        // when none), so one sensor is `JSON_VALUE(vals, '$.temp')` and an average needs no type
+        // test — about half the cost of `reading_values`' JSON_TABLE over schema 7's array, which
+        // made the queries of Grafana and the web admin slower than schema 6's table
+        // (docs/benchmarks.md, "Queries"). Upgrading:
         // `migrate --prepare` (ingest of schema 7 keeps writing arrays) puts a view over both forms
         // in place and rewrites the arrays; `migrate` (ingest stopped) rewrites the rest and
         // installs the view over objects (docs/operating-backend.md, "Upgrading to schema 8").
-        Migration(version: 8, name: "readings.vals: a JSON object keyed by sensor", statements: [],
+        Migration(version: 8, name: "readings.vals: numbers keyed by sensor; readings.texts", statements: [
+            "ALTER TABLE readings ADD COLUMN IF NOT EXISTS texts MEDIUMTEXT NULL",
+        ],
                   data: { connection, logger in try await ValsToObjects(connection: connection, logger: logger).run() },
                   switchOver: { connection, logger in try await ValsToObjects(connection: connection, logger: logger).switchOver() }),
     ]
@@ -440,9 +446,11 @@ package struct ReadingValuesMove {
             while first <= high {
                 let last = min(high, first + window - 1)
                 let result = try await connection.execute("""
-                    UPDATE readings r SET r.vals = COALESCE((
-                        SELECT CONCAT('{', GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.num_value", "v.text_value")) ORDER BY v.sensor SEPARATOR ','), '}')
-                          FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq), '{}')
+                    UPDATE readings r SET
+                      r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.num_value")) ORDER BY v.sensor SEPARATOR ','), ''), '}')
+                                  FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NOT NULL),
+                      r.texts = (SELECT CONCAT('{', GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.text_value")) ORDER BY v.sensor SEPARATOR ','), '}')
+                                   FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NULL)
                      WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals IS NULL
                     """, [.string(device), .uint(epoch), .uint(first), .uint(last)])
                 filled += result.affectedRows
@@ -466,7 +474,7 @@ package struct ReadingValuesMove {
             let missing = try await connection.query("SELECT COUNT(*) FROM readings WHERE vals IS NULL").rows.first?.first?.int64 ?? 0
             guard missing == 0 else { throw SchemaError(description: "schema 7: \(missing) readings still have no values; run `fieldlog-backend migrate` again") }
             let old = try await connection.query("SELECT COUNT(*) FROM reading_values").rows.first?.first?.int64 ?? 0
-            let moved = try await connection.query("SELECT COALESCE(SUM(JSON_LENGTH(vals)), 0) FROM readings").rows.first?.first?.int64 ?? 0
+            let moved = try await connection.query("SELECT COALESCE(SUM(JSON_LENGTH(vals) + COALESCE(JSON_LENGTH(texts), 0)), 0) FROM readings").rows.first?.first?.int64 ?? 0
             guard old == moved else { throw SchemaError(description: "schema 7: reading_values holds \(old) values, readings.vals \(moved); nothing switched") }
             try await connection.query(old == 0 ? "DROP TABLE reading_values" : "RENAME TABLE reading_values TO reading_values_v6")
         }
@@ -477,35 +485,50 @@ package struct ReadingValuesMove {
     }
 }
 
-/// Schema 8: `readings.vals` from schema 7's array (`[{"s":"temp","n":21.5}]`) to an object
-/// (`{"temp":21.5}`), in place, window by window like schema 7's step (only rows still holding
-/// an array, so running it again finishes what ingest of schema 7 wrote since).
+/// Schema 8: `readings.vals` from schema 7's array (`[{"s":"temp","n":21.5},{"s":"state","t":"on"}]`)
+/// to an object of the numbers (`{"temp":21.5}`) and `readings.texts` (`{"state":"on"}`), in
+/// place, window by window like schema 7's step (only rows still holding an array, so running it
+/// again finishes what ingest of schema 7 wrote since).
 package struct ValsToObjects {
     package var connection: MariaDBConnection
     package var logger: Logger
     package var window: UInt64 = 20_000
 
-    /// One member `"name":value` of the object from a name, a number and a text column: MariaDB's
-    /// JSON_OBJECT writes the number as JSON (and escapes the text); its braces are cut off (a
-    /// member starts with a quote and ends with a digit or a quote, never with a brace).
-    package static func member(_ name: String, _ number: String, _ text: String) -> String {
-        func bare(_ object: String) -> String { "TRIM(LEADING '{' FROM TRIM(TRAILING '}' FROM \(object)))" }
-        return "IF(\(number) IS NOT NULL, \(bare("JSON_OBJECT(\(name), \(number))")), \(bare("JSON_OBJECT(\(name), \(text))")))"
+    /// One member `"name":value` of an object from a name and a value column: MariaDB's
+    /// JSON_OBJECT writes a number as JSON (and escapes a text); its braces are cut off (a member
+    /// starts with a quote and ends with a digit or a quote, never with a brace).
+    package static func member(_ name: String, _ value: String) -> String {
+        "TRIM(LEADING '{' FROM TRIM(TRAILING '}' FROM JSON_OBJECT(\(name), \(value))))"
     }
 
-    /// The path of one sensor in `vals`. Sensor names hold no quotes or backslashes (§2.2).
+    /// The path of one sensor in `vals` or `texts`. Sensor names hold no quotes or backslashes (§2.2).
     static let path = "CONCAT('$.\"', k.sensor, '\"')"
 
+    static func numbers(where condition: String) -> String {
+        """
+        SELECT r.device_id, r.epoch, r.seq, k.sensor, r.device_time,
+                 CAST(JSON_VALUE(r.vals, \(path)) AS DOUBLE) AS num_value, CAST(NULL AS VARCHAR(256)) AS text_value
+            FROM readings r, JSON_TABLE(JSON_KEYS(r.vals), '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$')) k
+           WHERE \(condition)
+        """
+    }
+
+    static let texts = """
+        SELECT r.device_id, r.epoch, r.seq, k.sensor, r.device_time,
+                 NULL, CAST(JSON_VALUE(r.texts, \(path)) AS VARCHAR(256))
+            FROM readings r, JSON_TABLE(JSON_KEYS(r.texts), '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$')) k
+           WHERE r.texts IS NOT NULL
+        """
+
     /// `reading_values` over the objects: one row per reading and sensor, the columns of schema
-    /// 6's table. A general view (one JSON_TABLE per reading); a query for one sensor is faster
-    /// with `JSON_VALUE(vals, '$.temp')` on `readings` (docs/backend.md).
+    /// 6's table. A general view (a JSON_TABLE per reading, and a second pass for texts); a query
+    /// for one sensor is about twice as fast with `JSON_VALUE(vals, '$.temp')` on `readings`
+    /// (docs/backend.md).
     package static let view = """
         CREATE OR REPLACE VIEW reading_values AS
-          SELECT r.device_id, r.epoch, r.seq, k.sensor, r.device_time,
-                 IF(JSON_TYPE(JSON_EXTRACT(r.vals, \(path))) = 'STRING', NULL, CAST(JSON_VALUE(r.vals, \(path)) AS DOUBLE)) AS num_value,
-                 IF(JSON_TYPE(JSON_EXTRACT(r.vals, \(path))) = 'STRING', CAST(JSON_VALUE(r.vals, \(path)) AS VARCHAR(256)), NULL) AS text_value
-            FROM readings r,
-                 JSON_TABLE(JSON_KEYS(r.vals), '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$')) k
+          \(numbers(where: "TRUE"))
+          UNION ALL
+          \(texts)
         """
 
     /// While `migrate --prepare` rewrites the arrays: both forms, so readers miss no value.
@@ -518,12 +541,9 @@ package struct ValsToObjects {
                                                     text_value VARCHAR(256) PATH '$.t')) j
            WHERE r.vals LIKE '[%'
           UNION ALL
-          SELECT r.device_id, r.epoch, r.seq, k.sensor, r.device_time,
-                 IF(JSON_TYPE(JSON_EXTRACT(r.vals, \(path))) = 'STRING', NULL, CAST(JSON_VALUE(r.vals, \(path)) AS DOUBLE)),
-                 IF(JSON_TYPE(JSON_EXTRACT(r.vals, \(path))) = 'STRING', CAST(JSON_VALUE(r.vals, \(path)) AS VARCHAR(256)), NULL)
-            FROM readings r,
-                 JSON_TABLE(JSON_KEYS(r.vals), '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$')) k
-           WHERE r.vals LIKE '{%'
+          \(numbers(where: "r.vals LIKE '{%'"))
+          UNION ALL
+          \(texts)
         """
 
     package func run() async throws {
@@ -543,11 +563,14 @@ package struct ValsToObjects {
             var first = low
             while first <= high {
                 let last = min(high, first + window - 1)
-                // The JSON columns keep each number's and text's JSON as written (a text with its quotes).
+                // The JSON columns keep each number's and text's JSON as written (a text with its
+                // quotes). `texts` first: assignments run left to right and it reads the array.
                 let result = try await connection.execute("""
-                    UPDATE readings r SET r.vals = (
-                        SELECT CONCAT('{', COALESCE(GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', COALESCE(j.n, j.t)) ORDER BY j.s SEPARATOR ','), ''), '}')
-                          FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', n JSON PATH '$.n', t JSON PATH '$.t')) j)
+                    UPDATE readings r SET
+                      r.texts = (SELECT CONCAT('{', GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.t) ORDER BY j.s SEPARATOR ','), '}')
+                                   FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', t JSON PATH '$.t')) j WHERE j.t IS NOT NULL),
+                      r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.n) ORDER BY j.s SEPARATOR ','), ''), '}')
+                                  FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', n JSON PATH '$.n')) j WHERE j.n IS NOT NULL)
                      WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals LIKE '[%'
                     """, [.string(device), .uint(epoch), .uint(first), .uint(last)])
                 rewritten += result.affectedRows

@@ -77,7 +77,7 @@ package final class Store: Sendable {
         let epochs = rows.epochs.map { [.string($0.device), .uint($0.epoch), now] as [MariaDBValue] }
         let readings = rows.readings.map { r -> [MariaDBValue] in
             [.string(r.device), .uint(r.epoch), .uint(r.seq), .int(r.deviceMs), time(r.deviceTime), .int(r.unsynchronized ? 1 : 0), now,
-             text(r.missingSensors), .string(r.vals)]
+             text(r.missingSensors), .string(r.vals), text(r.texts)]
         }
         let sensors = rows.sensors.map { [.string($0.device), .string($0.sensor)] as [MariaDBValue] }
         let losses = rows.losses.map { l -> [MariaDBValue] in
@@ -290,7 +290,7 @@ package struct CheckedTable: Sendable {
                                       key: ["device_id"])
     package static let epochs = CheckedTable(name: "epochs", columns: ["device_id", "epoch", "first_seen_at"], key: ["device_id", "epoch"])
     package static let readings = CheckedTable(name: "readings", columns: ["device_id", "epoch", "seq", "device_ms", "device_time", "clock_unsynchronized",
-                                                                   "received_at", "missing_sensors", "vals"], key: ["device_id", "epoch", "seq"])
+                                                                   "received_at", "missing_sensors", "vals", "texts"], key: ["device_id", "epoch", "seq"])
     package static let deviceSensors = CheckedTable(name: "device_sensors", columns: ["device_id", "sensor"], key: ["device_id", "sensor"])
     package static let lossRanges = CheckedTable(name: "loss_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "reason", "detail",
                                                                         "device_recorded_ms", "received_at"], key: ["device_id", "epoch", "first_seq", "last_seq"])

@@ -142,7 +142,7 @@ package final class WebStore: Sendable {
     }
 
     /// Numeric points of every sensor (or one) in [from, to), at most `limit` points (newest kept
-    /// when over). Reads `readings.vals` and decodes it here: MariaDB's JSON functions per row
+    /// when over). Reads `readings.vals` (the numbers) and decodes it here: MariaDB's JSON functions per row
     /// cost more than the whole query otherwise (docs/benchmarks.md, "Queries").
     package func series(device: DeviceID, fromMs: Int64, toMs: Int64, sensor: String? = nil, limit: Int = 50_000) async throws -> (points: [String: [SeriesPoint]], truncated: Bool) {
         let from = SQLTime.datetime(unixMilliseconds: fromMs)!, to = SQLTime.datetime(unixMilliseconds: toMs)!
@@ -156,7 +156,7 @@ package final class WebStore: Sendable {
         var newestFirst: [(String, SeriesPoint)] = []
         var truncated = rows.count > limit
         readings: for r in rows.prefix(limit) {
-            guard let t = r[0].string.flatMap(WebTime.milliseconds(sql:)), let values = r[3].string.flatMap(StoreRows.values(vals:)) else { continue }
+            guard let t = r[0].string.flatMap(WebTime.milliseconds(sql:)), let values = r[3].string.flatMap({ StoreRows.values(vals: $0, texts: nil) }) else { continue }
             for (name, value) in values.sorted where sensor == nil || sensor == name {
                 guard case .number(let v) = value else { continue }
                 if newestFirst.count == limit { truncated = true; break readings }
@@ -188,13 +188,13 @@ package final class WebStore: Sendable {
                 "SELECT COUNT(*) FROM readings WHERE device_id = ? AND device_time >= ? AND device_time < ?",
                 [d, .string(from), .string(to)]).rows.first?[0].int64 ?? 0
             let rows = try await s.connection.execute("""
-                SELECT epoch, seq, device_time, received_at, clock_unsynchronized, vals FROM readings
+                SELECT epoch, seq, device_time, received_at, clock_unsynchronized, vals, texts FROM readings
                  WHERE device_id = ? AND device_time >= ? AND device_time < ?
                  ORDER BY device_time DESC, epoch DESC, seq DESC LIMIT \(pageSize) OFFSET \(page * pageSize)
                 """, [d, .string(from), .string(to)]).rows
             let result: [ReadingRow] = rows.map { r in
                 var values: [String: ReadingValue] = [:]
-                for (name, value) in r[5].string.flatMap(StoreRows.values(vals:))?.sorted ?? [] {
+                for (name, value) in r[5].string.flatMap({ StoreRows.values(vals: $0, texts: r[6].string) })?.sorted ?? [] {
                     switch value {
                     case .number(let n): values[name] = .number(n)
                     case .text(let t): values[name] = .text(t)
@@ -220,7 +220,7 @@ package final class WebStore: Sendable {
         let keysetClause = keyset
         let rows = try await run("export readings") { s in
             try await s.connection.execute("""
-                SELECT r.device_time, r.epoch, r.seq, r.vals FROM readings r
+                SELECT r.device_time, r.epoch, r.seq, r.vals, r.texts FROM readings r
                  WHERE r.device_id = ? AND r.device_time >= ? AND r.device_time < ?\(keysetClause)
                  ORDER BY r.device_time, r.epoch, r.seq LIMIT \(limit)
                 """, finalBinds).rows
@@ -228,7 +228,7 @@ package final class WebStore: Sendable {
         var out: [(time: String, epoch: UInt64, seq: UInt64, sensor: String?, value: String?)] = []
         for r in rows {
             let (time, epoch, seq) = (r[0].string ?? "", r[1].uint64 ?? 0, r[2].uint64 ?? 0)
-            let values = r[3].string.flatMap(StoreRows.values(vals:))?.sorted ?? []
+            let values = r[3].string.flatMap({ StoreRows.values(vals: $0, texts: r[4].string) })?.sorted ?? []
             if values.isEmpty { out.append((time, epoch, seq, nil, nil)) }
             for (name, value) in values {
                 switch value {

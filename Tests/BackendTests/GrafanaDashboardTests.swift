@@ -69,8 +69,8 @@ final class GrafanaDashboardTests: XCTestCase {
                      ('dev-b', 'legacy', '2026-11-29 09:59:00', NULL, NULL, NULL, NULL, NULL);
             INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head) VALUES ('dev-a', \(Self.epoch), '2026-11-29 09:59:00', 30);
             """
-        sql += "INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals) VALUES "
-        sql += seqs.map { "('dev-a', \(Self.epoch), \($0), \((Self.from + Int64(10 * $0)) * 1000), '\(t($0))', 0, '\(t($0))', '{\"hum\":50.0,\"state\":\"on\",\"temp\":\($0).0}')" }
+        sql += "INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals, texts) VALUES "
+        sql += seqs.map { "('dev-a', \(Self.epoch), \($0), \((Self.from + Int64(10 * $0)) * 1000), '\(t($0))', 0, '\(t($0))', '{\"hum\":50.0,\"temp\":\($0).0}', '{\"state\":\"on\"}')" }
             .joined(separator: ",") + ";"
         sql += "INSERT INTO device_sensors (device_id, sensor) VALUES ('dev-a', 'hum'), ('dev-a', 'state'), ('dev-a', 'temp');"
         sql += """

@@ -183,9 +183,11 @@ final class SchemaUpgradeTests: XCTestCase {
         // The objects are what this version's ingest writes and what the web admin decodes.
         let sampleRow = try await c.query("SELECT vals FROM readings WHERE device_id = 'old-4' AND seq = 2").rows.first?.first?.string
         let sample = try XCTUnwrap(sampleRow)
-        XCTAssertEqual(StoreRows.values(vals: sample)?.sorted.map(\.name), ["state", "temp"])
-        XCTAssertEqual(try db.scalar("SELECT JSON_VALUE(vals, '$.state') FROM readings WHERE device_id = 'old-4' AND seq = 2"), "on \"quoted\" é")
+        let sampleTexts = try await c.query("SELECT texts FROM readings WHERE device_id = 'old-4' AND seq = 2").rows.first?.first?.string
+        XCTAssertEqual(StoreRows.values(vals: sample, texts: sampleTexts), try SensorValues(["state": .text("on \"quoted\" é"), "temp": .number(14.0 / 8 + 0.1)]))
         XCTAssertEqual(try db.scalar("SELECT vals FROM readings WHERE device_id = 'old-0' AND seq = 1"), "{}")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE texts IS NOT NULL"), String((0..<n).filter { $0 % 101 != 0 && $0 % 7 == 0 }.count),
+                       "texts only where a reading has one")
         await readerConnection.close()
         await writerConnection.close()
         await c.close()

@@ -20,15 +20,17 @@ public struct StoreRows: Hashable, Sendable {
     }
     /// `epochs` (INSERT IGNORE).
     public struct Epoch: Hashable, Sendable { public var device: String; public var epoch: UInt64 }
-    /// `readings` (INSERT IGNORE on device, epoch, seq): one row per reading, its values in
-    /// `vals` (schema v8; `reading_values` is a view over it, docs/backend.md).
+    /// `readings` (INSERT IGNORE on device, epoch, seq): one row per reading, its numbers in
+    /// `vals` and its texts in `texts` (schema 8; `reading_values` is a view over both, docs/backend.md).
     public struct Reading: Hashable, Sendable {
         public var device: String, epoch: UInt64, seq: UInt64, deviceMs: Int64
         public var deviceTime: String?
         public var unsynchronized: Bool
         public var missingSensors: String?
-        /// The values as a JSON object, sensors in name order: `{"state":"on","temp":21.5}`.
+        /// The numbers as a JSON object, sensors in name order: `{"hum":40.5,"temp":21.5}`.
         public var vals: String
+        /// The texts likewise (`{"state":"on"}`), nil when the reading has none (most have none).
+        public var texts: String?
     }
     /// `device_sensors` (INSERT IGNORE on device, sensor): the sensors a device has sent, so a
     /// list of them never scans its readings.
@@ -118,7 +120,7 @@ public struct StoreRows: Hashable, Sendable {
                                     deviceTime: SQLDateTime.format(unixMilliseconds: r.timestamp.unixMilliseconds),
                                     unsynchronized: r.timestamp.clockUnsynchronized,
                                     missingSensors: r.missingSensors.isEmpty ? nil : r.missingSensors.joined(separator: ","),
-                                    vals: Self.vals(r.values)))
+                                    vals: Self.vals(r.values), texts: Self.texts(r.values)))
             for (name, _) in r.values.sorted where names.insert(name).inserted && !knownSensors.contains(Sensor(device: device, sensor: name)) {
                 knownSensors.insert(Sensor(device: device, sensor: name))
                 sensors.append(Sensor(device: device, sensor: name))
@@ -139,37 +141,57 @@ public struct StoreRows: Hashable, Sendable {
     /// Sensors already in `sensors` (one row per device and sensor per transaction).
     private var knownSensors: Set<Sensor> = []
 
-    /// A reading's values as stored in `readings.vals` (schema 8): a JSON object from sensor name
-    /// to a number or a text, in name order (the protocol's deterministic JSON writer), so one
-    /// sensor is `JSON_VALUE(vals, '$.temp')` in SQL (docs/backend.md).
+    /// A reading's numbers as stored in `readings.vals` (schema 8): a JSON object from sensor
+    /// name to number, in name order (the protocol's deterministic JSON writer), so one sensor is
+    /// `JSON_VALUE(vals, '$.temp')` in SQL and an average needs no type test (docs/backend.md).
     public static func vals(_ values: SensorValues) -> String {
-        // Written straight into one buffer (no JSONValue tree): one per stored reading.
+        object(values) { if case .number(let d) = $0 { return .double(d) } else { return nil } }
+    }
+
+    /// A reading's texts as stored in `readings.texts`, like `vals`; nil when it has none.
+    public static func texts(_ values: SensorValues) -> String? {
+        guard values.sorted.contains(where: { if case .text = $0.value { return true } else { return false } }) else { return nil }
+        return object(values) { if case .text(let t) = $0 { return .string(t) } else { return nil } }
+    }
+
+    /// Written straight into one buffer (no JSONValue tree): one per stored reading.
+    private static func object(_ values: SensorValues, _ member: (SensorValue) -> JSONValue?) -> String {
         var w = JSONWriter(reservingCapacity: 24 * max(1, values.count))
         w.raw("{")
-        for (k, (name, value)) in values.sorted.enumerated() {
-            if k > 0 { w.raw(",") }
+        var first = true
+        for (name, value) in values.sorted {
+            guard let m = member(value) else { continue }
+            if !first { w.raw(",") }
+            first = false
             w.string(name)
             w.raw(":")
-            switch value {
-            case .number(let d): w.double(d)
-            case .text(let t): w.string(t)
+            switch m {
+            case .double(let d): w.double(d)
+            case .string(let t): w.string(t)
+            default: preconditionFailure("a sensor value is a number or a text")
             }
         }
         w.raw("}")
         return String(decoding: w.bytes, as: UTF8.self)
     }
 
-    /// The values back from a `readings.vals` object (the web admin reads them without MariaDB's
-    /// JSON functions); nil for anything that is not one.
-    public static func values(vals: String) -> SensorValues? {
-        guard case .object(let members)? = try? JSONReader.parse(Array(vals.utf8)) else { return nil }
+    /// The values back from `readings.vals` and `readings.texts` (the web admin reads them
+    /// without MariaDB's JSON functions); nil for anything that is not what ingest writes.
+    public static func values(vals: String, texts: String?) -> SensorValues? {
         var values: [String: SensorValue] = [:]
-        for (name, value) in members {
+        guard case .object(let numbers)? = try? JSONReader.parse(Array(vals.utf8)) else { return nil }
+        for (name, value) in numbers {
             switch value {
             case .double(let d): values[name] = .number(d)
             case .integer(let i): values[name] = .number(Double(i))
-            case .string(let t): values[name] = .text(t)
             default: return nil
+            }
+        }
+        if let texts {
+            guard case .object(let members)? = try? JSONReader.parse(Array(texts.utf8)) else { return nil }
+            for (name, value) in members {
+                guard case .string(let t) = value, values[name] == nil else { return nil }
+                values[name] = .text(t)
             }
         }
         return try? SensorValues(values)
@@ -221,6 +243,7 @@ public struct StoreRows: Hashable, Sendable {
             check(r.deviceTime.map(Columns.datetime) ?? true, "readings.device_time \(String(describing: r.deviceTime))")
             check(r.missingSensors.map { Columns.ascii($0, 4_200) } ?? true, "readings.missing_sensors")
             check(r.vals.utf8.count <= Self.maxValsBytes && Columns.vals(r.vals), "readings.vals \(r.vals.prefix(100))")
+            check(r.texts.map { $0.utf8.count <= Self.maxValsBytes && Columns.texts($0) } ?? true, "readings.texts \(r.texts?.prefix(100) ?? "")")
         }
         for x in sensors { check(Columns.deviceID(x.device) && Columns.sensor(x.sensor), "device_sensors \(x)") }
         for l in losses {
@@ -276,18 +299,25 @@ public enum Columns {
     /// A sequence number column: 1…2^53.
     public static func sequence(_ n: UInt64) -> Bool { n >= 1 && n <= SequenceNumber.max.rawValue }
     /// `readings.vals`: what the `reading_values` view and `JSON_VALUE` read back: an object
-    /// whose members are valid sensor names, each with a finite number or a text of at most 256
-    /// characters (the view's columns).
+    /// whose members are valid sensor names, each with a finite number.
     public static func vals(_ s: String) -> Bool {
         guard case .object(let members)? = try? JSONReader.parse(Array(s.utf8)) else { return false }
         return members.allSatisfy { name, value in
-            guard sensor(name) else { return false }
             switch value {
-            case .double(let d): return d.isFinite
-            case .integer: return true
-            case .string(let t): return varchar(t, 256)
+            case .double(let d): return sensor(name) && d.isFinite
+            case .integer: return sensor(name)
             default: return false
             }
+        }
+    }
+
+    /// `readings.texts`: a non-empty object of valid sensor names, each with a text of at most
+    /// 256 characters (the view's `text_value`).
+    public static func texts(_ s: String) -> Bool {
+        guard case .object(let members)? = try? JSONReader.parse(Array(s.utf8)), !members.isEmpty else { return false }
+        return members.allSatisfy { name, value in
+            guard case .string(let t) = value else { return false }
+            return sensor(name) && varchar(t, 256)
         }
     }
 
