@@ -12,6 +12,7 @@ import FieldlogCore
 import Foundation
 import Logging
 import MQTT
+import Processes
 import Sync
 import TestSupport
 import XCTest
