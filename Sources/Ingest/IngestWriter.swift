@@ -49,10 +49,18 @@ package struct TransactionWrite: Sendable {
         package var publishAcks: @Sendable ([AckMessage]) async -> Void
     }
 
-    /// Writes the transaction; `.success` only when it is committed.
-    package var perform: @Sendable (_ transaction: IngestTransaction, _ context: Context) async -> Result<WriteResult, StoreFailure>
+    /// What became of one write.
+    package enum Outcome: Sendable {
+        /// Committed: the machine may ack it.
+        case committed(WriteResult)
+        /// Not committed, for this class of reason.
+        case failed(StoreFailure)
+    }
 
-    package init(perform: @escaping @Sendable (_ transaction: IngestTransaction, _ context: Context) async -> Result<WriteResult, StoreFailure>) {
+    /// Writes the transaction; `.committed` only when it is committed.
+    package var perform: @Sendable (_ transaction: IngestTransaction, _ context: Context) async -> Outcome
+
+    package init(perform: @escaping @Sendable (_ transaction: IngestTransaction, _ context: Context) async -> Outcome) {
         self.perform = perform
     }
 
@@ -62,9 +70,9 @@ package struct TransactionWrite: Sendable {
         do {
             let rows = StoreRows(transaction)
             let store = try await context.database.store()
-            return .success(try await store.write(rows))
+            return .committed(try await store.write(rows))
         } catch {
-            return .failure(IngestWriter.classify(error))
+            return .failed(IngestWriter.classify(error))
         }
     }
 }
@@ -196,9 +204,9 @@ package final class IngestWriter: Sendable {
             tasks.addTask {
                 let start = ContinuousClock.now
                 switch await write.perform(tx, context) {
-                case .success(let result):
+                case .committed(let result):
                     continuation.yield(.written(tx.id, .success(result), seconds: (ContinuousClock.now - start).inSeconds))
-                case .failure(let failure):
+                case .failed(let failure):
                     continuation.yield(.written(tx.id, .failure(StoreFailureBox(failure: failure)), seconds: 0))
                 }
             }

@@ -56,6 +56,6 @@ extension TransactionWrite {
             await context.database.failed()
             context.logger.error("broken ingest: store failed after the ack; \(transaction.batches.count) batch(es) lost: \(error)")
         }
-        return .success(WriteResult(readingsInserted: 0, legacyInserted: 0))
+        return .committed(WriteResult(readingsInserted: 0, legacyInserted: 0))
     }
 }
