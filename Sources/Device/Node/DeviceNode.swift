@@ -97,7 +97,7 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
         return LogFacts(deviceID: log.deviceID, epoch: log.epoch, head: head, ackedThrough: acked)
     }
 
-    public func replay(_ request: ReplayRequest) async throws -> ReplayOutcome {
+    public func replay(_ request: ReplayQuery) async throws -> ReplayOutcome {
         guard let agent else { throw CommandFailure(code: .failed, message: "the sync agent does not run in this process") }
         return try await agent.replay(request)
     }

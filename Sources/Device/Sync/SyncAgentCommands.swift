@@ -13,8 +13,7 @@ extension SyncAgent {
 
     /// Republishes the requested range as replay batches and waits until the session has built
     /// them all (or refused the request).
-    public func replay(_ request: ReplayRequest) async throws -> ReplayOutcome {
-        let query = ReplayQuery(requestID: request.requestID, from: request.from, to: request.to, count: request.count)
+    public func replay(_ query: ReplayQuery) async throws -> ReplayOutcome {
         return try await withCheckedThrowingContinuation { c in
             let sink = lock.withLock { eventSink }
             guard let sink, case .enqueued = sink.yield(.replay(query, c)) else {
