@@ -66,7 +66,7 @@ public struct FleetShape: Sendable {
     var normalDurabilityDevices: Set<Int> = []
     /// Devices with a tiny disk quota, and their policy ("stop" / "drop-oldest").
     var quotaDevices: [Int: String] = [:]
-    /// Devices whose wall clock the lab can move (FIELDLOG_FAULT_CLOCK_OFFSET_FILE).
+    /// Devices whose wall clock the lab can move (LabClockShift, preloaded, reads FIELDLOG_LAB_CLOCK_OFFSET_FILE).
     var clockDevices: Set<Int> = []
     /// Galera nodes (0: a single MariaDB).
     public var galeraNodes = 0
