@@ -28,17 +28,13 @@ package struct BatchStoreResult: Sendable, Hashable {
     package var duplicates: Int
 }
 
-/// The dead-letter reasons are Sync's (spec §5.2 plus the store's own): one enum, checked by
-/// the compiler, stored in the `reason` column and counted under the same names.
-package typealias DeadLetterCause = DeadLetterReason
-
 /// Formats times for DATETIME(3) columns in UTC (the session's time zone is set to +00:00).
 package enum SQLTime {
     /// "YYYY-MM-DD hh:mm:ss.fff" for ms since 1970, nil outside the DATETIME range (year 1000…9999).
     package static func datetime(unixMilliseconds ms: Int64) -> String? { SQLDateTime.format(unixMilliseconds: ms) }
 
     package static func now() -> String {
-        datetime(unixMilliseconds: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))!
+        datetime(unixMilliseconds: WallClock.unixMilliseconds())!
     }
 }
 
@@ -84,7 +80,7 @@ package final class Store: Sendable {
             [.string(l.device), .uint(l.epoch), .uint(l.first), .uint(l.last), .string(l.reason), .string(l.detail), .int(l.recordedMs), now]
         }
         let deadLetters = rows.deadLetters.map { d -> [MariaDBValue] in
-            [now, .string(d.topic), .string(d.reason), .string(d.detail), text(d.device), d.epoch.map(MariaDBValue.uint) ?? .null,
+            [now, .string(d.topic), .string(d.reason.rawValue), .string(d.detail), text(d.device), d.epoch.map(MariaDBValue.uint) ?? .null,
              d.seq.map(MariaDBValue.uint) ?? .null, .uint(d.payloadBytes), .bytes(d.payloadHead), d.dedupKey.map(MariaDBValue.bytes) ?? .null]
         }
         let ranges = rows.ranges.map { [.string($0.device), .uint($0.epoch), .uint($0.first), .uint($0.last), now] as [MariaDBValue] }

@@ -118,7 +118,7 @@ struct QueryBench: AsyncParsableCommand {
         return rows
     }
 
-    static func nanoseconds(_ d: Duration) -> Int64 { d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000 }
+    static func nanoseconds(_ d: Duration) -> Int64 { d.inNanoseconds }
 
     /// Publishes every device's readings through the broker to a running ingest, a window of
     /// batches per device, and waits for their acks.

@@ -153,7 +153,7 @@ package enum WebTime {
         return ms
     }
 
-    package static func nowMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
+    package static func nowMilliseconds() -> Int64 { WallClock.unixMilliseconds() }
 
     /// A `from`/`to` range (either given; `to` defaults to now), checked; nil when neither is given.
     package static func range(from fromText: String?, to toText: String?, now: Int64) throws -> (from: Int64, to: Int64)? {

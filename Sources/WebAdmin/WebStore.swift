@@ -302,7 +302,7 @@ package final class WebStore: Sendable {
         let outcome = r[7].string
         let state = CommandRow.state(answeredOK: r[9].int64.map { $0 != 0 }, responseAt: responseAt, outcome: outcome,
                                      sentAtMs: sentAt.flatMap(WebTime.milliseconds(sql:)), nowMs: nowMs,
-                                     timeoutMs: Int64(settings.commandTimeout.components.seconds) * 1000)
+                                     timeoutMs: settings.commandTimeout.inMilliseconds)
         return CommandRow(requestId: r[0].string ?? "", device: r[1].string ?? "", command: r[2].string ?? "", payload: r[3].string ?? "",
                           sentBy: r[4].string, sentAt: WebTime.iso(sql: sentAt), responseAt: WebTime.iso(sql: responseAt),
                           outcome: outcome, response: r[8].string, state: state)

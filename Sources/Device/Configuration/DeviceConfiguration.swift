@@ -60,14 +60,14 @@ public struct DeviceConfiguration: Sendable {
         public var interval: Duration
         public var enabled: Bool
         public var sensors: [SensorSpec]
-        public var sensorTimeout: Duration
+        var sensorTimeout: Duration
     }
 
     public struct LogSettings: Sendable {
         public var path: String
         public var durability: LogDurabilitySetting
         public var retentionSeconds: Int64
-        public var retentionRecords: Int64
+        var retentionRecords: Int64
         /// 0 = no quota.
         public var maxBytes: Int64
         public var quotaPolicy: QuotaPolicySetting
@@ -78,7 +78,7 @@ public struct DeviceConfiguration: Sendable {
         public var host: String
         public var port: Int
         public var database: Int
-        public var streamMaxLength: Int
+        var streamMaxLength: Int
     }
 
     public struct Topics: Sendable {
@@ -98,21 +98,21 @@ public struct DeviceConfiguration: Sendable {
         public var clientID: String
         public var username: String
         public var password: String?
-        public var tlsEnabled: Bool
-        public var tlsInsecure: Bool
-        public var tlsCACerts: String?
-        public var tlsCertFile: String?
-        public var tlsKeyFile: String?
+        var tlsEnabled: Bool
+        var tlsInsecure: Bool
+        var tlsCACerts: String?
+        var tlsCertFile: String?
+        var tlsKeyFile: String?
         public var topics: Topics
     }
 
     public struct SyncSettings: Sendable {
         public var enabled: Bool
         public var interval: Duration
-        public var batchMaxRecords: Int
+        var batchMaxRecords: Int
         public var batchMaxBytes: Int
         public var window: Int
-        public var resendTimeout: Duration
+        var resendTimeout: Duration
         /// How batches are encoded (`SYNC_ENCODING`, spec §3.7).
         public var encoding: BatchEncoding
     }
@@ -129,7 +129,7 @@ public struct DeviceConfiguration: Sendable {
     public struct CommandSettings: Sendable {
         /// Argument vector of the reboot command; empty = disabled.
         public var rebootCommand: [String]
-        public var seenIDsMax: Int
+        var seenIDsMax: Int
     }
 
     public struct StatusSettings: Sendable {

@@ -43,7 +43,10 @@ public struct StoreRows: Hashable, Sendable {
     public struct Range: Hashable, Sendable { public var device: String, epoch: UInt64, first: UInt64, last: UInt64 }
     /// `dead_letters` (INSERT IGNORE: a rejected record is unique by device, epoch, seq).
     public struct DeadLetterRow: Hashable, Sendable {
-        public var topic: String, reason: String, detail: String
+        public var topic: String
+        /// Stored as its raw value (the enum's cases are the column's only values).
+        public var reason: DeadLetterReason
+        public var detail: String
         public var device: String?, epoch: UInt64?, seq: UInt64?
         public var payloadBytes: UInt64
         public var payloadHead: [UInt8]
@@ -86,9 +89,9 @@ public struct StoreRows: Hashable, Sendable {
     public var responses: [Response] = []
 
     /// Longest stored topic, detail and response payload (column sizes).
-    public static let maxTopicBytes = 512
-    public static let maxDetailBytes = 1_024
-    public static let maxResponsePayloadBytes = 65_000
+    static let maxTopicBytes = 512
+    static let maxDetailBytes = 1_024
+    static let maxResponsePayloadBytes = 65_000
 
     public init() {}
 
@@ -198,7 +201,7 @@ public struct StoreRows: Hashable, Sendable {
     }
 
     /// Longest `vals`: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.
-    public static let maxValsBytes = 16 << 20
+    static let maxValsBytes = 16 << 20
 
     private mutating func add(_ l: LegacyValues) {
         let device = l.device.rawValue
@@ -216,7 +219,7 @@ public struct StoreRows: Hashable, Sendable {
     }
 
     static func row(_ d: DeadLetter) -> DeadLetterRow {
-        DeadLetterRow(topic: TextLimit.clip(d.topic, maxBytes: maxTopicBytes), reason: d.reason.rawValue,
+        DeadLetterRow(topic: TextLimit.clip(d.topic, maxBytes: maxTopicBytes), reason: d.reason,
                    detail: TextLimit.clip(d.message, maxBytes: maxDetailBytes), device: d.topicDevice?.rawValue,
                    epoch: d.epoch?.rawValue, seq: d.sequence?.rawValue, payloadBytes: UInt64(max(0, d.payloadBytes)),
                    payloadHead: Array(d.payloadExcerpt.prefix(DeadLetter.excerptBytes)), dedupKey: d.dedupKey)
@@ -257,7 +260,7 @@ public struct StoreRows: Hashable, Sendable {
         }
         for d in deadLetters {
             check(Columns.varchar(d.topic, 512), "dead_letters.topic of \(d.topic.unicodeScalars.count) characters")
-            check(Columns.ascii(d.reason, 32) && DeadLetterReason(rawValue: d.reason) != nil, "dead_letters.reason \(d.reason)")
+            check(Columns.ascii(d.reason.rawValue, 32), "dead_letters.reason \(d.reason.rawValue)")
             check(Columns.varchar(d.detail, 1_024), "dead_letters.detail of \(d.detail.unicodeScalars.count) characters")
             check(d.device.map(Columns.deviceID) ?? true, "dead_letters.device_id")
             check(d.seq.map(Columns.sequence) ?? true, "dead_letters.seq")
@@ -293,7 +296,7 @@ public enum Columns {
     /// ASCII text of at most `max` bytes (no byte above 0x7F).
     public static func ascii(_ s: String, _ max: Int) -> Bool { s.utf8.count <= max && s.utf8.allSatisfy { $0 < 0x80 } }
     /// utf8mb4 VARCHAR(n): at most n characters (code points). Swift strings are valid Unicode.
-    public static func varchar(_ s: String, _ n: Int) -> Bool { s.unicodeScalars.count <= n }
+    static func varchar(_ s: String, _ n: Int) -> Bool { s.unicodeScalars.count <= n }
     public static func deviceID(_ s: String) -> Bool { (try? DeviceID(s)) != nil }
     public static func sensor(_ s: String) -> Bool { (try? SensorValues.validate(name: s)) != nil }
     /// A sequence number column: 1…2^53.
