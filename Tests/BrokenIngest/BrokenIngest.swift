@@ -13,6 +13,7 @@ import Foundation
 import Ingest
 import Logging
 import ServiceLifecycle
+import Settings
 import Sync
 
 @main
@@ -22,14 +23,16 @@ enum BrokenIngest {
             FileHandle.standardError.write(Data("usage: BrokenIngest ingest (configured like fieldlog-backend ingest, by environment)\n".utf8))
             exit(64)
         }
-        let level = try BackendConfiguration.logLevel(option: nil)
+        var settings = SettingsReader(try BackendConfiguration.values())
+        let level = BackendConfiguration.logLevel(reading: &settings)
+        let configuration = BackendConfiguration(reading: &settings)
+        try settings.finish()
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
             return h
         }
         let logger = Logger(label: "fieldlog.broken-ingest")
-        let configuration = try BackendConfiguration.load()
         logger.warning("the outage lab's deliberately broken ingest: it acks before it commits")
         let service = IngestService(configuration: configuration, metrics: BackendMetrics(), logger: logger, write: .ackingBeforeCommit)
         var group = ServiceGroupConfiguration(services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
