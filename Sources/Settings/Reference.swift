@@ -6,7 +6,7 @@
 extension Setting {
     /// `help`, then what is allowed, the other names and the option: the text of the reference's
     /// third column and of the example file's comment.
-    public var documentation: String {
+    var documentation: String {
         var text = help
         if let allowed = kind.allowed, kind != .nonEmpty { text += " Allowed: \(allowed)." }
         if !aliases.isEmpty { text += " Also read as " + aliases.map { "`\($0)`" }.joined(separator: ", ") + "." }

@@ -125,7 +125,7 @@ public struct SettingValues: Sendable {
 
     /// The values of these settings under the names they were given, for code that reads an
     /// environment-like dictionary (Sync's `TopicTemplates.fromEnvironment`).
-    public func asGiven(_ names: [String]) -> [String: String] {
+    func asGiven(_ names: [String]) -> [String: String] {
         var out: [String: String] = [:]
         for n in names { if let r = values[n] { out[r.name] = r.value } }
         return out
