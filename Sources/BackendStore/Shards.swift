@@ -9,49 +9,57 @@
 import FieldlogCore
 import Foundation
 import MariaDB
+import Settings
 import Sync
 
 /// Where each shard is: `FIELDLOG_SHARDS=N` and `FIELDLOG_SHARD_<K>_ADDRESSES` (host[:port],…,
-/// in failover order) for K = 1…N, as `scripts/stack up --shards N` writes them to stack.env.
-/// The shards take the database name, user and password of `FIELDLOG_MARIADB_*` (which, in a
-/// sharded stack, points at the Spider front end: the readers' server). A shard the map names
-/// but the environment does not is reached at the addresses its `shard_servers` row gives.
+/// in failover order) for K = 1…N, as `scripts/stack up --shards N` writes them to stack.env
+/// (BackendSettings' "shards" group). The shards take the database name, user and password of
+/// `FIELDLOG_MARIADB_*` (which, in a sharded stack, points at the Spider front end: the
+/// readers' server). A shard the map names but the settings do not is reached at the addresses
+/// its `shard_servers` row gives.
 package struct ShardSettings: Sendable {
+    /// Most shards the settings name (the stack's port layout allows 16).
+    package static let maxShards = 16
+
     package var shards: [ShardNumber: [DatabaseAddress]]
 
     package init(shards: [ShardNumber: [DatabaseAddress]]) { self.shards = shards }
 
-    /// nil when `FIELDLOG_SHARDS` is unset or 0: one database, no map (the unsharded ingest).
-    package static func load(environment env: EnvironmentReader = EnvironmentReader()) throws(ConfigurationError) -> ShardSettings? {
-        let count = try env.int(["FIELDLOG_SHARDS"], default: 0, range: 0...999)
+    /// nil when FIELDLOG_SHARDS is 0: one database, no map (the unsharded ingest).
+    package init?(reading r: inout SettingsReader) {
+        let count = r.int("FIELDLOG_SHARDS")
+        // A shard's addresses beyond FIELDLOG_SHARDS: a misconfiguration (a shard left out), not ignored.
+        for k in (count + 1)..<(Self.maxShards + 1) where r.optional("FIELDLOG_SHARD_\(k)_ADDRESSES") != nil {
+            r.problem("FIELDLOG_SHARD_\(k)_ADDRESSES", "unset: FIELDLOG_SHARDS=\(count) names no shard \(k) (or set FIELDLOG_SHARDS ≥ \(k))")
+        }
         guard count > 0 else { return nil }
         var shards: [ShardNumber: [DatabaseAddress]] = [:]
-        for k in 1...count {
+        for k in 1...min(count, Self.maxShards) {
             let name = "FIELDLOG_SHARD_\(k)_ADDRESSES"
-            guard let (setting, list) = env.string([name]) else {
-                throw ConfigurationError(setting: name, value: "", allowed: "the addresses of shard \(k) (FIELDLOG_SHARDS=\(count)): host[:port],…")
-            }
-            shards[try! ShardNumber(UInt16(k))] = try parseAddresses(list, setting: setting)
+            let allowed = "the servers of shard \(k) (FIELDLOG_SHARDS=\(count)): a comma-separated list of host[:port]"
+            guard let list = r.optional(name) else { r.problem(name, allowed); continue }
+            let parts = list.split(separator: ",")
+            let addresses = parts.compactMap { DatabaseAddress.parse(String($0)) }
+            guard addresses.count == parts.count, !addresses.isEmpty else { r.problem(name, allowed); continue }
+            shards[try! ShardNumber(UInt16(k))] = addresses
         }
-        return ShardSettings(shards: shards)
-    }
-
-    package static func parseAddresses(_ list: String, setting: String) throws(ConfigurationError) -> [DatabaseAddress] {
-        var addresses: [DatabaseAddress] = []
-        for part in list.split(separator: ",") { addresses.append(try DatabaseAddress.parse(String(part), setting: setting)) }
-        guard !addresses.isEmpty else { throw ConfigurationError(setting: setting, value: list, allowed: "a comma-separated list of host[:port]") }
-        return addresses
+        self.shards = shards
     }
 
     /// The database settings of shard `k`: `base` (name, account, timeouts) at the shard's addresses.
-    package func database(_ k: ShardNumber, base: DatabaseSettings, map: ShardMap?) throws(ConfigurationError) -> DatabaseSettings {
+    package func database(_ k: ShardNumber, base: DatabaseSettings, map: ShardMap?) throws(ShardMapError) -> DatabaseSettings {
         var settings = base
         if let configured = shards[k] {
             settings.addresses = configured
         } else if let server = map?.servers[k] {
-            settings.addresses = try Self.parseAddresses(server.addresses.joined(separator: ","), setting: "shard_servers.addresses of shard \(k.rawValue)")
+            let addresses = server.addresses.compactMap { DatabaseAddress.parse($0) }
+            guard addresses.count == server.addresses.count, !addresses.isEmpty else {
+                throw ShardMapError(message: "shard_servers.addresses of \(k) is not a list of host[:port]: \(server.addresses.joined(separator: ","))")
+            }
+            settings.addresses = addresses
         } else {
-            throw ConfigurationError(setting: "FIELDLOG_SHARD_\(k.rawValue)_ADDRESSES", value: "", allowed: "the addresses of shard \(k.rawValue)")
+            throw ShardMapError(message: "no addresses for \(k): set FIELDLOG_SHARD_\(k.rawValue)_ADDRESSES")
         }
         return settings
     }

@@ -50,7 +50,7 @@ public final class DeviceLog: @unchecked Sendable {
     /// Schema version this build writes and reads (it also opens version 1 files, see above).
     public static let schemaVersion: Int64 = 2
     /// `PRAGMA application_id` of Fieldlog device logs ("FLOG").
-    public static let applicationID: Int32 = 0x464C_4F47
+    static let applicationID: Int32 = 0x464C_4F47
     static let formatName = "fieldlog-device-log"
 
     public let path: String
@@ -163,7 +163,7 @@ public final class DeviceLog: @unchecked Sendable {
             throw LogError.sqlite(error)
         }
         do {
-            let busyMs = configuration.busyTimeout.components.seconds * 1000 + configuration.busyTimeout.components.attoseconds / 1_000_000_000_000_000
+            let busyMs = configuration.busyTimeout.inMilliseconds
             try connection.setBusyTimeout(milliseconds: Int32(clamping: busyMs))
             // Per connection, before anything is written (the schema's creation included).
             let synchronous = configuration.synchronousOff ? "OFF" : (configuration.durability == .full ? "FULL" : "NORMAL")
@@ -819,12 +819,7 @@ public final class DeviceLog: @unchecked Sendable {
         }
     }
 
-    static func currentTimeMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        // TestFaults: the outage lab's clock jumps (0 unless FIELDLOG_FAULT_CLOCK_OFFSET_FILE is set).
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000 + TestFaults.wallClockOffsetMs()
-    }
+    static func currentTimeMs() -> Int64 { WallClock.unixMilliseconds() }
 }
 
 extension Result {
@@ -845,10 +840,10 @@ public struct LogStatistics: Sendable, Hashable {
     /// Append transactions committed.
     public var commits: UInt64 = 0
     /// Appends returned to callers as durable.
-    public var appendsCommitted: UInt64 = 0
+    var appendsCommitted: UInt64 = 0
     /// Append transactions that failed (their appends are in doubt).
-    public var failedCommits: UInt64 = 0
-    public var appendsFailed: UInt64 = 0
+    var failedCommits: UInt64 = 0
+    var appendsFailed: UInt64 = 0
     /// Most appends one commit carried.
     public var largestBatch: Int = 0
 }

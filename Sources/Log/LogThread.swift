@@ -123,10 +123,10 @@ final class LogThread: TimedTaskExecutor, @unchecked Sendable {
                 condition.unlock()
                 let started = ContinuousClock.now
                 commit(batch)
-                let elapsed = (ContinuousClock.now - started).components
+                let elapsed = ContinuousClock.now - started
                 condition.lock()
                 lastBatchCount = batch.count
-                lastCommitNanoseconds = elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000
+                lastCommitNanoseconds = elapsed.inNanoseconds
                 continue
             }
             if stopped {

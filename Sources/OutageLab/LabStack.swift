@@ -29,14 +29,14 @@ public enum ServiceName: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-public final class LabStack: @unchecked Sendable {
+final class LabStack: @unchecked Sendable {
     // @unchecked: `env` is written once in init/up; service operations are serialised by `lock`.
     public let directory: String
     public let script: String
     public let galeraNodes: Int
     /// Shards (0: one MariaDB or one Galera cluster); with shards, MariaDB is the Spider front end.
-    public let shards: Int
-    public let ownsStack: Bool
+    let shards: Int
+    let ownsStack: Bool
     private let ports: [String: String]
     private let logger: Logger
     private let lock = NSLock()
@@ -189,7 +189,7 @@ public final class LabStack: @unchecked Sendable {
     }
 
     /// Moves a device to another shard with the stack's own command (`scripts/shards move`).
-    public func moveDevice(_ device: String, to shard: Int) throws {
+    func moveDevice(_ device: String, to shard: Int) throws {
         let shardsScript = ((script as NSString).deletingLastPathComponent as NSString).appendingPathComponent("shards")
         var e = ProcessInfo.processInfo.environment
         for (k, v) in ports { e[k] = v }
@@ -200,7 +200,7 @@ public final class LabStack: @unchecked Sendable {
     }
 
     /// The shard each device is on now, read through the front end (`fl_shard_of`).
-    public func shardsOf(_ devices: [String]) throws -> [String: Int] {
+    func shardsOf(_ devices: [String]) throws -> [String: Int] {
         guard !devices.isEmpty else { return [:] }
         let shardsScript = ((script as NSString).deletingLastPathComponent as NSString).appendingPathComponent("shards")
         var e = ProcessInfo.processInfo.environment
@@ -217,7 +217,7 @@ public final class LabStack: @unchecked Sendable {
     }
 
     /// Resumes every service and starts any that are down.
-    public func healAll() throws {
+    func healAll() throws {
         for s in services { resume(s) }
         for s in services where pid(s) == nil { try restart(s) }
     }

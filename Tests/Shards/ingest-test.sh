@@ -62,7 +62,7 @@ done
 for k in 1 2; do
   [[ "$report" == *"note: shard $k down: devices on other shards acked"* ]] || fail "shard $k was not killed and watched in this run"
 done
-[[ "$report" == *"moved from shard"*"mid-stream"* ]] || fail "no device was moved between the shards"
+[[ "$report" == *"moved to the other shard mid-stream"* ]] || fail "no device was moved between the shards"
 grep -q 'refused by shard' "$dir"/lab/logs/ingest*.log && say "ingest saw FL001 (map changed) and routed again: $(cat "$dir"/lab/logs/ingest*.log | grep -c 'refused by shard') time(s)"
 say "lab: $(grep -E '^  (readings appended|stored):' "$dir/lab-report.txt" | tr -s ' ' | tr '\n' ';')"
 

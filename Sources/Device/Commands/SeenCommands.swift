@@ -169,7 +169,7 @@ public final class SeenCommands: @unchecked Sendable {
 }
 
 /// The command-id file could not be read or written (names the file).
-public struct SeenCommandsError: Error, CustomStringConvertible, Sendable {
+struct SeenCommandsError: Error, CustomStringConvertible, Sendable {
     public let description: String
     init(_ description: String) { self.description = description }
 }

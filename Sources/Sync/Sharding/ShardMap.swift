@@ -122,5 +122,5 @@ public struct ShardMap: Hashable, Sendable {
     public var activeShards: [ShardNumber] { servers.filter(\.value.active).keys.sorted() }
 
     /// Where rows without a device (dead letters of unknown topics) go.
-    public var lowestActiveShard: ShardNumber { activeShards[0] }
+    var lowestActiveShard: ShardNumber { activeShards[0] }
 }
