@@ -84,7 +84,7 @@ def expand(sql):
     s = re.sub(r"\$__timeFilter\(([^()]+)\)", rf"\1 BETWEEN FROM_UNIXTIME({t_from}) AND FROM_UNIXTIME({t_to})", s)
     for name, values in variables.items():
         s = s.replace("$" + name, ",".join(f"'{v}'" for v in values))
-    assert "$" not in s, s
+    assert not re.search(r"\$[A-Za-z_]", s), s   # a JSON path ('$."temp"') is not a macro
     return " ".join(s.split())
 queries = [("variable " + v["name"], v["query"]) for v in d["templating"]["list"]]
 queries += [(p["title"], t["rawSql"]) for p in d["panels"] for t in p.get("targets", [])]
