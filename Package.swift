@@ -3,8 +3,9 @@
 //
 // Map of the tree:
 //   C…            system-library targets, one per C library (found with pkg-config)
-//   FieldlogCore  domain types shared by all (DeviceID, Epoch, SequenceNumber, LogRecord,
-//                 LossMarker) and the WorkerThread that keeps blocking C calls off the cooperative pool
+//   FieldlogCore  domain types shared by all (DeviceID, Epoch, SequenceNumber, LogRecord, LossMarker)
+//   Threading     the concurrency model's pieces (docs/concurrency.md): OwnerThread and ThreadConfined,
+//                 which own every blocking C handle off the cooperative pool; locks; executor timers
 //   Log           the device's durable SQLite log and its Redis hot-state mirror
 //   Sync          the sync protocol: messages, codecs (JSON, compact), sans-IO state machines (no IO)
 //   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
@@ -61,15 +62,17 @@ let package = Package(
 
         // Domain types
         .target(name: "FieldlogCore", swiftSettings: strict),
+        // Threads that own C handles, locks, executor timers (docs/concurrency.md)
+        .target(name: "Threading", swiftSettings: strict),
 
         // Wrappers
-        .target(name: "Redis", dependencies: ["FieldlogCore", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "MQTT", dependencies: ["CMosquitto", "FieldlogCore", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "MariaDB", dependencies: ["FieldlogCore", "CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "GPIO", dependencies: ["CGPIOD", "FieldlogCore"], swiftSettings: strict),
+        .target(name: "Redis", dependencies: ["FieldlogCore", "Threading", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MQTT", dependencies: ["CMosquitto", "FieldlogCore", "Threading", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MariaDB", dependencies: ["FieldlogCore", "Threading", "CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "GPIO", dependencies: ["CGPIOD", "FieldlogCore", "Threading"], swiftSettings: strict),
 
         // Product libraries
-        .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Log", dependencies: ["FieldlogCore", "Threading", "CSQLite", "Redis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "Sync", dependencies: ["FieldlogCore", "CZlib"], swiftSettings: strict),
 
         // The device node's components (sampler, button, sync agent, commands, status server)
@@ -77,7 +80,7 @@ let package = Package(
         .target(
             name: "Device",
             dependencies: [
-                "CDeviceSupport", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "GPIO",
+                "CDeviceSupport", "FieldlogCore", "Threading", "Log", "Sync", "MQTT", "Redis", "GPIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -113,7 +116,7 @@ let package = Package(
                 dependencies: ["BackendStore", "FieldlogCore", "Sync", "MQTT", "MariaDB", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .target(name: "WebAdmin",
-                dependencies: ["BackendStore", "Audit", "FieldlogCore", "Sync", "MQTT", "MariaDB",
+                dependencies: ["BackendStore", "Audit", "FieldlogCore", "Threading", "Sync", "MQTT", "MariaDB",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "Hummingbird", package: "hummingbird"),
@@ -122,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "BackendNode",
             dependencies: [
-                "BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB",
+                "BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Threading", "Sync", "MQTT", "MariaDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -133,7 +136,7 @@ let package = Package(
         // Benchmarks (not tests): `fieldlog-bench <name>`
         .executableTarget(
             name: "Bench",
-            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Processes", "CMosquitto", "CMariaDB",
+            dependencies: ["FieldlogCore", "Threading", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Processes", "CMosquitto", "CMariaDB",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
@@ -153,8 +156,8 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Processes", "FieldlogCore", "Sync", "BackendStore", "MariaDB",
                                                    .product(name: "Logging", package: "swift-log")],
                 path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "Threading", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Threading", "Log", "CSQLite", "Redis", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "WebTests", dependencies: ["BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "Processes", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
