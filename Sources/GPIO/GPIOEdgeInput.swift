@@ -9,6 +9,7 @@
 // close() never waits long and never frees what a wait still uses.
 import CGPIOD
 import FieldlogCore
+import Threading
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
