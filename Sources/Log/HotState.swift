@@ -18,6 +18,7 @@
 //   `mqtt_sender:interval`) are read with GET; an absent key gives the configured default,
 //   an unreachable Redis gives the last values read (the seed's behaviour).
 import FieldlogCore
+import Threading
 import Logging
 import Redis
 

@@ -2,6 +2,7 @@
 // environment variable is set; never set them on a real device.
 import Dispatch
 import FieldlogCore
+import Threading
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
