@@ -12,6 +12,7 @@
 import Glibc
 #endif
 import FieldlogCore
+import Threading
 import GPIO
 import Logging
 import ServiceLifecycle

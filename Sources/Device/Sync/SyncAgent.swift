@@ -24,6 +24,7 @@
 // again; the command handler's durable id file is opened on first use and, while it cannot
 // be, commands are answered with an error saying so.
 import FieldlogCore
+import Threading
 import Log
 import Logging
 import MQTT
@@ -526,18 +527,5 @@ public final class SyncAgent: Service, @unchecked Sendable {
                 }
             }
         }
-    }
-}
-
-/// Runs `body`, giving up after `timeout`.
-func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            throw CancellationError()
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
     }
 }
