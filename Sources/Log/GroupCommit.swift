@@ -29,8 +29,9 @@ struct PendingAppend {
 }
 
 /// The queue of appends of one `DeviceLog` and the rule that cuts it into batches (see above).
-// @unchecked Sendable: every mutable property is only touched with the owner thread's lock held
-// (inside `thread.withLock`, or in `nextBatch`, which the thread calls with the lock held).
+// Its state is touched inside `thread.withLock`, or in `nextBatch`, which the thread calls
+// with the lock held.
+// @unchecked: every mutable property is only touched with the owner thread's lock held.
 final class GroupCommit: OwnerThread.Batches, @unchecked Sendable {
     /// The thread holds this object (its batch source) until it exits, and the log holds both.
     private unowned let thread: OwnerThread

@@ -136,10 +136,11 @@ public final class MQTTClient: Sendable {
 
 // MARK: - core
 
-// @unchecked Sendable: other threads use `handle` only through libmosquitto's thread-safe calls
-// (publish, subscribe, unsubscribe, disconnect: threaded mode); every other use is on the
-// network thread, which `networkThread` checks. The thread-control variables are only touched
-// with `control` locked, `lastReadAt` only on the network thread; the rest is immutable or Sendable.
+// Other threads use `handle` only through libmosquitto's thread-safe calls (publish,
+// subscribe, unsubscribe, disconnect: threaded mode); every other use is on the network
+// thread, which `networkThread` checks. The thread-control variables are only touched with
+// `control` locked, `lastReadAt` only on the network thread; the rest is immutable or Sendable.
+// @unchecked: the handle is used per libmosquitto's threaded mode and the rest is locked (above).
 final class MQTTConnectionCore: @unchecked Sendable {
     let handle: OpaquePointer
     let box: CallbackBox

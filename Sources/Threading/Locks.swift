@@ -22,7 +22,7 @@ import Darwin
 #endif
 
 /// A mutual-exclusion lock (pthread mutex) as a class. Prefer `Mutex<State>`; see the top of this file.
-// @unchecked Sendable: the pthread mutex is the synchronisation, and it lives at a stable heap address.
+// @unchecked: the pthread mutex is the synchronisation, and it lives at a stable heap address.
 public final class Lock: @unchecked Sendable {
     fileprivate let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
@@ -51,7 +51,7 @@ public final class Lock: @unchecked Sendable {
 /// A lock with a condition variable (a `Lock` and a pthread cond on the monotonic clock), for
 /// the loop of an OS thread of ours: `wait` releases the lock while waiting and holds it again
 /// on return.
-// @unchecked Sendable: the mutex is the synchronisation; the cond lives at a stable heap address.
+// @unchecked: the mutex is the synchronisation; the cond lives at a stable heap address.
 public final class ConditionLock: @unchecked Sendable {
     private let base = Lock()
     private let cond: UnsafeMutablePointer<pthread_cond_t>

@@ -52,8 +52,8 @@ public enum OwnerThreadBatch {
 
 /// A dedicated OS thread that runs jobs one at a time, in order, and owns the C handles
 /// confined to it (see the theory of operation above).
-// @unchecked Sendable: every mutable property is only touched with `condition` locked;
 // `identity` is atomic and `name` immutable.
+// @unchecked: every mutable property is only touched with `condition` locked.
 public final class OwnerThread: TimedTaskExecutor, @unchecked Sendable {
     /// Work an owner thread takes in batches after its jobs (the log's group commit). Its
     /// state is guarded by the thread's lock: the thread calls `nextBatch` with the lock held,

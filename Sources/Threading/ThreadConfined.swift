@@ -8,8 +8,8 @@
 // the process at the wrong call instead of corrupting the handle.
 
 /// A non-Sendable owner of a C handle, confined to one `OwnerThread`.
-// @unchecked Sendable: `value` is only used on `thread`: every access checks it (`withValue`),
-// and `init` takes the value as `sending`, so its creator keeps no other reference to use.
+// `init` takes the value as `sending`, so its creator keeps no other reference to use.
+// @unchecked: `value` is only used on `thread`, and every access checks it (`withValue`).
 public final class ThreadConfined<Value: AnyObject>: @unchecked Sendable {
     /// The thread that owns the value.
     public let thread: OwnerThread
