@@ -16,6 +16,7 @@ import MariaDB
 import MQTT
 import Processes
 import Sync
+import Synchronization
 
 struct QueryBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -173,14 +174,17 @@ struct QueryBench: AsyncParsableCommand {
                         }
                     }
                 }
-                let reporterTask = Task {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: .seconds(15))
-                        reporter.note("queries: \(progress.value) of \(devices * perDevice) stored")
+                // Progress every 15 s while the fill runs: a child task, cancelled when the fill ended.
+                try await withThrowingTaskGroup(of: Void.self) { progressGroup in
+                    progressGroup.addTask {
+                        while true {
+                            try await Task.sleep(for: .seconds(15))
+                            reporter.note("queries: \(progress.value) of \(devices * perDevice) stored")
+                        }
                     }
+                    try await group.waitForAll()
+                    progressGroup.cancelAll()
                 }
-                defer { reporterTask.cancel() }
-                try await group.waitForAll()
             }
         }
     }
@@ -261,10 +265,8 @@ func benchQueryReading(sensors: Int, seq: UInt64) -> SensorValues {
 }
 
 /// A counter shared by the publishing tasks.
-final class Counter: @unchecked Sendable {
-    // @unchecked: `count` is only touched under `lock`.
-    private let lock = NSLock()
-    private var count = 0
-    func add(_ n: Int) { lock.withLock { count += n } }
-    var value: Int { lock.withLock { count } }
+final class Counter: Sendable {
+    private let count = Atomic<Int>(0)
+    func add(_ n: Int) { count.add(n, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
 }

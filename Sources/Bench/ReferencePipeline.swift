@@ -24,9 +24,9 @@ import Sync
 import Threading
 
 /// State shared with libmosquitto's callbacks (its network thread) through the context pointer.
+// @unchecked: `inbox`, `acked` and `connected` are only touched with `condition` locked.
 final class ReferenceMQTT: @unchecked Sendable {
-    // @unchecked: `inbox`, `acked` and `connected` are only touched under `condition`.
-    let condition = NSCondition()
+    let condition = ConditionLock()
     var inbox: [(topic: String, payload: [UInt8])] = []
     var acked = 0
     var connected = false
@@ -55,7 +55,7 @@ final class ReferenceMQTT: @unchecked Sendable {
         }
         guard mosquitto_connect(h, host, Int32(port), 30) == MOSQ_ERR_SUCCESS.rawValue else { throw BenchError("mosquitto_connect failed") }
         guard mosquitto_loop_start(h) == MOSQ_ERR_SUCCESS.rawValue else { throw BenchError("mosquitto_loop_start failed") }
-        condition.withLock { while !connected { _ = condition.wait(until: Date().addingTimeInterval(10)); if !connected { break } } }
+        condition.withLock { while !connected { _ = condition.wait(until: .now + .seconds(10)); if !connected { break } } }
         guard condition.withLock({ connected }) else { throw BenchError("MQTT connect to \(host):\(port) as \(user) refused") }
     }
 
@@ -71,7 +71,7 @@ final class ReferenceMQTT: @unchecked Sendable {
     /// Waits for messages and takes all of them (at most `max`).
     func take(max: Int, timeout: Double) -> [(topic: String, payload: [UInt8])] {
         condition.withLock {
-            let deadline = Date().addingTimeInterval(timeout)
+            let deadline = ContinuousClock.now + .seconds(timeout)
             while inbox.isEmpty && condition.wait(until: deadline) {}
             let n = Swift.min(max, inbox.count)
             defer { inbox.removeFirst(n) }
