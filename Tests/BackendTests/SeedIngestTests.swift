@@ -14,6 +14,7 @@ import XCTest
 @testable import Ingest
 @testable import Audit
 @testable import WebAdmin
+import Synchronization
 
 final class SeedIngestTests: XCTestCase {
     func testSeedReadingsSurviveIngestAndBrokerRestarts() async throws {
@@ -128,10 +129,8 @@ final class SeedIngestTests: XCTestCase {
 }
 
 /// Stream ids the broker acknowledged, in order.
-final class ReadingCounter: @unchecked Sendable {
-    // @unchecked: `ids` only touched under `lock`.
-    private let lock = NSLock()
-    private var ids: [String] = []
-    func add(_ more: [String]) { lock.withLock { ids += more } }
-    var all: [String] { lock.withLock { ids } }
+final class ReadingCounter: Sendable {
+    private let ids = Mutex<[String]>([])
+    func add(_ more: [String]) { ids.withLock { $0 += more } }
+    var all: [String] { ids.withLock { $0 } }
 }
