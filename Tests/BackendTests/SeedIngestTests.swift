@@ -52,9 +52,12 @@ final class SeedIngestTests: XCTestCase {
         let topic = TopicTemplates.defaults.legacyValues.topic(device: device)
         let acknowledged = ReadingCounter()
         // The seed handler: every interval, the stream entries since its last id as one list, QoS 1.
+        // Stopped between two publishes, not by cancelling one: a cancelled publish may still
+        // reach the broker (and be stored) without being counted as acknowledged here.
+        let stopPublishing = StopSignal()
         let publisher = Task {
             var n = 0
-            while !Task.isCancelled {
+            while !stopPublishing.isSet {
                 let ids = (n..<(n + 3)).map { "\(1_764_000_000_000 + $0)-0" }
                 let items = ids.map { #"{"_id":"\#($0)","_device_uuid":"\#(device)","_device_type":"raspberrypi4-64","_app_id":"1","_app_name":"iot","random":"0.\#(n)"}"# }
                 n += 3
@@ -63,7 +66,7 @@ final class SeedIngestTests: XCTestCase {
                     try await seed.publish(topic, payload: Array("[\(items.joined(separator: ","))]".utf8), qos: .atLeastOnce)
                     acknowledged.add(ids)
                 } catch {
-                    if Task.isCancelled { break }
+                    if stopPublishing.isSet { break }
                 }
                 try? await Task.sleep(for: .milliseconds(50))
             }
@@ -85,7 +88,7 @@ final class SeedIngestTests: XCTestCase {
             try broker.start()
             try await pause()
         }
-        publisher.cancel()
+        stopPublishing.set()
         _ = await publisher.value
         let sent = acknowledged.all
         XCTAssertGreaterThan(sent.count, 100, "the seed published throughout")
@@ -126,6 +129,13 @@ final class SeedIngestTests: XCTestCase {
             XCTAssertEqual(p.waitForExit(timeout: .seconds(20)), 0, "round \(round) (metrics \(env["FIELDLOG_METRICS_PORT"]!)): \(p.log().suffix(2_000))")
         }
     }
+}
+
+/// Set once, read from any task.
+final class StopSignal: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .releasing) }
+    var isSet: Bool { flag.load(ordering: .acquiring) }
 }
 
 /// Stream ids the broker acknowledged, in order.
