@@ -182,7 +182,7 @@ package struct Auditor {
         for r in legacy.rows { legacyMap[r[0].string!] = (Int(r[1].int64 ?? 0), r[2].string) }
 
         let nowText = SQLTime.datetime(unixMilliseconds: Int64(now.timeIntervalSince1970 * 1000))!
-        let silentBefore = SQLTime.datetime(unixMilliseconds: Int64(now.timeIntervalSince1970 * 1000) - Int64(silentAfter.components.seconds) * 1000)!
+        let silentBefore = SQLTime.datetime(unixMilliseconds: Int64(now.timeIntervalSince1970 * 1000) - silentAfter.inMilliseconds)!
         var report = AuditReport(generatedAt: nowText, silentAfterSeconds: Int(silentAfter.components.seconds), rowsChecked: checksRows, devices: [])
         for row in devices.rows {
             let id = row[0].string!

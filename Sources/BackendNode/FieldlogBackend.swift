@@ -10,6 +10,7 @@ import Ingest
 import Logging
 import MariaDB
 import ServiceLifecycle
+import Settings
 import WebAdmin
 
 /// `fieldlog-backend`: ingest, audit and replay into MariaDB.
@@ -18,11 +19,15 @@ struct FieldlogBackend: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-backend",
         abstract: "Fieldlog backend: ingest device logs into MariaDB exactly once.",
-        subcommands: [Migrate.self, Ingest.self, Audit.self, Replay.self, Web.self, Run.self, User.self])
+        subcommands: [Migrate.self, Ingest.self, Audit.self, Replay.self, Web.self, Run.self, User.self, Config.self])
 }
 
-/// Options every subcommand shares; each overrides its environment variable.
+/// Options every subcommand shares; each sets its setting over the environment and the file.
 struct CommonOptions: ParsableArguments {
+    @Option(help: "Configuration file of KEY=value lines with the environment's names (the environment overrides it). Default: $FIELDLOG_CONFIG, else none.")
+    var config: String?
+    @Option(name: .customLong("set"), help: ArgumentHelp("Set any setting for this run, over the environment and the file (repeatable; docs/backend-configuration.md).", valueName: "KEY=value"))
+    var set: [String] = []
     @Option(name: .customLong("mariadb"), help: "MariaDB servers host[:port],… in failover order (FIELDLOG_MARIADB_ADDRESSES, else FIELDLOG_MARIADB_HOST/PORT).")
     var mariadb: String?
     @Option(help: "Database name (FIELDLOG_MARIADB_DATABASE, default fieldlog).")
@@ -34,19 +39,48 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (FIELDLOG_LOG_LEVEL, default info).")
     var logLevel: String?
 
-    func load(metricsPort: Int? = nil) throws -> BackendConfiguration {
-        try BackendConfiguration.load(overrides: SettingOverrides(mariadb: mariadb, database: database, mqttHost: mqttHost,
-                                                                  mqttPort: mqttPort, metricsPort: metricsPort))
+    /// The settings: these options and a command's own (`more`, by setting name), `--set`, the
+    /// environment, the configuration file, the defaults.
+    func values(_ more: [String: String?] = [:]) throws(ConfigurationError) -> SettingValues {
+        var given = try set.map { (text) throws(ConfigurationError) in try CommandLineSetting.parse(set: text) }
+        let options: [String: String?] = [
+            "FIELDLOG_MARIADB_ADDRESSES": mariadb, "FIELDLOG_MARIADB_DATABASE": database, "FIELDLOG_MQTT_HOST": mqttHost,
+            "FIELDLOG_MQTT_PORT": mqttPort.map(String.init), "FIELDLOG_LOG_LEVEL": logLevel,
+        ].merging(more) { a, _ in a }
+        for (name, value) in options.sorted(by: { $0.key < $1.key }) {
+            guard let value, let option = BackendSettings.table[name]?.option else { continue }
+            given.append(CommandLineSetting(name: name, value: value, option: option))
+        }
+        return try BackendConfiguration.values(commandLine: given, configOption: config)
     }
 
-    func bootstrapLogging() throws -> Logger {
-        let level = try BackendConfiguration.logLevel(option: logLevel)
+    /// Reads and checks every setting the command needs (`extra`: besides the log level, the
+    /// database, the broker, the topics and ingest), reporting every problem at once.
+    func read<Extra>(_ more: [String: String?] = [:], reading extra: (inout SettingsReader) -> Extra)
+        throws(ConfigurationError) -> (values: SettingValues, level: Logger.Level, config: BackendConfiguration, extra: Extra) {
+        let values = try values(more)
+        var r = SettingsReader(values)
+        let level = BackendConfiguration.logLevel(reading: &r)
+        let config = BackendConfiguration(reading: &r)
+        let other = extra(&r)
+        try r.finish()
+        return (values, level, config, other)
+    }
+
+    /// `read`, then bootstraps logging at the configured level.
+    func start<Extra>(_ more: [String: String?] = [:], reading extra: (inout SettingsReader) -> Extra) throws -> (BackendConfiguration, Extra, Logger) {
+        let settings = try read(more, reading: extra)
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
+            h.logLevel = settings.level
             return h
         }
-        return Logger(label: "fieldlog.backend")
+        return (settings.config, settings.extra, Logger(label: "fieldlog.backend"))
+    }
+
+    func start(_ more: [String: String?] = [:]) throws -> (BackendConfiguration, Logger) {
+        let (config, _, logger) = try start(more) { _ in () }
+        return (config, logger)
     }
 }
 
@@ -58,8 +92,8 @@ extension FieldlogBackend {
         var prepare = false
 
         func run() async throws {
-            let logger = try common.bootstrapLogging()
-            var settings = try common.load().database
+            let (config, logger) = try common.start()
+            var settings = config.database
             // Moving data (schema 7) runs statements over whole tables: far longer than the
             // ingest's 30 s read timeout allows.
             settings.readTimeout = .seconds(3_600)
@@ -89,8 +123,7 @@ extension FieldlogBackend {
         @Option(help: "Port of GET /metrics (FIELDLOG_METRICS_PORT, default 9464; 0 turns it off).") var metricsPort: Int?
 
         func run() async throws {
-            let logger = try common.bootstrapLogging()
-            let config = try common.load(metricsPort: metricsPort)
+            let (config, logger) = try common.start(["FIELDLOG_METRICS_PORT": metricsPort.map(String.init)])
             let metrics = BackendMetrics()
             var services: [any Service] = []
             if config.ingest.metricsPort != 0 {
@@ -113,10 +146,9 @@ extension FieldlogBackend {
         @Flag(help: "Ask devices to resend every missing range (replay commands).") var repair = false
 
         func run() async throws {
-            let logger = try common.bootstrapLogging()
-            let config = try common.load()
+            let (config, logger) = try common.start()
             let id = try device.map { try parseDevice($0, setting: "--device") }
-            guard silentAfter >= 1 else { throw ConfigurationError(setting: "--silent-after", value: String(silentAfter), allowed: "seconds ≥ 1") }
+            guard silentAfter >= 1 else { throw ConfigurationError(option: "--silent-after", value: String(silentAfter), allowed: "seconds ≥ 1") }
             let connection = try await connectFirst(config.database, logger: logger)
             try await Migrator(connection: connection).requireCurrent()
             let report = try await Auditor(connection: connection, silentAfter: .seconds(silentAfter)).run(device: id)
@@ -146,15 +178,14 @@ extension FieldlogBackend {
         @Option(help: "Seconds to wait for the device's answer (0: do not wait). Default 10.") var wait: Int = 10
 
         func run() async throws {
-            let logger = try common.bootstrapLogging()
-            let config = try common.load()
+            let (config, logger) = try common.start()
             let id = try parseDevice(device, setting: "--device")
             let ep = try epoch.map { try parseEpoch($0, setting: "--epoch") }
             let range: SequenceRange
             do { range = try SequenceRange(SequenceNumber(from), SequenceNumber(to)) } catch {
-                throw ConfigurationError(setting: "--from/--to", value: "\(from)…\(to)", allowed: error.description)
+                throw ConfigurationError(option: "--from/--to", value: "\(from)…\(to)", allowed: error.description)
             }
-            guard (0...3600).contains(wait) else { throw ConfigurationError(setting: "--wait", value: String(wait), allowed: "seconds 0…3600") }
+            guard (0...3600).contains(wait) else { throw ConfigurationError(option: "--wait", value: String(wait), allowed: "seconds 0…3600") }
             let connection = try await connectFirst(config.database, logger: logger)
             try await Migrator(connection: connection).requireCurrent()
             let replayer = try await Replayer.connect(config: config, store: Store(connection: connection), logger: logger)
@@ -192,10 +223,10 @@ func runServices(_ services: [any Service], logger: Logger) async throws {
 }
 
 func parseDevice(_ text: String, setting: String) throws(ConfigurationError) -> DeviceID {
-    do { return try DeviceID(text) } catch { throw ConfigurationError(setting: setting, value: text, allowed: error.description) }
+    do { return try DeviceID(text) } catch { throw ConfigurationError(option: setting, value: text, allowed: error.description) }
 }
 
 func parseEpoch(_ text: String, setting: String) throws(ConfigurationError) -> Epoch {
-    do { return try Epoch(hex: text) } catch { throw ConfigurationError(setting: setting, value: text, allowed: error.description) }
+    do { return try Epoch(hex: text) } catch { throw ConfigurationError(option: setting, value: text, allowed: error.description) }
 }
 

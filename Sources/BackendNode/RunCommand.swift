@@ -17,9 +17,9 @@ extension FieldlogBackend {
         @Option(help: "Port of GET /metrics (FIELDLOG_METRICS_PORT, default 9464; 0 turns it off).") var metricsPort: Int?
 
         func run() async throws {
-            let logger = try common.bootstrapLogging()
-            let config = try common.load(metricsPort: metricsPort)
-            let settings = try WebSettings.load(host: web.host, port: web.port, insecureCookies: web.insecureCookies)
+            let (config, settings, logger) = try common.start(web.settings.merging(["FIELDLOG_METRICS_PORT": metricsPort.map(String.init)]) { a, _ in a }) {
+                r in WebSettings(reading: &r)
+            }
             let metrics = BackendMetrics()
             // Ingest first, the web admin last: shutdown stops the web first, ingest last.
             var services: [any Service] = []

@@ -18,6 +18,11 @@ struct WebOptions: ParsableArguments {
     var port: Int?
     @Flag(help: "Session cookies without Secure, for plain http on loopback only (FIELDLOG_WEB_INSECURE_COOKIES=1).")
     var insecureCookies = false
+
+    /// The settings these options set.
+    var settings: [String: String?] {
+        ["FIELDLOG_WEB_HOST": host, "FIELDLOG_WEB_PORT": port.map(String.init), "FIELDLOG_WEB_INSECURE_COOKIES": insecureCookies ? "1" : nil]
+    }
 }
 
 extension FieldlogBackend {
@@ -28,9 +33,7 @@ extension FieldlogBackend {
         @OptionGroup var web: WebOptions
 
         func run() async throws {
-            let logger = try common.bootstrapLogging()
-            let config = try common.load()
-            let settings = try WebSettings.load(host: web.host, port: web.port, insecureCookies: web.insecureCookies)
+            let (config, settings, logger) = try common.start(web.settings) { r in WebSettings(reading: &r) }
             let services = try await WebServer.prepare(config: config, settings: settings, logger: logger)
             try await runServices(services, logger: logger)
         }
@@ -48,9 +51,7 @@ extension FieldlogBackend {
             let database: DatabaseClient
 
             static func open(_ common: CommonOptions) async throws -> Context {
-                let logger = try common.bootstrapLogging()
-                let config = try common.load()
-                let settings = try WebSettings.load(host: nil, port: nil, insecureCookies: false)
+                let (config, settings, logger) = try common.start { r in WebSettings(reading: &r) }
                 let database = DatabaseClient(settings: config.database, logger: logger)
                 let store = try await database.store()
                 try await Migrator(connection: store.connection).requireCurrent()

@@ -285,6 +285,8 @@ package enum Schema {
         // switches the table for the view (docs/operating-backend.md, "Upgrading to schema 7").
         Migration(version: 7, name: "readings.vals: one row per reading; reading_values a view; device_sensors", statements: [
             "ALTER TABLE readings ADD COLUMN IF NOT EXISTS vals MEDIUMTEXT NULL",
+            // Schema 8's column, here too: schema 7's data step writes schema 8's form.
+            "ALTER TABLE readings ADD COLUMN IF NOT EXISTS texts MEDIUMTEXT NULL",
             """
             CREATE TABLE IF NOT EXISTS device_sensors (
               device_id \(deviceColumn),
@@ -294,6 +296,20 @@ package enum Schema {
             """,
         ], data: { connection, logger in try await ReadingValuesMove(connection: connection, logger: logger).run() },
         switchOver: { connection, logger in try await ReadingValuesMove(connection: connection, logger: logger).switchOver() }),
+        // Issue 17: `readings.vals` becomes a JSON object from sensor name to number
+        // (`{"hum":40.1,"temp":21.5}`) and texts move to `readings.texts` (`{"state":"on"}`, NULL
+        // when none), so one sensor is `JSON_VALUE(vals, '$.temp')` and an average needs no type
+        // test — about half the cost of `reading_values`' JSON_TABLE over schema 7's array, which
+        // made the queries of Grafana and the web admin slower than schema 6's table
+        // (docs/benchmarks.md, "Queries"). Upgrading:
+        // `migrate --prepare` (ingest of schema 7 keeps writing arrays) puts a view over both forms
+        // in place and rewrites the arrays; `migrate` (ingest stopped) rewrites the rest and
+        // installs the view over objects (docs/operating-backend.md, "Upgrading to schema 8").
+        Migration(version: 8, name: "readings.vals: numbers keyed by sensor; readings.texts", statements: [
+            "ALTER TABLE readings ADD COLUMN IF NOT EXISTS texts MEDIUMTEXT NULL",
+        ],
+                  data: { connection, logger in try await ValsToObjects(connection: connection, logger: logger).run() },
+                  switchOver: { connection, logger in try await ValsToObjects(connection: connection, logger: logger).switchOver() }),
     ]
 
     package static var latestVersion: Int { migrations.last!.version }
@@ -404,7 +420,7 @@ package struct Migrator {
 }
 
 /// Schema 7's data step: every reading's values from the `reading_values` table into
-/// `readings.vals`, and every device's sensors into `device_sensors`. Walks each (device,
+/// `readings.vals` (written in schema 8's form, an object, so an upgrade from 6 rewrites once), and every device's sensors into `device_sensors`. Walks each (device,
 /// epoch) in windows of sequence numbers, one short statement per window (no long lock, no
 /// long transaction: ingest processes of the previous version keep writing meanwhile), and
 /// only fills rows still without `vals`, so running it again finishes what was written since.
@@ -430,10 +446,11 @@ package struct ReadingValuesMove {
             while first <= high {
                 let last = min(high, first + window - 1)
                 let result = try await connection.execute("""
-                    UPDATE readings r SET r.vals = COALESCE((
-                        SELECT CONCAT('[', GROUP_CONCAT(IF(v.num_value IS NOT NULL, JSON_OBJECT('s', v.sensor, 'n', v.num_value),
-                                                               JSON_OBJECT('s', v.sensor, 't', v.text_value)) ORDER BY v.sensor SEPARATOR ','), ']')
-                          FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq), '[]')
+                    UPDATE readings r SET
+                      r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.num_value")) ORDER BY v.sensor SEPARATOR ','), ''), '}')
+                                  FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NOT NULL),
+                      r.texts = (SELECT CONCAT('{', GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.text_value")) ORDER BY v.sensor SEPARATOR ','), '}')
+                                   FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NULL)
                      WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals IS NULL
                     """, [.string(device), .uint(epoch), .uint(first), .uint(last)])
                 filled += result.affectedRows
@@ -443,16 +460,6 @@ package struct ReadingValuesMove {
         }
         logger.info("schema 7: \(filled) readings got their values in \(ContinuousClock.now - start)")
     }
-
-    /// The view that replaces the table: the same columns, read from `readings.vals`.
-    package static let view = """
-        CREATE OR REPLACE VIEW reading_values AS
-          SELECT r.device_id, r.epoch, r.seq, j.sensor, r.device_time, j.num_value, j.text_value
-            FROM readings r,
-                 JSON_TABLE(r.vals, '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$.s',
-                                                    num_value DOUBLE PATH '$.n',
-                                                    text_value VARCHAR(256) PATH '$.t')) j
-        """
 
     /// With ingest stopped, after `run` filled what was written since `--prepare` (or
     /// everything): check nothing is missing, then put the view in the table's place. The table is kept as `reading_values_v6` when it held rows (drop it
@@ -467,13 +474,119 @@ package struct ReadingValuesMove {
             let missing = try await connection.query("SELECT COUNT(*) FROM readings WHERE vals IS NULL").rows.first?.first?.int64 ?? 0
             guard missing == 0 else { throw SchemaError(description: "schema 7: \(missing) readings still have no values; run `fieldlog-backend migrate` again") }
             let old = try await connection.query("SELECT COUNT(*) FROM reading_values").rows.first?.first?.int64 ?? 0
-            let moved = try await connection.query("SELECT COALESCE(SUM(JSON_LENGTH(vals)), 0) FROM readings").rows.first?.first?.int64 ?? 0
+            let moved = try await connection.query("SELECT COALESCE(SUM(JSON_LENGTH(vals) + COALESCE(JSON_LENGTH(texts), 0)), 0) FROM readings").rows.first?.first?.int64 ?? 0
             guard old == moved else { throw SchemaError(description: "schema 7: reading_values holds \(old) values, readings.vals \(moved); nothing switched") }
             try await connection.query(old == 0 ? "DROP TABLE reading_values" : "RENAME TABLE reading_values TO reading_values_v6")
         }
-        try await connection.query(Self.view)
+        try await connection.query(ValsToObjects.view)
         // sensor_values (schema 2) reads reading_values by name: create it again over the view.
         try await connection.query(Schema.migrations.first { $0.version == 2 }!.statements[0])
         logger.info("schema 7: switched to one row per reading in \(ContinuousClock.now - start)")
+    }
+}
+
+/// Schema 8: `readings.vals` from schema 7's array (`[{"s":"temp","n":21.5},{"s":"state","t":"on"}]`)
+/// to an object of the numbers (`{"temp":21.5}`) and `readings.texts` (`{"state":"on"}`), in
+/// place, window by window like schema 7's step (only rows still holding an array, so running it
+/// again finishes what ingest of schema 7 wrote since).
+package struct ValsToObjects {
+    package var connection: MariaDBConnection
+    package var logger: Logger
+    package var window: UInt64 = 20_000
+
+    /// One member `"name":value` of an object from a name and a value column: MariaDB's
+    /// JSON_OBJECT writes a number as JSON (and escapes a text); its braces are cut off (a member
+    /// starts with a quote and ends with a digit or a quote, never with a brace).
+    package static func member(_ name: String, _ value: String) -> String {
+        "TRIM(LEADING '{' FROM TRIM(TRAILING '}' FROM JSON_OBJECT(\(name), \(value))))"
+    }
+
+    /// The path of one sensor in `vals` or `texts`. Sensor names hold no quotes or backslashes (§2.2).
+    static let path = "CONCAT('$.\"', k.sensor, '\"')"
+
+    static func numbers(where condition: String) -> String {
+        """
+        SELECT r.device_id, r.epoch, r.seq, k.sensor, r.device_time,
+                 CAST(JSON_VALUE(r.vals, \(path)) AS DOUBLE) AS num_value, CAST(NULL AS VARCHAR(256)) AS text_value
+            FROM readings r, JSON_TABLE(JSON_KEYS(r.vals), '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$')) k
+           WHERE \(condition)
+        """
+    }
+
+    static let texts = """
+        SELECT r.device_id, r.epoch, r.seq, k.sensor, r.device_time,
+                 NULL, CAST(JSON_VALUE(r.texts, \(path)) AS VARCHAR(256))
+            FROM readings r, JSON_TABLE(JSON_KEYS(r.texts), '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$')) k
+           WHERE r.texts IS NOT NULL
+        """
+
+    /// `reading_values` over the objects: one row per reading and sensor, the columns of schema
+    /// 6's table. A general view (a JSON_TABLE per reading, and a second pass for texts); a query
+    /// for one sensor is about twice as fast with `JSON_VALUE(vals, '$.temp')` on `readings`
+    /// (docs/backend.md).
+    package static let view = """
+        CREATE OR REPLACE VIEW reading_values AS
+          \(numbers(where: "TRUE"))
+          UNION ALL
+          \(texts)
+        """
+
+    /// While `migrate --prepare` rewrites the arrays: both forms, so readers miss no value.
+    package static let transitionView = """
+        CREATE OR REPLACE VIEW reading_values AS
+          SELECT r.device_id, r.epoch, r.seq, j.sensor, r.device_time, j.num_value, j.text_value
+            FROM readings r,
+                 JSON_TABLE(r.vals, '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$.s',
+                                                    num_value DOUBLE PATH '$.n',
+                                                    text_value VARCHAR(256) PATH '$.t')) j
+           WHERE r.vals LIKE '[%'
+          UNION ALL
+          \(numbers(where: "r.vals LIKE '{%'"))
+          UNION ALL
+          \(texts)
+        """
+
+    package func run() async throws {
+        // Readers see both forms while arrays are left (schema 7's view reads only arrays). From
+        // schema 6, `reading_values` is still a table here and no array exists (schema 7's step
+        // writes objects): nothing to do.
+        let kind = try await connection.query("""
+            SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'reading_values'
+            """).rows.first?.first?.string
+        guard kind == "VIEW" else { return }
+        try await connection.query(Self.transitionView)
+        let logs = try await connection.query("SELECT device_id, epoch, MIN(seq), MAX(seq) FROM readings WHERE vals LIKE '[%' GROUP BY device_id, epoch").rows
+        let start = ContinuousClock.now
+        var rewritten: UInt64 = 0
+        for log in logs {
+            guard let device = log[0].string, let epoch = log[1].uint64, let low = log[2].uint64, let high = log[3].uint64 else { continue }
+            var first = low
+            while first <= high {
+                let last = min(high, first + window - 1)
+                // The JSON columns keep each number's and text's JSON as written (a text with its
+                // quotes). `texts` first: assignments run left to right and it reads the array.
+                let result = try await connection.execute("""
+                    UPDATE readings r SET
+                      r.texts = (SELECT CONCAT('{', GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.t) ORDER BY j.s SEPARATOR ','), '}')
+                                   FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', t JSON PATH '$.t')) j WHERE j.t IS NOT NULL),
+                      r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.n) ORDER BY j.s SEPARATOR ','), ''), '}')
+                                  FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', n JSON PATH '$.n')) j WHERE j.n IS NOT NULL)
+                     WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals LIKE '[%'
+                    """, [.string(device), .uint(epoch), .uint(first), .uint(last)])
+                rewritten += result.affectedRows
+                if last == high { break }
+                first = last + 1
+            }
+        }
+        logger.info("schema 8: \(rewritten) readings rewritten as objects in \(ContinuousClock.now - start)")
+    }
+
+    /// With ingest stopped, after `run` rewrote what was written since `--prepare`: check no
+    /// array is left, then install the view over objects.
+    package func switchOver() async throws {
+        let left = try await connection.query("SELECT COUNT(*) FROM readings WHERE vals LIKE '[%'").rows.first?.first?.int64 ?? 0
+        guard left == 0 else { throw SchemaError(description: "schema 8: \(left) readings still hold an array; run `fieldlog-backend migrate` again") }
+        try await connection.query(Self.view)
+        try await connection.query(Schema.migrations.first { $0.version == 2 }!.statements[0])
     }
 }

@@ -28,17 +28,13 @@ package struct BatchStoreResult: Sendable, Hashable {
     package var duplicates: Int
 }
 
-/// The dead-letter reasons are Sync's (spec §5.2 plus the store's own): one enum, checked by
-/// the compiler, stored in the `reason` column and counted under the same names.
-package typealias DeadLetterCause = DeadLetterReason
-
 /// Formats times for DATETIME(3) columns in UTC (the session's time zone is set to +00:00).
 package enum SQLTime {
     /// "YYYY-MM-DD hh:mm:ss.fff" for ms since 1970, nil outside the DATETIME range (year 1000…9999).
     package static func datetime(unixMilliseconds ms: Int64) -> String? { SQLDateTime.format(unixMilliseconds: ms) }
 
     package static func now() -> String {
-        datetime(unixMilliseconds: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))!
+        datetime(unixMilliseconds: WallClock.unixMilliseconds())!
     }
 }
 
@@ -77,14 +73,14 @@ package final class Store: Sendable {
         let epochs = rows.epochs.map { [.string($0.device), .uint($0.epoch), now] as [MariaDBValue] }
         let readings = rows.readings.map { r -> [MariaDBValue] in
             [.string(r.device), .uint(r.epoch), .uint(r.seq), .int(r.deviceMs), time(r.deviceTime), .int(r.unsynchronized ? 1 : 0), now,
-             text(r.missingSensors), .string(r.vals)]
+             text(r.missingSensors), .string(r.vals), text(r.texts)]
         }
         let sensors = rows.sensors.map { [.string($0.device), .string($0.sensor)] as [MariaDBValue] }
         let losses = rows.losses.map { l -> [MariaDBValue] in
             [.string(l.device), .uint(l.epoch), .uint(l.first), .uint(l.last), .string(l.reason), .string(l.detail), .int(l.recordedMs), now]
         }
         let deadLetters = rows.deadLetters.map { d -> [MariaDBValue] in
-            [now, .string(d.topic), .string(d.reason), .string(d.detail), text(d.device), d.epoch.map(MariaDBValue.uint) ?? .null,
+            [now, .string(d.topic), .string(d.reason.rawValue), .string(d.detail), text(d.device), d.epoch.map(MariaDBValue.uint) ?? .null,
              d.seq.map(MariaDBValue.uint) ?? .null, .uint(d.payloadBytes), .bytes(d.payloadHead), d.dedupKey.map(MariaDBValue.bytes) ?? .null]
         }
         let ranges = rows.ranges.map { [.string($0.device), .uint($0.epoch), .uint($0.first), .uint($0.last), now] as [MariaDBValue] }
@@ -290,7 +286,7 @@ package struct CheckedTable: Sendable {
                                       key: ["device_id"])
     package static let epochs = CheckedTable(name: "epochs", columns: ["device_id", "epoch", "first_seen_at"], key: ["device_id", "epoch"])
     package static let readings = CheckedTable(name: "readings", columns: ["device_id", "epoch", "seq", "device_ms", "device_time", "clock_unsynchronized",
-                                                                   "received_at", "missing_sensors", "vals"], key: ["device_id", "epoch", "seq"])
+                                                                   "received_at", "missing_sensors", "vals", "texts"], key: ["device_id", "epoch", "seq"])
     package static let deviceSensors = CheckedTable(name: "device_sensors", columns: ["device_id", "sensor"], key: ["device_id", "sensor"])
     package static let lossRanges = CheckedTable(name: "loss_ranges", columns: ["device_id", "epoch", "first_seq", "last_seq", "reason", "detail",
                                                                         "device_recorded_ms", "received_at"], key: ["device_id", "epoch", "first_seq", "last_seq"])

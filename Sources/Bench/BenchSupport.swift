@@ -44,8 +44,7 @@ struct BenchError: Error, CustomStringConvertible {
 
 /// Seconds since `start` as a Double.
 func secondsSince(_ start: ContinuousClock.Instant) -> Double {
-    let c = (ContinuousClock.now - start).components
-    return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    (ContinuousClock.now - start).inSeconds
 }
 
 func quietLogger(_ label: String) -> Logger {

@@ -217,8 +217,7 @@ struct AppendBench: AsyncParsableCommand {
             for try await l in group { all.append(l) }
             return all
         }
-        let elapsed = (clock.now - start).components
-        let elapsedS = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+        let elapsedS = (clock.now - start).inSeconds
         let samples = perTask.flatMap { $0 }
         let usage = PerAppendUsage(from: usageBefore, appends: samples.count)
         let head = try await log.head()
@@ -267,9 +266,9 @@ struct AppendBench: AsyncParsableCommand {
             }
             try exec("COMMIT")
         }
-        let e = (clock.now - start).components
+        let elapsed = (clock.now - start).inSeconds
         let usage = PerAppendUsage(from: usageBefore, appends: Int(seq))
-        return RawResult(rate: Double(seq) / (Double(e.seconds) + Double(e.attoseconds) / 1e18),
+        return RawResult(rate: Double(seq) / elapsed,
                          cpuMicroseconds: usage.cpuMicroseconds, contextSwitches: usage.contextSwitches)
     }
 }

@@ -22,6 +22,7 @@ import Logging
 import MariaDB
 import Processes
 import ServiceLifecycle
+import Settings
 
 struct FleetBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -111,14 +112,11 @@ struct FleetBench: AsyncParsableCommand {
             let openStart = ContinuousClock.now
             var built: [Int: ([any Service], NodeEnvironment)] = [:]
             let config = { (name: String, password: String) throws -> DeviceConfiguration in
-                var source = ConfigurationSource()
-                for (k, v) in [("FIELDLOG_DEVICE_ID", name), ("LOG_PATH", "\(runDir)/\(name).sqlite3"), ("LOG_DURABILITY", durability),
-                               ("MQTT_HOST", stack.mqttHost), ("MQTT_PORT", String(stack.mqttPort)), ("MQTT_PASSWORD", password),
-                               ("REDIS_ENABLE", "false"), ("STATUS_HTTP_PORT", "0"), ("INTERVAL_SECONDS", String(1 / scenario.rate)),
-                               ("SYNC_INTERVAL_SECONDS", String(senderInterval)), ("MEASUREMENT_ENABLED", "false")] {
-                    source.set(k, v)
-                }
-                return try DeviceConfiguration(source: source)
+                let settings = ["FIELDLOG_DEVICE_ID": name, "LOG_PATH": "\(runDir)/\(name).sqlite3", "LOG_DURABILITY": durability,
+                                "MQTT_HOST": stack.mqttHost, "MQTT_PORT": String(stack.mqttPort), "MQTT_PASSWORD": password,
+                                "REDIS_ENABLE": "false", "STATUS_HTTP_PORT": "0", "INTERVAL_SECONDS": String(1 / scenario.rate),
+                                "SYNC_INTERVAL_SECONDS": String(senderInterval), "MEASUREMENT_ENABLED": "false"]
+                return try DeviceConfiguration(values: SettingValues(table: DeviceSettings.table, environment: settings))
             }
             let configurations = try users.map { try config($0.0, $0.1) }
             let deviceLogger = logger

@@ -224,7 +224,7 @@ struct PlainHTTPClient {
             response.append(contentsOf: buffer[0..<n])
         }
         let end = ContinuousClock.now
-        func ns(_ d: Duration) -> Int64 { d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000 }
+        func ns(_ d: Duration) -> Int64 { d.inNanoseconds }
         let text = String(decoding: response, as: UTF8.self)
         guard let split = text.range(of: "\r\n\r\n") else { throw BenchError("no HTTP answer from \(path)") }
         let lines = text[..<split.lowerBound].split(separator: "\r\n")

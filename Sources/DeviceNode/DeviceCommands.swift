@@ -10,18 +10,20 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import Settings
 
 /// Options shared by the commands that read the configuration.
 struct ConfigOptions: ParsableArguments {
     @Option(name: .long, help: "Configuration file of KEY=value lines (environment variables override it). Default: $FIELDLOG_CONFIG, else none.")
     var config: String?
+    @Option(name: .customLong("set"), help: ArgumentHelp("Set a setting for this run, over the environment and the file (repeatable).", valueName: "KEY=value"))
+    var set: [String] = []
 
     /// Loads, validates and returns the configuration; prints every problem and exits 78 (EX_CONFIG) on error.
     func load() throws -> DeviceConfiguration {
-        let env = ProcessInfo.processInfo.environment
         do {
-            let source = try ConfigurationSource.load(file: config ?? env["FIELDLOG_CONFIG"], environment: env)
-            return try DeviceConfiguration(source: source)
+            let commandLine = try set.map { (text) throws(ConfigurationError) in try CommandLineSetting.parse(set: text) }
+            return try DeviceConfiguration.load(configOption: config, commandLine: commandLine, environment: ProcessInfo.processInfo.environment)
         } catch {
             printError("fieldlog-device: \(error)")
             throw ExitCode(78)
@@ -29,15 +31,14 @@ struct ConfigOptions: ParsableArguments {
     }
 }
 
-func bootstrapLogging(_ level: String) -> Logger {
-    let lvl = Logger.Level(rawValue: level) ?? .info
+func bootstrapLogging(_ level: Logger.Level) -> Logger {
     LoggingSystem.bootstrap { label in
         var h = StreamLogHandler.standardError(label: label)
-        h.logLevel = lvl
+        h.logLevel = level
         return h
     }
     var logger = Logger(label: "fieldlog.device")
-    logger.logLevel = lvl
+    logger.logLevel = level
     return logger
 }
 
@@ -106,12 +107,12 @@ struct ConfigExample: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "example",
         abstract: "Print a commented example configuration file with every setting and its default.")
-    func run() async throws { print(Settings.exampleFile(), terminator: "") }
+    func run() async throws { print(DeviceSettings.exampleFile(), terminator: "") }
 }
 
 struct ConfigReference: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reference",
         abstract: "Print the configuration reference as Markdown (docs/device-configuration.md is made by this).")
-    func run() async throws { print(Settings.referenceMarkdown(), terminator: "") }
+    func run() async throws { print(DeviceSettings.table.referenceMarkdown(), terminator: "") }
 }

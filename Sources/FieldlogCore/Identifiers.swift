@@ -11,7 +11,7 @@
 public struct DeviceID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let rawValue: String
 
-    public static let maxLength = 64
+    static let maxLength = 64
 
     public init(_ rawValue: String) throws(DomainError) {
         guard !rawValue.isEmpty, rawValue.utf8.count <= Self.maxLength else {

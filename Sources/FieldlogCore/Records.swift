@@ -20,7 +20,7 @@ public struct SensorValues: Hashable, Sendable, Sequence {
     public private(set) var values: [String: SensorValue]
 
     public static let maxSensors = 64
-    public static let maxNameBytes = 64
+    static let maxNameBytes = 64
     public static let maxTextBytes = 256
 
     public init(_ values: [String: SensorValue]) throws(DomainError) {

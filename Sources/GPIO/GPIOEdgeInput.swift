@@ -1,12 +1,15 @@
-// One GPIO input line requested for edge events (libgpiod 1.6), owner of its chip and line.
+// GPIO: a thin, safe wrapper over libgpiod v1.6 for one edge-event input line, owner of its
+// chip and line.
 //
 // Theory of operation: `GPIOEdgeInput` opens the chip (by name, path, label or number, as
 // gpiod_chip_open_lookup does) and requests one line for edge events with the given bias in
 // its initialiser, and releases line and chip exactly once (close() or deinit). Waiting for an
 // event blocks, so it belongs on a dedicated thread: `blockingWaitForEvent(timeout:)` for a
-// thread of the caller's, or `events(debounce:)`, which starts one and feeds an AsyncStream.
-// All libgpiod calls are serialised by one lock; the reader waits in short slices so that
-// close() never waits long and never frees what a wait still uses.
+// thread of the caller's, or `events()`, which starts one and feeds a bounded AsyncStream.
+// Every edge is reported with the kernel's timestamp; what counts as a bounce is the caller's
+// business (the device's `PressDetector`). All libgpiod calls are serialised by one lock; the
+// reader waits in short slices so that close() never waits long and never frees what a wait
+// still uses.
 import CGPIOD
 import FieldlogCore
 import Threading
@@ -153,14 +156,13 @@ public final class GPIOEdgeInput: @unchecked Sendable {
 
     /// Waits up to `timeout` for the next edge; nil on timeout. Blocks: call it from a
     /// dedicated thread. Throws when the input was closed or the kernel reports an error.
-    public func blockingWaitForEvent(timeout: Duration) throws -> GPIOEdgeEvent? {
+    func blockingWaitForEvent(timeout: Duration) throws -> GPIOEdgeEvent? {
         try lock.withLock {
             guard !closed, let line else {
                 throw GPIOError(operation: "wait for an event", chip: configuration.chip, line: configuration.line,
                                 message: "the input was closed")
             }
-            let (seconds, attoseconds) = max(timeout, .zero).components
-            var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+            var ts = max(timeout, .zero).timespecValue
             let waited = gpiod_line_event_wait(line, &ts)
             if waited == 0 { return nil }
             guard waited == 1 else {
@@ -178,19 +180,20 @@ public final class GPIOEdgeInput: @unchecked Sendable {
         }
     }
 
-    /// Edge events, debounced, read on a thread of their own until the stream's consumer stops
-    /// or the input is closed (then the stream finishes, with the error if one occurred).
-    public func events(debounce: Duration = .milliseconds(20)) -> AsyncThrowingStream<GPIOEdgeEvent, Error> {
-        let (stream, continuation) = AsyncThrowingStream.makeStream(of: GPIOEdgeEvent.self, throwing: Error.self)
+    /// Every edge, read on a thread of its own until the stream's consumer stops or the input
+    /// is closed (then the stream finishes, with the error if the kernel reported one). At most
+    /// `bufferLimit` edges wait for the consumer; older ones beyond that are dropped.
+    public func events(bufferLimit: Int = 256) -> AsyncThrowingStream<GPIOEdgeEvent, Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: GPIOEdgeEvent.self, throwing: Error.self,
+                                                                   bufferingPolicy: .bufferingNewest(bufferLimit))
         let stop = StopFlag()
         continuation.onTermination = { _ in stop.set() }
         OSThread.start(name: "gpio \(configuration.chip):\(configuration.line)") { [self] in
-            var debouncer = Debouncer(interval: debounce)
             while !stop.isSet {
                 do {
                     // Short slices, so a stopped consumer or close() is noticed quickly.
                     guard let event = try blockingWaitForEvent(timeout: .milliseconds(200)) else { continue }
-                    if debouncer.accept(at: event.timestamp) { continuation.yield(event) }
+                    continuation.yield(event)
                 } catch {
                     let wasClosed = lock.withLock { closed }
                     if wasClosed { continuation.finish() } else { continuation.finish(throwing: error) }

@@ -32,11 +32,14 @@ package struct IngestService: Service, CustomStringConvertible {
     package let configuration: BackendConfiguration
     package let metrics: BackendMetrics
     package let logger: Logger
+    /// How transactions reach the database (`.committing`; the lab's broken ingest injects another).
+    package let write: TransactionWrite
 
-    package init(configuration: BackendConfiguration, metrics: BackendMetrics, logger: Logger) {
+    package init(configuration: BackendConfiguration, metrics: BackendMetrics, logger: Logger, write: TransactionWrite = .committing) {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
+        self.write = write
     }
 
     /// What ServiceLifecycle logs (never the configuration: it holds passwords).
@@ -48,16 +51,8 @@ package struct IngestService: Service, CustomStringConvertible {
     private static func retrying<T>(_ logger: Logger, _ what: @autoclosure () -> String,
                                     if retryable: (any Error) -> Bool = { _ in true },
                                     _ attempt: () async throws -> T) async throws -> T {
-        var backoff = Duration.milliseconds(200)
-        while true {
-            do {
-                return try await attempt()
-            } catch where retryable(error) {
-                logger.warning("\(what()), retrying in \(backoff): \(error)")
-                try await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(5))
-            }
-        }
+        try await Retrying().run(if: retryable, failed: { error, _, wait in logger.warning("\(what()), retrying in \(wait): \(error)") },
+                                 attempt)
     }
 
     private func makeClient(id: String, persistent: Bool) throws -> MQTTClient {
@@ -100,7 +95,8 @@ package struct IngestService: Service, CustomStringConvertible {
         let database = DatabaseClient(settings: configuration.database, logger: logger)
         let writer = IngestWriter(database: database, configuration: machine, metrics: metrics, logger: logger,
                                   readControl: ReadControl(pause: { for c in clients { c.pauseReading() } },
-                                                           resume: { for c in clients { c.resumeReading() } })) { topic, payload in
+                                                           resume: { for c in clients { c.resumeReading() } }),
+                                  write: write) { topic, payload in
             try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true,
                                      properties: MQTTMessageProperties(contentType: SyncCodec.contentType))
         }

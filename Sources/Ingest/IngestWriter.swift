@@ -8,7 +8,10 @@
 // the machine's reports into metrics and log lines. Inputs (broker messages, database results,
 // timers) arrive on one stream, so the machine sees them one at a time, in order. The only
 // policy left here is the mapping of a MariaDB error to a `StoreFailure` class
-// (`MariaDBError.storeFailure`) and the jitter added to a backoff.
+// (`MariaDBError.storeFailure`) and the jitter added to a backoff. How a transaction reaches
+// the database is a `TransactionWrite` (`.committing`: success only after COMMIT); the outage
+// lab's deliberately broken ingest (Tests/BrokenIngest) injects another, to show the lab
+// catches an ingest that acks what it did not commit.
 import BackendStore
 import FieldlogCore
 import Foundation
@@ -34,6 +37,46 @@ package struct ReadControl: Sendable {
     package static let none = ReadControl(pause: {}, resume: {})
 }
 
+/// How the writer carries out the machine's `.write` of a transaction: the machine acks what
+/// this reports as committed (and only that), so only `.committing` is right for production.
+package struct TransactionWrite: Sendable {
+    /// What a write may use.
+    package struct Context: Sendable {
+        package var database: DatabaseClient
+        package var configuration: IngestConfiguration
+        package var logger: Logger
+        /// Publishes acks now, outside the machine's order (for nothing but the broken build).
+        package var publishAcks: @Sendable ([AckMessage]) async -> Void
+    }
+
+    /// What became of one write.
+    package enum Outcome: Sendable {
+        /// Committed: the machine may ack it.
+        case committed(WriteResult)
+        /// Not committed, for this class of reason.
+        case failed(StoreFailure)
+    }
+
+    /// Writes the transaction; `.committed` only when it is committed.
+    package var perform: @Sendable (_ transaction: IngestTransaction, _ context: Context) async -> Outcome
+
+    package init(perform: @escaping @Sendable (_ transaction: IngestTransaction, _ context: Context) async -> Outcome) {
+        self.perform = perform
+    }
+
+    /// One transaction of rows through `Store.write`: its result once committed, or the class of
+    /// the database's error (`IngestWriter.classify`).
+    package static let committing = TransactionWrite { transaction, context in
+        do {
+            let rows = StoreRows(transaction)
+            let store = try await context.database.store()
+            return .committed(try await store.write(rows))
+        } catch {
+            return .failed(IngestWriter.classify(error))
+        }
+    }
+}
+
 /// The ingest shell. `run` owns the machine; nothing else touches it.
 package final class IngestWriter: Sendable {
     package typealias Machine = IngestStateMachine<ContinuousClock.Instant>
@@ -44,6 +87,7 @@ package final class IngestWriter: Sendable {
     package let logger: Logger
     package let publishAck: AckPublisher
     package let readControl: ReadControl
+    package let write: TransactionWrite
 
     package enum Input: Sendable {
         case message(topic: String, payload: [UInt8], contentType: String?)
@@ -61,12 +105,13 @@ package final class IngestWriter: Sendable {
     private let continuation: AsyncStream<Input>.Continuation
 
     package init(database: DatabaseClient, configuration: IngestConfiguration, metrics: BackendMetrics, logger: Logger,
-         readControl: ReadControl = .none, publishAck: @escaping AckPublisher) {
+         readControl: ReadControl = .none, write: TransactionWrite = .committing, publishAck: @escaping AckPublisher) {
         self.database = database
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
         self.readControl = readControl
+        self.write = write
         self.publishAck = publishAck
         (inputs, continuation) = AsyncStream.makeStream(of: Input.self)
     }
@@ -114,11 +159,11 @@ package final class IngestWriter: Sendable {
                     actions = machine.messageReceived(topic: topic, payload: payload, contentType: contentType, now: now)
                 case .written(let id, .success(let result), let seconds):
                     metrics.commitLatency.recordNanoseconds(Int64(seconds * 1e9))
-                    actions = machine.transactionCommitted(id, result: result, nowUnixMilliseconds: Self.wallClockMilliseconds(), now: now)
+                    actions = machine.transactionCommitted(id, result: result, nowUnixMilliseconds: WallClock.unixMilliseconds(), now: now)
                 case .written(let id, .failure(let box), _):
                     actions = machine.transactionFailed(id, failure: box.failure, now: now)
                 case .progress(let id, .success(let ranges)):
-                    actions = machine.progressRead(id, ranges: ranges, nowUnixMilliseconds: Self.wallClockMilliseconds(), now: now)
+                    actions = machine.progressRead(id, ranges: ranges, nowUnixMilliseconds: WallClock.unixMilliseconds(), now: now)
                 case .progress(let id, .failure(let box)):
                     actions = machine.progressReadFailed(id, failure: box.failure, now: now)
                 case .timer:
@@ -152,30 +197,17 @@ package final class IngestWriter: Sendable {
             metrics.readingPaused.record(0)
             logger.notice("ingest queue drained below half: reading from the broker resumed")
             readControl.resume()
-        case .write(let tx) where Self.faultAckBeforeCommit:
-            // The deliberately broken build (see `faultAckBeforeCommit`): ack first, try once, forget.
-            await publish(tx.batches.map { b in
-                let ack = Ack(device: b.device, epoch: b.epoch, through: b.range.last, stored: b.range)
-                return AckMessage(topic: configuration.topics.ack.topic(device: b.device), payload: SyncCodec.encode(ack), ack: ack)
-            })
-            do {
-                _ = try await database.store().write(StoreRows(tx))
-            } catch {
-                await database.failed()
-                logger.error("FIELDLOG_FAULT_ACK_BEFORE_COMMIT: store failed after the ack; \(tx.batches.count) batch(es) lost: \(error)")
-            }
-            continuation.yield(.written(tx.id, .success(WriteResult(readingsInserted: 0, legacyInserted: 0)), seconds: 0))
         case .write(let tx):
-            let database = self.database
+            let write = self.write
+            let context = TransactionWrite.Context(database: database, configuration: configuration, logger: logger,
+                                                   publishAcks: { await self.publish($0) })
             tasks.addTask {
-                let rows = StoreRows(tx)
                 let start = ContinuousClock.now
-                do {
-                    let store = try await database.store()
-                    let result = try await store.write(rows)
-                    continuation.yield(.written(tx.id, .success(result), seconds: (ContinuousClock.now - start).seconds))
-                } catch {
-                    continuation.yield(.written(tx.id, .failure(StoreFailureBox(failure: Self.classify(error))), seconds: 0))
+                switch await write.perform(tx, context) {
+                case .committed(let result):
+                    continuation.yield(.written(tx.id, .success(result), seconds: (ContinuousClock.now - start).inSeconds))
+                case .failed(let failure):
+                    continuation.yield(.written(tx.id, .failure(StoreFailureBox(failure: failure)), seconds: 0))
                 }
             }
         case .readProgress(let id, let queries):
@@ -286,11 +318,6 @@ package final class IngestWriter: Sendable {
         }
     }
 
-    /// TEST ONLY, a deliberately broken build for the outage lab (docs/outage-lab.md):
-    /// FIELDLOG_FAULT_ACK_BEFORE_COMMIT=1 acks every batch on receipt, through its last record,
-    /// then makes one attempt to store it and forgets it when that fails. The lab must catch it.
-    package static let faultAckBeforeCommit = ProcessInfo.processInfo.environment["FIELDLOG_FAULT_ACK_BEFORE_COMMIT"] == "1"
-
     /// The ingest's one piece of database knowledge: what a MariaDB error means for a transaction.
     package static func classify(_ error: any Error) -> StoreFailure {
         guard let e = error as? MariaDBError else {
@@ -300,7 +327,6 @@ package final class IngestWriter: Sendable {
         return e.storeFailure
     }
 
-    package static func wallClockMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
 }
 
 extension MariaDBError {
@@ -336,9 +362,3 @@ extension MariaDBError {
     ]
 }
 
-extension Duration {
-    package var seconds: Double {
-        let (s, a) = components
-        return Double(s) + Double(a) / 1e18
-    }
-}

@@ -100,9 +100,10 @@ package final class BackendMetrics: Sendable {
         Metrics.Counter(label: "fieldlog_messages_dropped_unacked_total", dimensions: [("reason", reason.rawValue)], factory: factory).increment()
     }
 
-    /// `fieldlog_dead_letters_total{reason}`.
-    package func deadLetter(_ cause: DeadLetterCause, count: Int = 1) {
-        Metrics.Counter(label: "fieldlog_dead_letters_total", dimensions: [("reason", cause.rawValue)], factory: factory).increment(by: count)
+    /// `fieldlog_dead_letters_total{reason}`: the reason is Sync's `DeadLetterReason`, the one
+    /// enum that is also stored in the `reason` column.
+    package func deadLetter(_ reason: DeadLetterReason, count: Int = 1) {
+        Metrics.Counter(label: "fieldlog_dead_letters_total", dimensions: [("reason", reason.rawValue)], factory: factory).increment(by: count)
     }
 
     /// `fieldlog_device_lag_records{device}`: highest sequence number received minus acked-through,

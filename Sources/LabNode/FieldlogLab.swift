@@ -6,7 +6,7 @@ import Logging
 import OutageLab
 
 @main
-struct FieldlogLab: ParsableCommand {
+struct FieldlogLab: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fieldlog-lab",
         abstract: "Outage lab: run a fleet under seeded faults, heal, drain, and check that every reading is stored exactly once or reported lost.",
@@ -23,7 +23,7 @@ struct FieldlogLab: ParsableCommand {
         }
     }
 
-    struct Run: ParsableCommand {
+    struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run one scenario; exit 0 only when nothing is unexplained.",
             discussion: "The seed drives the whole fault schedule; a failing run prints its seed, and `--seed` replays the schedule.")
@@ -41,7 +41,7 @@ struct FieldlogLab: ParsableCommand {
         @Flag(help: "Keep the lab's own stack data after the run.") var keep = false
         @Option(help: "Log level of the lab itself (default warning).") var logLevel: String = "warning"
 
-        func run() throws {
+        func run() async throws {
             guard let s = Scenario.named(scenario) else {
                 throw ValidationError("unknown scenario \(scenario.debugDescription); known: \(Scenario.all.map(\.name).joined(separator: ", "))")
             }
@@ -72,7 +72,9 @@ struct FieldlogLab: ParsableCommand {
             let run = LabRun(options: options, logger: logger) { line in
                 FileHandle.standardError.write(Data((line + "\n").utf8))
             }
-            // Ctrl-C / SIGTERM: the run tears down what it started (processes, proxies, its stack).
+            let task = Task { try await run.run() }
+            // Ctrl-C / SIGTERM: the run is cancelled and tears down what it started (processes,
+            // proxies, its stack).
             signal(SIGINT, SIG_IGN)
             signal(SIGTERM, SIG_IGN)
             var sources: [DispatchSourceSignal] = []
@@ -80,7 +82,7 @@ struct FieldlogLab: ParsableCommand {
                 let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
                 src.setEventHandler {
                     FileHandle.standardError.write(Data("fieldlog-lab: interrupted, tearing down\n".utf8))
-                    run.cancel()
+                    task.cancel()
                 }
                 src.resume()
                 sources.append(src)
@@ -88,7 +90,7 @@ struct FieldlogLab: ParsableCommand {
             defer { sources.forEach { $0.cancel() } }
             let report: LabReport
             do {
-                report = try run.run()
+                report = try await task.value
             } catch {
                 print("fieldlog-lab: the lab could not run scenario \(s.name) (seed \(seedValue)): \(error)")
                 throw ExitCode(2)

@@ -80,7 +80,7 @@ extension DeviceLog {
             throw LogError.sqlite(error)
         }
         do {
-            let busyMs = configuration.busyTimeout.components.seconds * 1000 + configuration.busyTimeout.components.attoseconds / 1_000_000_000_000_000
+            let busyMs = configuration.busyTimeout.inMilliseconds
             try connection.setBusyTimeout(milliseconds: Int32(clamping: busyMs))
             // Per connection, before anything is written (the schema's creation included).
             let synchronous = configuration.synchronousOff ? "OFF" : (configuration.durability == .full ? "FULL" : "NORMAL")

@@ -54,7 +54,7 @@ public final class DeviceLog: Sendable {
     /// Schema version this build writes and reads (it also opens version 1 files, see above).
     public static let schemaVersion: Int64 = 2
     /// `PRAGMA application_id` of Fieldlog device logs ("FLOG").
-    public static let applicationID: Int32 = 0x464C_4F47
+    static let applicationID: Int32 = 0x464C_4F47
     static let formatName = "fieldlog-device-log"
 
     public let path: String
@@ -173,12 +173,7 @@ public final class DeviceLog: Sendable {
         for o in current { o.finish() }
     }
 
-    static func currentTimeMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        // TestFaults: the outage lab's clock jumps (0 unless FIELDLOG_FAULT_CLOCK_OFFSET_FILE is set).
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000 + TestFaults.wallClockOffsetMs()
-    }
+    static func currentTimeMs() -> Int64 { WallClock.unixMilliseconds() }
 }
 
 /// What of a `DeviceLog` lives on its thread (inside `ThreadConfined`): the connection, and

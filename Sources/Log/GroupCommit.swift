@@ -97,10 +97,10 @@ final class GroupCommit: OwnerThread.Batches, @unchecked Sendable {
         return .run { [self] in
             let started = ContinuousClock.now
             commit(batch)
-            let elapsed = (ContinuousClock.now - started).components
+            let elapsed = ContinuousClock.now - started
             thread.withLock {
                 lastBatchCount = batch.count
-                lastCommitNanoseconds = elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000
+                lastCommitNanoseconds = elapsed.inNanoseconds
             }
         }
     }

@@ -41,7 +41,7 @@ public struct LogConfiguration: Sendable {
     /// (`PRAGMA wal_autocheckpoint`). Default 1000 (SQLite's default, ~4 MiB of WAL).
     public var walAutocheckpointPages: Int = 1000
     /// Most appends one group commit takes (bounds transaction size and latency). Default 8192.
-    public var maxBatchSize: Int = 8192
+    var maxBatchSize: Int = 8192
 
     /// Test only: the name of a registered SQLite VFS to open the file through.
     @_spi(Testing) public var vfsName: String? = nil
@@ -96,7 +96,7 @@ public enum LogError: Error, CustomStringConvertible, Sendable {
 
 extension LogConfiguration {
     /// Environment variables read by `init(environment:)`.
-    public enum EnvironmentKey {
+    enum EnvironmentKey {
         /// `full` or `normal`.
         public static let durability = "FIELDLOG_LOG_DURABILITY"
         /// Disk quota in bytes (suffixes k, M, G of 1024 allowed); unset or 0: no quota.
@@ -106,9 +106,9 @@ extension LogConfiguration {
         /// Acknowledged records older than this many seconds are trimmed; 0: no age limit.
         public static let retentionSeconds = "FIELDLOG_LOG_RETENTION_SECONDS"
         /// At most this many acknowledged records are kept; 0: no count limit.
-        public static let retentionCount = "FIELDLOG_LOG_RETENTION_COUNT"
+        static let retentionCount = "FIELDLOG_LOG_RETENTION_COUNT"
         /// Busy timeout for locks held by other processes, milliseconds.
-        public static let busyTimeoutMs = "FIELDLOG_LOG_BUSY_TIMEOUT_MS"
+        static let busyTimeoutMs = "FIELDLOG_LOG_BUSY_TIMEOUT_MS"
     }
 
     /// The defaults, overridden by the `EnvironmentKey` variables that are set.

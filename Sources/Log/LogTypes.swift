@@ -12,10 +12,10 @@ public struct LogStatistics: Sendable, Hashable {
     /// Append transactions committed.
     public var commits: UInt64 = 0
     /// Appends returned to callers as durable.
-    public var appendsCommitted: UInt64 = 0
+    var appendsCommitted: UInt64 = 0
     /// Append transactions that failed (their appends are in doubt).
-    public var failedCommits: UInt64 = 0
-    public var appendsFailed: UInt64 = 0
+    var failedCommits: UInt64 = 0
+    var appendsFailed: UInt64 = 0
     /// Most appends one commit carried.
     public var largestBatch: Int = 0
 }

@@ -19,7 +19,7 @@ public struct SQLiteError: Error, CustomStringConvertible, Sendable {
     /// Primary result code (`SQLITE_BUSY`, `SQLITE_IOERR`, …).
     public let code: Int32
     /// Extended result code (e.g. `SQLITE_IOERR_FSYNC`).
-    public let extendedCode: Int32
+    let extendedCode: Int32
     public let path: String
     public let operation: String
     public let message: String
@@ -29,9 +29,9 @@ public struct SQLiteError: Error, CustomStringConvertible, Sendable {
     }
 
     /// The database is locked by another connection beyond the busy timeout.
-    public var isBusy: Bool { code == SQLITE_BUSY || code == SQLITE_LOCKED }
+    var isBusy: Bool { code == SQLITE_BUSY || code == SQLITE_LOCKED }
     /// The file is not a database or is damaged.
-    public var isCorrupt: Bool { code == SQLITE_CORRUPT || code == SQLITE_NOTADB }
+    var isCorrupt: Bool { code == SQLITE_CORRUPT || code == SQLITE_NOTADB }
 }
 
 /// A value bound to or read from a statement.

@@ -27,10 +27,10 @@ public enum MQTTPacketSize {
     }
 
     /// A PUBACK with reason code success and no properties (the reason code is then omitted).
-    public static let pubAck = 4
+    static let pubAck = 4
 
     /// Bytes of the property block (without its length).
-    public static func propertyBytes(_ p: MQTTMessageProperties) -> Int {
+    static func propertyBytes(_ p: MQTTMessageProperties) -> Int {
         var n = 0
         if let c = p.contentType { n += 1 + 2 + c.utf8.count }
         if p.messageExpiryInterval != nil { n += 1 + 4 }

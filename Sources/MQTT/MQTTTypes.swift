@@ -20,12 +20,12 @@ public struct MQTTReasonCode: RawRepresentable, Sendable, Hashable, CustomString
     public init(rawValue: UInt8) { self.rawValue = rawValue }
 
     public static let success = MQTTReasonCode(rawValue: 0x00)
-    public static let disconnectWithWill = MQTTReasonCode(rawValue: 0x04)
+    static let disconnectWithWill = MQTTReasonCode(rawValue: 0x04)
     public static let noMatchingSubscribers = MQTTReasonCode(rawValue: 0x10)
-    public static let unspecifiedError = MQTTReasonCode(rawValue: 0x80)
+    static let unspecifiedError = MQTTReasonCode(rawValue: 0x80)
     public static let badUserNameOrPassword = MQTTReasonCode(rawValue: 0x86)
     public static let notAuthorized = MQTTReasonCode(rawValue: 0x87)
-    public static let topicNameInvalid = MQTTReasonCode(rawValue: 0x90)
+    static let topicNameInvalid = MQTTReasonCode(rawValue: 0x90)
     public static let quotaExceeded = MQTTReasonCode(rawValue: 0x97)
 
     public var isFailure: Bool { rawValue >= 0x80 }
@@ -49,11 +49,11 @@ public struct MQTTMessageProperties: Sendable, Hashable {
     /// Application key/value pairs, in order (names may repeat).
     public var userProperties: [MQTTUserProperty]
     /// Seconds after which the broker drops the message if undelivered.
-    public var messageExpiryInterval: UInt32?
+    var messageExpiryInterval: UInt32?
     /// Topic a responder should answer on (request/response).
-    public var responseTopic: String?
+    var responseTopic: String?
     /// Opaque data copied into the response.
-    public var correlationData: [UInt8]?
+    var correlationData: [UInt8]?
 
     public init(contentType: String? = nil, userProperties: [MQTTUserProperty] = [], messageExpiryInterval: UInt32? = nil,
                 responseTopic: String? = nil, correlationData: [UInt8]? = nil) {

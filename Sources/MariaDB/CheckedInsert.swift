@@ -45,7 +45,7 @@ public struct MariaDBRowsNotWritten: Error, CustomStringConvertible, Sendable {
     /// told apart; empty otherwise.
     public let missingKeys: [[MariaDBValue]]
     /// The key columns `missingKeys` are in.
-    public let keyColumns: [String]
+    let keyColumns: [String]
     /// Why the server dropped them, when it says: the warnings of inserting a few of the
     /// missing rows again (e.g. "Warning 4025: CONSTRAINT `c` failed for `db`.`t`"), up to 10.
     public let warnings: [String]

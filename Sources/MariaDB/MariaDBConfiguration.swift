@@ -42,9 +42,9 @@ public struct MariaDBConfiguration: Sendable {
     /// TLS; nil for a plain connection (fine on loopback or a unix socket).
     public var tls: TLS?
     /// Character set of the session. Default "utf8mb4" (all of Unicode).
-    public var characterSet: String
+    var characterSet: String
     /// Number of prepared statements kept open per connection (least recently used are closed). Default 64.
-    public var statementCacheSize: Int
+    var statementCacheSize: Int
 
     public init(host: String = "127.0.0.1", port: Int = 3306, unixSocket: String? = nil,
                 user: String, password: String, database: String? = nil,

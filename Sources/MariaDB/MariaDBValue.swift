@@ -94,7 +94,7 @@ public struct MariaDBResult: Sendable {
     }
 
     /// The index of a column by name, nil if there is none.
-    public func columnIndex(_ name: String) -> Int? { columns.firstIndex(of: name) }
+    func columnIndex(_ name: String) -> Int? { columns.firstIndex(of: name) }
 
     /// The value of column `name` in row `row`; nil if there is no such column.
     public func value(row: Int, column name: String) -> MariaDBValue? {

@@ -23,7 +23,7 @@ public struct DeviceVerdict: Sendable {
     public var stored = 0
     public var duplicates = 0
     public var declaredLost = 0
-    public var declaredLostStoredAnyway = 0
+    var declaredLostStoredAnyway = 0
     public var unexplained: [ClosedRange<UInt64>] = []
     public var unexplainedCount = 0
     public var phantoms = 0
@@ -41,9 +41,9 @@ public struct DeviceVerdict: Sendable {
 /// The checker's verdict over a whole fleet.
 public struct Verdict: Sendable {
     public var devices: [DeviceVerdict]
-    public var auditExitStatus: Int32?
-    public var auditSummary: String
-    public var processProblems: [String]
+    var auditExitStatus: Int32?
+    var auditSummary: String
+    var processProblems: [String]
 
     public var appended: UInt64 { devices.reduce(0) { $0 + $1.head } }
     public var stored: Int { devices.reduce(0) { $0 + $1.stored } }

@@ -15,6 +15,7 @@
 //   `dropProbability` (each chunk read resets its connection with that probability: a lossy
 //   link as TCP sees it) change the link. `heal` restores a clean link.
 // - Randomness comes from a seeded generator so a run is driven by its seed.
+import FieldlogCore
 import Foundation
 import Logging
 
@@ -61,7 +62,7 @@ public struct ProxyStatistics: Sendable, Equatable {
     public var accepted = 0
     public var refused = 0
     public var resets = 0
-    public var bytesForwarded = 0
+    var bytesForwarded = 0
     public var open = 0
 }
 
@@ -72,13 +73,13 @@ public final class FaultProxy: @unchecked Sendable {
     // `statistics` and `stopping` are guarded by `lock`.
 
     public let name: String
-    public let targetHost: String
+    let targetHost: String
     public let targetPort: Int
     /// The port the proxy listens on (127.0.0.1).
     public let port: Int
 
     /// Most bytes queued per direction before the proxy stops reading that side.
-    public static let queueBytesMax = 1 << 20
+    static let queueBytesMax = 1 << 20
     static let chunkBytesMax = 16 * 1024
 
     private let listenFD: Int32
@@ -168,7 +169,7 @@ public final class FaultProxy: @unchecked Sendable {
     /// A clean link again.
     public func heal() { apply(.clean) }
     /// Resets every open connection once (new connections are accepted as usual).
-    public func resetAll() {
+    func resetAll() {
         lock.withLock { resetAllRequested = true }
         wake()
     }

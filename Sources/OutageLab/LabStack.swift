@@ -26,12 +26,12 @@ public enum ServiceName: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-public final class LabStack: @unchecked Sendable {
+final class LabStack: @unchecked Sendable {
     // @unchecked: `env` is written once in init/up; service operations are serialised by `lock`.
     public let directory: String
     public let script: String
     public let galeraNodes: Int
-    public let ownsStack: Bool
+    let ownsStack: Bool
     private let ports: [String: String]
     private let logger: Logger
     private let lock = NSLock()
@@ -167,7 +167,7 @@ public final class LabStack: @unchecked Sendable {
     }
 
     /// Resumes every service and starts any that are down.
-    public func healAll() throws {
+    func healAll() throws {
         for s in services { resume(s) }
         for s in services where pid(s) == nil { try restart(s) }
     }

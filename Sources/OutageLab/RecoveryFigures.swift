@@ -34,14 +34,14 @@
 import Foundation
 
 /// Which devices a fault cuts off from the backend.
-public enum PathImpact: Sendable, Equatable {
+enum PathImpact: Sendable, Equatable {
     case none
     case device(Int)
     case allDevices
 }
 
 extension ScheduledFault {
-    public var pathImpact: PathImpact {
+    var pathImpact: PathImpact {
         switch (kind, target) {
         case (.clockJump, _): return .none
         case (_, .device(let i)): return .device(i)
@@ -52,7 +52,7 @@ extension ScheduledFault {
     }
 
     /// A fault during which the device's process does not run (it cannot sample).
-    public var stopsDeviceProcess: Bool { kind == .deviceKill || kind == .powerCut || kind == .devicePause }
+    var stopsDeviceProcess: Bool { kind == .deviceKill || kind == .powerCut || kind == .devicePause }
 }
 
 /// Time from healed to drained, and the longest frozen acked pointer (see the top of the file).
@@ -134,7 +134,7 @@ public struct ContinuityTracker: Sendable {
         /// Longest gap not spanning an outage of the process.
         public var gapMaxMs = 0.0
         /// Wall time (ms) of the record that ended it.
-        public var gapMaxAtMs = 0.0
+        var gapMaxAtMs = 0.0
         /// Longest such gap while another device kept its pace (goal: ≤ 2 intervals).
         public var ownGapMaxMs = 0.0
         /// Longest such gap while every other running device stalled too (the machine stalled).
@@ -308,12 +308,12 @@ public struct RecoveryFigures: Sendable {
     /// Share of the fault phase during which some task of the machine waited for a CPU, and
     /// for IO (Linux pressure stall information), when the kernel reports it: context for the
     /// gap figures on a shared machine.
-    public var cpuPressure: Double?
-    public var ioPressure: Double?
+    var cpuPressure: Double?
+    var ioPressure: Double?
 
-    public static let drainGoalSeconds = 10.0
-    public static let frozenGoalSeconds = 10.0
-    public static let gapGoalIntervals = 2.0
+    static let drainGoalSeconds = 10.0
+    static let frozenGoalSeconds = 10.0
+    static let gapGoalIntervals = 2.0
 
     public init(devices: [Device]) { self.devices = devices }
 
@@ -325,21 +325,21 @@ public struct RecoveryFigures: Sendable {
         let rank = Int((p / 100 * Double(s.count)).rounded(.up))
         return s[min(s.count, max(1, rank)) - 1]
     }
-    public var frozenMax: (seconds: Double, device: String)? {
+    var frozenMax: (seconds: Double, device: String)? {
         devices.max { $0.recovery.frozenMaxSeconds < $1.recovery.frozenMaxSeconds }.map { ($0.recovery.frozenMaxSeconds, $0.id) }
     }
     /// The longest continuity gap in intervals, over devices that are not exempt.
-    public var gapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.gapMaxMs) }
+    var gapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.gapMaxMs) }
     /// The longest gap in which a device stalled alone (other devices kept appending).
-    public var ownGapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.ownGapMaxMs) }
+    var ownGapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.ownGapMaxMs) }
     /// The longest gap in which the whole fleet stalled.
-    public var sharedGapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.sharedGapMaxMs) }
+    var sharedGapMax: (intervals: Double, seconds: Double, device: String)? { longest(\.sharedGapMaxMs) }
 
     private func longest(_ ms: KeyPath<ContinuityTracker.DeviceFigures, Double>) -> (intervals: Double, seconds: Double, device: String)? {
         devices.filter { !$0.exempt }.map { d in (d.continuity[keyPath: ms] / 1000 / d.intervalSeconds, d.continuity[keyPath: ms] / 1000, d.id) }
             .max { $0.0 < $1.0 }
     }
-    public var restartMax: (seconds: Double, device: String)? {
+    var restartMax: (seconds: Double, device: String)? {
         devices.filter { !$0.exempt && $0.continuity.restartMaxMs > 0 }.max { $0.continuity.restartMaxMs < $1.continuity.restartMaxMs }
             .map { ($0.continuity.restartMaxMs / 1000, $0.id) }
     }
@@ -390,7 +390,7 @@ public struct RecoveryFigures: Sendable {
 
 
     /// One line per device.
-    public func deviceLine(_ d: Device) -> String {
+    func deviceLine(_ d: Device) -> String {
         let utc = ISO8601DateFormatter()
         utc.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let at = d.continuity.gapMaxMs > 0 ? " at " + utc.string(from: Date(timeIntervalSince1970: d.continuity.gapMaxAtMs / 1000)) : ""
@@ -405,7 +405,7 @@ public struct RecoveryFigures: Sendable {
 
 /// Linux pressure stall information: the total microseconds during which some task waited
 /// for `resource` ("cpu", "io"); nil where the kernel does not report it.
-public func pressureStallMicroseconds(_ resource: String) -> Double? {
+func pressureStallMicroseconds(_ resource: String) -> Double? {
     guard let text = try? String(contentsOfFile: "/proc/pressure/\(resource)", encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("some") }),
           let total = line.split(separator: " ").first(where: { $0.hasPrefix("total=") }) else { return nil }

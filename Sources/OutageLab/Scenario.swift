@@ -6,6 +6,7 @@
 // pure, no IO — so the same seed gives the same schedule, the schedule is printed with the
 // report, and a failing run is replayed with `--seed`. Faults on one target never overlap;
 // at most one stack service is faulted at a time (two at once is a different scenario).
+import FieldlogCore
 import Foundation
 
 /// A kind of fault the lab can inject.
@@ -49,7 +50,7 @@ public struct ScheduledFault: Sendable, CustomStringConvertible {
     public var kind: FaultKind
     public var target: FaultTarget
     /// Clock jumps: the offset in seconds (negative = backwards).
-    public var clockOffsetSeconds: Int = 0
+    var clockOffsetSeconds: Int = 0
 
     public var description: String {
         let extra = kind == .clockJump ? " by \(clockOffsetSeconds > 0 ? "+" : "")\(clockOffsetSeconds) s" : ""
@@ -62,11 +63,11 @@ public struct FleetShape: Sendable {
     public var devices = 5
     public var ingests = 2
     /// Devices whose log uses `durability normal` (power-cut stand-ins).
-    public var normalDurabilityDevices: Set<Int> = []
+    var normalDurabilityDevices: Set<Int> = []
     /// Devices with a tiny disk quota, and their policy ("stop" / "drop-oldest").
-    public var quotaDevices: [Int: String] = [:]
-    /// Devices whose wall clock the lab can move (FIELDLOG_FAULT_CLOCK_OFFSET_FILE).
-    public var clockDevices: Set<Int> = []
+    var quotaDevices: [Int: String] = [:]
+    /// Devices whose wall clock the lab can move (LabClockShift, preloaded, reads FIELDLOG_LAB_CLOCK_OFFSET_FILE).
+    var clockDevices: Set<Int> = []
     /// Galera nodes (0: a single MariaDB).
     public var galeraNodes = 0
     /// Seconds between readings per device.
@@ -81,7 +82,7 @@ public struct Scenario: Sendable {
     public var shape: FleetShape
     public var faults: [FaultKind]
     /// Mean seconds between fault starts.
-    public var meanGapSeconds: Double
+    var meanGapSeconds: Double
     /// Default duration of the fault phase (long form: `--duration`).
     public var defaultDurationSeconds: Double
 

@@ -8,7 +8,7 @@
 import Foundation
 
 /// What went wrong starting or running a child process.
-public struct ProcessError: Error, CustomStringConvertible, Sendable {
+struct ProcessError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
@@ -99,7 +99,7 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     /// The exit status (or 128 + signal) once ended.
-    public var exitCode: Int32? {
+    var exitCode: Int32? {
         lock.withLock {
             guard let st = waitStatus else { return nil }
             return st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
@@ -121,7 +121,7 @@ public final class ChildProcess: @unchecked Sendable {
     public func signal(_ s: Int32) { lock.withLock { if waitStatus == nil { kill(pid, s) } } }
 
     /// SIGCONT + SIGTERM, then SIGKILL after `graceSeconds`; returns when it has ended.
-    public func terminate(graceSeconds: Double = 10) {
+    func terminate(graceSeconds: Double = 10) {
         guard isRunning else { return }
         signal(SIGCONT)
         signal(SIGTERM)

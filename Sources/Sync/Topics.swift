@@ -46,7 +46,7 @@ public struct TopicTemplate: Hashable, Sendable, CustomStringConvertible {
     public var description: String { template }
 
     /// Whether the template has a `{device}` level (the broadcast topic does not).
-    public var isPerDevice: Bool { levels.contains("{device}") }
+    var isPerDevice: Bool { levels.contains("{device}") }
 
     /// The topic for one device.
     public func topic(device: DeviceID, identity: DeviceIdentity = DeviceIdentity()) -> String {

@@ -13,6 +13,7 @@
 // Why not Foundation's NSLock and NSCondition: the device program links FoundationEssentials
 // only (docs/device.md, "Binary size"); full Foundation and its ICU data are most of a
 // statically linked binary.
+import FieldlogCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -93,9 +94,9 @@ public final class ConditionLock: @unchecked Sendable {
         #else
         clock_gettime(CLOCK_MONOTONIC, &ts)
         #endif
-        let (seconds, attoseconds) = remaining.components
-        var nanoseconds = Int(ts.tv_nsec) + Int(attoseconds / 1_000_000_000)
-        ts.tv_sec += Int(seconds) + nanoseconds / 1_000_000_000
+        let wait = remaining.timespecValue
+        var nanoseconds = ts.tv_nsec + wait.tv_nsec
+        ts.tv_sec += wait.tv_sec + nanoseconds / 1_000_000_000
         nanoseconds %= 1_000_000_000
         ts.tv_nsec = nanoseconds
         return pthread_cond_timedwait(cond, base.mutex, &ts) == 0

@@ -1,5 +1,6 @@
 // OS threads (pthreads), for the loops that block in C calls, and the identity of a thread,
 // for the checks that a C handle is used on the thread that owns it (docs/concurrency.md).
+import FieldlogCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -61,8 +62,7 @@ public enum OSThread {
     /// Blocks the calling OS thread for `duration` (never call it on the cooperative pool).
     public static func sleep(_ duration: Duration) {
         guard duration > .zero else { return }
-        let (seconds, attoseconds) = duration.components
-        var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        var request = duration.timespecValue
         var remaining = timespec()
         while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
     }

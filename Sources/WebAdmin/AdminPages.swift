@@ -4,6 +4,7 @@ import Audit
 import BackendStore
 import FieldlogCore
 import Foundation
+import Sync
 
 extension Page {
     // MARK: audit
@@ -59,7 +60,7 @@ extension Page {
     // MARK: dead letters
 
     package static func deadLetters(_ rows: [StoredDeadLetter], query q: DeadLetterQuery, session: WebSession) -> HTML {
-        let reasons = [("", "any reason")] + DeadLetterCause.allCases.map { ($0.rawValue, $0.rawValue) }
+        let reasons = [("", "any reason")] + DeadLetterReason.allCases.map { ($0.rawValue, $0.rawValue) }
         let body = rows.map { d -> HTML in
             let device: HTML = d.device.map { id -> HTML in "<a href=\"/devices/\(id)\">\(id)</a>" } ?? dash
             let record: HTML = d.epoch.map { e -> HTML in "<code>\(e)</code>\(d.seq.map { " / \($0)" } ?? "")" } ?? dash
@@ -84,7 +85,7 @@ extension Page {
         return layout(title: "Dead letters", session: session, active: "dead-letters", body: """
         <div class="pagehead"><h1>Dead letters</h1><span class="muted small">What the ingest refused, newest first, with the start of each stored payload</span></div>
         <form class="search card" method="get" action="/dead-letters">
-        \(select(name: "reason", reasons, selected: q.reason, label: "Reason"))
+        \(select(name: "reason", reasons, selected: q.reason?.rawValue, label: "Reason"))
         <label>Device <input name="device" value="\(q.device?.rawValue)" placeholder="any" maxlength="64"></label>
         <label>From <input name="from" value="\(from)" placeholder="2026-11-29T08:00:00Z"></label>
         <label>To <input name="to" value="\(to)" placeholder="now"></label>

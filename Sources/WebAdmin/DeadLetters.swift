@@ -12,6 +12,7 @@ import FieldlogCore
 import Foundation
 import Hummingbird
 import MariaDB
+import Sync
 
 /// One stored dead letter, as the page and the API show it.
 package struct StoredDeadLetter: Codable, Sendable, Hashable {
@@ -32,7 +33,7 @@ package struct StoredDeadLetter: Codable, Sendable, Hashable {
 
 /// Filters and paging of the dead letters (`?reason=&device=&from=&to=&before=&limit=`).
 package struct DeadLetterQuery: Sendable, Hashable {
-    package var reason: String?
+    package var reason: DeadLetterReason?
     package var device: DeviceID?
     package var fromMs: Int64?
     package var toMs: Int64?
@@ -41,10 +42,10 @@ package struct DeadLetterQuery: Sendable, Hashable {
 
     package init(parameters p: (String) -> String?, now: Int64 = WebTime.nowMilliseconds()) throws {
         if let r = p("reason") {
-            guard DeadLetterCause(rawValue: r) != nil else {
-                throw HTTPError(.badRequest, message: "reason must be one of \(DeadLetterCause.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(r)\"")
+            guard let known = DeadLetterReason(rawValue: r) else {
+                throw HTTPError(.badRequest, message: "reason must be one of \(DeadLetterReason.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(r)\"")
             }
-            reason = r
+            reason = known
         }
         if let d = p("device") {
             do { device = try DeviceID(d) } catch { throw HTTPError(.badRequest, message: "device: invalid device id: \(error.description)") }
@@ -59,7 +60,7 @@ package struct DeadLetterQuery: Sendable, Hashable {
 
     /// The parameters given, for links.
     package var parameters: [(String, String?)] {
-        [("reason", reason), ("device", device?.rawValue), ("from", fromMs.map(String.init)), ("to", toMs.map(String.init)),
+        [("reason", reason?.rawValue), ("device", device?.rawValue), ("from", fromMs.map(String.init)), ("to", toMs.map(String.init)),
          ("limit", limit == 50 ? nil : String(limit))]
     }
 }
@@ -68,7 +69,7 @@ extension WebStore {
     package func deadLetters(_ q: DeadLetterQuery) async throws -> [StoredDeadLetter] {
         var conditions: [String] = []
         var binds: [MariaDBValue] = []
-        if let r = q.reason { conditions.append("reason = ?"); binds.append(.string(r)) }
+        if let r = q.reason { conditions.append("reason = ?"); binds.append(.string(r.rawValue)) }
         if let d = q.device { conditions.append("device_id = ?"); binds.append(.string(d.rawValue)) }
         if let f = q.fromMs { conditions.append("received_at >= ?"); binds.append(.string(SQLTime.datetime(unixMilliseconds: f)!)) }
         if let t = q.toMs { conditions.append("received_at < ?"); binds.append(.string(SQLTime.datetime(unixMilliseconds: t)!)) }

@@ -323,7 +323,7 @@ extension WebStore {
     /// Every device's summary (or one device's), read now; the whole fleet on a connection of
     /// its own (`fleetDatabase`), so its read does not hold up the requests of the pages.
     package func fleet(device: DeviceID? = nil) async throws -> [FleetDevice] {
-        let silentAfterMs = Int64(settings.silentAfter.components.seconds) * 1000
+        let silentAfterMs = settings.silentAfter.inMilliseconds
         return try await run("fleet", on: device == nil ? fleetDatabase : database) { s in
             try await s.connection.withSession { t in try FleetLoader(session: t, device: device, silentAfterMs: silentAfterMs).load() }
         }

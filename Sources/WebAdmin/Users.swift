@@ -227,7 +227,7 @@ extension WebStore {
 
     package func createSession(user: String) async throws -> WebSession? {
         let token = randomToken(), csrf = randomToken()
-        let expires = WebTime.nowMilliseconds() + Int64(settings.sessionLifetime.components.seconds) * 1000
+        let expires = WebTime.nowMilliseconds() + settings.sessionLifetime.inMilliseconds
         let role = try await run("create session") { s in
             try await s.connection.transaction { t -> String? in
                 try t.execute("DELETE FROM web_sessions WHERE expires_at < ?", [.string(SQLTime.now())])

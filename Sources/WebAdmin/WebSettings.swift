@@ -1,84 +1,80 @@
-// Settings of the web admin (`fieldlog-backend web` / `run`), with defaults and limits.
+// Settings of the web admin (`fieldlog-backend web` / `run`): the FIELDLOG_WEB_* rows of
+// BackendSettings' table (their defaults and limits), read into typed values.
 import Audit
 import BackendStore
 import FieldlogCore
 import Foundation
 import Hummingbird
+import Settings
 
 /// Everything the web admin needs besides the database and broker settings.
 package struct WebSettings: Sendable {
-    /// Address the HTTP server binds to. Default "127.0.0.1" (put a TLS proxy in front for remote use).
-    package var host: String = "127.0.0.1"
-    /// Default 8080, 1…65535 (0 in tests: any free port).
-    package var port: Int = 8080
-    /// Whether session cookies carry `Secure` (sent only over HTTPS). Default true; turn it off
-    /// only for plain-http loopback use (FIELDLOG_WEB_INSECURE_COOKIES=1 / --insecure-cookies).
-    package var secureCookies: Bool = true
-    /// How long a session lives after sign-in. Default 12 h, 5 min…30 days.
-    package var sessionLifetime: Duration = .seconds(12 * 3600)
-    /// How long the pages wait for a device's answer before showing "no answer". Default 30 s, 1…3600 s.
-    package var commandTimeout: Duration = .seconds(30)
-    /// Config keys the pages offer for get/set (the device enforces its own allow-list too).
-    package var configKeys: [String] = ["measurement:interval", "measurement:enabled", "mqtt_sender:interval", "mqtt_sender:enabled"]
-    /// A device is shown as "silent" when nothing arrived for this long. Default 10 min.
-    package var silentAfter: Duration = .seconds(600)
-    /// bcrypt cost of new password hashes. Default 12, 4…16 (tests use 4).
-    package var bcryptCost: UInt8 = 12
-    /// How old the fleet overview's snapshot may be before a request reads the fleet anew.
-    /// Default 10 s, 0…300 (0: every request reads it; see Fleet.swift).
-    package var fleetCacheAge: Duration = .seconds(10)
-    /// How often a live page's stream looks for changes. Default 1 s (tests use less).
+    /// Address the HTTP server binds to (FIELDLOG_WEB_HOST; put a TLS proxy in front for remote use).
+    package var host: String
+    /// FIELDLOG_WEB_PORT (0 in tests: any free port).
+    package var port: Int
+    /// Whether session cookies carry `Secure` (sent only over HTTPS); off only for plain-http
+    /// loopback use (FIELDLOG_WEB_INSECURE_COOKIES=1 / --insecure-cookies).
+    package var secureCookies: Bool
+    /// How long a session lives after sign-in (FIELDLOG_WEB_SESSION_SECONDS).
+    package var sessionLifetime: Duration
+    /// How long the pages wait for a device's answer before showing "no answer" (FIELDLOG_WEB_COMMAND_TIMEOUT_SECONDS).
+    package var commandTimeout: Duration
+    /// Config keys the pages offer for get/set (FIELDLOG_WEB_CONFIG_KEYS; the device enforces its own allow-list too).
+    package var configKeys: [String]
+    /// A device is shown as "silent" when nothing arrived for this long (FIELDLOG_WEB_SILENT_AFTER_SECONDS).
+    package var silentAfter: Duration
+    /// bcrypt cost of new password hashes (FIELDLOG_WEB_BCRYPT_COST; tests use 4).
+    package var bcryptCost: UInt8
+    /// How old the fleet overview's snapshot may be before a request reads the fleet anew
+    /// (FIELDLOG_WEB_FLEET_CACHE_SECONDS; 0: every request reads it; see Fleet.swift).
+    package var fleetCacheAge: Duration
+    /// How often a live page's stream looks for changes. Not a setting: 1 s (tests use less).
     package var liveInterval: Duration = .seconds(1)
-    /// A live stream ends after this long; the browser reconnects by itself. Default 10 min.
+    /// A live stream ends after this long; the browser reconnects by itself. Not a setting: 10 min.
     package var liveMaxDuration: Duration = .seconds(600)
-    /// Live streams served at once by one web process; more are refused with 503. Default 200, 1…10000.
-    package var liveMaxStreams: Int = 200
-    /// Peers whose X-Forwarded-For names the client (a TLS proxy in front). Default none.
-    package var trustedProxies: [String] = []
-    /// Sign-in attempts checked at once (bcrypt is CPU-bound by design); more get 429. Default 4, 1…64.
-    package var signInConcurrency: Int = 4
+    /// Live streams served at once by one web process; more are refused with 503 (FIELDLOG_WEB_LIVE_MAX_STREAMS).
+    package var liveMaxStreams: Int
+    /// Peers whose X-Forwarded-For names the client, a TLS proxy in front (FIELDLOG_WEB_TRUSTED_PROXIES).
+    package var trustedProxies: [String]
+    /// Sign-in attempts checked at once (bcrypt is CPU-bound by design); more get 429 (FIELDLOG_WEB_SIGNIN_CONCURRENCY).
+    package var signInConcurrency: Int
 
     package static let sessionCookie = "fieldlog_session"
     package static let signInCookie = "fieldlog_signin"
 
-    /// Reads FIELDLOG_WEB_* variables; `host`/`port` from the command line win.
-    package static func load(environment env: EnvironmentReader = EnvironmentReader(), host: String?, port: Int?,
-                     insecureCookies: Bool) throws(ConfigurationError) -> WebSettings {
-        var s = WebSettings()
-        s.host = host ?? env.string(["FIELDLOG_WEB_HOST"])?.value ?? s.host
-        if let port {
-            s.port = try EnvironmentReader.checkedInt(String(port), setting: "--port", range: 1...65535)
-        } else {
-            s.port = try env.int(["FIELDLOG_WEB_PORT"], default: 8080, range: 1...65535)
+    /// The defaults of the table (tests start from these).
+    package init() {
+        self = BackendSettings.table.readingDefaults { r in WebSettings(reading: &r) }
+    }
+
+    /// Checks and reads the FIELDLOG_WEB_* settings; throws one error listing every problem.
+    package init(values: SettingValues) throws(ConfigurationError) {
+        var r = SettingsReader(values)
+        self.init(reading: &r)
+        try r.finish()
+    }
+
+    /// Reads the FIELDLOG_WEB_* settings, recording problems in `r`.
+    package init(reading r: inout SettingsReader) {
+        host = r.string("FIELDLOG_WEB_HOST")
+        port = r.int("FIELDLOG_WEB_PORT")
+        secureCookies = !r.bool("FIELDLOG_WEB_INSECURE_COOKIES")
+        sessionLifetime = .seconds(r.integer("FIELDLOG_WEB_SESSION_SECONDS"))
+        commandTimeout = .seconds(r.integer("FIELDLOG_WEB_COMMAND_TIMEOUT_SECONDS"))
+        silentAfter = .seconds(r.integer("FIELDLOG_WEB_SILENT_AFTER_SECONDS"))
+        bcryptCost = UInt8(r.integer("FIELDLOG_WEB_BCRYPT_COST"))
+        fleetCacheAge = .seconds(r.integer("FIELDLOG_WEB_FLEET_CACHE_SECONDS"))
+        liveMaxStreams = r.int("FIELDLOG_WEB_LIVE_MAX_STREAMS")
+        signInConcurrency = r.int("FIELDLOG_WEB_SIGNIN_CONCURRENCY")
+        trustedProxies = r.list("FIELDLOG_WEB_TRUSTED_PROXIES")
+        if !trustedProxies.allSatisfy({ $0.utf8.count <= 64 && $0.utf8.allSatisfy { b in isHexDigit(b | 0x20) || b == 0x2E || b == 0x3A } }) {
+            r.problem("FIELDLOG_WEB_TRUSTED_PROXIES", "a comma-separated list of IP addresses")
         }
-        if insecureCookies {
-            s.secureCookies = false
-        } else if let (name, v) = env.string(["FIELDLOG_WEB_INSECURE_COOKIES"]) {
-            guard v == "0" || v == "1" else { throw ConfigurationError(setting: name, value: v, allowed: "0 or 1") }
-            s.secureCookies = v == "0"
+        configKeys = r.list("FIELDLOG_WEB_CONFIG_KEYS")
+        if configKeys.isEmpty || !configKeys.allSatisfy({ $0.utf8.count <= 128 }) {
+            r.problem("FIELDLOG_WEB_CONFIG_KEYS", "a comma-separated list of config keys of at most 128 bytes each")
         }
-        s.sessionLifetime = .seconds(try env.int(["FIELDLOG_WEB_SESSION_SECONDS"], default: 12 * 3600, range: 300...30 * 86400))
-        s.commandTimeout = .seconds(try env.int(["FIELDLOG_WEB_COMMAND_TIMEOUT_SECONDS"], default: 30, range: 1...3600))
-        s.silentAfter = .seconds(try env.int(["FIELDLOG_WEB_SILENT_AFTER_SECONDS"], default: 600, range: 10...30 * 86400))
-        s.bcryptCost = UInt8(try env.int(["FIELDLOG_WEB_BCRYPT_COST"], default: 12, range: 4...16))
-        s.fleetCacheAge = .seconds(try env.int(["FIELDLOG_WEB_FLEET_CACHE_SECONDS"], default: 10, range: 0...300))
-        s.liveMaxStreams = try env.int(["FIELDLOG_WEB_LIVE_MAX_STREAMS"], default: 200, range: 1...10_000)
-        s.signInConcurrency = try env.int(["FIELDLOG_WEB_SIGNIN_CONCURRENCY"], default: 4, range: 1...64)
-        if let (name, list) = env.string(["FIELDLOG_WEB_TRUSTED_PROXIES"]) {
-            let addresses = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            guard addresses.allSatisfy({ $0.utf8.count <= 64 && $0.utf8.allSatisfy { b in isHexDigit(b | 0x20) || b == 0x2E || b == 0x3A } }) else {
-                throw ConfigurationError(setting: name, value: list, allowed: "a comma-separated list of IP addresses")
-            }
-            s.trustedProxies = addresses
-        }
-        if let (name, list) = env.string(["FIELDLOG_WEB_CONFIG_KEYS"]) {
-            let keys = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            guard !keys.isEmpty, keys.allSatisfy({ $0.utf8.count <= 128 }) else {
-                throw ConfigurationError(setting: name, value: list, allowed: "a comma-separated list of config keys of at most 128 bytes each")
-            }
-            s.configKeys = keys
-        }
-        return s
     }
 }
 
@@ -153,7 +149,7 @@ package enum WebTime {
         return ms
     }
 
-    package static func nowMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
+    package static func nowMilliseconds() -> Int64 { WallClock.unixMilliseconds() }
 
     /// A `from`/`to` range (either given; `to` defaults to now), checked; nil when neither is given.
     package static func range(from fromText: String?, to toText: String?, now: Int64) throws -> (from: Int64, to: Int64)? {

@@ -141,27 +141,31 @@ package final class WebStore: Sendable {
         }
     }
 
-    /// Numeric points of every sensor in [from, to), at most `limit` rows (newest kept when over).
+    /// Numeric points of every sensor (or one) in [from, to), at most `limit` points (newest kept
+    /// when over). Reads `readings.vals` (the numbers) and decodes it here: MariaDB's JSON functions per row
+    /// cost more than the whole query otherwise (docs/benchmarks.md, "Queries").
     package func series(device: DeviceID, fromMs: Int64, toMs: Int64, sensor: String? = nil, limit: Int = 50_000) async throws -> (points: [String: [SeriesPoint]], truncated: Bool) {
         let from = SQLTime.datetime(unixMilliseconds: fromMs)!, to = SQLTime.datetime(unixMilliseconds: toMs)!
-        var binds: [MariaDBValue] = [.string(device.rawValue), .string(from), .string(to)]
-        if let sensor { binds.append(.string(sensor)) }
-        let sensorFilter = sensor == nil ? "" : " AND sensor = ?"
-        let finalBinds = binds
         let rows = try await run("read series") { s in
             try await s.connection.execute("""
-                SELECT sensor, device_time, num_value, epoch, seq FROM (
-                  SELECT sensor, device_time, num_value, epoch, seq FROM reading_values
-                   WHERE device_id = ? AND device_time >= ? AND device_time < ? AND num_value IS NOT NULL\(sensorFilter)
-                   ORDER BY device_time DESC LIMIT \(limit + 1)) t ORDER BY device_time
-                """, finalBinds).rows
+                SELECT device_time, epoch, seq, vals FROM readings
+                 WHERE device_id = ? AND device_time >= ? AND device_time < ?
+                 ORDER BY device_time DESC LIMIT \(limit + 1)
+                """, [.string(device.rawValue), .string(from), .string(to)]).rows
+        }
+        var newestFirst: [(String, SeriesPoint)] = []
+        var truncated = rows.count > limit
+        readings: for r in rows.prefix(limit) {
+            guard let t = r[0].string.flatMap(WebTime.milliseconds(sql:)), let values = r[3].string.flatMap({ StoreRows.values(vals: $0, texts: nil) }) else { continue }
+            for (name, value) in values.sorted where sensor == nil || sensor == name {
+                guard case .number(let v) = value else { continue }
+                if newestFirst.count == limit { truncated = true; break readings }
+                newestFirst.append((name, SeriesPoint(ms: t, value: v, epoch: r[1].uint64 ?? 0, seq: r[2].uint64 ?? 0)))
+            }
         }
         var out: [String: [SeriesPoint]] = [:]
-        for r in rows.suffix(limit) {
-            guard let name = r[0].string, let t = r[1].string.flatMap(WebTime.milliseconds(sql:)), let v = r[2].double else { continue }
-            out[name, default: []].append(SeriesPoint(ms: t, value: v, epoch: r[3].uint64 ?? 0, seq: r[4].uint64 ?? 0))
-        }
-        return (out, rows.count > limit)
+        for (name, point) in newestFirst.reversed() { out[name, default: []].append(point) }
+        return (out, truncated)
     }
 
     /// Device times of the first and last reading since `sinceMs`, nil when there is none.
@@ -184,24 +188,20 @@ package final class WebStore: Sendable {
                 "SELECT COUNT(*) FROM readings WHERE device_id = ? AND device_time >= ? AND device_time < ?",
                 [d, .string(from), .string(to)]).rows.first?[0].int64 ?? 0
             let rows = try await s.connection.execute("""
-                SELECT epoch, seq, device_time, received_at, clock_unsynchronized FROM readings
+                SELECT epoch, seq, device_time, received_at, clock_unsynchronized, vals, texts FROM readings
                  WHERE device_id = ? AND device_time >= ? AND device_time < ?
                  ORDER BY device_time DESC, epoch DESC, seq DESC LIMIT \(pageSize) OFFSET \(page * pageSize)
                 """, [d, .string(from), .string(to)]).rows
-            var result: [ReadingRow] = rows.map { r in
-                ReadingRow(epoch: Epoch(r[0].uint64 ?? 0).hex, seq: r[1].uint64 ?? 0, time: WebTime.iso(sql: r[2].string),
-                           receivedAt: WebTime.iso(sql: r[3].string), clockUnsynchronized: (r[4].int64 ?? 0) != 0, values: [:])
-            }
-            if !rows.isEmpty {
-                let keys = rows.map { "(\($0[0].uint64 ?? 0),\($0[1].uint64 ?? 0))" }.joined(separator: ",")
-                let values = try await s.connection.execute(
-                    "SELECT epoch, seq, sensor, num_value, text_value FROM reading_values WHERE device_id = ? AND (epoch, seq) IN (\(keys))", [d]).rows
-                var index: [String: Int] = [:]
-                for (i, r) in result.enumerated() { index["\(r.epoch)/\(r.seq)"] = i }
-                for v in values {
-                    guard let i = index["\(Epoch(v[0].uint64 ?? 0).hex)/\(v[1].uint64 ?? 0)"], let name = v[2].string else { continue }
-                    if let n = v[3].double { result[i].values[name] = .number(n) } else if let t = v[4].string { result[i].values[name] = .text(t) }
+            let result: [ReadingRow] = rows.map { r in
+                var values: [String: ReadingValue] = [:]
+                for (name, value) in r[5].string.flatMap({ StoreRows.values(vals: $0, texts: r[6].string) })?.sorted ?? [] {
+                    switch value {
+                    case .number(let n): values[name] = .number(n)
+                    case .text(let t): values[name] = .text(t)
+                    }
                 }
+                return ReadingRow(epoch: Epoch(r[0].uint64 ?? 0).hex, seq: r[1].uint64 ?? 0, time: WebTime.iso(sql: r[2].string),
+                                  receivedAt: WebTime.iso(sql: r[3].string), clockUnsynchronized: (r[4].int64 ?? 0) != 0, values: values)
             }
             return (result, Int(total))
         }
@@ -216,22 +216,28 @@ package final class WebStore: Sendable {
             keyset = " AND (r.device_time, r.epoch, r.seq) > (?, ?, ?)"
             binds += [.string(after.time), .uint(after.epoch), .uint(after.seq)]
         }
-        let finalBinds = binds + [.string(device.rawValue)]
+        let finalBinds = binds
         let keysetClause = keyset
         let rows = try await run("export readings") { s in
             try await s.connection.execute("""
-                SELECT r.device_time, r.epoch, r.seq, v.sensor, v.num_value, v.text_value
-                  FROM (SELECT device_time, epoch, seq FROM readings r
-                         WHERE r.device_id = ? AND r.device_time >= ? AND r.device_time < ?\(keysetClause)
-                         ORDER BY r.device_time, r.epoch, r.seq LIMIT \(limit)) r
-                  LEFT JOIN reading_values v ON v.device_id = ? AND v.epoch = r.epoch AND v.seq = r.seq
-                 ORDER BY r.device_time, r.epoch, r.seq, v.sensor
+                SELECT r.device_time, r.epoch, r.seq, r.vals, r.texts FROM readings r
+                 WHERE r.device_id = ? AND r.device_time >= ? AND r.device_time < ?\(keysetClause)
+                 ORDER BY r.device_time, r.epoch, r.seq LIMIT \(limit)
                 """, finalBinds).rows
         }
-        return rows.map { r in
-            let value = r[4].double.map(formatNumber) ?? r[5].string
-            return (r[0].string ?? "", r[1].uint64 ?? 0, r[2].uint64 ?? 0, r[3].string, value)
+        var out: [(time: String, epoch: UInt64, seq: UInt64, sensor: String?, value: String?)] = []
+        for r in rows {
+            let (time, epoch, seq) = (r[0].string ?? "", r[1].uint64 ?? 0, r[2].uint64 ?? 0)
+            let values = r[3].string.flatMap({ StoreRows.values(vals: $0, texts: r[4].string) })?.sorted ?? []
+            if values.isEmpty { out.append((time, epoch, seq, nil, nil)) }
+            for (name, value) in values {
+                switch value {
+                case .number(let n): out.append((time, epoch, seq, name, formatNumber(n)))
+                case .text(let t): out.append((time, epoch, seq, name, t))
+                }
+            }
         }
+        return out
     }
 
     /// For each gap, the device times of the stored readings just before and just after it.
@@ -296,7 +302,7 @@ package final class WebStore: Sendable {
         let outcome = r[7].string
         let state = CommandRow.state(answeredOK: r[9].int64.map { $0 != 0 }, responseAt: responseAt, outcome: outcome,
                                      sentAtMs: sentAt.flatMap(WebTime.milliseconds(sql:)), nowMs: nowMs,
-                                     timeoutMs: Int64(settings.commandTimeout.components.seconds) * 1000)
+                                     timeoutMs: settings.commandTimeout.inMilliseconds)
         return CommandRow(requestId: r[0].string ?? "", device: r[1].string ?? "", command: r[2].string ?? "", payload: r[3].string ?? "",
                           sentBy: r[4].string, sentAt: WebTime.iso(sql: sentAt), responseAt: WebTime.iso(sql: responseAt),
                           outcome: outcome, response: r[8].string, state: state)

@@ -1,11 +1,12 @@
 // Every environment variable the backend's docs and deployment files name is one that
-// `fieldlog-backend` actually reads. The backend has no settings table to generate a reference
-// from (Configuration.swift reads each variable where it is used), so this checks the other
-// direction by behaviour: a variable counts as read when setting it alone changes the loaded
-// configuration (BackendConfiguration, WebSettings, log level) or makes loading fail. Names of
-// device settings are allowed where the guides say what to set on a device; they are checked
-// against docs/device-configuration.md, which DeviceTests checks against the device's code.
+// `fieldlog-backend` actually reads, and the committed reference (docs/backend-configuration.md)
+// is what its settings table generates. The names are checked by behaviour, not only against
+// the table: a variable counts as read when setting it alone changes the loaded configuration
+// (BackendConfiguration, WebSettings, log level) or makes loading fail. Names of device
+// settings are allowed where the guides say what to set on a device; they are checked against
+// docs/device-configuration.md, which DeviceTests checks against the device's code.
 import Foundation
+import Settings
 import TestSupport
 import XCTest
 @testable import BackendStore
@@ -17,10 +18,11 @@ final class DocumentedSettingsTests: XCTestCase {
     /// Everything `fieldlog-backend` takes from an environment, as text (or the error it gives).
     private func snapshot(_ env: [String: String]) -> String {
         do {
-            let reader = EnvironmentReader(env)
-            let config = try BackendConfiguration.load(environment: reader)
-            let web = try WebSettings.load(environment: reader, host: nil, port: nil, insecureCookies: false)
-            let level = try BackendConfiguration.logLevel(option: nil, environment: env)
+            var r = SettingsReader(try BackendConfiguration.values(environment: env))
+            let level = BackendConfiguration.logLevel(reading: &r)
+            let config = BackendConfiguration(reading: &r)
+            let web = WebSettings(reading: &r)
+            try r.finish()
             var text = ""
             dump(config, to: &text)
             dump(web, to: &text)
@@ -83,6 +85,23 @@ final class DocumentedSettingsTests: XCTestCase {
         for name in ["FIELDLOG_MARIADB_ADDRESSES", "FIELDLOG_MQTT_BACKEND_PASSWORD", "FIELDLOG_INGEST_GROUP",
                      "FIELDLOG_WEB_PORT", "FIELDLOG_LOG_LEVEL", "MQTT_TOPIC_VALUES"] {
             XCTAssertTrue(checked.contains(name), "the docs name \(name)")
+        }
+    }
+
+    func testCommittedReferenceIsWhatTheCodeGenerates() {
+        GeneratedDocument.assertCommitted("docs/backend-configuration.md", equals: BackendSettings.table.referenceMarkdown(),
+                                          regenerate: "swift run fieldlog-backend config reference > docs/backend-configuration.md")
+    }
+
+    func testReferenceListsEverySettingOnceWithItsDefault() {
+        GeneratedDocument.assertReferenceListsEverySettingOnce(BackendSettings.table)
+    }
+
+    /// The table and the behaviour agree: every name in the table (and its aliases) is read.
+    func testEveryNameInTheTableIsRead() {
+        let baseline = snapshot([:])
+        for name in BackendSettings.table.allNames.sorted() {
+            XCTAssertTrue(isRead(name, baseline: baseline), "\(name) is in the table but changes nothing")
         }
     }
 

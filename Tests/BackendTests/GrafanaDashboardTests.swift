@@ -43,7 +43,8 @@ final class GrafanaDashboardTests: XCTestCase {
         for (name, values) in variables {
             s = s.replacingOccurrences(of: "$\(name)", with: values.map { "'\($0)'" }.joined(separator: ","))
         }
-        XCTAssertFalse(s.contains("$"), "every macro and variable expanded: \(s)")
+        // A `$` left before a name is a macro or variable not expanded (`'$."temp"'` is a JSON path).
+        XCTAssertNil(s.range(of: #"\$[A-Za-z_]"#, options: .regularExpression), "every macro and variable expanded: \(s)")
         return s
     }
 
@@ -53,7 +54,8 @@ final class GrafanaDashboardTests: XCTestCase {
     }
 
     /// dev-a (Fieldlog): seq 1…20 and 25…30 stored (ranges 1…10, 11…20, 25…30), 21…24 declared
-    /// lost, readings every 10 s from 10:00:10, sensors temp = seq and hum = 50; status head 30,
+    /// lost, readings every 10 s from 10:00:10, sensors temp = seq, hum = 50 and the text sensor
+    /// state = "on" (never plotted); status head 30,
     /// acked 20. dev-b (seed, legacy ingest): three readings of `random`. Three dead letters.
     private func fill(_ db: TestDatabase) throws {
         func t(_ seq: Int) -> String {
@@ -67,10 +69,10 @@ final class GrafanaDashboardTests: XCTestCase {
                      ('dev-b', 'legacy', '2026-11-29 09:59:00', NULL, NULL, NULL, NULL, NULL);
             INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head) VALUES ('dev-a', \(Self.epoch), '2026-11-29 09:59:00', 30);
             """
-        sql += "INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals) VALUES "
-        sql += seqs.map { "('dev-a', \(Self.epoch), \($0), \((Self.from + Int64(10 * $0)) * 1000), '\(t($0))', 0, '\(t($0))', '[{\"s\":\"hum\",\"n\":50.0},{\"s\":\"temp\",\"n\":\($0).0}]')" }
+        sql += "INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals, texts) VALUES "
+        sql += seqs.map { "('dev-a', \(Self.epoch), \($0), \((Self.from + Int64(10 * $0)) * 1000), '\(t($0))', 0, '\(t($0))', '{\"hum\":50.0,\"temp\":\($0).0}', '{\"state\":\"on\"}')" }
             .joined(separator: ",") + ";"
-        sql += "INSERT INTO device_sensors (device_id, sensor) VALUES ('dev-a', 'hum'), ('dev-a', 'temp');"
+        sql += "INSERT INTO device_sensors (device_id, sensor) VALUES ('dev-a', 'hum'), ('dev-a', 'state'), ('dev-a', 'temp');"
         sql += """
             INSERT INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at) VALUES
               ('dev-a', \(Self.epoch), 1, 10, '2026-11-29 10:02:00'), ('dev-a', \(Self.epoch), 11, 20, '2026-11-29 10:04:00'),
@@ -110,7 +112,7 @@ final class GrafanaDashboardTests: XCTestCase {
         let devices = try rows(db, try expand(XCTUnwrap(variableQueries["device"]), variables: [:])).map { $0[0] }
         XCTAssertEqual(devices, ["dev-a", "dev-b"])
         let sensors = try rows(db, try expand(XCTUnwrap(variableQueries["sensor"]), variables: ["device": devices])).map { $0[0] }
-        XCTAssertEqual(Set(sensors), ["temp", "hum", "random"])
+        XCTAssertEqual(Set(sensors), ["temp", "hum", "state", "random"])
         let vars = ["device": devices, "sensor": sensors]
         func panel(_ title: String) throws -> [[String]] {
             let p = try XCTUnwrap(panels.first { $0.title == title }, "panel \(title)")

@@ -12,6 +12,7 @@ import FieldlogCore
 import Foundation
 import Logging
 import MQTT
+import Processes
 import Sync
 import TestSupport
 import XCTest
@@ -99,7 +100,7 @@ final class HostileTrafficTests: XCTestCase {
             }
             try await group.waitForAll()
         }
-        let sentSeconds = (ContinuousClock.now - attackStart).seconds
+        let sentSeconds = (ContinuousClock.now - attackStart).inSeconds
         // Until the ingest has taken it all (every message classified and written).
         let expected = Expectation(messages: messages.map { ($0.topic, $0.payload) }, device: evil)
         let deadline = ContinuousClock.now + .seconds(180)
@@ -111,7 +112,7 @@ final class HostileTrafficTests: XCTestCase {
             if n != previous { previous = n; settledSince = .now } else if ContinuousClock.now - settledSince > .seconds(5) { break }
             try await Task.sleep(for: .milliseconds(250))
         }
-        let attackSeconds = (ContinuousClock.now - attackStart).seconds
+        let attackSeconds = (ContinuousClock.now - attackStart).inSeconds
         sampler.cancel()
         let underAttack = clock.latencies(since: attackStart)
         let longestStall = clock.longestStall(since: attackStart)
@@ -254,7 +255,7 @@ final class HonestClock: @unchecked Sendable {
     /// Publish → ack latencies (ms) of the batches sent since `since`.
     func latencies(since: ContinuousClock.Instant? = nil) -> (p50: Int, p99: Int) {
         lock.withLock {
-            let ms = sentAt.filter { since == nil || $0.at >= since! }.compactMap { s in ackedAt[s.last].map { Int(($0 - s.at).seconds * 1000) } }.sorted()
+            let ms = sentAt.filter { since == nil || $0.at >= since! }.compactMap { s in ackedAt[s.last].map { Int(($0 - s.at).inSeconds * 1000) } }.sorted()
             guard !ms.isEmpty else { return (0, 0) }
             return (ms[ms.count / 2], ms[min(ms.count - 1, ms.count * 99 / 100)])
         }
@@ -269,7 +270,7 @@ final class HonestClock: @unchecked Sendable {
                 guard let l = last else { continue }
                 if s.through > l.through { last = s; continue }
                 let waiting = sentAt.contains { $0.last > s.through && s.at - $0.at > .seconds(1) }
-                if waiting { longest = max(longest, (s.at - l.at).seconds) } else { last = s }
+                if waiting { longest = max(longest, (s.at - l.at).inSeconds) } else { last = s }
             }
             return longest
         }

@@ -7,6 +7,7 @@
 // device's data budget (issue 19) is checked end to end: counted, sent in its status, stored.
 import FieldlogCore
 import Foundation
+import Processes
 import TestSupport
 import XCTest
 

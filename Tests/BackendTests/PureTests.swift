@@ -1,6 +1,7 @@
 // Tests of the pure parts (no IO): coverage, configuration, seed-format parsing, time formatting.
 import FieldlogCore
 import Foundation
+import Settings
 import Sync
 import XCTest
 @testable import BackendStore
@@ -48,10 +49,17 @@ final class CoverageTests: XCTestCase {
 }
 
 final class ConfigurationTests: XCTestCase {
+    private func load(_ env: [String: String], commandLine: [CommandLineSetting] = [], file: String? = nil) throws(ConfigurationError) -> BackendConfiguration {
+        let table = BackendSettings.table
+        let values = SettingValues(table: table, layers: [CommandLineLayer(commandLine, table: table), ConfigProviderLayer(environmentOf: table, env)]
+                                                         + (file.map { [SettingsFile(contents: $0, path: "backend.env", table: table)] } ?? []))
+        return try BackendConfiguration(values: values)
+    }
+
     func testDefaultsAndAddressList() throws {
-        let c = try BackendConfiguration.load(environment: EnvironmentReader([
+        let c = try load([
             "FIELDLOG_MARIADB_ADDRESSES": "db1:3307, db2 ,[::1]:3308", "FIELDLOG_MARIADB_PASSWORD": "pw",
-        ]))
+        ])
         XCTAssertEqual(c.database.addresses, [DatabaseAddress(host: "db1", port: 3307), DatabaseAddress(host: "db2", port: 3306),
                                               DatabaseAddress(host: "::1", port: 3308)])
         XCTAssertEqual(c.database.database, "fieldlog")
@@ -61,18 +69,32 @@ final class ConfigurationTests: XCTestCase {
     }
 
     func testSeedEnvironmentNamesAreHonoured() throws {
-        let c = try BackendConfiguration.load(environment: EnvironmentReader([
+        let c = try load([
             "MQTT_HOST": "broker", "MQTT_PORT": "8883", "MQTT_USERNAME": "u", "MQTT_PASSWORD": "p",
-        ]))
+        ])
         XCTAssertEqual(c.broker.host, "broker")
         XCTAssertEqual(c.broker.port, 8883)
         XCTAssertEqual(c.broker.user, "u")
+        // The new name wins; an empty one (compose passes `NAME=` for what it leaves out) counts as unset.
+        XCTAssertEqual(try load(["MQTT_HOST": "seed", "FIELDLOG_MQTT_HOST": "new"]).broker.host, "new")
+        XCTAssertEqual(try load(["MQTT_HOST": "seed", "FIELDLOG_MQTT_HOST": ""]).broker.host, "seed")
+        XCTAssertEqual(try load(["FIELDLOG_MQTT_PORT": ""]).broker.port, 1883)
+    }
+
+    func testCommandLineThenEnvironmentThenFileThenDefault() throws {
+        let file = "FIELDLOG_MQTT_HOST=from-file\nFIELDLOG_MQTT_PORT=1884\nFIELDLOG_MARIADB_USER=file-user\n"
+        let c = try load(["FIELDLOG_MQTT_PORT": "1885", "FIELDLOG_MARIADB_USER": "env-user"],
+                         commandLine: [CommandLineSetting(name: "FIELDLOG_MARIADB_USER", value: "cli-user", option: "--set")], file: file)
+        XCTAssertEqual(c.broker.host, "from-file")
+        XCTAssertEqual(c.broker.port, 1885)
+        XCTAssertEqual(c.database.user, "cli-user")
+        XCTAssertEqual(c.database.password, "", "the default")
     }
 
     func testBadValuesNameSettingValueAndWhatIsAllowed() {
-        func error(_ env: [String: String], overrides: SettingOverrides = SettingOverrides()) -> String {
+        func error(_ env: [String: String], commandLine: [CommandLineSetting] = []) -> String {
             do {
-                _ = try BackendConfiguration.load(environment: EnvironmentReader(env), overrides: overrides)
+                _ = try load(env, commandLine: commandLine)
                 return "no error"
             } catch { return error.description }
         }
@@ -80,12 +102,31 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertTrue(port.contains("FIELDLOG_MQTT_PORT") && port.contains("70000") && port.contains("1…65535"), port)
         let list = error(["FIELDLOG_MARIADB_ADDRESSES": "db1:notaport"])
         XCTAssertTrue(list.contains("FIELDLOG_MARIADB_ADDRESSES") && list.contains("db1:notaport") && list.contains("host[:port]"), list)
-        let db = error([:], overrides: SettingOverrides(database: "drop table;"))
+        let db = error([:], commandLine: [CommandLineSetting(name: "FIELDLOG_MARIADB_DATABASE", value: "drop table;", option: "--database")])
         XCTAssertTrue(db.contains("--database") && db.contains("A–Z"), db)
-        let metrics = error([:], overrides: SettingOverrides(metricsPort: -1))
+        let metrics = error([:], commandLine: [CommandLineSetting(name: "FIELDLOG_METRICS_PORT", value: "-1", option: "--metrics-port")])
         XCTAssertTrue(metrics.contains("--metrics-port"), metrics)
         let topic = error(["FIELDLOG_TOPIC_BATCH": "fieldlog/+/batch"])
         XCTAssertTrue(topic.contains("FIELDLOG_TOPIC_BATCH"), topic)
+        // Every problem at once, each under the name it was given (the seed's here), with its source.
+        let both = error(["MQTT_PORT": "x", "FIELDLOG_INGEST_GROUP": "a/b"])
+        XCTAssertTrue(both.contains(#"MQTT_PORT="x" (from environment): a whole number in 1…65535"#), both)
+        XCTAssertTrue(both.contains(#"FIELDLOG_INGEST_GROUP="a/b" (from environment): a share name without / + #"#), both)
+    }
+
+    func testInMemoryDefaultsAreTheTablesDefaults() throws {
+        let loaded = try load([:])
+        let memory = IngestSettings()
+        XCTAssertEqual(loaded.ingest.maxBatchesPerTransaction, memory.maxBatchesPerTransaction)
+        XCTAssertEqual(loaded.ingest.maxQueuedBytes, 32 << 20)
+        XCTAssertEqual(loaded.ingest.maxQueuedBytesPerDevice, 4 << 20)
+        XCTAssertEqual(loaded.ingest.clientID, memory.clientID)
+        XCTAssertEqual(loaded.topics.shareGroup, TopicSettings().shareGroup)
+        let web = WebSettings()
+        XCTAssertEqual(web.port, 8080)
+        XCTAssertTrue(web.secureCookies)
+        XCTAssertEqual(web.sessionLifetime, .seconds(12 * 3600))
+        XCTAssertEqual(web.configKeys, ["measurement:interval", "measurement:enabled", "mqtt_sender:interval", "mqtt_sender:enabled"])
     }
 }
 

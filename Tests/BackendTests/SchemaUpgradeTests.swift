@@ -66,7 +66,7 @@ final class SchemaUpgradeTests: XCTestCase {
         }
         let prepareStart = ContinuousClock.now
         let prepared = try await migrator.prepare()
-        XCTAssertEqual(prepared, [7])
+        XCTAssertEqual(prepared, [7, 8])
         let prepareTime = ContinuousClock.now - prepareStart
         writer.cancel()
         let written = await writer.value
@@ -80,11 +80,12 @@ final class SchemaUpgradeTests: XCTestCase {
         let switchStart = ContinuousClock.now
         let applied = try await migrator.migrate()
         let switchTime = ContinuousClock.now - switchStart
-        XCTAssertEqual(applied, [7])
+        XCTAssertEqual(applied, [7, 8])
         let versionAfter = try await migrator.currentVersion()
-        XCTAssertEqual(versionAfter, 7)
+        XCTAssertEqual(versionAfter, Schema.latestVersion)
         XCTAssertEqual(try db.scalar("SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'reading_values'"), "VIEW")
         XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals IS NULL"), "0")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals NOT LIKE '{%'"), "0", "schema 8's objects, written once")
         // Every value, equal, once: the view over the new layout against the old table.
         let after = try await c.query("SELECT COUNT(*), SUM(num_value), COUNT(text_value), SUM(CRC32(text_value)) FROM reading_values WHERE device_id <> 'live'").rows[0].map(\.description)
         XCTAssertEqual(after, before)
@@ -103,6 +104,91 @@ final class SchemaUpgradeTests: XCTestCase {
         XCTAssertEqual(try db.scalar("SELECT GROUP_CONCAT(CONCAT(seq, sensor, COALESCE(num_value, text_value)) ORDER BY seq, sensor) FROM reading_values WHERE device_id = '\(device)'"),
                        "1stateok,1temp0.1,2stateok,2temp0.2,3stateok,3temp0.3,4stateok,4temp0.4,5stateok,5temp0.5")
         print("schema 7 upgrade: \(n) readings; --prepare \(prepareTime) while the old writer added \(written); switch-over (the downtime) \(switchTime)")
+        await writerConnection.close()
+        await c.close()
+    }
+
+    /// Schema 7's view: JSON_TABLE over an array of {"s","n"|"t"} (what a schema-7 database has).
+    private static let schema7View = """
+        CREATE OR REPLACE VIEW reading_values AS
+          SELECT r.device_id, r.epoch, r.seq, j.sensor, r.device_time, j.num_value, j.text_value
+            FROM readings r,
+                 JSON_TABLE(r.vals, '$[*]' COLUMNS (sensor VARCHAR(64) PATH '$.s', num_value DOUBLE PATH '$.n', text_value VARCHAR(256) PATH '$.t')) j
+        """
+
+    // Schema 8 on a schema-7 database: `--prepare` rewrites the arrays while a schema-7 writer
+    // keeps adding arrays, and readers see every value meanwhile; `migrate` rewrites the rest.
+    func testSchema7ArraysBecomeObjectsWhileTheOldWriterRunsAndEveryValueStaysVisible() async throws {
+        let db = try TestDatabase("upgrade8")
+        defer { db.drop() }
+        var settings = db.settings
+        settings.readTimeout = .seconds(600)
+        let c = try await connectFirst(settings, logger: Logger(label: "test"))
+        let migrator = Migrator(connection: c, logger: Logger(label: "test"))
+        try await migrator.migrate(upTo: 7)
+        try await c.query(Self.schema7View)
+        let n = 100_000
+        // Ten devices; a number each, a text (quotes, a backslash, a non-ASCII letter) every seventh, none every 101st.
+        try await c.query("""
+            INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals)
+            SELECT CONCAT('old-', s.seq % 10), 7, s.seq DIV 10 + 1, 1700000000000 + s.seq * 100, FROM_UNIXTIME(1700000000 + s.seq / 10), 0, NOW(3),
+                   CASE WHEN s.seq % 101 = 0 THEN '[]'
+                        WHEN s.seq % 7 = 0 THEN CONCAT('[{"s":"state","t":', JSON_QUOTE(IF(s.seq % 2 = 0, 'on "quoted" é', 'off\\\\path')), '},{"s":"temp","n":', s.seq / 8 + 0.1, '}]')
+                        ELSE CONCAT('[{"s":"temp","n":', s.seq / 8 + 0.1, '}]') END
+              FROM seq_0_to_\(n - 1) s
+            """)
+        let sums = "SELECT COUNT(*), SUM(num_value), COUNT(text_value), SUM(CRC32(text_value)) FROM reading_values WHERE device_id <> 'live'"
+        let before = try await c.query(sums).rows[0].map(\.description)
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values WHERE text_value = 'on \"quoted\" é'"), String((0..<n).filter { $0 % 101 != 0 && $0 % 7 == 0 && $0 % 2 == 0 }.count))
+
+        // A writer of schema 7 (arrays) during --prepare; a reader checks every value stays visible.
+        let writerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
+        let writer = Task { () -> Int in
+            var k = 0
+            while !Task.isCancelled {
+                k += 1
+                _ = try? await writerConnection.execute("""
+                    INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals)
+                    VALUES ('live', 9, ?, ?, NOW(3), 0, NOW(3), CONCAT('[{"s":"temp","n":', ?, '}]'))
+                    """, [.int(Int64(k)), .int(1_800_000_000_000 + Int64(k)), .double(Double(k) / 4)])
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return k
+        }
+        let readerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
+        let reader = Task { () -> [String] in
+            var seen: [String] = []
+            while !Task.isCancelled {
+                if let row = try? await readerConnection.query(sums).rows.first?.map(\.description), row != before { seen.append(row.joined(separator: " ")) }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            return seen
+        }
+        let prepared = try await migrator.prepare()
+        XCTAssertEqual(prepared, [8])
+        writer.cancel()
+        reader.cancel()
+        let written = await writer.value
+        let differences = await reader.value
+        XCTAssertGreaterThan(written, 10, "the old writer ran during --prepare")
+        XCTAssertEqual(differences, [], "readers saw every value, equal, while the rows were rewritten")
+        XCTAssertGreaterThan(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals LIKE '[%'"), "0", "the writer's newest arrays wait for the switch-over")
+
+        let applied = try await migrator.migrate()
+        XCTAssertEqual(applied, [8])
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals NOT LIKE '{%'"), "0")
+        let after = try await c.query(sums).rows[0].map(\.description)
+        XCTAssertEqual(after, before, "every value, equal, once")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM reading_values WHERE device_id = 'live'"), String(written))
+        // The objects are what this version's ingest writes and what the web admin decodes.
+        let sampleRow = try await c.query("SELECT vals FROM readings WHERE device_id = 'old-4' AND seq = 2").rows.first?.first?.string
+        let sample = try XCTUnwrap(sampleRow)
+        let sampleTexts = try await c.query("SELECT texts FROM readings WHERE device_id = 'old-4' AND seq = 2").rows.first?.first?.string
+        XCTAssertEqual(StoreRows.values(vals: sample, texts: sampleTexts), try SensorValues(["state": .text("on \"quoted\" é"), "temp": .number(14.0 / 8 + 0.1)]))
+        XCTAssertEqual(try db.scalar("SELECT vals FROM readings WHERE device_id = 'old-0' AND seq = 1"), "{}")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE texts IS NOT NULL"), String((0..<n).filter { $0 % 101 != 0 && $0 % 7 == 0 }.count),
+                       "texts only where a reading has one")
+        await readerConnection.close()
         await writerConnection.close()
         await c.close()
     }

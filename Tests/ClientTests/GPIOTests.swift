@@ -1,5 +1,6 @@
 // GPIO wrapper: these machines have no GPIO chips (and no gpio-sim/gpio-mockup modules), so the
-// hardware path is checked through its error reporting; the debouncer is tested on synthetic time.
+// hardware path is checked through its error reporting. Debouncing is the device's
+// PressDetector (DeviceTests/ButtonTests), on synthetic time.
 import Foundation
 import GPIO
 import XCTest
@@ -28,28 +29,5 @@ final class GPIOTests: XCTestCase {
         XCTAssertThrowsError(try GPIOEdgeInput(configuration: GPIOConfiguration(chip: ""))) { error in
             XCTAssertTrue("\(error)".contains("empty"), "\(error)")
         }
-    }
-
-    func testDebouncerDropsBouncesWithinTheInterval() {
-        var debouncer = Debouncer(interval: .milliseconds(20))
-        // A press at 1 s that bounces for 15 ms, then a second press 500 ms later.
-        let times: [Duration] = [.seconds(1), .seconds(1) + .milliseconds(3), .seconds(1) + .milliseconds(15),
-                                 .seconds(1) + .milliseconds(19), .seconds(1) + .milliseconds(20),
-                                 .seconds(1) + .milliseconds(500), .seconds(1) + .milliseconds(501)]
-        let accepted = times.map { debouncer.accept(at: $0) }
-        XCTAssertEqual(accepted, [true, false, false, false, true, true, false])
-    }
-
-    func testDebouncerMeasuresFromTheLastAcceptedEventAndResets() {
-        var debouncer = Debouncer(interval: .milliseconds(50))
-        XCTAssertTrue(debouncer.accept(at: .milliseconds(0)))
-        // Rejected events do not extend the window (no endless suppression of a noisy line).
-        for t in stride(from: 10, through: 40, by: 10) { XCTAssertFalse(debouncer.accept(at: .milliseconds(t))) }
-        XCTAssertTrue(debouncer.accept(at: .milliseconds(50)))
-        debouncer.reset()
-        XCTAssertTrue(debouncer.accept(at: .milliseconds(51)))
-        var none = Debouncer(interval: .zero)
-        XCTAssertTrue(none.accept(at: .seconds(1)))
-        XCTAssertTrue(none.accept(at: .seconds(1)), "a zero interval accepts every event")
     }
 }

@@ -1,13 +1,17 @@
 import Device
+import GPIO
 import XCTest
 
 /// Debounce and toggle logic with synthetic edge events (no GPIO hardware needed).
 final class ButtonTests: XCTestCase {
-    let ms: UInt64 = 1_000_000
+    typealias EdgeKind = GPIOEdgeEvent.Kind
+
+    /// An edge at `ms` milliseconds of the kernel's monotonic clock.
+    func event(_ kind: EdgeKind, _ ms: UInt64) -> GPIOEdgeEvent { GPIOEdgeEvent(kind: kind, timestamp: .milliseconds(Int64(ms))) }
 
     func presses(_ edges: [(EdgeKind, UInt64)], edge: EdgeKind = .falling, bounceMs: Int64 = 20) -> [UInt64] {
         var d = PressDetector(pressEdge: edge, bounce: .milliseconds(bounceMs))
-        return edges.filter { d.edge(EdgeEvent(kind: $0.0, timestampNanoseconds: $0.1 * ms)) }.map(\.1)
+        return edges.filter { d.edge(event($0.0, $0.1)) }.map(\.1)
     }
 
     func testCleanPressAndReleaseGiveOnePress() {
@@ -44,7 +48,7 @@ final class ButtonTests: XCTestCase {
         let settings = RuntimeSettings(defaults: .init(measurementEnabled: true, measurementInterval: .seconds(2), senderEnabled: true, senderInterval: .seconds(1)))
         var toggle = ButtonToggle(detector: PressDetector(pressEdge: .falling, bounce: .milliseconds(20)))
         for (kind, t) in [(EdgeKind.falling, UInt64(1000)), (.rising, 1001), (.falling, 1002), (.rising, 1200), (.falling, 3000), (.rising, 3200)] {
-            if toggle.edge(EdgeEvent(kind: kind, timestampNanoseconds: t * ms)) == .toggle { _ = await settings.toggleMeasurement() }
+            if toggle.edge(event(kind, t)) == .toggle { _ = await settings.toggleMeasurement() }
         }
         XCTAssertEqual(toggle.presses, 2)
         let s = await settings.switches

@@ -11,7 +11,7 @@ struct FakeEnvironment: CommandEnvironment {
     let settings: RuntimeSettings
     var facts = LogFacts(deviceID: try! DeviceID("dev-1"), epoch: Epoch(0xabc), head: SequenceNumber(10), ackedThrough: SequenceNumber(7))
     var rebootCommand: [String] = []
-    let replays = Recorder<ReplayRequest>()
+    let replays = Recorder<ReplayQuery>()
     /// Retained records 3…10, appended one second apart from t = 1 700 000 000 000 ms (seq 3)
     /// on; 6 is missing (a loss marker).
     var times: [RecordTime] = (3...10).filter { $0 != 6 }.map {
@@ -20,7 +20,7 @@ struct FakeEnvironment: CommandEnvironment {
 
     func logFacts() async throws -> LogFacts { facts }
     /// Retains 3…head.
-    func replay(_ r: ReplayRequest) async throws -> ReplayOutcome {
+    func replay(_ r: ReplayQuery) async throws -> ReplayOutcome {
         await replays.add(r)
         let from = r.from ?? SequenceNumber(3), to = r.to ?? facts.head
         let lost = from < SequenceNumber(3) ? [SequenceRange(checked: from, SequenceNumber(2))] : []
@@ -126,8 +126,8 @@ final class CommandTests: XCTestCase {
         XCTAssertEqual(r2.resent, SequenceRange(checked: SequenceNumber(3), SequenceNumber(4)))
         XCTAssertEqual(r2.notRetained, [SequenceRange(checked: SequenceNumber(1), SequenceNumber(2))])
         let requests = await env.replays.items
-        XCTAssertEqual(requests, [ReplayRequest(requestID: nil, from: nil, to: nil, count: 5),
-                                  ReplayRequest(requestID: "x", from: SequenceNumber(1), to: SequenceNumber(4), count: nil)])
+        XCTAssertEqual(requests, [ReplayQuery(requestID: nil, from: nil, to: nil, count: 5),
+                                  ReplayQuery(requestID: "x", from: SequenceNumber(1), to: SequenceNumber(4), count: nil)])
         let otherEpoch = await send(h, #"{"command": "replay", "from": 1, "to": 4, "epoch": "00000000000000ff"}"#)
         XCTAssertEqual(otherEpoch.error, .invalidArgument)
         let bad = await send(h, #"{"command": "replay", "from": 5, "to": 4}"#)
@@ -178,11 +178,11 @@ final class CommandTests: XCTestCase {
         XCTAssertNil(beforeAll.resent)
         let requests = await env.replays.items
         XCTAssertEqual(requests, [
-            ReplayRequest(requestID: nil, from: nil, to: nil, count: 3),
-            ReplayRequest(requestID: nil, from: SequenceNumber(5), to: nil, count: nil),
-            ReplayRequest(requestID: nil, from: SequenceNumber(7), to: SequenceNumber(8), count: nil),
-            ReplayRequest(requestID: nil, from: SequenceNumber(4), to: SequenceNumber(7), count: 2),
-            ReplayRequest(requestID: nil, from: SequenceNumber(3), to: SequenceNumber(3), count: nil),
+            ReplayQuery(requestID: nil, from: nil, to: nil, count: 3),
+            ReplayQuery(requestID: nil, from: SequenceNumber(5), to: nil, count: nil),
+            ReplayQuery(requestID: nil, from: SequenceNumber(7), to: SequenceNumber(8), count: nil),
+            ReplayQuery(requestID: nil, from: SequenceNumber(4), to: SequenceNumber(7), count: 2),
+            ReplayQuery(requestID: nil, from: SequenceNumber(3), to: SequenceNumber(3), count: nil),
         ])
         let bad = await send(h, #"{"command": "send_measurements", "count": "abc"}"#)
         XCTAssertEqual(bad.error, .invalidArgument)

@@ -1,19 +1,21 @@
 import Device
-import Sync
 import FieldlogCore
+import Settings
+import Sync
 import XCTest
 
 final class ConfigurationTests: XCTestCase {
-    func config(file: String = "", env: [String: String] = [:], host: String = "pi-1") throws(ConfigurationError) -> DeviceConfiguration {
-        var s = ConfigurationSource()
-        s.apply(fileContents: file, path: "device.env")
-        s.apply(environment: env)
-        return try DeviceConfiguration(source: s, hostName: host)
+    func config(file: String = "", env: [String: String] = [:], set: [String] = [], host: String = "pi-1") throws(ConfigurationError) -> DeviceConfiguration {
+        let table = DeviceSettings.table
+        let commandLine = try set.map { (text) throws(ConfigurationError) in try CommandLineSetting.parse(set: text) }
+        let values = SettingValues(table: table, commandLine: commandLine, environment: env,
+                                   file: SettingsFile(contents: file, path: "device.env", table: table))
+        return try DeviceConfiguration(values: values, hostName: host)
     }
 
-    func problems(file: String = "", env: [String: String] = [:]) -> [ConfigurationProblem] {
+    func problems(file: String = "", env: [String: String] = [:], set: [String] = []) -> [ConfigurationProblem] {
         do {
-            _ = try config(file: file, env: env)
+            _ = try config(file: file, env: env, set: set)
             XCTFail("expected a configuration error")
             return []
         } catch { return error.problems }
@@ -49,8 +51,34 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.sampling.interval, .milliseconds(500))
         XCTAssertEqual(c.mqtt.host, "broker.example")
         XCTAssertEqual(c.redis.port, 6380)
-        XCTAssertEqual(c.source.values["INTERVAL_SECONDS"]?.source, .environment)
-        XCTAssertEqual(c.source.values["MQTT_HOST"]?.source, .file(path: "device.env", line: 3))
+        XCTAssertEqual(c.values["INTERVAL_SECONDS"]?.source, .environment)
+        XCTAssertEqual(c.values["MQTT_HOST"]?.source, .file(path: "device.env", line: 3))
+    }
+
+    func testCommandLineOverridesEnvironment() throws {
+        let c = try config(file: "INTERVAL_SECONDS=5\n", env: ["INTERVAL_SECONDS": "0.5", "REDIS_PORT": "6380"], set: ["INTERVAL_SECONDS=3", "LOG_LEVEL=debug"])
+        XCTAssertEqual(c.sampling.interval, .seconds(3))
+        XCTAssertEqual(c.values["INTERVAL_SECONDS"]?.source, .commandLine(option: "--set"))
+        XCTAssertEqual(c.redis.port, 6380, "what the command line does not set comes from below")
+        XCTAssertEqual(c.logLevel, .debug)
+        let p = problems(set: ["INTERVALL_SECONDS=3", "MQTT_PORT=0"])
+        XCTAssertEqual(p.map(\.setting), ["INTERVALL_SECONDS", "MQTT_PORT"])
+        XCTAssertTrue(p[0].allowed.contains("unknown setting"), p[0].allowed)
+        XCTAssertTrue(p[1].description.contains(#"MQTT_PORT="0" (from command line --set): a whole number in 1…65535"#), p[1].description)
+        XCTAssertThrowsError(try CommandLineSetting.parse(set: "INTERVAL_SECONDS")) { XCTAssertTrue("\($0)".contains("NAME=value"), "\($0)") }
+    }
+
+    func testANameWinsOverItsSeedAliasWhereverEachIsSet() throws {
+        // The new name in the file beats the seed's name in the environment; an empty value is "unset".
+        let c = try config(file: "FIELDLOG_TOPIC_REQUEST=plant/{device}/req\n", env: ["MQTT_TOPIC_REQUEST": "seed/%(device_uuid)s/request"])
+        XCTAssertEqual(c.mqtt.topics.request, "plant/pi-1/req")
+        XCTAssertEqual(c.values["FIELDLOG_TOPIC_REQUEST"]?.source, .file(path: "device.env", line: 1))
+        let seed = try config(env: ["FIELDLOG_TOPIC_REQUEST": "", "MQTT_TOPIC_REQUEST": "seed/%(device_uuid)s/request"])
+        XCTAssertEqual(seed.mqtt.topics.request, "seed/pi-1/request")
+        XCTAssertEqual(seed.values["FIELDLOG_TOPIC_REQUEST"]?.name, "MQTT_TOPIC_REQUEST")
+        XCTAssertTrue(seed.effectiveDescription().contains("FIELDLOG_TOPIC_REQUEST=seed/%(device_uuid)s/request  # environment as MQTT_TOPIC_REQUEST"))
+        // An empty environment value unsets a setting without a default that the file sets.
+        XCTAssertEqual(try config(file: "MQTT_CLIENT_ID=fixed\n", env: ["MQTT_CLIENT_ID": ""]).mqtt.clientID, "pi-1")
     }
 
     func testIdentityPrefersExplicitIDThenBalenaUUIDThenHostName() throws {
@@ -164,7 +192,7 @@ final class ConfigurationTests: XCTestCase {
     }
 
     func testMissingConfigFileIsAnError() {
-        XCTAssertThrowsError(try ConfigurationSource.load(file: "/nonexistent/device.env", environment: [:])) { e in
+        XCTAssertThrowsError(try DeviceConfiguration.load(configOption: "/nonexistent/device.env", commandLine: [], environment: [:])) { e in
             XCTAssertTrue("\(e)".contains("/nonexistent/device.env"))
         }
     }

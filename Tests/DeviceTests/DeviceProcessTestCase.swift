@@ -2,6 +2,7 @@
 import FieldlogCore
 import Foundation
 import Log
+import Processes
 import TestSupport
 import XCTest
 

@@ -10,6 +10,7 @@
 // device (default 3000), batches of 10, up to 32 unacked batches per device.
 import FieldlogCore
 import Foundation
+import Processes
 import TestSupport
 import XCTest
 
@@ -80,7 +81,7 @@ final class GaleraThroughput: XCTestCase {
                                               "-u", user, "-p" + password, "--batch", "--skip-column-names", "-e",
                                               "SELECT COUNT(*) FROM readings", database]).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertEqual(count, String(UInt64(devices) * records), "\(label): every record stored exactly once")
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.inSeconds
         let rate = Double(UInt64(devices) * records) / seconds
         return String(format: "%@: %d records in %.1f s = %.0f records/s (acked end to end)", label, Int(UInt64(devices) * records), seconds, rate)
     }

@@ -8,6 +8,7 @@ import XCTest
 
 /// A blocking echo server on a thread of its own.
 final class EchoServer: @unchecked Sendable {
+    // @unchecked: `port` and `fd` are immutable; `stopped` is only touched under `lock`.
     let port: Int
     private let fd: Int32
     private let lock = NSLock()

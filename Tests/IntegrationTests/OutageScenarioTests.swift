@@ -79,10 +79,10 @@ final class OutageScenarioTests: XCTestCase {
         return o
     }
 
-    func run(_ o: LabOptions) throws -> LabReport {
+    func run(_ o: LabOptions) async throws -> LabReport {
         print("outage lab: scenario \(o.scenario.name) seed \(o.seed) (replay: FIELDLOG_LAB_SEED=\(o.seed), or fieldlog-lab run \(o.scenario.name) --seed \(o.seed))")
         let run = LabRun(options: o, logger: Logger(label: "lab")) { print($0) }
-        let report = try run.run()
+        let report = try await run.run()
         print(report.text)
         if report.passed { try? FileManager.default.removeItem(atPath: report.workDirectory) }
         return report
@@ -99,42 +99,43 @@ final class OutageScenarioTests: XCTestCase {
                       file: file, line: line)
     }
 
-    func testCrashScenario() throws {
-        assertPassed(try run(options("crash", seed: Self.seed(default: 101, scenario: "crash", seconds: 15), seconds: 15)))
+    func testCrashScenario() async throws {
+        assertPassed(try await run(options("crash", seed: Self.seed(default: 101, scenario: "crash", seconds: 15), seconds: 15)))
     }
 
-    func testServicesScenario() throws {
-        assertPassed(try run(options("services", seed: Self.seed(default: 202, scenario: "services", seconds: 25), seconds: 25)))
+    func testServicesScenario() async throws {
+        assertPassed(try await run(options("services", seed: Self.seed(default: 202, scenario: "services", seconds: 25), seconds: 25)))
     }
 
-    func testNetworkScenario() throws {
-        assertPassed(try run(options("network", seed: Self.seed(default: 303, scenario: "network", seconds: 15), seconds: 15)))
+    func testNetworkScenario() async throws {
+        assertPassed(try await run(options("network", seed: Self.seed(default: 303, scenario: "network", seconds: 15), seconds: 15)))
     }
 
-    func testDiskScenario() throws {
-        let report = try run(options("disk", seed: Self.seed(default: 404, scenario: "disk", seconds: 25), seconds: 25))
+    func testDiskScenario() async throws {
+        let report = try await run(options("disk", seed: Self.seed(default: 404, scenario: "disk", seconds: 25), seconds: 25))
         assertPassed(report)
     }
 
-    func testClockScenario() throws {
-        assertPassed(try run(options("clock", seed: Self.seed(default: 505, scenario: "clock", seconds: 12), seconds: 12)))
+    func testClockScenario() async throws {
+        assertPassed(try await run(options("clock", seed: Self.seed(default: 505, scenario: "clock", seconds: 12), seconds: 12)))
     }
 
-    func testCombinedScenario() throws {
-        assertPassed(try run(options("combined", seed: Self.seed(default: 606, scenario: "combined", seconds: 30), seconds: 30)))
+    func testCombinedScenario() async throws {
+        assertPassed(try await run(options("combined", seed: Self.seed(default: 606, scenario: "combined", seconds: 30), seconds: 30)))
     }
 
-    func testGaleraScenario() throws {
-        assertPassed(try run(options("galera", seed: Self.seed(default: 707, scenario: "galera", seconds: 20), seconds: 20, ownStack: true)))
+    func testGaleraScenario() async throws {
+        assertPassed(try await run(options("galera", seed: Self.seed(default: 707, scenario: "galera", seconds: 20), seconds: 20, ownStack: true)))
     }
 }
 
 /// The lab must catch a deliberately broken build: an ingest that acks each batch on receipt,
-/// before its commit, and forgets it when the commit fails (FIELDLOG_FAULT_ACK_BEFORE_COMMIT=1,
-/// a test-only switch in BackendNode's IngestWriter). The network scenario partitions ingest
-/// from MariaDB, so acked batches are lost and the devices' acked pointers pass them.
+/// before its commit, and forgets it when the commit fails (the test-only program BrokenIngest:
+/// `fieldlog-backend ingest` with that write injected, Tests/BrokenIngest). The network
+/// scenario partitions ingest from MariaDB, so acked batches are lost and the devices' acked
+/// pointers pass them.
 final class BrokenBuildTests: XCTestCase {
-    func testAckBeforeCommitIsCaught() throws {
+    func testAckBeforeCommitIsCaught() async throws {
         let scenario = try XCTUnwrap(Scenario.named("network"))
         let seconds = 15.0
         // The schedule is pure: take the first seed from 1 on whose schedule cuts ingest ↔ MariaDB
@@ -147,10 +148,10 @@ final class BrokenBuildTests: XCTestCase {
                            stackScript: Stack.packageRoot + "/scripts/stack")
         o.existingStackDirectory = try OutageScenarioTests.sharedStack()
         o.workDirectory = FileManager.default.temporaryDirectory.path + "/" + Stack.uniqueName("fieldlog-lab-broken")
-        o.extraIngestEnvironment = ["FIELDLOG_FAULT_ACK_BEFORE_COMMIT": "1"]
+        o.ingestBinary = try Binaries.path("BrokenIngest")
         o.drainTimeoutSeconds = 60
         print("outage lab: broken build (ack before commit), scenario network seed \(seed)")
-        let report = try LabRun(options: o, logger: Logger(label: "lab")) { print($0) }.run()
+        let report = try await LabRun(options: o, logger: Logger(label: "lab")) { print($0) }.run()
         print(report.text)
         XCTAssertFalse(report.passed, "the lab passed a build that acks before commit:\n\(report.text)")
         XCTAssertGreaterThan(report.verdict.unexplained, 0, "lost readings are reported as unexplained")

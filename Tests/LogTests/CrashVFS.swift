@@ -15,6 +15,7 @@
 // - Device characteristics: POWERSAFE_OVERWRITE, so only bytes that were written may tear.
 // File struct layout (hand-made): pMethods at 0, our handle id at 8, the real unixFile at 16.
 import CSQLite
+import FieldlogCore
 import Foundation
 
 let SQLITE_IOERR_SHORT_READ_: Int32 = SQLITE_IOERR | (2 << 8)
@@ -198,19 +199,6 @@ final class CrashVFS: @unchecked Sendable {
             }
         }
         return size
-    }
-}
-
-/// A small seeded generator (SplitMix64), so a failing case replays from its seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

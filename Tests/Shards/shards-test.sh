@@ -88,7 +88,7 @@ writer() { # DEVICE: streams batches of 10 until $dir/stop exists; acks (advance
     if [ "$moving" != - ]; then moved_waits=$((moved_waits + 1)); sleep 0.2; reload; continue; fi
     rows=""
     for ((s = seq; s < seq + 10; s++)); do
-      rows="$rows${rows:+,}('$d', $epoch, $s, $((1795932000000 + s * 1000)), FROM_UNIXTIME($((1795932000 + s))), 0, NOW(3), NULL, '[{\"s\":\"temp\",\"n\":$s}]')"
+      rows="$rows${rows:+,}('$d', $epoch, $s, $((1795932000000 + s * 1000)), FROM_UNIXTIME($((1795932000 + s))), 0, NOW(3), NULL, '{\"temp\":$s}')"
     done
     if out="$(wsql "$(node "$shard")" -e "START TRANSACTION; CALL fl_fence($version);
           INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES ('$d', 'fieldlog', NOW(3));

@@ -1,5 +1,6 @@
 import FieldlogCore
 @testable import Sync
+import TestSupport
 import XCTest
 
 /// The compact batch encoding (spec §3.7): exact round trips, every malformed class refused

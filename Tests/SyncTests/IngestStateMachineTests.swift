@@ -314,17 +314,25 @@ final class IngestStateMachineTests: XCTestCase {
         XCTAssertEqual(broken.violations().count, 2, "\(broken.violations())")
     }
 
-    func testValsAreTheDeterministicJSONOfTheValuesInNameOrder() throws {
+    func testValsAndTextsAreTheDeterministicJSONOfTheValuesInNameOrder() throws {
         let v = try SensorValues(["temp": .number(21.5), "count": .number(3), "state": .text("on \"x\"\n"), "tiny": .number(1e-7)])
-        let vals = StoreRows.vals(v)
-        XCTAssertEqual(vals, #"[{"s":"count","n":3.0},{"s":"state","t":"on \"x\"\n"},{"s":"temp","n":21.5},{"s":"tiny","n":1e-07}]"#)
-        XCTAssertEqual(Array(vals.utf8), JSONWriter.encode(.array(v.sorted.map { name, value in
-            if case .number(let d) = value { return .object([("s", .string(name)), ("n", .double(d))]) }
-            if case .text(let t) = value { return .object([("s", .string(name)), ("t", .string(t))]) }
-            return .null
+        let vals = StoreRows.vals(v), texts = StoreRows.texts(v)
+        XCTAssertEqual(vals, #"{"count":3.0,"temp":21.5,"tiny":1e-07}"#)
+        XCTAssertEqual(texts, #"{"state":"on \"x\"\n"}"#)
+        XCTAssertEqual(Array(vals.utf8), JSONWriter.encode(.object(v.sorted.compactMap { name, value in
+            if case .number(let d) = value { return (name, .double(d)) } else { return nil }
         })), "the same bytes as the protocol's writer")
         XCTAssertTrue(Columns.vals(vals))
-        XCTAssertEqual(StoreRows.vals(try SensorValues([:])), "[]")
+        XCTAssertTrue(Columns.texts(try XCTUnwrap(texts)))
+        XCTAssertEqual(StoreRows.values(vals: vals, texts: texts), v, "read back as written")
+        XCTAssertEqual(StoreRows.vals(try SensorValues([:])), "{}")
+        XCTAssertNil(StoreRows.texts(try SensorValues(["temp": .number(1)])), "no texts, no object")
+        XCTAssertTrue(Columns.vals("{}"))
+        for bad in [#"[{"s":"temp","n":1}]"#, #"{"a b":1}"#, #"{"temp":null}"#, #"{"temp":[1]}"#, #"{"state":"on"}"#, "{"] {
+            XCTAssertFalse(Columns.vals(bad), bad)
+        }
+        for bad in ["{}", #"{"temp":1}"#, #"{"a b":"x"}"#] { XCTAssertFalse(Columns.texts(bad), bad) }
+        XCTAssertNil(StoreRows.values(vals: #"{"state":1}"#, texts: #"{"state":"on"}"#), "one sensor, one value")
     }
 
     func testAckRuleIsTheContiguousPrefixOfCommittedRanges() {

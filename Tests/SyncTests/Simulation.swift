@@ -21,8 +21,7 @@ struct VirtualInstant: InstantProtocol, CustomStringConvertible {
     var nanoseconds: Int64
     static let zero = VirtualInstant(nanoseconds: 0)
     func advanced(by d: Duration) -> VirtualInstant {
-        let (s, a) = d.components
-        return VirtualInstant(nanoseconds: nanoseconds + s * 1_000_000_000 + a / 1_000_000_000)
+        VirtualInstant(nanoseconds: nanoseconds + d.inNanoseconds)
     }
     func duration(to other: VirtualInstant) -> Duration { .nanoseconds(other.nanoseconds - nanoseconds) }
     static func < (a: Self, b: Self) -> Bool { a.nanoseconds < b.nanoseconds }

@@ -20,7 +20,7 @@ extension Stack {
     }
 }
 
-public struct IngestDidNotStart: Error, CustomStringConvertible { public var description: String }
+struct IngestDidNotStart: Error, CustomStringConvertible { public var description: String }
 
 /// `fieldlog-backend` (the built binary) as a child process.
 public enum BackendProcess {

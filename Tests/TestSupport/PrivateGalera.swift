@@ -12,7 +12,7 @@ public final class PrivateGalera: @unchecked Sendable {
     public let directory: TemporaryDirectory
     public let nodes: Int
     /// SQL port of node 1; node i listens on `basePort + i - 1`.
-    public let basePort: Int
+    let basePort: Int
     public let mqttPort: Int
     public let redisPort: Int
     /// Credentials from the stack's stack.env.

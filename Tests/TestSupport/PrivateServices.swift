@@ -1,6 +1,7 @@
 // Private service instances for tests that stop, restart or reconfigure a service.
 // Each starts from the same files under deploy/ that `scripts/stack` and a real installation use.
 import Foundation
+import Processes
 
 /// A mosquitto of a test's own: the deploy/ configuration (auth, ACL) on a free port,
 /// optionally with extra listener lines (TLS). Users are added with `addUser`.
@@ -9,7 +10,7 @@ public final class PrivateMosquitto: @unchecked Sendable {
     public let port: Int
     public let directory: TemporaryDirectory
     public let process: ManagedProcess
-    public let passwordFile: String
+    let passwordFile: String
 
     /// - Parameter extraConfig: lines appended to the configuration (e.g. a TLS listener).
     public init(port: Int = Ports.free(), extraConfig: String = "", persistence: Bool = true) throws {

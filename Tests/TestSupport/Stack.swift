@@ -13,7 +13,7 @@
 // instead, so CI never passes by skipping.
 import Foundation
 
-public struct StackUnavailable: Error, CustomStringConvertible {
+struct StackUnavailable: Error, CustomStringConvertible {
     public let description: String
 }
 
@@ -26,8 +26,8 @@ public struct Stack: Sendable {
     public var mqttPort: Int
     public var mqttBackendUser: String
     public var mqttBackendPassword: String
-    public var mqttPasswordFile: String
-    public var mqttPIDFile: String
+    var mqttPasswordFile: String
+    var mqttPIDFile: String
     public var mariaDBHost: String
     public var mariaDBPort: Int
     public var mariaDBSocket: String

@@ -18,6 +18,7 @@ import FieldlogCore
 import Foundation
 import Logging
 import MQTT
+import Processes
 import Sync
 import TestSupport
 import XCTest

@@ -1,8 +1,9 @@
 // The start/stop button service: GPIO edges → `PressDetector` → toggle `measurement:enabled`.
 //
 // Theory of operation: the line is requested for both edges (so bounces of either kind
-// restart the quiet period) with the configured bias; a dedicated thread waits for edges
-// (libgpiod blocks) and hands them to the task that owns the `ButtonToggle`. A press flips
+// restart the quiet period) with the configured bias; the GPIO input's own thread waits for
+// edges (libgpiod blocks) and hands every one, through its bounded stream, to the task that
+// owns the `ButtonToggle`, which debounces them (`PressDetector`). A press flips
 // the switch in `RuntimeSettings`, which the switch poller writes to Redis, as the seed's
 // `startstopbutton` did. Without GPIO hardware (no chip, no line, no permission), or when the
 // kernel reports an error while waiting, `run(reporter:)` throws an error naming chip and
@@ -18,7 +19,7 @@ import Logging
 import ServiceLifecycle
 
 /// The button's line could not be used.
-public struct ButtonUnavailable: Error, CustomStringConvertible {
+struct ButtonUnavailable: Error, CustomStringConvertible {
     public var chip: String
     public var line: Int
     public var reason: String
@@ -27,9 +28,9 @@ public struct ButtonUnavailable: Error, CustomStringConvertible {
     }
 }
 
-public struct ButtonService: Service {
+struct ButtonService: Service {
     public let settings: DeviceConfiguration.ButtonSettings
-    public let runtime: RuntimeSettings
+    let runtime: RuntimeSettings
     public let metrics: DeviceMetrics
     public let logger: Logger
 
@@ -60,44 +61,24 @@ public struct ButtonService: Service {
         logger.info("start/stop button ready", metadata: ["chip": "\(settings.chip)", "line": "\(settings.line)",
                                                           "edge": "\(settings.edge.rawValue)", "bounce": "\(settings.bounce)"])
         var toggle = ButtonToggle(detector: PressDetector(pressEdge: settings.edge == .rising ? .rising : .falling, bounce: settings.bounce))
-        let (stream, sink) = AsyncStream.makeStream(of: EdgeEvent.self, bufferingPolicy: .bufferingNewest(256))
-        let failure = LockedFailure()
-        OSThread.start(name: "fieldlog-button") {
-            while true {
-                do {
-                    guard let e = try input.blockingWaitForEvent(timeout: .milliseconds(500)) else { continue }
-                    let c = e.timestamp.components
-                    let ns = UInt64(max(0, c.seconds)) * 1_000_000_000 + UInt64(max(0, c.attoseconds / 1_000_000_000))
-                    sink.yield(EdgeEvent(kind: e.kind == .rising ? .rising : .falling, timestampNanoseconds: ns))
-                } catch {
-                    failure.set("\(error)")
-                    sink.finish()  // closed on shutdown, or a kernel error (thrown below)
-                    return
-                }
-            }
-        }
+        let edges = input.events()
+        var failure: (any Error)?
         await withGracefulShutdownHandler {
-            for await edge in stream where toggle.edge(edge) == .toggle {
-                metrics.buttonPresses.increment()
-                let on = await runtime.toggleMeasurement()
-                logger.notice("button pressed: measurement \(on ? "started" : "stopped")")
+            do {
+                for try await edge in edges where toggle.edge(edge) == .toggle {
+                    metrics.buttonPresses.increment()
+                    let on = await runtime.toggleMeasurement()
+                    logger.notice("button pressed: measurement \(on ? "started" : "stopped")")
+                }
+            } catch {
+                failure = error  // a kernel error while waiting (thrown below)
             }
         } onGracefulShutdown: {
-            input.close()
-            sink.finish()
+            input.close()  // the stream finishes
         }
         input.close()
-        if !Task.isShuttingDownGracefully, let reason = failure.value {
-            throw ButtonUnavailable(chip: settings.chip, line: settings.line, reason: reason)
+        if !Task.isShuttingDownGracefully, let failure {
+            throw ButtonUnavailable(chip: settings.chip, line: settings.line, reason: "\(failure)")
         }
     }
-}
-
-/// The edge thread's error, read by the service after the stream ended.
-private final class LockedFailure: @unchecked Sendable {
-    // @unchecked: `reason` is only touched under `lock`.
-    private let lock = Lock()
-    private var reason: String?
-    func set(_ r: String) { lock.withLock { reason = r } }
-    var value: String? { lock.withLock { reason } }
 }

@@ -5,42 +5,29 @@
 // only when at least `bounce` has passed since the last edge of any kind: an edge inside a
 // burst restarts the quiet period, so a burst gives exactly one press, however long it
 // bounces. Edges of the other kind are part of bursts too but never presses themselves. Times
-// are the kernel's event timestamps (monotonic), passed in, so tests run on made-up time.
-// Each press toggles `measurement:enabled`.
-
-/// A GPIO edge, as the kernel reports it.
-public enum EdgeKind: Hashable, Sendable { case rising, falling }
-
-/// One edge event with its monotonic timestamp.
-public struct EdgeEvent: Hashable, Sendable {
-    public var kind: EdgeKind
-    /// Monotonic time of the edge, in nanoseconds.
-    public var timestampNanoseconds: UInt64
-    public init(kind: EdgeKind, timestampNanoseconds: UInt64) {
-        self.kind = kind
-        self.timestampNanoseconds = timestampNanoseconds
-    }
-}
+// are the kernel's event timestamps (monotonic, `GPIOEdgeEvent.timestamp`), passed in, so
+// tests run on made-up time. Each press toggles `measurement:enabled`. This is the only
+// debouncing of the button: the GPIO wrapper reports every edge.
+import GPIO
 
 /// Turns a stream of bouncy edges into presses.
 public struct PressDetector: Sendable {
-    public let pressEdge: EdgeKind
-    public let bounceNanoseconds: UInt64
-    private var lastEdgeNanoseconds: UInt64?
+    public let pressEdge: GPIOEdgeEvent.Kind
+    public let bounce: Duration
+    private var lastEdge: Duration?
 
-    public init(pressEdge: EdgeKind, bounce: Duration) {
-        let c = bounce.components
-        precondition(c.seconds >= 0, "bounce must not be negative")
+    public init(pressEdge: GPIOEdgeEvent.Kind, bounce: Duration) {
+        precondition(bounce >= .zero, "bounce must not be negative")
         self.pressEdge = pressEdge
-        bounceNanoseconds = UInt64(c.seconds) * 1_000_000_000 + UInt64(c.attoseconds / 1_000_000_000)
+        self.bounce = bounce
     }
 
     /// Feeds one edge; returns true when it is a press.
-    public mutating func edge(_ e: EdgeEvent) -> Bool {
-        defer { lastEdgeNanoseconds = e.timestampNanoseconds }
-        if let last = lastEdgeNanoseconds {
+    public mutating func edge(_ e: GPIOEdgeEvent) -> Bool {
+        defer { lastEdge = e.timestamp }
+        if let last = lastEdge {
             // Out-of-order timestamps (should not happen) are treated as inside the burst.
-            guard e.timestampNanoseconds >= last, e.timestampNanoseconds - last >= bounceNanoseconds else { return false }
+            guard e.timestamp >= last, e.timestamp - last >= bounce else { return false }
         }
         return e.kind == pressEdge
     }
@@ -54,7 +41,7 @@ public struct ButtonToggle: Sendable {
     public init(detector: PressDetector) { self.detector = detector }
 
     /// Feeds an edge; returns `.toggle` when it is a press.
-    public mutating func edge(_ e: EdgeEvent) -> ButtonAction {
+    public mutating func edge(_ e: GPIOEdgeEvent) -> ButtonAction {
         guard detector.edge(e) else { return .none }
         presses += 1
         return .toggle

@@ -4,7 +4,7 @@
 import FieldlogCore
 
 /// Keys reachable through `get_config` / `set_config`: never arbitrary Redis keys, as the seed allowed.
-public enum ConfigKey: String, Sendable, CaseIterable {
+enum ConfigKey: String, Sendable, CaseIterable {
     // Writable runtime switches (the seed's Redis keys).
     case measurementEnabled = "measurement:enabled"
     case measurementInterval = "measurement:interval"
@@ -16,7 +16,7 @@ public enum ConfigKey: String, Sendable, CaseIterable {
     case logHead = "log:head"
     case logAcked = "log:acked"
 
-    public var switchKey: SwitchKey? { SwitchKey(rawValue: rawValue) }
+    var switchKey: SwitchKey? { SwitchKey(rawValue: rawValue) }
 
     static var listing: String { allCases.map(\.rawValue).joined(separator: ", ") }
     static var writableListing: String { allCases.filter { $0.switchKey != nil }.map(\.rawValue).joined(separator: ", ") }

@@ -46,26 +46,12 @@ public struct ReplayOutcome: Sendable, Equatable {
     }
 }
 
-/// A replay request: `nil` ends mean oldest retained / head; `count` caps the number of records.
-public struct ReplayRequest: Sendable, Equatable {
-    public var requestID: String?
-    public var from: SequenceNumber?
-    public var to: SequenceNumber?
-    public var count: Int64?
-    public init(requestID: String?, from: SequenceNumber?, to: SequenceNumber?, count: Int64?) {
-        self.requestID = requestID
-        self.from = from
-        self.to = to
-        self.count = count
-    }
-}
-
 /// What commands act on. The device node implements it over its components.
 public protocol CommandEnvironment: Sendable {
     var settings: RuntimeSettings { get }
     func logFacts() async throws -> LogFacts
     /// Republishes a range as batches marked with the request id; returns when done.
-    func replay(_ request: ReplayRequest) async throws -> ReplayOutcome
+    func replay(_ request: ReplayQuery) async throws -> ReplayOutcome
     /// The current status (also published on the status topic by the caller).
     func currentStatus() async throws -> Status
     /// The first retained record at or after `sequence`, with its time; nil when there is none
@@ -230,7 +216,7 @@ public final class CommandHandler: Sendable {
             guard lower != .empty, upper != .empty else { return result(ok()) }  // no record within the times asked
             let from = lower.sequence, to = upper.sequence
             if let from, let to, from > to { return result(ok()) }
-            let outcome = try await environment.replay(ReplayRequest(requestID: id, from: from, to: to, count: count))
+            let outcome = try await environment.replay(ReplayQuery(requestID: id, from: from, to: to, count: count))
             var r = ok()
             r.resent = outcome.resent
             r.notRetained = outcome.notRetained
@@ -241,7 +227,7 @@ public final class CommandHandler: Sendable {
                 throw CommandFailure(code: .invalidArgument,
                                      message: "epoch \(epoch.hex) is not this log's epoch \(facts.epoch.hex); records of an earlier log are gone")
             }
-            let outcome = try await environment.replay(ReplayRequest(requestID: id, from: range.first, to: range.last, count: nil))
+            let outcome = try await environment.replay(ReplayQuery(requestID: id, from: range.first, to: range.last, count: nil))
             var r = ok()
             r.resent = outcome.resent
             r.notRetained = outcome.notRetained

@@ -183,7 +183,7 @@ final class SeenFile {
 }
 
 /// The command-id file could not be read or written (names the file).
-public struct SeenCommandsError: Error, CustomStringConvertible, Sendable {
+struct SeenCommandsError: Error, CustomStringConvertible, Sendable {
     public let description: String
     init(_ description: String) { self.description = description }
 }

@@ -1,4 +1,6 @@
 import FieldlogCore
+import Logging
+import Settings
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -46,8 +48,9 @@ public enum ButtonEdge: String, Sendable, CaseIterable { case rising = "RISING",
 
 /// The whole, validated configuration of `fieldlog-device`.
 ///
-/// Built by `DeviceConfiguration(source:hostName:)` from the merged raw settings; tests build
-/// a `ConfigurationSource` in memory. Every field has the default documented in `Settings`.
+/// Built by `DeviceConfiguration(values:hostName:)` from the resolved settings of
+/// `DeviceSettings.table`; tests resolve them from dictionaries in memory. Every field has the
+/// default and the limits of its row in the table.
 public struct DeviceConfiguration: Sendable {
     public struct Identity: Sendable {
         public var deviceID: DeviceID
@@ -60,14 +63,14 @@ public struct DeviceConfiguration: Sendable {
         public var interval: Duration
         public var enabled: Bool
         public var sensors: [SensorSpec]
-        public var sensorTimeout: Duration
+        var sensorTimeout: Duration
     }
 
     public struct LogSettings: Sendable {
         public var path: String
         public var durability: LogDurabilitySetting
         public var retentionSeconds: Int64
-        public var retentionRecords: Int64
+        var retentionRecords: Int64
         /// 0 = no quota.
         public var maxBytes: Int64
         public var quotaPolicy: QuotaPolicySetting
@@ -78,7 +81,7 @@ public struct DeviceConfiguration: Sendable {
         public var host: String
         public var port: Int
         public var database: Int
-        public var streamMaxLength: Int
+        var streamMaxLength: Int
     }
 
     public struct Topics: Sendable {
@@ -98,21 +101,21 @@ public struct DeviceConfiguration: Sendable {
         public var clientID: String
         public var username: String
         public var password: String?
-        public var tlsEnabled: Bool
-        public var tlsInsecure: Bool
-        public var tlsCACerts: String?
-        public var tlsCertFile: String?
-        public var tlsKeyFile: String?
+        var tlsEnabled: Bool
+        var tlsInsecure: Bool
+        var tlsCACerts: String?
+        var tlsCertFile: String?
+        var tlsKeyFile: String?
         public var topics: Topics
     }
 
     public struct SyncSettings: Sendable {
         public var enabled: Bool
         public var interval: Duration
-        public var batchMaxRecords: Int
+        var batchMaxRecords: Int
         public var batchMaxBytes: Int
         public var window: Int
-        public var resendTimeout: Duration
+        var resendTimeout: Duration
         /// How batches are encoded (`SYNC_ENCODING`, spec §3.7).
         public var encoding: BatchEncoding
     }
@@ -129,7 +132,7 @@ public struct DeviceConfiguration: Sendable {
     public struct CommandSettings: Sendable {
         /// Argument vector of the reboot command; empty = disabled.
         public var rebootCommand: [String]
-        public var seenIDsMax: Int
+        var seenIDsMax: Int
     }
 
     public struct StatusSettings: Sendable {
@@ -147,61 +150,57 @@ public struct DeviceConfiguration: Sendable {
     public var button: ButtonSettings
     public var commands: CommandSettings
     public var status: StatusSettings
-    public var logLevel: String
-    /// The raw values, for `config check`.
-    public var source: ConfigurationSource
+    public var logLevel: Logger.Level
+    /// The resolved values with their sources, for `config check`.
+    public var values: SettingValues
+
+    /// What `fieldlog-device` reads at start: `--set` values, the environment, the file named by
+    /// `--config` or `$FIELDLOG_CONFIG`; validated.
+    public static func load(configOption: String?, commandLine: [CommandLineSetting], environment: [String: String]) throws(ConfigurationError) -> DeviceConfiguration {
+        let values = try SettingValues.load(table: DeviceSettings.table, commandLine: commandLine,
+                                            environment: EnvironmentLayer(environment), configOption: configOption)
+        return try DeviceConfiguration(values: values)
+    }
 
     /// Validates every setting; throws one error listing every problem.
-    public init(source: ConfigurationSource, hostName: String = ProcessInfo.processInfo.hostName) throws(ConfigurationError) {
-        var r = Reader(source: source)
+    public init(values: SettingValues, hostName: String = ProcessInfo.processInfo.hostName) throws(ConfigurationError) {
+        precondition(values.table.program == DeviceSettings.table.program, "values of another program's table")
+        var r = SettingsReader(values)
 
-        // Identity
-        let idRaw: RawSetting
-        if let v = source.values["FIELDLOG_DEVICE_ID"], !v.value.isEmpty { idRaw = v }
-        else if let v = source.values["BALENA_DEVICE_UUID"], !v.value.isEmpty { idRaw = v }
-        else { idRaw = RawSetting(value: hostName, source: .builtIn) }
+        // Identity: FIELDLOG_DEVICE_ID, else BALENA_DEVICE_UUID, else the host name.
+        let idName = r.optional("FIELDLOG_DEVICE_ID") != nil ? "FIELDLOG_DEVICE_ID" : (r.optional("BALENA_DEVICE_UUID") != nil ? "BALENA_DEVICE_UUID" : nil)
+        let idRaw = idName.map { r.raw($0) } ?? RawSetting(value: hostName, source: .builtIn, name: "FIELDLOG_DEVICE_ID (from host name)")
         var deviceID = try! DeviceID("unset")
         do { deviceID = try DeviceID(idRaw.value) } catch {
-            r.problems.append(.init(setting: source.values["FIELDLOG_DEVICE_ID"] != nil ? "FIELDLOG_DEVICE_ID" : (source.values["BALENA_DEVICE_UUID"] != nil ? "BALENA_DEVICE_UUID" : "FIELDLOG_DEVICE_ID (from host name)"),
-                                    value: idRaw.value, source: idRaw.source, allowed: "1…64 characters from A-Z a-z 0-9 . _ -"))
+            r.problem(ConfigurationProblem(setting: idRaw.name, value: idRaw.value, source: idRaw.source, allowed: "1…64 characters from A-Z a-z 0-9 . _ -"))
         }
         identity = Identity(deviceID: deviceID, deviceType: r.string("BALENA_DEVICE_TYPE"),
                             appID: r.string("BALENA_APP_ID"), appName: r.string("BALENA_APP_NAME"))
 
         sampling = Sampling(
-            interval: r.seconds("INTERVAL_SECONDS", 0.01...86400),
+            interval: r.seconds("INTERVAL_SECONDS"),
             enabled: r.bool("MEASUREMENT_ENABLED"),
             sensors: r.sensors("SENSORS"),
-            sensorTimeout: r.seconds("SENSOR_TIMEOUT_SECONDS", 0.1...60))
+            sensorTimeout: r.seconds("SENSOR_TIMEOUT_SECONDS"))
 
         log = LogSettings(
             path: r.nonEmpty("LOG_PATH"),
             durability: r.choice("LOG_DURABILITY", LogDurabilitySetting.self),
-            retentionSeconds: r.integer("LOG_RETENTION_SECONDS", 0...315_360_000),
-            retentionRecords: r.integer("LOG_RETENTION_RECORDS", 0...1_000_000_000),
-            maxBytes: r.bytes("LOG_MAX_BYTES", 0...(1 << 50)),
+            retentionSeconds: r.integer("LOG_RETENTION_SECONDS"),
+            retentionRecords: r.integer("LOG_RETENTION_RECORDS"),
+            maxBytes: r.bytes("LOG_MAX_BYTES"),
             quotaPolicy: r.choice("LOG_QUOTA_POLICY", QuotaPolicySetting.self))
         if log.maxBytes != 0 && log.maxBytes < 65536 {
-            r.problems.append(.init(setting: "LOG_MAX_BYTES", value: source.values["LOG_MAX_BYTES"]?.value ?? "",
-                                    source: source.values["LOG_MAX_BYTES"]?.source ?? .builtIn,
-                                    allowed: "0 (no quota) or at least 64k: a smaller file cannot hold the log's own pages"))
+            r.problem("LOG_MAX_BYTES", "0 (no quota) or at least 64k: a smaller file cannot hold the log's own pages")
         }
 
         redis = RedisSettings(
             enabled: r.bool("REDIS_ENABLE"), host: r.nonEmpty("REDIS_HOST"),
-            port: Int(r.integer("REDIS_PORT", 1...65535)), database: Int(r.integer("REDIS_DB", 0...15)),
-            streamMaxLength: Int(r.integer("REDIS_STREAM_MAXLEN", 100...10_000_000)))
+            port: r.int("REDIS_PORT"), database: r.int("REDIS_DB"),
+            streamMaxLength: r.int("REDIS_STREAM_MAXLEN"))
 
-        // Topics: the protocol's templates and environment names (Sync.TopicTemplates), so the
-        // device and the backend read the same settings the same way.
-        var topicEnv: [String: String] = [:]
-        for (k, v) in source.values where k.hasPrefix("FIELDLOG_TOPIC_") || k.hasPrefix("MQTT_TOPIC_") { topicEnv[k] = v.value }
-        var templates = TopicTemplates.defaults
-        do { templates = try TopicTemplates.fromEnvironment(topicEnv) } catch {
-            let name = error.description.split(separator: ":").first.map(String.init) ?? "FIELDLOG_TOPIC_*"
-            let raw = source.values[name]
-            r.problems.append(.init(setting: name, value: raw?.value ?? "", source: raw?.source ?? .builtIn, allowed: error.description))
-        }
+        // Topics: the protocol's templates (Sync.TopicTemplates), read the same way as the backend reads them.
+        let templates = r.topicTemplates()
         let ident = DeviceIdentity(deviceType: identity.deviceType.isEmpty ? "unknown" : identity.deviceType,
                                    appID: identity.appID.isEmpty ? "0" : identity.appID,
                                    appName: identity.appName.isEmpty ? "fieldlog" : identity.appName)
@@ -215,8 +214,8 @@ public struct DeviceConfiguration: Sendable {
         let tls = r.bool("MQTT_TLS_ENABLE")
         mqtt = MQTTSettings(
             enabled: r.bool("MQTT_ENABLE"), host: r.nonEmpty("MQTT_HOST"),
-            port: Int(r.integer("MQTT_PORT", 1...65535)),
-            keepAliveSeconds: Int(r.integer("MQTT_KEEPALIVE_SECONDS", 5...65535)),
+            port: r.int("MQTT_PORT"),
+            keepAliveSeconds: r.int("MQTT_KEEPALIVE_SECONDS"),
             clientID: r.optional("MQTT_CLIENT_ID") ?? deviceID.rawValue,
             username: r.optional("MQTT_USERNAME") ?? deviceID.rawValue,
             password: r.optional("MQTT_PASSWORD"),
@@ -226,186 +225,61 @@ public struct DeviceConfiguration: Sendable {
             tlsKeyFile: r.readableFile("MQTT_TLS_KEYFILE", needed: tls),
             topics: topics)
         if tls && (mqtt.tlsCertFile == nil) != (mqtt.tlsKeyFile == nil) {
-            r.problems.append(.init(setting: "MQTT_TLS_CERTFILE/MQTT_TLS_KEYFILE", value: mqtt.tlsCertFile ?? mqtt.tlsKeyFile ?? "",
-                                    source: .environment, allowed: "set both (client certificate and its key) or neither"))
+            r.problem(mqtt.tlsCertFile == nil ? "MQTT_TLS_KEYFILE" : "MQTT_TLS_CERTFILE",
+                      "set both MQTT_TLS_CERTFILE and MQTT_TLS_KEYFILE (client certificate and its key) or neither")
         }
 
         sync = SyncSettings(
-            enabled: r.bool("SYNC_ENABLED"), interval: r.seconds("SYNC_INTERVAL_SECONDS", 0.05...3600),
-            batchMaxRecords: Int(r.integer("SYNC_BATCH_MAX_RECORDS", 1...1000)),
-            batchMaxBytes: Int(r.bytes("SYNC_BATCH_MAX_BYTES", 32768...262_144)),
-            window: Int(r.integer("SYNC_WINDOW", 1...64)),
-            resendTimeout: r.seconds("SYNC_RESEND_SECONDS", 0.5...3600),
+            enabled: r.bool("SYNC_ENABLED"), interval: r.seconds("SYNC_INTERVAL_SECONDS"),
+            batchMaxRecords: r.int("SYNC_BATCH_MAX_RECORDS"),
+            batchMaxBytes: Int(r.bytes("SYNC_BATCH_MAX_BYTES")),
+            window: r.int("SYNC_WINDOW"),
+            resendTimeout: r.seconds("SYNC_RESEND_SECONDS"),
             encoding: r.choice("SYNC_ENCODING", BatchEncoding.self))
 
         button = ButtonSettings(
             enabled: r.bool("BUTTON_ENABLE"), chip: r.nonEmpty("BUTTON_CHIP"),
-            line: Int(r.integer("BUTTON_PIN", 0...1023)),
-            bias: r.choice("BUTTON_PULL_UP_DOWN", ButtonBias.self, uppercase: true),
-            edge: r.choice("BUTTON_EVENT", ButtonEdge.self, uppercase: true),
-            bounce: .milliseconds(r.integer("BUTTON_BOUNCE_MILLIS", 0...10000)))
+            line: r.int("BUTTON_PIN"),
+            bias: r.choice("BUTTON_PULL_UP_DOWN", ButtonBias.self),
+            edge: r.choice("BUTTON_EVENT", ButtonEdge.self),
+            bounce: .milliseconds(r.integer("BUTTON_BOUNCE_MILLIS")))
 
         commands = CommandSettings(
-            rebootCommand: r.commandLine("COMMAND_REBOOT", allowEmpty: true),
-            seenIDsMax: Int(r.integer("COMMAND_SEEN_IDS_MAX", 100...1_000_000)))
+            rebootCommand: r.commandLine("COMMAND_REBOOT"),
+            seenIDsMax: r.int("COMMAND_SEEN_IDS_MAX"))
 
-        status = StatusSettings(host: r.nonEmpty("STATUS_HTTP_HOST"), port: Int(r.integer("STATUS_HTTP_PORT", 0...65535)))
-        logLevel = r.oneOf("LOG_LEVEL", ["trace", "debug", "info", "notice", "warning", "error", "critical"])
-        self.source = source
-
-        let all = source.problems + r.problems
-        if !all.isEmpty { throw ConfigurationError(problems: all) }
+        status = StatusSettings(host: r.nonEmpty("STATUS_HTTP_HOST"), port: r.int("STATUS_HTTP_PORT"))
+        logLevel = r.choice("LOG_LEVEL", Logger.Level.self)
+        self.values = values
+        try r.finish()
     }
 
-    /// The effective configuration as `KEY=value  # source` lines, secrets masked.
+    /// The effective configuration as `KEY=value  # source` lines, secrets masked, with what
+    /// the program made of the settings it derives values from.
     public func effectiveDescription() -> String {
-        var out: [String] = []
-        var group = ""
-        for s in Settings.all {
-            if s.group != group {
-                group = s.group
-                out.append("# [\(group)]")
-            }
-            let raw = source.values[s.name]
-            var value = raw?.value ?? ""
-            if s.secret && !value.isEmpty { value = "********" }
-            var derived = ""
-            switch s.name {
-            case "FIELDLOG_DEVICE_ID": derived = " (effective: \(identity.deviceID))"
-            case "MQTT_CLIENT_ID": derived = raw == nil ? " (effective: \(mqtt.clientID))" : ""
-            case "MQTT_USERNAME": derived = raw == nil ? " (effective: \(mqtt.username))" : ""
-            case "FIELDLOG_TOPIC_BATCH": derived = " (effective: \(mqtt.topics.values))"
-            case "FIELDLOG_TOPIC_ACK": derived = " (effective: \(mqtt.topics.ack))"
-            case "FIELDLOG_TOPIC_STATUS": derived = " (effective: \(mqtt.topics.status))"
-            case "FIELDLOG_TOPIC_REQUEST": derived = " (effective: \(mqtt.topics.request))"
-            case "FIELDLOG_TOPIC_RESPONSE": derived = " (effective: \(mqtt.topics.response))"
-            case "FIELDLOG_TOPIC_BROADCAST": derived = " (effective: \(mqtt.topics.broadcast))"
-            default: break
-            }
-            out.append("\(s.name)=\(value)  # \(raw?.source.description ?? "unset")\(derived)")
-        }
-        return out.joined(separator: "\n")
+        var effective = [
+            "FIELDLOG_DEVICE_ID": identity.deviceID.rawValue,
+            "FIELDLOG_TOPIC_BATCH": mqtt.topics.values, "FIELDLOG_TOPIC_ACK": mqtt.topics.ack,
+            "FIELDLOG_TOPIC_STATUS": mqtt.topics.status, "FIELDLOG_TOPIC_REQUEST": mqtt.topics.request,
+            "FIELDLOG_TOPIC_RESPONSE": mqtt.topics.response, "FIELDLOG_TOPIC_BROADCAST": mqtt.topics.broadcast,
+        ]
+        if values["MQTT_CLIENT_ID"] == nil { effective["MQTT_CLIENT_ID"] = mqtt.clientID }
+        if values["MQTT_USERNAME"] == nil { effective["MQTT_USERNAME"] = mqtt.username }
+        return values.effectiveDescription(effective: effective)
     }
 }
 
-/// Reads typed values from the raw settings, collecting problems instead of stopping at the first.
-struct Reader {
-    let source: ConfigurationSource
-    var problems: [ConfigurationProblem] = []
-
-    init(source: ConfigurationSource) { self.source = source }
-
-    private func raw(_ name: String) -> RawSetting {
-        precondition(Settings.byName[name] != nil, "setting \(name) is not in the table")
-        return source.values[name] ?? RawSetting(value: "", source: .builtIn)
-    }
-
-    private mutating func problem(_ name: String, _ allowed: String) {
-        let r = raw(name)
-        problems.append(.init(setting: name, value: r.value, source: r.source, allowed: allowed))
-    }
-
-    mutating func string(_ name: String) -> String { raw(name).value }
-
-    mutating func optional(_ name: String) -> String? {
-        let v = raw(name).value
-        return v.isEmpty ? nil : v
-    }
-
-    mutating func nonEmpty(_ name: String) -> String {
-        let v = raw(name).value.trimmed(.spaces)
-        if v.isEmpty { problem(name, "must not be empty") }
-        return v
-    }
-
-    mutating func bool(_ name: String) -> Bool {
-        switch raw(name).value.trimmed(.spaces).lowercased() {
-        case "1", "true", "yes", "on": return true
-        case "0", "false", "no", "off": return false
-        default:
-            problem(name, "a boolean: true/false, 1/0, yes/no or on/off")
-            return false
-        }
-    }
-
-    mutating func integer(_ name: String, _ range: ClosedRange<Int64>) -> Int64 {
-        let v = raw(name).value.trimmed(.spaces)
-        guard let n = Int64(v), range.contains(n) else {
-            problem(name, "a whole number in \(range.lowerBound)…\(range.upperBound)")
-            return range.lowerBound
-        }
-        return n
-    }
-
-    /// Bytes with an optional k/M/G suffix (powers of 1024).
-    mutating func bytes(_ name: String, _ range: ClosedRange<Int64>) -> Int64 {
-        var v = raw(name).value.trimmed(.spaces)
-        var factor: Int64 = 1
-        switch v.last {
-        case "k", "K": factor = 1024
-        case "m", "M": factor = 1024 * 1024
-        case "g", "G": factor = 1024 * 1024 * 1024
-        default: break
-        }
-        if factor != 1 { v.removeLast() }
-        guard let n = Int64(v), n >= 0, n <= Int64.max / factor, range.contains(n * factor) else {
-            problem(name, "a size in bytes in \(range.lowerBound)…\(range.upperBound), optionally with suffix k, M or G")
-            return range.lowerBound
-        }
-        return n * factor
-    }
-
-    mutating func seconds(_ name: String, _ range: ClosedRange<Double>) -> Duration {
-        let v = raw(name).value.trimmed(.spaces)
-        guard let d = Double(v), d.isFinite, range.contains(d) else {
-            problem(name, "a number of seconds in \(range.lowerBound)…\(range.upperBound) (decimals allowed)")
-            return .seconds(range.lowerBound)
-        }
-        return .milliseconds(Int64((d * 1000).rounded()))
-    }
-
-    mutating func choice<T: RawRepresentable & CaseIterable>(_ name: String, _: T.Type, uppercase: Bool = false) -> T where T.RawValue == String {
-        var v = raw(name).value.trimmed(.spaces)
-        v = uppercase ? v.uppercased() : v.lowercased()
-        guard let c = T(rawValue: v) else {
-            problem(name, "one of " + T.allCases.map(\.rawValue).joined(separator: ", ") + (uppercase ? " (case does not matter)" : ""))
-            return T.allCases.first!
-        }
-        return c
-    }
-
-    mutating func oneOf(_ name: String, _ allowed: [String]) -> String {
-        let v = raw(name).value.trimmed(.spaces).lowercased()
-        guard allowed.contains(v) else {
-            problem(name, "one of " + allowed.joined(separator: ", "))
-            return allowed[0]
-        }
-        return v
-    }
-
-    mutating func readableFile(_ name: String, needed: Bool) -> String? {
-        guard let v = optional(name) else { return nil }
-        if needed && !FileManager.default.isReadableFile(atPath: v) {
-            problem(name, "a readable file (it does not exist or cannot be read)")
-        }
-        return v
-    }
-
-    mutating func commandLine(_ name: String, allowEmpty: Bool) -> [String] {
-        let v = raw(name).value
-        do {
-            let args = try CommandLineSplitter.split(v)
-            if args.isEmpty && !allowEmpty { problem(name, "a command line") }
-            return args
-        } catch {
+/// The device's own kinds of value: a command line, a sensor list.
+extension SettingsReader {
+    mutating func commandLine(_ name: String) -> [String] {
+        do { return try CommandLineSplitter.split(string(name)) } catch {
             problem(name, "a command line: \(error)")
             return []
         }
     }
 
     mutating func sensors(_ name: String) -> [SensorSpec] {
-        let v = raw(name).value
-        do { return try SensorSpec.parseList(v) } catch {
+        do { return try SensorSpec.parseList(string(name)) } catch {
             problem(name, "\(error.description); format: `name=kind[:argument]` separated by `;`, kinds simulated[:seed], iio:PATH, w1:ID-or-PATH, command:COMMAND LINE")
             return []
         }

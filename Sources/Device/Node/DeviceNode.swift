@@ -97,7 +97,7 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
         return LogFacts(deviceID: log.deviceID, epoch: log.epoch, head: head, ackedThrough: acked)
     }
 
-    public func replay(_ request: ReplayRequest) async throws -> ReplayOutcome {
+    public func replay(_ request: ReplayQuery) async throws -> ReplayOutcome {
         guard let agent else { throw CommandFailure(code: .failed, message: "the sync agent does not run in this process") }
         return try await agent.replay(request)
     }
@@ -144,7 +144,7 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
                   ("data_received_bytes", .integer(u.receivedBytes))]
         }
         if let e = await recent.lastError { m.append(("last_sampling_problem", .string(e))) }
-        if let gap = await recent.appendGapMax { m.append(("append_gap_max_seconds", .double(gap / .seconds(1)))) }
+        if let gap = await recent.appendGapMax { m.append(("append_gap_max_seconds", .double(gap.inSeconds))) }
         m.append(("components", health.json()))
         m.append(("clock_synchronized", .bool(WallClock.isSynchronized())))
         return .object(m)
@@ -153,7 +153,7 @@ public final class NodeEnvironment: CommandEnvironment, StatusProvider, @uncheck
 
 public enum DeviceNode {
     /// The log settings from the device configuration.
-    public static func logConfiguration(_ c: DeviceConfiguration) -> LogConfiguration {
+    static func logConfiguration(_ c: DeviceConfiguration) -> LogConfiguration {
         var l = LogConfiguration(durability: c.log.durability == .full ? .full : .normal)
         l.retentionMaxAge = c.log.retentionSeconds == 0 ? .zero : .seconds(c.log.retentionSeconds)
         l.retentionMaxCount = Int(c.log.retentionRecords)
@@ -164,7 +164,7 @@ public enum DeviceNode {
 
     /// The MQTT client settings: persistent session (clean start false, 7 days' expiry) so
     /// commands reach an offline device, the retained `offline` status as last will.
-    public static func mqttConfiguration(_ c: DeviceConfiguration) -> MQTTConfiguration {
+    static func mqttConfiguration(_ c: DeviceConfiguration) -> MQTTConfiguration {
         let will = MQTTConfiguration.Will(topic: c.mqtt.topics.status, payload: SyncCodec.encode(Status.lastWill(device: c.identity.deviceID)),
                                           qos: .atLeastOnce, retain: true, properties: .init(contentType: SyncCodec.contentType))
         var tls: MQTTConfiguration.TLS? = nil

@@ -49,7 +49,7 @@ public final class ComponentHealth: @unchecked Sendable {
         /// How often the component failed (stopped with an error) since start.
         public var failures: Int
         /// Wall time of the last change of state.
-        public var sinceUnixMilliseconds: Int64
+        var sinceUnixMilliseconds: Int64
     }
 
     /// A component's handle to say how it is doing.

@@ -56,7 +56,7 @@ public enum SwitchValue: Hashable, Sendable {
     case interval(Duration)
 
     /// The text stored in Redis (the seed's format: "0"/"1", seconds as a decimal).
-    public var redisText: String {
+    var redisText: String {
         switch self {
         case .enabled(let b): return b ? "1" : "0"
         case .interval(let d): return formatSeconds(d)
@@ -65,7 +65,7 @@ public enum SwitchValue: Hashable, Sendable {
 }
 
 func formatSeconds(_ d: Duration) -> String {
-    let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+    let ms = d.inMilliseconds
     if ms % 1000 == 0 { return String(ms / 1000) }
     return String(Double(ms) / 1000)
 }
@@ -161,14 +161,14 @@ public actor RuntimeSettings {
         for (k, v) in written where pendingWrites[k] == v { pendingWrites[k] = nil }
     }
 
-    public func setRedisAvailable(_ available: Bool) { redisAvailable = available }
+    func setRedisAvailable(_ available: Bool) { redisAvailable = available }
 
     /// Waits until a switch changes or `timeout` passes (the sampler and sender sleep here,
     /// so a switch flipped from 1 h to 1 s takes effect at once). With `orAppend`, a record
     /// appended in this process (`appended()`) ends the wait too: the sender publishes a new
     /// reading at once instead of up to one sender interval later. Ends at once when the task
     /// is cancelled.
-    public nonisolated func waitForChange(timeout: Duration, orAppend: Bool = false) async {
+    nonisolated func waitForChange(timeout: Duration, orAppend: Bool = false) async {
         let id = waiters.withLock { $0.newID() }
         await withTaskGroup(of: Void.self) { group in
             // The timer: a child task on the waiter's executor (the log's thread in fieldlog-device).

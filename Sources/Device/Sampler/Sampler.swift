@@ -26,19 +26,16 @@ public protocol ReadingLog: Sendable {
     func append(_ values: SensorValues, timestamp: DeviceTimestamp, missingSensors: [String]) async throws -> SequenceNumber
 }
 
-/// The wall clock and whether the kernel believes it is synchronised (NTP).
-public enum WallClock {
+/// FieldlogCore's wall clock, with whether the kernel believes it is synchronised (NTP).
+extension WallClock {
+    /// Now, flagged when the clock is not synchronised.
     public static func now() -> DeviceTimestamp {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        // TestFaults: the outage lab's clock jumps (0 unless FIELDLOG_FAULT_CLOCK_OFFSET_FILE is set).
-        let ms = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000 + TestFaults.wallClockOffsetMs()
-        return DeviceTimestamp(unixMilliseconds: ms, clockUnsynchronized: !isSynchronized())
+        DeviceTimestamp(unixMilliseconds: unixMilliseconds(), clockUnsynchronized: !isSynchronized())
     }
 
     /// `adjtimex` reports TIME_ERROR while the clock is unsynchronised (no NTP yet, an RTC-less
     /// board after boot). A failed query counts as synchronised (unknown is not flagged).
-    public static func isSynchronized() -> Bool {
+    static func isSynchronized() -> Bool {
         fieldlog_clock_unsynchronized() != 1
     }
 }
@@ -54,7 +51,7 @@ public actor RecentReadings {
     public let capacity: Int
     private(set) var entries: [Entry] = []
     public private(set) var lastError: String?
-    public private(set) var lastErrorAt: DeviceTimestamp?
+    private(set) var lastErrorAt: DeviceTimestamp?
 
     public init(capacity: Int = 120) {
         precondition(capacity > 0)
@@ -69,7 +66,7 @@ public actor RecentReadings {
     private(set) var consecutiveAppendFailures = 0
     private var lastAppendAt: ContinuousClock.Instant?
     /// Longest time between two consecutive appends so far (nil before the second append).
-    public private(set) var appendGapMax: Duration?
+    private(set) var appendGapMax: Duration?
 
     /// Notes an append at `at`; returns the longest gap so far.
     func appended(at: ContinuousClock.Instant) -> Duration? {
@@ -181,7 +178,7 @@ public struct Sampler: Service {
             let appendedAt = ContinuousClock.now
             metrics.appendLatency.record(appendedAt - start)
             metrics.appends.increment()
-            if let gap = await recent.appended(at: appendedAt) { metrics.appendGapMax.set(gap / .seconds(1)) }
+            if let gap = await recent.appended(at: appendedAt) { metrics.appendGapMax.set(gap.inSeconds) }
             metrics.head.set(Double(seq.rawValue))
             await settings.appended()
             await recent.add(.init(sequence: seq, timestamp: timestamp, values: reading.values, missing: reading.missingSensors))

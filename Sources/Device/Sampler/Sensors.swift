@@ -37,7 +37,7 @@ public protocol SensorSource: Sendable {
 }
 
 /// Builds the source for a configured sensor.
-public func makeSensorSource(_ spec: SensorSpec, timeout: Duration) -> any SensorSource {
+func makeSensorSource(_ spec: SensorSpec, timeout: Duration) -> any SensorSource {
     switch spec.kind {
     case .simulated(let seed): return SimulatedSensor(name: spec.name, seed: seed)
     case .iio(let path): return IIOSensor(name: spec.name, path: path)
@@ -51,30 +51,22 @@ public func makeSensorSource(_ spec: SensorSpec, timeout: Duration) -> any Senso
 /// A seeded random walk between 0 and 100, so the device runs (and tests run) anywhere.
 /// The same seed gives the same series.
 public final class SimulatedSensor: SensorSource, @unchecked Sendable {
-    // @unchecked: `state` and `value` are only touched under `lock`.
+    // @unchecked: `random` and `value` are only touched under `lock`.
     public let name: String
     private let lock = Lock()
-    private var state: UInt64
+    /// Tiny, fast, good enough for a walk, and reproducible from the seed.
+    private var random: SplitMix64
     private var value: Double
 
     public init(name: String, seed: UInt64) {
         self.name = name
-        state = seed
+        random = SplitMix64(seed: seed)
         value = 50
-    }
-
-    /// SplitMix64: tiny, fast, good enough for a walk, and reproducible from the seed.
-    private func nextRandom() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 
     public func read() throws(SensorError) -> [String: SensorValue] {
         lock.withLock {
-            let unit = Double(nextRandom() >> 11) / Double(1 << 53)  // [0, 1)
+            let unit = random.nextDouble()  // [0, 1)
             value = min(100, max(0, value + (unit - 0.5) * 2))
             // Two decimals, as a real sensor would give, so logs stay readable.
             return [name: .number((value * 100).rounded() / 100)]
@@ -334,7 +326,7 @@ public struct CommandSensor: SensorSource {
             let left = deadline - .now
             guard left > .zero else { throw killed("did not finish within \(timeout); killed") }
             var p = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
-            let ms = Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
+            let ms = Int32(clamping: max(1, left.inMilliseconds))
             let ready = poll(&p, 1, ms)
             if ready < 0 && errno == EINTR { continue }
             guard ready >= 0 else { throw killed("could not be read: \(SysfsFile.errnoText())") }

@@ -11,22 +11,22 @@ public final class DeviceMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
 
     public let appends: Counter
-    public let appendFailures: Counter
-    public let appendLatency: DurationHistogram
-    public let appendGapMax: Gauge
-    public let readingsSkipped: Counter
-    public let batchesSent: Counter
+    let appendFailures: Counter
+    let appendLatency: DurationHistogram
+    let appendGapMax: Gauge
+    let readingsSkipped: Counter
+    let batchesSent: Counter
     public let resends: Counter
     public let acks: Counter
     public let backlog: Gauge
     public let head: Gauge
     public let ackedThrough: Gauge
     public let reconnects: Counter
-    public let mqttConnected: Gauge
+    let mqttConnected: Gauge
     public let redisAvailable: Gauge
     public let commands: Counter
-    public let commandErrors: Counter
-    public let buttonPresses: Counter
+    let commandErrors: Counter
+    let buttonPresses: Counter
     /// MQTT bytes sent and received, in all and today (the sync agent's client reports them).
     public let dataBudget: DataBudget
     private let sensorErrorCounters = Mutex<[String: Counter]>([:])
@@ -60,7 +60,7 @@ public final class DeviceMetrics: Sendable {
     }
 
     /// Counts a failed read of one sensor (labelled by sensor name).
-    public func sensorError(_ sensor: String) {
+    func sensorError(_ sensor: String) {
         sensorErrorCounters.withLock { counters in
             if let c = counters[sensor] { return c }
             let c = registry.makeCounter(descriptor: Self.d("sensor_errors_total", "Failed sensor reads."), labels: [("sensor", sensor)])

@@ -19,7 +19,7 @@ public protocol StatusProvider: Sendable {
     var metrics: DeviceMetrics { get }
 }
 
-public enum StatusServer {
+enum StatusServer {
     /// The router, also used by in-process tests.
     public static func buildRouter(_ provider: any StatusProvider) -> Router<BasicRequestContext> {
         let router = Router()

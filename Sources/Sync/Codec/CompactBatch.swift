@@ -53,7 +53,7 @@ public enum CompactBatchCodec {
     }
 
     /// Whether `bytes` start like a compact batch (any version).
-    public static func isCompact(_ bytes: [UInt8]) -> Bool {
+    static func isCompact(_ bytes: [UInt8]) -> Bool {
         bytes.count >= magic.count && bytes[0] == magic[0] && bytes[1] == magic[1] && bytes[2] == magic[2]
     }
 

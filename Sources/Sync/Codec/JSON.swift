@@ -53,7 +53,7 @@ public enum JSONValue: Hashable, Sendable {
     }
 
     /// A short name of the kind, for error messages.
-    public var kindName: String {
+    var kindName: String {
         switch self {
         case .null: return "null"
         case .bool: return "boolean"
@@ -75,7 +75,7 @@ public struct JSONSyntaxError: Error, Hashable, Sendable, CustomStringConvertibl
 /// Strict RFC 8259 reader over UTF-8 bytes.
 public struct JSONReader {
     /// Deepest nesting of arrays/objects accepted; protocol messages need 4.
-    public static let maxDepth = 16
+    static let maxDepth = 16
 
     private let bytes: [UInt8]
     private var i = 0

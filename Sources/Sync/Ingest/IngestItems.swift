@@ -42,7 +42,7 @@ public struct StoreRequest: Hashable, Sendable {
     /// The same batch with every record kept aside as rejected for `reason` (loss markers keep
     /// their range and reason, without detail): what the ingest stores when the database
     /// refused the batch as it was, so the range is still accounted for and the device moves on.
-    public func rejectingAllRecords(reason: String) -> StoreRequest {
+    func rejectingAllRecords(reason: String) -> StoreRequest {
         var r = self
         r.rejected = (rejected + records.map { RejectedRecord(sequence: $0.sequence, reason: reason, excerpt: SyncCodec.excerpt(of: $0)) })
             .sorted { $0.sequence < $1.sequence }
@@ -117,7 +117,7 @@ public struct ResponseRecord: Hashable, Sendable {
     }
 
     /// Longest outcome text (the column holds 32 characters).
-    public static let maxOutcomeBytes = 32
+    static let maxOutcomeBytes = 32
 
     /// "ok", "resent 5…9", "not-retained 1…4", or the error code; at most 32 bytes.
     public static func outcome(of r: CommandResponse) -> String {
@@ -194,7 +194,7 @@ public enum IngestItem: Hashable, Sendable {
 }
 
 /// Cutting text to a byte limit without splitting a character.
-public enum TextLimit {
+enum TextLimit {
     /// The longest prefix of `s` of at most `maxBytes` UTF-8 bytes that ends on a character boundary.
     public static func prefix(_ s: String, maxBytes: Int) -> String {
         guard s.utf8.count > maxBytes else { return s }
@@ -210,7 +210,7 @@ public enum TextLimit {
     }
 
     /// Like `prefix`, with "…" appended when something was cut (the result stays within `maxBytes`).
-    public static func clip(_ s: String, maxBytes: Int) -> String {
+    static func clip(_ s: String, maxBytes: Int) -> String {
         guard s.utf8.count > maxBytes else { return s }
         return prefix(s, maxBytes: maxBytes - 3) + "…"
     }

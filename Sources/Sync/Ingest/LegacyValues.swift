@@ -27,11 +27,11 @@ public struct LegacyValues: Hashable, Sendable {
     public var readings: [LegacyReading]
 
     /// Most readings in one message.
-    public static let maxReadings = 10_000
+    static let maxReadings = 10_000
     /// Longest `_device_type`, `_app_id`, `_app_name` kept (longer ones are cut).
-    public static let maxMetaBytes = 128
+    static let maxMetaBytes = 128
     /// Longest stream id ("ms-n": 20 + 1 + 20 digits).
-    public static let maxStreamIDBytes = 41
+    static let maxStreamIDBytes = 41
 
     /// Decodes a seed values list for the topic's `device`. Errors carry a dead-letter reason:
     /// `oversize`, `legacy-malformed` or `device-mismatch`.

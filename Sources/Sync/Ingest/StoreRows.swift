@@ -20,15 +20,17 @@ public struct StoreRows: Hashable, Sendable {
     }
     /// `epochs` (INSERT IGNORE).
     public struct Epoch: Hashable, Sendable { public var device: String; public var epoch: UInt64 }
-    /// `readings` (INSERT IGNORE on device, epoch, seq): one row per reading, its values in
-    /// `vals` (schema v7; `reading_values` is a view over it, docs/backend.md).
+    /// `readings` (INSERT IGNORE on device, epoch, seq): one row per reading, its numbers in
+    /// `vals` and its texts in `texts` (schema 8; `reading_values` is a view over both, docs/backend.md).
     public struct Reading: Hashable, Sendable {
         public var device: String, epoch: UInt64, seq: UInt64, deviceMs: Int64
         public var deviceTime: String?
         public var unsynchronized: Bool
         public var missingSensors: String?
-        /// The values as a JSON array, sensors in name order: `[{"s":"temp","n":21.5},{"s":"state","t":"on"}]`.
+        /// The numbers as a JSON object, sensors in name order: `{"hum":40.5,"temp":21.5}`.
         public var vals: String
+        /// The texts likewise (`{"state":"on"}`), nil when the reading has none (most have none).
+        public var texts: String?
     }
     /// `device_sensors` (INSERT IGNORE on device, sensor): the sensors a device has sent, so a
     /// list of them never scans its readings.
@@ -41,7 +43,10 @@ public struct StoreRows: Hashable, Sendable {
     public struct Range: Hashable, Sendable { public var device: String, epoch: UInt64, first: UInt64, last: UInt64 }
     /// `dead_letters` (INSERT IGNORE: a rejected record is unique by device, epoch, seq).
     public struct DeadLetterRow: Hashable, Sendable {
-        public var topic: String, reason: String, detail: String
+        public var topic: String
+        /// Stored as its raw value (the enum's cases are the column's only values).
+        public var reason: DeadLetterReason
+        public var detail: String
         public var device: String?, epoch: UInt64?, seq: UInt64?
         public var payloadBytes: UInt64
         public var payloadHead: [UInt8]
@@ -84,9 +89,9 @@ public struct StoreRows: Hashable, Sendable {
     public var responses: [Response] = []
 
     /// Longest stored topic, detail and response payload (column sizes).
-    public static let maxTopicBytes = 512
-    public static let maxDetailBytes = 1_024
-    public static let maxResponsePayloadBytes = 65_000
+    static let maxTopicBytes = 512
+    static let maxDetailBytes = 1_024
+    static let maxResponsePayloadBytes = 65_000
 
     public init() {}
 
@@ -118,7 +123,7 @@ public struct StoreRows: Hashable, Sendable {
                                     deviceTime: SQLDateTime.format(unixMilliseconds: r.timestamp.unixMilliseconds),
                                     unsynchronized: r.timestamp.clockUnsynchronized,
                                     missingSensors: r.missingSensors.isEmpty ? nil : r.missingSensors.joined(separator: ","),
-                                    vals: Self.vals(r.values)))
+                                    vals: Self.vals(r.values), texts: Self.texts(r.values)))
             for (name, _) in r.values.sorted where names.insert(name).inserted && !knownSensors.contains(Sensor(device: device, sensor: name)) {
                 knownSensors.insert(Sensor(device: device, sensor: name))
                 sensors.append(Sensor(device: device, sensor: name))
@@ -139,27 +144,64 @@ public struct StoreRows: Hashable, Sendable {
     /// Sensors already in `sensors` (one row per device and sensor per transaction).
     private var knownSensors: Set<Sensor> = []
 
-    /// A reading's values as stored in `readings.vals`: a JSON array of `{"s": name, "n": number}`
-    /// or `{"s": name, "t": text}`, in name order (the protocol's deterministic JSON writer).
+    /// A reading's numbers as stored in `readings.vals` (schema 8): a JSON object from sensor
+    /// name to number, in name order (the protocol's deterministic JSON writer), so one sensor is
+    /// `JSON_VALUE(vals, '$.temp')` in SQL and an average needs no type test (docs/backend.md).
     public static func vals(_ values: SensorValues) -> String {
-        // Written straight into one buffer (no JSONValue tree): one per stored reading.
-        var w = JSONWriter(reservingCapacity: 32 * max(1, values.count))
-        w.raw("[")
-        for (k, (name, value)) in values.sorted.enumerated() {
-            w.raw(k == 0 ? "{\"s\":" : ",{\"s\":")
+        object(values) { if case .number(let d) = $0 { return .double(d) } else { return nil } }
+    }
+
+    /// A reading's texts as stored in `readings.texts`, like `vals`; nil when it has none.
+    public static func texts(_ values: SensorValues) -> String? {
+        guard values.sorted.contains(where: { if case .text = $0.value { return true } else { return false } }) else { return nil }
+        return object(values) { if case .text(let t) = $0 { return .string(t) } else { return nil } }
+    }
+
+    /// Written straight into one buffer (no JSONValue tree): one per stored reading.
+    private static func object(_ values: SensorValues, _ member: (SensorValue) -> JSONValue?) -> String {
+        var w = JSONWriter(reservingCapacity: 24 * max(1, values.count))
+        w.raw("{")
+        var first = true
+        for (name, value) in values.sorted {
+            guard let m = member(value) else { continue }
+            if !first { w.raw(",") }
+            first = false
             w.string(name)
-            switch value {
-            case .number(let d): w.raw(",\"n\":"); w.double(d)
-            case .text(let t): w.raw(",\"t\":"); w.string(t)
+            w.raw(":")
+            switch m {
+            case .double(let d): w.double(d)
+            case .string(let t): w.string(t)
+            default: preconditionFailure("a sensor value is a number or a text")
             }
-            w.raw("}")
         }
-        w.raw("]")
+        w.raw("}")
         return String(decoding: w.bytes, as: UTF8.self)
     }
 
+    /// The values back from `readings.vals` and `readings.texts` (the web admin reads them
+    /// without MariaDB's JSON functions); nil for anything that is not what ingest writes.
+    public static func values(vals: String, texts: String?) -> SensorValues? {
+        var values: [String: SensorValue] = [:]
+        guard case .object(let numbers)? = try? JSONReader.parse(Array(vals.utf8)) else { return nil }
+        for (name, value) in numbers {
+            switch value {
+            case .double(let d): values[name] = .number(d)
+            case .integer(let i): values[name] = .number(Double(i))
+            default: return nil
+            }
+        }
+        if let texts {
+            guard case .object(let members)? = try? JSONReader.parse(Array(texts.utf8)) else { return nil }
+            for (name, value) in members {
+                guard case .string(let t) = value, values[name] == nil else { return nil }
+                values[name] = .text(t)
+            }
+        }
+        return try? SensorValues(values)
+    }
+
     /// Longest `vals`: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.
-    public static let maxValsBytes = 16 << 20
+    static let maxValsBytes = 16 << 20
 
     private mutating func add(_ l: LegacyValues) {
         let device = l.device.rawValue
@@ -177,7 +219,7 @@ public struct StoreRows: Hashable, Sendable {
     }
 
     static func row(_ d: DeadLetter) -> DeadLetterRow {
-        DeadLetterRow(topic: TextLimit.clip(d.topic, maxBytes: maxTopicBytes), reason: d.reason.rawValue,
+        DeadLetterRow(topic: TextLimit.clip(d.topic, maxBytes: maxTopicBytes), reason: d.reason,
                    detail: TextLimit.clip(d.message, maxBytes: maxDetailBytes), device: d.topicDevice?.rawValue,
                    epoch: d.epoch?.rawValue, seq: d.sequence?.rawValue, payloadBytes: UInt64(max(0, d.payloadBytes)),
                    payloadHead: Array(d.payloadExcerpt.prefix(DeadLetter.excerptBytes)), dedupKey: d.dedupKey)
@@ -204,6 +246,7 @@ public struct StoreRows: Hashable, Sendable {
             check(r.deviceTime.map(Columns.datetime) ?? true, "readings.device_time \(String(describing: r.deviceTime))")
             check(r.missingSensors.map { Columns.ascii($0, 4_200) } ?? true, "readings.missing_sensors")
             check(r.vals.utf8.count <= Self.maxValsBytes && Columns.vals(r.vals), "readings.vals \(r.vals.prefix(100))")
+            check(r.texts.map { $0.utf8.count <= Self.maxValsBytes && Columns.texts($0) } ?? true, "readings.texts \(r.texts?.prefix(100) ?? "")")
         }
         for x in sensors { check(Columns.deviceID(x.device) && Columns.sensor(x.sensor), "device_sensors \(x)") }
         for l in losses {
@@ -217,7 +260,7 @@ public struct StoreRows: Hashable, Sendable {
         }
         for d in deadLetters {
             check(Columns.varchar(d.topic, 512), "dead_letters.topic of \(d.topic.unicodeScalars.count) characters")
-            check(Columns.ascii(d.reason, 32) && DeadLetterReason(rawValue: d.reason) != nil, "dead_letters.reason \(d.reason)")
+            check(Columns.ascii(d.reason.rawValue, 32), "dead_letters.reason \(d.reason.rawValue)")
             check(Columns.varchar(d.detail, 1_024), "dead_letters.detail of \(d.detail.unicodeScalars.count) characters")
             check(d.device.map(Columns.deviceID) ?? true, "dead_letters.device_id")
             check(d.seq.map(Columns.sequence) ?? true, "dead_letters.seq")
@@ -253,24 +296,31 @@ public enum Columns {
     /// ASCII text of at most `max` bytes (no byte above 0x7F).
     public static func ascii(_ s: String, _ max: Int) -> Bool { s.utf8.count <= max && s.utf8.allSatisfy { $0 < 0x80 } }
     /// utf8mb4 VARCHAR(n): at most n characters (code points). Swift strings are valid Unicode.
-    public static func varchar(_ s: String, _ n: Int) -> Bool { s.unicodeScalars.count <= n }
+    static func varchar(_ s: String, _ n: Int) -> Bool { s.unicodeScalars.count <= n }
     public static func deviceID(_ s: String) -> Bool { (try? DeviceID(s)) != nil }
     public static func sensor(_ s: String) -> Bool { (try? SensorValues.validate(name: s)) != nil }
     /// A sequence number column: 1…2^53.
     public static func sequence(_ n: UInt64) -> Bool { n >= 1 && n <= SequenceNumber.max.rawValue }
-    /// `readings.vals`: what the `reading_values` view's JSON_TABLE reads back: an array of
-    /// objects, each a valid sensor name `s` with either a finite number `n` or a text `t` of at
-    /// most 256 characters (the view's columns).
+    /// `readings.vals`: what the `reading_values` view and `JSON_VALUE` read back: an object
+    /// whose members are valid sensor names, each with a finite number.
     public static func vals(_ s: String) -> Bool {
-        guard case .array(let items)? = try? JSONReader.parse(Array(s.utf8)) else { return false }
-        return items.allSatisfy { item in
-            guard case .object(let m) = item, m.count == 2, case .string(let name)? = item["s"], sensor(name) else { return false }
-            switch (item["n"], item["t"]) {
-            case (.double(let d)?, nil): return d.isFinite
-            case (.integer?, nil): return true
-            case (nil, .string(let t)?): return varchar(t, 256)
+        guard case .object(let members)? = try? JSONReader.parse(Array(s.utf8)) else { return false }
+        return members.allSatisfy { name, value in
+            switch value {
+            case .double(let d): return sensor(name) && d.isFinite
+            case .integer: return sensor(name)
             default: return false
             }
+        }
+    }
+
+    /// `readings.texts`: a non-empty object of valid sensor names, each with a text of at most
+    /// 256 characters (the view's `text_value`).
+    public static func texts(_ s: String) -> Bool {
+        guard case .object(let members)? = try? JSONReader.parse(Array(s.utf8)), !members.isEmpty else { return false }
+        return members.allSatisfy { name, value in
+            guard case .string(let t) = value else { return false }
+            return sensor(name) && varchar(t, 256)
         }
     }
 

@@ -7,7 +7,7 @@
 import FieldlogCore
 
 /// The protocol version this code speaks (the `"v"` member of every message).
-public let syncProtocolVersion: Int64 = 1
+let syncProtocolVersion: Int64 = 1
 
 /// Limits of protocol v1. The same numbers are in spec/protocol.md §3.1.
 public enum ProtocolLimits {
@@ -16,28 +16,28 @@ public enum ProtocolLimits {
     /// Most records in one batch.
     public static let maxRecordsPerBatch = 1_000
     /// Most loss markers in one batch.
-    public static let maxLossesPerBatch = 64
+    static let maxLossesPerBatch = 64
     /// Most ranges in an ack's `missing` list, and sequence numbers in its `rejected` list.
-    public static let maxAckListEntries = 64
+    @usableFromInline static let maxAckListEntries = 64
     /// Longest request id of a command (1…64 printable ASCII, no space: `isValidRequestID`).
-    public static let maxRequestIDBytes = 64
+    static let maxRequestIDBytes = 64
     /// Longest command name echoed in a command response.
-    public static let maxCommandNameBytes = 64
+    static let maxCommandNameBytes = 64
     /// Timestamps (`ts`, `at`; ms since 1970, device wall clock): 0 … 2^53. Anything outside is
     /// a broken clock or a hostile sender; the bound keeps every difference of two timestamps
     /// (lags, ages) far from Int64 overflow and every value exact in JSON and in a BIGINT column.
-    public static let timestampRange: ClosedRange<Int64> = 0...(1 << 53)
+    static let timestampRange: ClosedRange<Int64> = 0...(1 << 53)
 
     /// Whether `s` is a valid request id: 1…`maxRequestIDBytes` bytes, each printable ASCII
     /// 0x21…0x7E (no space, no control character, nothing outside ASCII).
-    public static func isValidRequestID(_ s: String) -> Bool {
+    static func isValidRequestID(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= maxRequestIDBytes && s.utf8.allSatisfy { $0 >= 0x21 && $0 <= 0x7E }
     }
     /// Longest config key / value, and free-text fields (loss detail, error message).
-    public static let maxKeyBytes = 128
+    static let maxKeyBytes = 128
     public static let maxTextBytes = 1_024
     /// Most names in a record's `missing` sensor list.
-    public static let maxMissingSensors = SensorValues.maxSensors
+    static let maxMissingSensors = SensorValues.maxSensors
 }
 
 /// One record in a batch that the sender could read but the receiver could not accept

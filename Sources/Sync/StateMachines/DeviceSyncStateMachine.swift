@@ -105,7 +105,7 @@ public struct DeviceSyncStateMachine<Instant: InstantProtocol>: Sendable where I
     /// The protocol's sender, for status and tests; changed only through this machine.
     public private(set) var sender: Sender
     /// The MQTT session is up.
-    public private(set) var isBrokerConnected = false
+    private(set) var isBrokerConnected = false
     /// Subscribed on the current connection.
     public private(set) var isSubscribed = false
     /// `mqtt_sender:enabled`.

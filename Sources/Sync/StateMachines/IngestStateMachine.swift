@@ -50,11 +50,11 @@ public struct IngestConfiguration: Sendable, Hashable {
     /// Most messages in one transaction.
     public var maxMessagesPerTransaction: Int = 512
     /// Most payload bytes in one transaction.
-    public var maxBytesPerTransaction: Int = 8 << 20
+    var maxBytesPerTransaction: Int = 8 << 20
     /// Most payload bytes of one device in one transaction (at least one message is always
     /// taken): a device sending a flood gets this share of each transaction, so the others'
     /// messages wait for a short transaction, never for a long one full of the flood.
-    public var maxBytesPerDevicePerTransaction: Int = 1 << 20
+    var maxBytesPerDevicePerTransaction: Int = 1 << 20
     /// Backoff after a connection-level failure: first, doubling up to max.
     public var reconnectBackoffFirst: Duration = .milliseconds(200)
     public var reconnectBackoffMax: Duration = .seconds(5)
@@ -65,12 +65,12 @@ public struct IngestConfiguration: Sendable, Hashable {
     /// Compact a (device, epoch)'s range rows after this many batches.
     public var compactEveryBatches: Int = 256
     /// Most (device, epoch) checkpoints and known devices kept (cleared when exceeded: a cache).
-    public var maxCachedEpochs: Int = 100_000
+    var maxCachedEpochs: Int = 100_000
 
     public init() {}
 
     /// A description of the first setting out of its limits, nil when all are fine.
-    public var invalidSetting: String? {
+    var invalidSetting: String? {
         if maxMessageBytes < 1_024 || maxMessageBytes > ProtocolLimits.maxMessageBytes { return "maxMessageBytes must be 1024…\(ProtocolLimits.maxMessageBytes)" }
         if maxQueuedBytes < 2 * maxMessageBytes { return "maxQueuedBytes must hold at least two messages (\(2 * maxMessageBytes) bytes)" }
         if maxQueuedBytesPerDevice < maxMessageBytes || maxQueuedBytesPerDevice > maxQueuedBytes { return "maxQueuedBytesPerDevice must be maxMessageBytes…maxQueuedBytes" }
@@ -178,7 +178,7 @@ public struct CommitReport: Hashable, Sendable {
     public var statuses = 0, responses = 0
     public var deadLetters: [DeadLetter] = []
     public var lags: [Lag] = []
-    public var acksPublished = 0
+    var acksPublished = 0
     /// Messages in the transaction, by what they were.
     public var received: [String: Int] = [:]
 }

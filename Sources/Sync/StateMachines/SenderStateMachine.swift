@@ -105,7 +105,7 @@ public struct SenderStateMachine<Instant: InstantProtocol>: Sendable where Insta
     /// Everything through here is acknowledged by the backend.
     public private(set) var acked: SequenceNumber
     /// Lowest sequence number not yet put in a normal batch.
-    public private(set) var nextToSend: SequenceNumber
+    private(set) var nextToSend: SequenceNumber
     public private(set) var isConnected = false
 
     struct InFlight: Sendable {

@@ -1,4 +1,4 @@
-// HotState: the Redis mirror of what dashboards and other device programs want to see live.
+// HotStateMirror: the Redis mirror of the log, for dashboards and other device programs.
 //
 // Theory of operation
 // - Redis is never on the durability path. The SQLite log is the truth; the mirror reads
@@ -8,48 +8,29 @@
 // - `run()` wakes on every append of this process's `DeviceLog` and on a poll timer (appends
 //   by other processes), reads the records after `lastMirrored` in bounded batches, and
 //   pipelines them to Redis; after a catch-up it lets appends gather for `coalescing`
-//   (100 ms), so a fast sampler costs one round trip per 100 ms, not one per reading. It remembers `lastMirrored` in memory; on first contact it
-//   resumes after the stream's last entry of the same epoch (so a restart of this program
-//   does not repeat entries), else from the newest `streamMaxLength` records.
+//   (100 ms), so a fast sampler costs one round trip per 100 ms, not one per reading. It
+//   remembers `lastMirrored` in memory; on first contact it resumes after the stream's last
+//   entry of the same epoch (so a restart of this program does not repeat entries), else
+//   from the newest `streamMaxLength` records.
 // - When Redis is down or restarts, the XADDs fail, `lastMirrored` stays, and the loop
 //   retries after `retryDelay`: appends never wait for Redis, and the mirror catches up
 //   from the log when Redis is back.
-// - Runtime switches (`measurement:enabled`, `measurement:interval`, `mqtt_sender:enabled`,
-//   `mqtt_sender:interval`) are read with GET; an absent key gives the configured default,
-//   an unreachable Redis gives the last values read (the seed's behaviour).
+// - The runtime switches (`measurement:enabled`, …) are not the mirror's: `SwitchPoller`
+//   reads and writes them, parsed by `SwitchKey.parse` (Runtime/).
 import FieldlogCore
+import Log
 import Threading
 import Logging
 import Redis
-
-/// The runtime switches other programs and dashboards set in Redis.
-public struct RuntimeSwitches: Sendable, Hashable {
-    /// `measurement:enabled` ("0" pauses the sampler; anything else runs it). Default true.
-    public var measurementEnabled: Bool = true
-    /// `measurement:interval`, seconds. Default 2 s (seed's INTERVAL_SECONDS of the sensor).
-    public var measurementInterval: Duration = .seconds(2)
-    /// `mqtt_sender:enabled`. Default true.
-    public var senderEnabled: Bool = true
-    /// `mqtt_sender:interval`, seconds. Default 1 s (seed's INTERVAL_SECONDS of the handler).
-    public var senderInterval: Duration = .seconds(1)
-
-    public init() {}
-
-    /// Redis keys, as the seed names them.
-    public static let measurementEnabledKey = "measurement:enabled"
-    public static let measurementIntervalKey = "measurement:interval"
-    public static let senderEnabledKey = "mqtt_sender:enabled"
-    public static let senderIntervalKey = "mqtt_sender:interval"
-}
 
 /// Settings of the hot-state mirror.
 public struct HotStateConfiguration: Sendable {
     /// Where Redis is.
     public var redis: RedisConfiguration
     /// Stream the records are mirrored to. Default "measurement:values".
-    public var streamKey: String = "measurement:values"
+    var streamKey: String = "measurement:values"
     /// Approximate cap of the stream (XADD MAXLEN ~). Default 10 000.
-    public var streamMaxLength: Int = 10_000
+    var streamMaxLength: Int = 10_000
     /// Records per pipelined round trip. Default 500.
     public var batchSize: Int = 500
     /// Wait before retrying after Redis failed. Default 1 s.
@@ -58,14 +39,11 @@ public struct HotStateConfiguration: Sendable {
     public var pollInterval: Duration = .milliseconds(500)
     /// After copying, appends of the next this long are copied together (one Redis round trip
     /// for them all instead of one per append). Default 100 ms.
-    public var coalescing: Duration = .milliseconds(100)
-    /// Values used for switches that are absent from Redis.
-    public var defaults = RuntimeSwitches()
-
+    var coalescing: Duration = .milliseconds(100)
     public init(redis: RedisConfiguration) { self.redis = redis }
 }
 
-/// Mirrors a `DeviceLog` into Redis and reads the runtime switches. Run `run()` as a service.
+/// Mirrors a `DeviceLog` into Redis. Run `run()` as a service.
 public final class HotStateMirror: @unchecked Sendable {
     // @unchecked: mutable state is guarded by `lock`; the Redis connection is thread-safe.
     public let configuration: HotStateConfiguration
@@ -74,7 +52,6 @@ public final class HotStateMirror: @unchecked Sendable {
     private let logger: Logger
     private let lock = Lock()
     private var lastMirroredValue: SequenceNumber?
-    private var lastSwitches: RuntimeSwitches
     private var redisDown = false
 
     public init(log: DeviceLog, configuration: HotStateConfiguration, logger: Logger = Logger(label: "fieldlog.hotstate")) {
@@ -83,7 +60,6 @@ public final class HotStateMirror: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         self.redis = RedisConnection(configuration: configuration.redis, logger: logger)
-        self.lastSwitches = configuration.defaults
     }
 
     deinit { redis.close() }
@@ -196,45 +172,6 @@ public final class HotStateMirror: @unchecked Sendable {
         }
         if !record.missingSensors.isEmpty { args += ["missing", record.missingSensors.joined(separator: ",")] }
         return args.map { Array($0.utf8) }
-    }
-
-    /// The runtime switches: absent keys give the configured defaults; when Redis cannot be
-    /// reached, the last values read are returned. Never throws, never blocks beyond the
-    /// Redis command timeout.
-    public func switches() async -> RuntimeSwitches {
-        let keys = [RuntimeSwitches.measurementEnabledKey, RuntimeSwitches.measurementIntervalKey,
-                    RuntimeSwitches.senderEnabledKey, RuntimeSwitches.senderIntervalKey]
-        do {
-            let replies = try await redis.pipeline(keys.map { [Array("GET".utf8), Array($0.utf8)] })
-            let d = configuration.defaults
-            var s = RuntimeSwitches()
-            s.measurementEnabled = enabled(replies[0], key: keys[0], default: d.measurementEnabled)
-            s.measurementInterval = interval(replies[1], key: keys[1], default: d.measurementInterval)
-            s.senderEnabled = enabled(replies[2], key: keys[2], default: d.senderEnabled)
-            s.senderInterval = interval(replies[3], key: keys[3], default: d.senderInterval)
-            lock.withLock { lastSwitches = s }
-            markUp()
-            return s
-        } catch {
-            markDown(error)
-            return lock.withLock { lastSwitches }
-        }
-    }
-
-    private func enabled(_ reply: RedisReply, key: String, default value: Bool) -> Bool {
-        guard let text = reply.string, !reply.isNull else { return value }
-        if case .error = reply { return value }
-        return text.trimmed(.spaces) != "0"
-    }
-
-    private func interval(_ reply: RedisReply, key: String, default value: Duration) -> Duration {
-        guard !reply.isNull, let text = reply.string else { return value }
-        if case .error = reply { return value }
-        guard let seconds = Double(text.trimmed(.spaces)), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
-            logger.warning("ignoring invalid interval in Redis; using the default", metadata: ["key": "\(key)", "value": "\(text)"])
-            return value
-        }
-        return .milliseconds(Int64((seconds * 1000).rounded()))
     }
 
     private func markDown(_ error: Error) {

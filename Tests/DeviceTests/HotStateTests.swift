@@ -1,4 +1,7 @@
-// The Redis hot-state mirror against a private, real redis-server that the test stops and starts.
+// The Redis hot state against a private, real redis-server that the test stops and starts:
+// the mirror of the log (HotStateMirror) and the runtime switches (SwitchPoller, one parser:
+// SwitchKey.parse).
+import Device
 import FieldlogCore
 import Foundation
 import Log
@@ -61,9 +64,6 @@ final class HotStateTests: XCTestCase {
         let head = try await log.head()
         XCTAssertEqual(head, SequenceNumber(30))
         XCTAssertEqual(mirror.lastMirrored, SequenceNumber(10))
-        // The switches fall back to the last values read (here: the defaults).
-        let whileDown = await mirror.switches()
-        XCTAssertEqual(whileDown, RuntimeSwitches())
 
         // Redis back (its AOF kept 1…10): the mirror catches up with 11…30, once each.
         try server.start()
@@ -114,15 +114,18 @@ final class HotStateTests: XCTestCase {
     func testSwitchesUseDefaultsWhenAbsentAndRedisValuesWhenSet() async throws {
         let server = try PrivateRedis()
         try server.start()
-        let dir = try TemporaryDirectory("fieldlog-hot")
-        defer { dir.remove() }
-        let log = try await DeviceLog.open(path: dir.file("log.db"), device: try DeviceID("hot-2"))
-        var config = HotStateConfiguration(redis: RedisConfiguration(port: server.port))
-        config.defaults.measurementInterval = .seconds(3)
-        let mirror = HotStateMirror(log: log, configuration: config)
+        var quiet = Logger(label: "switches-test")
+        quiet.logLevel = .critical
+        let defaults = DeviceSwitches(measurementEnabled: true, measurementInterval: .seconds(3), senderEnabled: true, senderInterval: .seconds(1))
+        let settings = RuntimeSettings(defaults: defaults)
+        let poller = SwitchPoller(redis: RedisConfiguration(port: server.port, connectTimeout: .milliseconds(300), commandTimeout: .seconds(2)),
+                                  settings: settings, metrics: DeviceMetrics(), logger: quiet)
         let probe = RedisConnection(configuration: RedisConfiguration(port: server.port))
 
-        var s = await mirror.switches()
+        // Absent keys give the configured defaults.
+        var up = await poller.pollOnce()
+        XCTAssertTrue(up)
+        var s = await settings.switches
         XCTAssertEqual(s.measurementEnabled, true)
         XCTAssertEqual(s.measurementInterval, .seconds(3))
         XCTAssertEqual(s.senderInterval, .seconds(1))
@@ -131,17 +134,38 @@ final class HotStateTests: XCTestCase {
         _ = try await probe.command("SET", "measurement:interval", "0.5")
         _ = try await probe.command("SET", "mqtt_sender:enabled", "1")
         _ = try await probe.command("SET", "mqtt_sender:interval", "not-a-number")
-        s = await mirror.switches()
+        up = await poller.pollOnce()
+        XCTAssertTrue(up)
+        s = await settings.switches
         XCTAssertEqual(s.measurementEnabled, false)
         XCTAssertEqual(s.measurementInterval, .milliseconds(500))
         XCTAssertEqual(s.senderEnabled, true)
         XCTAssertEqual(s.senderInterval, .seconds(1), "an invalid value falls back to the default")
 
+        // "false" is off, as everywhere on the device (the mirror's old copy of this parser read it as on).
+        _ = try await probe.command("SET", "mqtt_sender:enabled", "false")
+        _ = await poller.pollOnce()
+        s = await settings.switches
+        XCTAssertEqual(s.senderEnabled, false)
+
         // Redis gone: the last values read stay in force.
         server.kill9()   // a crash; also much faster than a graceful stop
-        let down = await mirror.switches()
+        up = await poller.pollOnce()
+        XCTAssertFalse(up)
+        let down = await settings.switches
         XCTAssertEqual(down, s)
-        await log.close()
+        let available = await settings.redisAvailable
+        XCTAssertFalse(available)
+        // A device that never reached Redis runs on the defaults.
+        let fresh = RuntimeSettings(defaults: defaults)
+        let unreachable = SwitchPoller(redis: RedisConfiguration(port: server.port, connectTimeout: .milliseconds(300)),
+                                       settings: fresh, metrics: DeviceMetrics(), logger: quiet)
+        let reached = await unreachable.pollOnce()
+        XCTAssertFalse(reached)
+        let whileDown = await fresh.switches
+        XCTAssertEqual(whileDown, defaults)
+        unreachable.redis.close()
         probe.close()
+        poller.redis.close()
     }
 }

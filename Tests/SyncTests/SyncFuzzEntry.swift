@@ -1,6 +1,10 @@
-// The decoder entry point shared by the libFuzzer target (scripts/fuzz-codec) and the
-// corruption tests: feed arbitrary bytes to every decoder; anything accepted must survive
-// an encode/decode round trip unchanged. A trap here is a bug.
+// The decoder entry point shared by the libFuzzer targets (scripts/fuzz-codec, scripts/fuzz-ingest)
+// and the corruption tests: feed arbitrary bytes to every decoder; anything accepted must
+// survive an encode/decode round trip unchanged. A trap here is a bug.
+//
+// Test code, compiled only into tests: this file is part of SyncTests, and the fuzz scripts
+// compile it into their targets next to Tests/SyncFuzz/FuzzTarget.swift (or
+// Tests/IngestFuzz/FuzzTarget.swift), against a Sync built with -enable-testing.
 //
 // The compact batch decoder (§3.7) gets the bytes twice: as they are (a payload, which must
 // start with "FLC" and usually carries zlib data) and wrapped as a stored body, so mutations
@@ -10,10 +14,11 @@
 // two decoders apply the same limits).
 
 import FieldlogCore
+@testable import Sync
 
-/// Fuzzing harness entry (public so the out-of-package fuzz target can call it).
-public enum SyncFuzzEntry {
-    public static func decodeAll(_ bytes: [UInt8]) {
+/// Fuzzing harness entry.
+enum SyncFuzzEntry {
+    static func decodeAll(_ bytes: [UInt8]) {
         let device = try! DeviceID("dev-1")
         if let b = try? SyncCodec.decodeBatch(bytes), b.rejected.isEmpty {
             let again = try? SyncCodec.decodeBatch(SyncCodec.encode(b), expectedDevice: device == b.device ? device : nil)
