@@ -4,8 +4,9 @@
 // Map of the tree:
 //   C…            system-library targets, one per C library (found with pkg-config)
 //   FieldlogCore  domain types shared by all (DeviceID, Epoch, SequenceNumber, LogRecord,
-//                 LossMarker), the one wall clock, Duration units, the retry loop, the seeded
-//                 PRNG, and the WorkerThread that keeps blocking C calls off the cooperative pool
+//                 LossMarker), the one wall clock, Duration units, the retry loop, the seeded PRNG
+//   Threading     the concurrency model's pieces (docs/concurrency.md): OwnerThread and ThreadConfined,
+//                 which own every blocking C handle off the cooperative pool; locks; executor timers
 //   Log           the device's durable SQLite log
 //   Sync          the sync protocol: messages, codecs (JSON, compact), sans-IO state machines (no IO)
 //   MQTT          thin, safe wrapper over libmosquitto (MQTT v5)
@@ -74,15 +75,17 @@ let package = Package(
 
         // Domain types
         .target(name: "FieldlogCore", swiftSettings: strict),
+        // Threads that own C handles, locks, executor timers (docs/concurrency.md)
+        .target(name: "Threading", dependencies: ["FieldlogCore"], swiftSettings: strict),
 
         // Wrappers
-        .target(name: "Redis", dependencies: ["FieldlogCore", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "MQTT", dependencies: ["CMosquitto", "FieldlogCore", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "MariaDB", dependencies: ["FieldlogCore", "CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .target(name: "GPIO", dependencies: ["CGPIOD", "FieldlogCore"], swiftSettings: strict),
+        .target(name: "Redis", dependencies: ["FieldlogCore", "Threading", "CHiredis", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MQTT", dependencies: ["CMosquitto", "FieldlogCore", "Threading", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MariaDB", dependencies: ["FieldlogCore", "Threading", "CMariaDB", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "GPIO", dependencies: ["CGPIOD", "FieldlogCore", "Threading"], swiftSettings: strict),
 
         // Product libraries
-        .target(name: "Log", dependencies: ["FieldlogCore", "CSQLite", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "Log", dependencies: ["FieldlogCore", "Threading", "CSQLite", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "Sync", dependencies: ["FieldlogCore", "CZlib"], swiftSettings: strict),
 
         // The configuration layer of both programs (no swift-configuration: the device cannot afford it)
@@ -93,7 +96,7 @@ let package = Package(
         .target(
             name: "Device",
             dependencies: [
-                "CDeviceSupport", "FieldlogCore", "Log", "Sync", "MQTT", "Redis", "GPIO", "Settings",
+                "CDeviceSupport", "FieldlogCore", "Threading", "Log", "Sync", "MQTT", "Redis", "GPIO", "Settings",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -130,7 +133,7 @@ let package = Package(
                 dependencies: ["BackendStore", "FieldlogCore", "Sync", "MQTT", "MariaDB", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .target(name: "WebAdmin",
-                dependencies: ["BackendStore", "Audit", "FieldlogCore", "Sync", "MQTT", "MariaDB", "Settings",
+                dependencies: ["BackendStore", "Audit", "FieldlogCore", "Threading", "Sync", "MQTT", "MariaDB", "Settings",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "Hummingbird", package: "hummingbird"),
@@ -139,7 +142,7 @@ let package = Package(
         .executableTarget(
             name: "BackendNode",
             dependencies: [
-                "BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB", "Settings",
+                "BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Threading", "Sync", "MQTT", "MariaDB", "Settings",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -150,7 +153,7 @@ let package = Package(
         // Benchmarks (not tests): `fieldlog-bench <name>`
         .executableTarget(
             name: "Bench",
-            dependencies: ["FieldlogCore", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Settings", "Processes", "CMosquitto", "CMariaDB",
+            dependencies: ["FieldlogCore", "Threading", "Log", "CSQLite", "Sync", "MQTT", "MariaDB", "Device", "Settings", "Processes", "CMosquitto", "CMariaDB",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
@@ -178,8 +181,8 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Processes", "FieldlogCore", "Sync", "BackendStore", "MariaDB", "Settings",
                                                    .product(name: "Logging", package: "swift-log")],
                 path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Log", "CSQLite", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "ClientTests", dependencies: ["MQTT", "MariaDB", "GPIO", "Redis", "Threading", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "LogTests", dependencies: ["Processes", "FieldlogCore", "Threading", "Log", "CSQLite", "TestSupport", "LogTorture", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "WebTests", dependencies: ["BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB", "Processes", "Settings", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "Processes", "TestSupport", "BrokenIngest", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),

@@ -4,6 +4,7 @@ import ArgumentParser
 import Audit
 import BackendStore
 import FieldlogCore
+import Threading
 import Foundation
 import Ingest
 import Logging
@@ -97,18 +98,20 @@ extension FieldlogBackend {
             // ingest's 30 s read timeout allows.
             settings.readTimeout = .seconds(3_600)
             let connection = try await connectFirst(settings, logger: logger)
-            defer { Task { await connection.close() } }
-            if prepare {
-                let prepared = try await Migrator(connection: connection, logger: logger).prepare()
-                print(prepared.isEmpty ? "nothing to prepare (schema \(try await Migrator(connection: connection).currentVersion()))"
-                                       : "prepared migration(s) \(prepared.map(String.init).joined(separator: ", ")); stop ingest, then run `fieldlog-backend migrate`")
-                return
-            }
-            let applied = try await Migrator(connection: connection, logger: logger).migrate()
-            if applied.isEmpty {
-                print("schema is up to date (version \(Schema.latestVersion))")
-            } else {
-                print("applied migration(s) \(applied.map(String.init).joined(separator: ", ")); schema is at version \(Schema.latestVersion)")
+            try await withCleanups { cleanups in
+                cleanups.add { await connection.close() }
+                if prepare {
+                    let prepared = try await Migrator(connection: connection, logger: logger).prepare()
+                    print(prepared.isEmpty ? "nothing to prepare (schema \(try await Migrator(connection: connection).currentVersion()))"
+                                           : "prepared migration(s) \(prepared.map(String.init).joined(separator: ", ")); stop ingest, then run `fieldlog-backend migrate`")
+                    return
+                }
+                let applied = try await Migrator(connection: connection, logger: logger).migrate()
+                if applied.isEmpty {
+                    print("schema is up to date (version \(Schema.latestVersion))")
+                } else {
+                    print("applied migration(s) \(applied.map(String.init).joined(separator: ", ")); schema is at version \(Schema.latestVersion)")
+                }
             }
         }
     }
@@ -127,18 +130,9 @@ extension FieldlogBackend {
                 services.append(MetricsService(metrics: metrics, host: config.ingest.metricsHost, port: config.ingest.metricsPort, logger: logger))
             }
             services.append(IngestService(configuration: config, metrics: metrics, logger: logger))
-            var groupConfiguration = ServiceGroupConfiguration(
-                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             // A writer retrying against a database that is down does not finish on its own:
-            // after 10 s of graceful shutdown, cancel (nothing uncommitted is acked either way).
-            groupConfiguration.maximumGracefulShutdownDuration = .seconds(10)
-            let group = ServiceGroup(configuration: groupConfiguration)
-            do {
-                try await group.run()
-            } catch is CancellationError {
-                logger.info("ingest cancelled after the graceful shutdown period")
-            }
+            // the deadline cancels it (nothing uncommitted is acked either way).
+            try await runServices(services, logger: logger)
         }
     }
 
@@ -207,6 +201,24 @@ extension FieldlogBackend {
             await replayer.close()
             await connection.close()
         }
+    }
+}
+
+/// How long the graceful shutdown (SIGTERM, SIGINT) of `ingest`, `web` and `run` may take
+/// before it is escalated to cancellation (docs/concurrency.md, "Shutdown").
+let gracefulShutdownDeadline: Duration = .seconds(10)
+
+/// Runs `services` as one ServiceGroup until SIGTERM or SIGINT: started in order, shut down in
+/// reverse, and cancelled when the graceful shutdown takes longer than `gracefulShutdownDeadline`.
+func runServices(_ services: [any Service], logger: Logger) async throws {
+    var configuration = ServiceGroupConfiguration(
+        services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    configuration.maximumGracefulShutdownDuration = gracefulShutdownDeadline
+    do {
+        try await ServiceGroup(configuration: configuration).run()
+    } catch is CancellationError {
+        logger.info("cancelled after the graceful shutdown period of \(gracefulShutdownDeadline)")
     }
 }
 

@@ -28,10 +28,7 @@ extension FieldlogBackend {
             }
             services.append(IngestService(configuration: config, metrics: metrics, logger: logger))
             services += try await WebServer.prepare(config: config, settings: settings, logger: logger)
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+            try await runServices(services, logger: logger)
         }
     }
 }

@@ -35,10 +35,7 @@ extension FieldlogBackend {
         func run() async throws {
             let (config, settings, logger) = try common.start(web.settings) { r in WebSettings(reading: &r) }
             let services = try await WebServer.prepare(config: config, settings: settings, logger: logger)
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+            try await runServices(services, logger: logger)
         }
     }
 
@@ -246,6 +243,7 @@ enum WebServer {
             logger.warning("web: session cookies are sent without Secure; use this only on loopback or behind nothing but a trusted network")
         }
         logger.info("web admin on http://\(settings.host):\(settings.port)/")
-        return [publisher, buildApplication(deps)]
+        // Shutdown in reverse: the server first, then background fleet loads, then the broker connection.
+        return [publisher, webStore.fleetCache, buildApplication(deps)]
     }
 }

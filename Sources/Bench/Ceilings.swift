@@ -2,6 +2,7 @@
 // services: what MariaDB takes over our connector when nothing else is in the way, and what
 // mosquitto carries for messages of the same size.
 import FieldlogCore
+import Threading
 import Foundation
 import MariaDB
 import MQTT
@@ -41,42 +42,44 @@ enum Ceilings {
     static func mariaDBInsert(stack: BenchStack, database: String, readings: Int, sensors: Int, batch: Int,
                               perTransaction: Int) async throws -> Double {
         let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
-        defer { Task { await c.close() } }
-        try await c.query("SET time_zone = '+00:00'")
-        let device = MariaDBValue.string("bench-ceiling")
-        let epoch = MariaDBValue.uint(1)
-        let now = MariaDBValue.string("2026-01-01 00:00:00.000")
-        try await c.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', ?)", [device, now])
-        try await c.execute("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at) VALUES (?, ?, ?)", [device, epoch, now])
-        var groups: [(readings: [[MariaDBValue]], range: [[MariaDBValue]])] = []
-        var seq: UInt64 = 0
-        let batchesPerTransaction = max(1, perTransaction / batch)
-        while seq < UInt64(readings) {
-            var r: [[MariaDBValue]] = [], ranges: [[MariaDBValue]] = []
-            for _ in 0..<batchesPerTransaction where seq < UInt64(readings) {
-                let first = seq + 1
-                for _ in 0..<min(batch, readings - Int(seq)) {
-                    seq += 1
-                    let ms = 1_700_000_000_000 + Int64(seq) * 10
-                    let time = MariaDBValue.string(SQLTimeText.datetime(ms))
-                    r.append([device, epoch, .uint(seq), .int(ms), time, .int(0), now, .null,
-                              .string(StoreRows.vals(benchReading(sensors: sensors, seed: Int(seq))))])
+        return try await withCleanups { cleanups in
+            cleanups.add { await c.close() }
+            try await c.query("SET time_zone = '+00:00'")
+            let device = MariaDBValue.string("bench-ceiling")
+            let epoch = MariaDBValue.uint(1)
+            let now = MariaDBValue.string("2026-01-01 00:00:00.000")
+            try await c.execute("INSERT IGNORE INTO devices (device_id, protocol, first_seen_at) VALUES (?, 'fieldlog', ?)", [device, now])
+            try await c.execute("INSERT IGNORE INTO epochs (device_id, epoch, first_seen_at) VALUES (?, ?, ?)", [device, epoch, now])
+            var groups: [(readings: [[MariaDBValue]], range: [[MariaDBValue]])] = []
+            var seq: UInt64 = 0
+            let batchesPerTransaction = max(1, perTransaction / batch)
+            while seq < UInt64(readings) {
+                var r: [[MariaDBValue]] = [], ranges: [[MariaDBValue]] = []
+                for _ in 0..<batchesPerTransaction where seq < UInt64(readings) {
+                    let first = seq + 1
+                    for _ in 0..<min(batch, readings - Int(seq)) {
+                        seq += 1
+                        let ms = 1_700_000_000_000 + Int64(seq) * 10
+                        let time = MariaDBValue.string(SQLTimeText.datetime(ms))
+                        r.append([device, epoch, .uint(seq), .int(ms), time, .int(0), now, .null,
+                                  .string(StoreRows.vals(benchReading(sensors: sensors, seed: Int(seq))))])
+                    }
+                    ranges.append([device, epoch, .uint(first), .uint(seq), now])
                 }
-                ranges.append([device, epoch, .uint(first), .uint(seq), now])
+                groups.append((r, ranges))
             }
-            groups.append((r, ranges))
-        }
-        let start = ContinuousClock.now
-        for g in groups {
-            try await c.transaction { s in
-                try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors, vals)", rows: g.readings)
-                try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: g.range)
+            let start = ContinuousClock.now
+            for g in groups {
+                try await c.transaction { s in
+                    try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors, vals)", rows: g.readings)
+                    try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: g.range)
+                }
             }
+            let elapsed = secondsSince(start)
+            let stored = try await c.query("SELECT count(*) FROM readings WHERE device_id = 'bench-ceiling'").rows.first?.first?.int64 ?? 0
+            guard stored == Int64(readings) else { throw BenchError("ceiling: \(stored) of \(readings) rows stored") }
+            return Double(readings) / elapsed
         }
-        let elapsed = secondsSince(start)
-        let stored = try await c.query("SELECT count(*) FROM readings WHERE device_id = 'bench-ceiling'").rows.first?.first?.int64 ?? 0
-        guard stored == Int64(readings) else { throw BenchError("ceiling: \(stored) of \(readings) rows stored") }
-        return Double(readings) / elapsed
     }
 
     /// mosquitto's rate for `messages` QoS 1 messages of `payloadBytes`, `inFlight` publishes
@@ -88,37 +91,37 @@ enum Ceilings {
         let pub = try stack.backendClient("bench-ceiling-pub")
         _ = try await sub.connect()
         _ = try await pub.connect()
-        defer { Task { await sub.disconnect(); await pub.disconnect() } }
-        _ = try await sub.subscribe(topic, qos: .atLeastOnce)
-        let payload = [UInt8](repeating: UInt8(ascii: "x"), count: payloadBytes)
-        let start = ContinuousClock.now
-        let received = Task { () -> Int in
-            var n = 0
-            for await m in sub.messages where m.topic == topic {
-                n += 1
-                if n == messages { break }
-            }
-            return n
-        }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var sent = 0
-            for _ in 0..<min(inFlight, messages) {
-                group.addTask { try await pub.publish(topic, payload: payload, qos: .atLeastOnce) }
-                sent += 1
-            }
-            while try await group.next() != nil {
-                if sent < messages {
+        return try await withCleanups { cleanups in
+            cleanups.add { await sub.disconnect(); await pub.disconnect() }
+            _ = try await sub.subscribe(topic, qos: .atLeastOnce)
+            let payload = [UInt8](repeating: UInt8(ascii: "x"), count: payloadBytes)
+            let start = ContinuousClock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                var sent = 0
+                for _ in 0..<min(inFlight, messages) {
                     group.addTask { try await pub.publish(topic, payload: payload, qos: .atLeastOnce) }
                     sent += 1
                 }
+                while try await group.next() != nil {
+                    if sent < messages {
+                        group.addTask { try await pub.publish(topic, payload: payload, qos: .atLeastOnce) }
+                        sent += 1
+                    }
+                }
             }
+            // The stream keeps what arrived meanwhile; at most 60 s more for the rest.
+            let received = Counter()
+            _ = try? await withTimeout(.seconds(60)) {
+                for await m in sub.messages where m.topic == topic {
+                    received.add(1)
+                    if received.value == messages { break }
+                }
+            }
+            let n = received.value
+            let elapsed = secondsSince(start)
+            guard n == messages else { throw BenchError("MQTT ceiling: \(n) of \(messages) messages arrived") }
+            return Double(messages) / elapsed
         }
-        let timeout = Task { try await Task.sleep(for: .seconds(60)); received.cancel() }
-        let n = await received.value
-        timeout.cancel()
-        let elapsed = secondsSince(start)
-        guard n == messages else { throw BenchError("MQTT ceiling: \(n) of \(messages) messages arrived") }
-        return Double(messages) / elapsed
     }
 }
 

@@ -2,6 +2,7 @@
 // mosquitto by the real programs, next to the ceilings measured in the same run.
 import ArgumentParser
 import FieldlogCore
+import Threading
 import Foundation
 import Processes
 @_spi(Testing) import Log
@@ -99,98 +100,100 @@ struct DrainBench: AsyncParsableCommand {
         try stack.addMQTTUsers([(deviceName, password)])
         try await stack.freshDatabase(database)
         try await stack.freshDatabase(ceilingDatabase)
-        defer { Task { await stack.dropDatabase(database); await stack.dropDatabase(ceilingDatabase) } }
+        return try await withCleanups { cleanups in
+            cleanups.add { await stack.dropDatabase(database); await stack.dropDatabase(ceilingDatabase) }
 
-        // Ceilings first (same services, same run).
-        let payloadBytes = batchPayloadBytes(records: batchRecords, sensors: sensors, encoding: encoding)
-        reporter.note("drain: ceilings (MariaDB \(ceilingReadings) readings direct, mosquitto \(ceilingMessages) × \(payloadBytes) B)")
-        let dbCeiling = try await Ceilings.mariaDBInsert(stack: stack, database: ceilingDatabase, readings: ceilingReadings,
-                                                         sensors: sensors, batch: batchRecords, perTransaction: window * batchRecords)
-        let mqttMessages = try await Ceilings.mqttPublish(stack: stack, payloadBytes: payloadBytes, messages: ceilingMessages, inFlight: 1000)
-        let mqttReadings = mqttMessages * Double(batchRecords)
+            // Ceilings first (same services, same run).
+            let payloadBytes = batchPayloadBytes(records: batchRecords, sensors: sensors, encoding: encoding)
+            reporter.note("drain: ceilings (MariaDB \(ceilingReadings) readings direct, mosquitto \(ceilingMessages) × \(payloadBytes) B)")
+            let dbCeiling = try await Ceilings.mariaDBInsert(stack: stack, database: ceilingDatabase, readings: ceilingReadings,
+                                                             sensors: sensors, batch: batchRecords, perTransaction: window * batchRecords)
+            let mqttMessages = try await Ceilings.mqttPublish(stack: stack, payloadBytes: payloadBytes, messages: ceilingMessages, inFlight: 1000)
+            let mqttReadings = mqttMessages * Double(batchRecords)
 
-        // The backlog.
-        let logPath = dir + "/drain-device.sqlite3"
-        reporter.note("drain: filling \(readings) readings into \(logPath)")
-        let fillRate = try await fill(path: logPath, device: device, readings: readings, sensors: sensors)
+            // The backlog.
+            let logPath = dir + "/drain-device.sqlite3"
+            reporter.note("drain: filling \(readings) readings into \(logPath)")
+            let fillRate = try await fill(path: logPath, device: device, readings: readings, sensors: sensors)
 
-        // The real programs.
-        let ingest = try stack.startBackend(database: database, dir: dir)
-        defer { Task { await ingest.stop() } }
-        try await Task.sleep(for: .seconds(1))
-        guard ingest.isRunning else { throw BenchError("ingest exited: \(ingest.tail())") }
-        let env = stack.deviceEnvironment(device: deviceName, password: password, logPath: logPath, extra: [
-            "LOG_DURABILITY": "normal", "SYNC_WINDOW": String(window), "SYNC_BATCH_MAX_RECORDS": String(batchRecords),
-            "SYNC_BATCH_MAX_BYTES": "256k", "SYNC_INTERVAL_SECONDS": "0.2", "SYNC_ENCODING": encoding.rawValue,
-            // Keep every acknowledged record: trimming is not what this measures.
-            "LOG_RETENTION_RECORDS": String(readings), "LOG_RETENTION_SECONDS": "315360000"])
-        reporter.note("drain: starting fieldlog-device sync (window \(window), \(batchRecords) records per batch)")
-        // The services' CPU over the drain (owned stacks only: their PID files are ours to read).
-        let (mosquittoPID, mariadbPID) = stack.servicePIDs
-        func serviceCPU() -> (broker: Double, db: Double) { (mosquittoPID.map(FleetBench.cpu) ?? 0, mariadbPID.map(FleetBench.cpu) ?? 0) }
-        let servicesBefore = serviceCPU()
-        let start = ContinuousClock.now
-        let agent = try stack.startDevice(["sync"], environment: env, logPath: dir + "/drain-device.log")
-        defer { Task { await agent.stop() } }
-        var acked: UInt64 = 0
-        var firstAckAt: Double?
-        var lastReport = ContinuousClock.now
-        var bytes = SocketBytes()
-        while acked < UInt64(readings) {
-            try await Task.sleep(for: .milliseconds(100))
-            guard agent.isRunning else { throw BenchError("fieldlog-device exited: \(agent.tail())") }
-            guard ingest.isRunning else { throw BenchError("fieldlog-backend exited: \(ingest.tail())") }
-            acked = try readLogPointers(logPath).acked
-            if acked > 0 && firstAckAt == nil { firstAckAt = secondsSince(start) }
-            if let b = SocketBytes.read(pid: agent.pid, port: stack.mqttPort) { bytes = b }
-            if ContinuousClock.now - lastReport > .seconds(10) {
-                reporter.note("drain: \(acked) of \(readings) acked after \(String(format: "%.1f", secondsSince(start))) s")
-                lastReport = ContinuousClock.now
+            // The real programs.
+            let ingest = try stack.startBackend(database: database, dir: dir)
+            cleanups.add { await ingest.stop() }
+            try await Task.sleep(for: .seconds(1))
+            guard ingest.isRunning else { throw BenchError("ingest exited: \(ingest.tail())") }
+            let env = stack.deviceEnvironment(device: deviceName, password: password, logPath: logPath, extra: [
+                "LOG_DURABILITY": "normal", "SYNC_WINDOW": String(window), "SYNC_BATCH_MAX_RECORDS": String(batchRecords),
+                "SYNC_BATCH_MAX_BYTES": "256k", "SYNC_INTERVAL_SECONDS": "0.2", "SYNC_ENCODING": encoding.rawValue,
+                // Keep every acknowledged record: trimming is not what this measures.
+                "LOG_RETENTION_RECORDS": String(readings), "LOG_RETENTION_SECONDS": "315360000"])
+            reporter.note("drain: starting fieldlog-device sync (window \(window), \(batchRecords) records per batch)")
+            // The services' CPU over the drain (owned stacks only: their PID files are ours to read).
+            let (mosquittoPID, mariadbPID) = stack.servicePIDs
+            func serviceCPU() -> (broker: Double, db: Double) { (mosquittoPID.map(FleetBench.cpu) ?? 0, mariadbPID.map(FleetBench.cpu) ?? 0) }
+            let servicesBefore = serviceCPU()
+            let start = ContinuousClock.now
+            let agent = try stack.startDevice(["sync"], environment: env, logPath: dir + "/drain-device.log")
+            cleanups.add { await agent.stop() }
+            var acked: UInt64 = 0
+            var firstAckAt: Double?
+            var lastReport = ContinuousClock.now
+            var bytes = SocketBytes()
+            while acked < UInt64(readings) {
+                try await Task.sleep(for: .milliseconds(100))
+                guard agent.isRunning else { throw BenchError("fieldlog-device exited: \(agent.tail())") }
+                guard ingest.isRunning else { throw BenchError("fieldlog-backend exited: \(ingest.tail())") }
+                acked = try readLogPointers(logPath).acked
+                if acked > 0 && firstAckAt == nil { firstAckAt = secondsSince(start) }
+                if let b = SocketBytes.read(pid: agent.pid, port: stack.mqttPort) { bytes = b }
+                if ContinuousClock.now - lastReport > .seconds(10) {
+                    reporter.note("drain: \(acked) of \(readings) acked after \(String(format: "%.1f", secondsSince(start))) s")
+                    lastReport = ContinuousClock.now
+                }
+                if secondsSince(start) > timeout { throw BenchError("drain: only \(acked) of \(readings) acked after \(timeout) s") }
             }
-            if secondsSince(start) > timeout { throw BenchError("drain: only \(acked) of \(readings) acked after \(timeout) s") }
-        }
-        let elapsed = secondsSince(start)
-        let deviceCPU = (try? ProcSample.read(pid: agent.pid))?.cpuSeconds ?? 0
-        let ingestCPU = (try? ProcSample.read(pid: ingest.pid))?.cpuSeconds ?? 0
-        let deviceRSS = (try? ProcSample.read(pid: agent.pid))?.rssKiB ?? 0
-        let servicesAfter = serviceCPU()
-        let mosquittoCPU = servicesAfter.broker - servicesBefore.broker, mariadbCPU = servicesAfter.db - servicesBefore.db
-        await agent.stop()
-        await ingest.stop()
+            let elapsed = secondsSince(start)
+            let deviceCPU = (try? ProcSample.read(pid: agent.pid))?.cpuSeconds ?? 0
+            let ingestCPU = (try? ProcSample.read(pid: ingest.pid))?.cpuSeconds ?? 0
+            let deviceRSS = (try? ProcSample.read(pid: agent.pid))?.rssKiB ?? 0
+            let servicesAfter = serviceCPU()
+            let mosquittoCPU = servicesAfter.broker - servicesBefore.broker, mariadbCPU = servicesAfter.db - servicesBefore.db
+            await agent.stop()
+            await ingest.stop()
 
-        // Nothing lost, nothing twice.
-        let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
-        let row = try await c.query("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM readings WHERE device_id = '\(deviceName)'").rows[0]
-        await c.close()
-        let stored = row[0].int64 ?? -1
-        guard stored == Int64(readings), row[1].int64 == Int64(readings), row[2].int64 == 1, row[3].int64 == Int64(readings) else {
-            throw BenchError("drain: MariaDB holds \(row) readings of \(deviceName), expected \(readings) distinct 1…\(readings)")
+            // Nothing lost, nothing twice.
+            let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
+            let row = try await c.query("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM readings WHERE device_id = '\(deviceName)'").rows[0]
+            await c.close()
+            let stored = row[0].int64 ?? -1
+            guard stored == Int64(readings), row[1].int64 == Int64(readings), row[2].int64 == 1, row[3].int64 == Int64(readings) else {
+                throw BenchError("drain: MariaDB holds \(row) readings of \(deviceName), expected \(readings) distinct 1…\(readings)")
+            }
+            let rate = Double(readings) / elapsed
+            let ceiling = min(dbCeiling, mqttReadings)
+            // The bare reference pipeline on the same services, same readings, same window (issue 17).
+            let reference = try await ReferencePipeline.measure(stack: stack, dir: dir, readings: readings, sensors: sensors, window: window,
+                                                                batchRecords: batchRecords, reporter: reporter)
+            return [
+                "benchmark": encoding == .json ? "drain" : "drain-\(encoding.rawValue)", "encoding": encoding.rawValue,
+                "readings": readings, "sensors_per_reading": sensors, "window_batches": window,
+                "records_per_batch": batchRecords, "batch_payload_bytes": payloadBytes, "ceiling_readings_per_transaction": window * batchRecords,
+                "fill_readings_per_s": fillRate, "fill_method": "DeviceLog.append, 256 concurrent appenders, durability normal",
+                "readings_per_s": rate, "time_to_empty_s": elapsed, "first_ack_s": firstAckAt ?? 0,
+                "wire_bytes_sent_per_reading": Double(bytes.sent) / Double(readings),
+                "wire_bytes_received_per_reading": Double(bytes.received) / Double(readings),
+                "device_cpu_s": deviceCPU, "ingest_cpu_s": ingestCPU, "device_rss_kib": deviceRSS,
+                "mosquitto_cpu_s": mosquittoCPU, "mariadb_cpu_s": mariadbCPU,
+                "cpu_us_per_reading": (deviceCPU + ingestCPU + mosquittoCPU + mariadbCPU) / Double(readings) * 1e6,
+                "stored_readings": stored,
+                "ceiling_mariadb_direct_readings_per_s": dbCeiling,
+                "ceiling_mosquitto_messages_per_s": mqttMessages, "ceiling_mosquitto_readings_per_s": mqttReadings,
+                "ceiling_readings_per_s": ceiling, "ceiling_source": dbCeiling <= mqttReadings ? "mariadb" : "mosquitto",
+                "ratio_to_ceiling": rate / ceiling,
+                "reference_readings_per_s": reference.readingsPerSecond, "ratio_to_reference": rate / reference.readingsPerSecond,
+                "reference_cpu_us_per_reading": reference.cpuMicrosecondsPerReading,
+                "reference_cpu_s": reference.cpu,
+            ]
         }
-        let rate = Double(readings) / elapsed
-        let ceiling = min(dbCeiling, mqttReadings)
-        // The bare reference pipeline on the same services, same readings, same window (issue 17).
-        let reference = try await ReferencePipeline.measure(stack: stack, dir: dir, readings: readings, sensors: sensors, window: window,
-                                                            batchRecords: batchRecords, reporter: reporter)
-        return [
-            "benchmark": encoding == .json ? "drain" : "drain-\(encoding.rawValue)", "encoding": encoding.rawValue,
-            "readings": readings, "sensors_per_reading": sensors, "window_batches": window,
-            "records_per_batch": batchRecords, "batch_payload_bytes": payloadBytes, "ceiling_readings_per_transaction": window * batchRecords,
-            "fill_readings_per_s": fillRate, "fill_method": "DeviceLog.append, 256 concurrent appenders, durability normal",
-            "readings_per_s": rate, "time_to_empty_s": elapsed, "first_ack_s": firstAckAt ?? 0,
-            "wire_bytes_sent_per_reading": Double(bytes.sent) / Double(readings),
-            "wire_bytes_received_per_reading": Double(bytes.received) / Double(readings),
-            "device_cpu_s": deviceCPU, "ingest_cpu_s": ingestCPU, "device_rss_kib": deviceRSS,
-            "mosquitto_cpu_s": mosquittoCPU, "mariadb_cpu_s": mariadbCPU,
-            "cpu_us_per_reading": (deviceCPU + ingestCPU + mosquittoCPU + mariadbCPU) / Double(readings) * 1e6,
-            "stored_readings": stored,
-            "ceiling_mariadb_direct_readings_per_s": dbCeiling,
-            "ceiling_mosquitto_messages_per_s": mqttMessages, "ceiling_mosquitto_readings_per_s": mqttReadings,
-            "ceiling_readings_per_s": ceiling, "ceiling_source": dbCeiling <= mqttReadings ? "mariadb" : "mosquitto",
-            "ratio_to_ceiling": rate / ceiling,
-            "reference_readings_per_s": reference.readingsPerSecond, "ratio_to_reference": rate / reference.readingsPerSecond,
-            "reference_cpu_us_per_reading": reference.cpuMicrosecondsPerReading,
-            "reference_cpu_s": reference.cpu,
-        ]
     }
 }
 

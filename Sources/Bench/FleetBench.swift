@@ -15,6 +15,7 @@
 import ArgumentParser
 import Device
 import FieldlogCore
+import Threading
 import Foundation
 import Log
 import Logging
@@ -92,174 +93,176 @@ struct FleetBench: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: runDir) }
         try await stack.freshDatabase(database)
-        defer { Task { await stack.dropDatabase(database) } }
-        let names = (0..<scenario.devices).map { "bf-\(tag)-\($0)" }
-        let users = names.map { ($0, "pw-\($0.hashValue & 0xFFFFFF)-\(UInt32.random(in: 0...UInt32.max))") }
-        try stack.addMQTTUsers(users)
+        return try await withCleanups { cleanups in
+            cleanups.add { await stack.dropDatabase(database) }
+            let names = (0..<scenario.devices).map { "bf-\(tag)-\($0)" }
+            let users = names.map { ($0, "pw-\($0.hashValue & 0xFFFFFF)-\(UInt32.random(in: 0...UInt32.max))") }
+            try stack.addMQTTUsers(users)
 
-        var processes: [ChildProcess] = []
-        for i in 0..<ingests { processes.append(try stack.startBackend(database: database, dir: runDir, index: i)) }
-        defer { let p = processes; Task { for c in p { await c.stop() } } }
-        try await Task.sleep(for: .seconds(1))
-        for p in processes where !p.isRunning { throw BenchError("ingest exited: \(p.tail())") }
+            var processes: [ChildProcess] = []
+            for i in 0..<ingests { processes.append(try stack.startBackend(database: database, dir: runDir, index: i)) }
+            cleanups.add { [processes] in for c in processes { await c.stop() } }
+            try await Task.sleep(for: .seconds(1))
+            for p in processes where !p.isRunning { throw BenchError("ingest exited: \(p.tail())") }
 
-        reporter.note("fleet: \(scenario.devices) devices × \(scenario.rate)/s against \(ingests) ingest process(es)")
-        var logger = Logger(label: "bench.fleet")
-        logger.logLevel = .error
-        // Open the logs (each creates its schema with fsyncs) a few at a time, not one by one.
-        let openStart = ContinuousClock.now
-        var built: [Int: ([any Service], NodeEnvironment)] = [:]
-        let config = { (name: String, password: String) throws -> DeviceConfiguration in
-            let settings = ["FIELDLOG_DEVICE_ID": name, "LOG_PATH": "\(runDir)/\(name).sqlite3", "LOG_DURABILITY": durability,
-                            "MQTT_HOST": stack.mqttHost, "MQTT_PORT": String(stack.mqttPort), "MQTT_PASSWORD": password,
-                            "REDIS_ENABLE": "false", "STATUS_HTTP_PORT": "0", "INTERVAL_SECONDS": String(1 / scenario.rate),
-                            "SYNC_INTERVAL_SECONDS": String(senderInterval), "MEASUREMENT_ENABLED": "false"]
-            return try DeviceConfiguration(values: SettingValues(table: DeviceSettings.table, environment: settings))
-        }
-        let configurations = try users.map { try config($0.0, $0.1) }
-        let deviceLogger = logger
-        try await withThrowingTaskGroup(of: (Int, [any Service], NodeEnvironment).self) { group in
-            var next = 0
-            func add() {
-                let i = next, c = configurations[i]
-                next += 1
-                group.addTask {
-                    let (s, env) = try await DeviceNode.services(for: c, components: [.sampler, .sync], logger: deviceLogger)
-                    return (i, s, env)
+            reporter.note("fleet: \(scenario.devices) devices × \(scenario.rate)/s against \(ingests) ingest process(es)")
+            var logger = Logger(label: "bench.fleet")
+            logger.logLevel = .error
+            // Open the logs (each creates its schema with fsyncs) a few at a time, not one by one.
+            let openStart = ContinuousClock.now
+            var built: [Int: ([any Service], NodeEnvironment)] = [:]
+            let config = { (name: String, password: String) throws -> DeviceConfiguration in
+                let settings = ["FIELDLOG_DEVICE_ID": name, "LOG_PATH": "\(runDir)/\(name).sqlite3", "LOG_DURABILITY": durability,
+                                "MQTT_HOST": stack.mqttHost, "MQTT_PORT": String(stack.mqttPort), "MQTT_PASSWORD": password,
+                                "REDIS_ENABLE": "false", "STATUS_HTTP_PORT": "0", "INTERVAL_SECONDS": String(1 / scenario.rate),
+                                "SYNC_INTERVAL_SECONDS": String(senderInterval), "MEASUREMENT_ENABLED": "false"]
+                return try DeviceConfiguration(values: SettingValues(table: DeviceSettings.table, environment: settings))
+            }
+            let configurations = try users.map { try config($0.0, $0.1) }
+            let deviceLogger = logger
+            try await withThrowingTaskGroup(of: (Int, [any Service], NodeEnvironment).self) { group in
+                var next = 0
+                func add() {
+                    let i = next, c = configurations[i]
+                    next += 1
+                    group.addTask {
+                        let (s, env) = try await DeviceNode.services(for: c, components: [.sampler, .sync], logger: deviceLogger)
+                        return (i, s, env)
+                    }
+                }
+                while next < min(16, configurations.count) { add() }
+                while let (i, s, env) = try await group.next() {
+                    built[i] = (s, env)
+                    if next < configurations.count { add() }
                 }
             }
-            while next < min(16, configurations.count) { add() }
-            while let (i, s, env) = try await group.next() {
-                built[i] = (s, env)
-                if next < configurations.count { add() }
+            let services = (0..<users.count).flatMap { built[$0]!.0 }
+            let nodes = (0..<users.count).map { built[$0]!.1 }
+            let openSeconds = secondsSince(openStart)
+            let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) }, logger: logger))
+            let running = Task { try await group.run() }
+            cleanups.add { running.cancel(); _ = try? await running.value }
+
+            // Wait until every device is online (its retained status, stored by the ingest), then
+            // start sampling everywhere at once.
+            let sql = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
+            cleanups.add { await sql.close() }
+            try await sql.query("SET time_zone = '+00:00'")
+            let connectStart = ContinuousClock.now
+            var lastNote = connectStart
+            while true {
+                let online = try await sql.query("SELECT count(*) FROM devices WHERE status_state = 'online'").rows[0][0].int64 ?? 0
+                if online >= Int64(scenario.devices) { break }
+                if ContinuousClock.now - lastNote > .seconds(10) {
+                    lastNote = .now
+                    reporter.note("fleet: \(online) of \(scenario.devices) devices online after \(Int(secondsSince(connectStart))) s")
+                }
+                if secondsSince(connectStart) > 180 { throw BenchError("fleet: only \(online) of \(scenario.devices) devices online after 180 s") }
+                try await Task.sleep(for: .milliseconds(250))
             }
-        }
-        let services = (0..<users.count).flatMap { built[$0]!.0 }
-        let nodes = (0..<users.count).map { built[$0]!.1 }
-        let openSeconds = secondsSince(openStart)
-        let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) }, logger: logger))
-        let running = Task { try await group.run() }
-        defer { running.cancel() }
+            let connectSeconds = secondsSince(connectStart)
+            for n in nodes { await n.settings.set(.measurementEnabled, .enabled(true)) }
+            try await Task.sleep(for: .seconds(warmup))
 
-        // Wait until every device is online (its retained status, stored by the ingest), then
-        // start sampling everywhere at once.
-        let sql = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
-        defer { Task { await sql.close() } }
-        try await sql.query("SET time_zone = '+00:00'")
-        let connectStart = ContinuousClock.now
-        var lastNote = connectStart
-        while true {
-            let online = try await sql.query("SELECT count(*) FROM devices WHERE status_state = 'online'").rows[0][0].int64 ?? 0
-            if online >= Int64(scenario.devices) { break }
-            if ContinuousClock.now - lastNote > .seconds(10) {
-                lastNote = .now
-                reporter.note("fleet: \(online) of \(scenario.devices) devices online after \(Int(secondsSince(connectStart))) s")
+            // Measure.
+            let (mosquitto, mariadb) = stack.servicePIDs
+            // CPU and the window's bounds are sampled back to back (reading 1,000 log heads here
+            // took seconds under load and skewed every rate): the window is [t0, t1) on MariaDB's
+            // clock, offered = readings whose device timestamp falls in it (counted after the drain,
+            // when every reading is stored), stored = readings whose received_at falls in it.
+            func sample() -> (bench: Double, ingest: [Double], broker: Double, db: Double) {
+                (bench: cpu(getpid()), ingest: processes.map { cpu($0.pid) }, broker: mosquitto.map(cpu) ?? 0, db: mariadb.map(cpu) ?? 0)
             }
-            if secondsSince(connectStart) > 180 { throw BenchError("fleet: only \(online) of \(scenario.devices) devices online after 180 s") }
-            try await Task.sleep(for: .milliseconds(250))
-        }
-        let connectSeconds = secondsSince(connectStart)
-        for n in nodes { await n.settings.set(.measurementEnabled, .enabled(true)) }
-        try await Task.sleep(for: .seconds(warmup))
+            let clockQuery = "SELECT DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%d %H:%i:%s.%f'), CAST(ROUND(UNIX_TIMESTAMP(UTC_TIMESTAMP(3)) * 1000) AS SIGNED)"
+            let cpuBefore = sample()
+            let cpuStart = ContinuousClock.now
+            let r0 = try await sql.query(clockQuery).rows[0]
+            let (t0, t0ms) = (r0[0].string ?? "", r0[1].int64 ?? 0)
+            try await Task.sleep(for: .seconds(window))
+            let r1 = try await sql.query(clockQuery).rows[0]
+            let (t1, t1ms) = (r1[0].string ?? "", r1[1].int64 ?? 0)
+            let cpuAfter = sample()
+            let cpuSeconds = secondsSince(cpuStart)
+            let elapsed = Double(t1ms - t0ms) / 1000
 
-        // Measure.
-        let (mosquitto, mariadb) = stack.servicePIDs
-        // CPU and the window's bounds are sampled back to back (reading 1,000 log heads here
-        // took seconds under load and skewed every rate): the window is [t0, t1) on MariaDB's
-        // clock, offered = readings whose device timestamp falls in it (counted after the drain,
-        // when every reading is stored), stored = readings whose received_at falls in it.
-        func sample() -> (bench: Double, ingest: [Double], broker: Double, db: Double) {
-            (bench: cpu(getpid()), ingest: processes.map { cpu($0.pid) }, broker: mosquitto.map(cpu) ?? 0, db: mariadb.map(cpu) ?? 0)
-        }
-        let clockQuery = "SELECT DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%d %H:%i:%s.%f'), CAST(ROUND(UNIX_TIMESTAMP(UTC_TIMESTAMP(3)) * 1000) AS SIGNED)"
-        let cpuBefore = sample()
-        let cpuStart = ContinuousClock.now
-        let r0 = try await sql.query(clockQuery).rows[0]
-        let (t0, t0ms) = (r0[0].string ?? "", r0[1].int64 ?? 0)
-        try await Task.sleep(for: .seconds(window))
-        let r1 = try await sql.query(clockQuery).rows[0]
-        let (t1, t1ms) = (r1[0].string ?? "", r1[1].int64 ?? 0)
-        let cpuAfter = sample()
-        let cpuSeconds = secondsSince(cpuStart)
-        let elapsed = Double(t1ms - t0ms) / 1000
-
-        // Stop sampling, let every log drain, then check nothing was lost.
-        for n in nodes { await n.settings.set(.measurementEnabled, .enabled(false)) }
-        let drainStart = ContinuousClock.now
-        var unacked: UInt64 = 1
-        while unacked > 0 {
-            unacked = 0
-            for n in nodes {
-                let head = try await n.log.head(), acked = try await n.log.ackedThrough()
-                unacked += head.rawValue - acked.rawValue
+            // Stop sampling, let every log drain, then check nothing was lost.
+            for n in nodes { await n.settings.set(.measurementEnabled, .enabled(false)) }
+            let drainStart = ContinuousClock.now
+            var unacked: UInt64 = 1
+            while unacked > 0 {
+                unacked = 0
+                for n in nodes {
+                    let head = try await n.log.head(), acked = try await n.log.ackedThrough()
+                    unacked += head.rawValue - acked.rawValue
+                }
+                if unacked == 0 { break }
+                if secondsSince(drainStart) > 120 { throw BenchError("fleet: \(unacked) readings still unacked 120 s after sampling stopped") }
+                try await Task.sleep(for: .seconds(1))
             }
-            if unacked == 0 { break }
-            if secondsSince(drainStart) > 120 { throw BenchError("fleet: \(unacked) readings still unacked 120 s after sampling stopped") }
-            try await Task.sleep(for: .seconds(1))
-        }
-        let drainSeconds = secondsSince(drainStart)
-        var heads: [String: UInt64] = [:]
-        for n in nodes { heads[n.log.deviceID.rawValue] = (try await n.log.head()).rawValue }
+            let drainSeconds = secondsSince(drainStart)
+            var heads: [String: UInt64] = [:]
+            for n in nodes { heads[n.log.deviceID.rawValue] = (try await n.log.head()).rawValue }
 
-        // Window figures from MariaDB: stored per second and latency, by the ingest's receive time.
-        let rows = try await sql.query("""
-            SELECT CAST(ROUND(UNIX_TIMESTAMP(received_at) * 1000) - device_ms AS SIGNED) FROM readings
-            WHERE received_at >= '\(t0)' AND received_at < '\(t1)'
-            """).rows
-        let latencies = LatencyStats(rows.compactMap { $0[0].int64.map { $0 * 1_000_000 } })
-        let stored = rows.count
-        let perDevice = try await sql.query("SELECT device_id, count(*), count(DISTINCT seq), min(seq), max(seq) FROM readings GROUP BY device_id").rows
-        var lost: UInt64 = 0, duplicates: UInt64 = 0, checked = 0
-        var seen: [String: UInt64] = [:]
-        for r in perDevice {
-            guard let d = r[0].string, let count = r[1].uint64, let distinct = r[2].uint64 else { continue }
-            seen[d] = distinct
-            duplicates += count - distinct
-            if let h = heads[d] {
-                checked += 1
-                if distinct != h || (h > 0 && (r[3].uint64 != 1 || r[4].uint64 != h)) { lost += h > distinct ? h - distinct : 0 }
+            // Window figures from MariaDB: stored per second and latency, by the ingest's receive time.
+            let rows = try await sql.query("""
+                SELECT CAST(ROUND(UNIX_TIMESTAMP(received_at) * 1000) - device_ms AS SIGNED) FROM readings
+                WHERE received_at >= '\(t0)' AND received_at < '\(t1)'
+                """).rows
+            let latencies = LatencyStats(rows.compactMap { $0[0].int64.map { $0 * 1_000_000 } })
+            let stored = rows.count
+            let perDevice = try await sql.query("SELECT device_id, count(*), count(DISTINCT seq), min(seq), max(seq) FROM readings GROUP BY device_id").rows
+            var lost: UInt64 = 0, duplicates: UInt64 = 0, checked = 0
+            var seen: [String: UInt64] = [:]
+            for r in perDevice {
+                guard let d = r[0].string, let count = r[1].uint64, let distinct = r[2].uint64 else { continue }
+                seen[d] = distinct
+                duplicates += count - distinct
+                if let h = heads[d] {
+                    checked += 1
+                    if distinct != h || (h > 0 && (r[3].uint64 != 1 || r[4].uint64 != h)) { lost += h > distinct ? h - distinct : 0 }
+                }
             }
-        }
-        for (d, h) in heads where seen[d] == nil { lost += h }
-        let totalAppended = heads.values.reduce(0, +)
-        let offeredInWindow = try await sql.query("SELECT count(*) FROM readings WHERE device_ms >= \(t0ms) AND device_ms < \(t1ms)").rows[0][0].int64 ?? 0
+            for (d, h) in heads where seen[d] == nil { lost += h }
+            let totalAppended = heads.values.reduce(0, +)
+            let offeredInWindow = try await sql.query("SELECT count(*) FROM readings WHERE device_ms >= \(t0ms) AND device_ms < \(t1ms)").rows[0][0].int64 ?? 0
 
-        await group.triggerGracefulShutdown()
-        _ = try? await running.value
-        for p in processes { await p.stop() }
+            await group.triggerGracefulShutdown()
+            _ = try? await running.value
+            for p in processes { await p.stop() }
 
-        let offered = Double(offeredInWindow) / elapsed
-        let storedRate = Double(stored) / elapsed
-        let cpuShare: [String: Double] = [
-            "devices_in_bench_process": (cpuAfter.bench - cpuBefore.bench) / cpuSeconds * 100,
-            "ingest": zip(cpuAfter.ingest, cpuBefore.ingest).map { $0 - $1 }.reduce(0, +) / cpuSeconds * 100,
-            "mosquitto": (cpuAfter.broker - cpuBefore.broker) / cpuSeconds * 100,
-            "mariadb": (cpuAfter.db - cpuBefore.db) / cpuSeconds * 100,
-        ]
-        let total = cpuShare.values.reduce(0, +)
-        let busiest = cpuShare.max { $0.value < $1.value }!
-        let cores = Double(ProcessInfo.processInfo.activeProcessorCount)
-        let bottleneck: String
-        if total >= cores * 100 * 0.85 {
-            bottleneck = "CPU: the machine's \(Int(cores)) cores are \(Int(total / cores))% busy with the pipeline; largest share \(busiest.key) (\(Int(busiest.value))%)"
-        } else if busiest.value >= 90 {
-            bottleneck = "CPU of one thread-bound process: \(busiest.key) at \(Int(busiest.value))%"
-        } else {
-            bottleneck = "none saturated (total \(Int(total))% of \(Int(cores * 100))%); latency is the sender interval + group commit"
+            let offered = Double(offeredInWindow) / elapsed
+            let storedRate = Double(stored) / elapsed
+            let cpuShare: [String: Double] = [
+                "devices_in_bench_process": (cpuAfter.bench - cpuBefore.bench) / cpuSeconds * 100,
+                "ingest": zip(cpuAfter.ingest, cpuBefore.ingest).map { $0 - $1 }.reduce(0, +) / cpuSeconds * 100,
+                "mosquitto": (cpuAfter.broker - cpuBefore.broker) / cpuSeconds * 100,
+                "mariadb": (cpuAfter.db - cpuBefore.db) / cpuSeconds * 100,
+            ]
+            let total = cpuShare.values.reduce(0, +)
+            let busiest = cpuShare.max { $0.value < $1.value }!
+            let cores = Double(ProcessInfo.processInfo.activeProcessorCount)
+            let bottleneck: String
+            if total >= cores * 100 * 0.85 {
+                bottleneck = "CPU: the machine's \(Int(cores)) cores are \(Int(total / cores))% busy with the pipeline; largest share \(busiest.key) (\(Int(busiest.value))%)"
+            } else if busiest.value >= 90 {
+                bottleneck = "CPU of one thread-bound process: \(busiest.key) at \(Int(busiest.value))%"
+            } else {
+                bottleneck = "none saturated (total \(Int(total))% of \(Int(cores * 100))%); latency is the sender interval + group commit"
+            }
+            return [
+                "benchmark": "fleet-\(scenario.devices)x\(scenario.rate == scenario.rate.rounded() ? String(Int(scenario.rate)) : String(scenario.rate))-ingest\(ingests)",
+                "devices": scenario.devices, "readings_per_s_per_device": scenario.rate, "ingest_processes": ingests,
+                "durability": durability, "sender_interval_s": senderInterval, "simulation": "in-process: DeviceNode.services([.sampler, .sync]) per device",
+                "seconds": elapsed, "open_logs_s": openSeconds, "connect_all_s": connectSeconds,
+                "offered_readings_per_s": offered, "stored_readings_per_s": storedRate, "ratio_stored_to_offered": storedRate / max(offered, 1),
+                "latency_p50_ms": latencies.percentile(0.5), "latency_p99_ms": latencies.percentile(0.99), "latency_max_ms": latencies.maxMs,
+                "latency_definition": "readings.received_at (ingest, in the storing transaction) − device timestamp of the reading",
+                "appended_total": totalAppended, "lost": lost, "duplicate_rows": duplicates, "devices_checked": checked,
+                "drain_after_stop_s": drainSeconds,
+                "cpu_percent": cpuShare, "cpu_percent_total": total, "bottleneck": bottleneck,
+                "target_p99_ms": 1000, "ratio_p99_to_target": latencies.percentile(0.99) / 1000,
+            ]
         }
-        return [
-            "benchmark": "fleet-\(scenario.devices)x\(scenario.rate == scenario.rate.rounded() ? String(Int(scenario.rate)) : String(scenario.rate))-ingest\(ingests)",
-            "devices": scenario.devices, "readings_per_s_per_device": scenario.rate, "ingest_processes": ingests,
-            "durability": durability, "sender_interval_s": senderInterval, "simulation": "in-process: DeviceNode.services([.sampler, .sync]) per device",
-            "seconds": elapsed, "open_logs_s": openSeconds, "connect_all_s": connectSeconds,
-            "offered_readings_per_s": offered, "stored_readings_per_s": storedRate, "ratio_stored_to_offered": storedRate / max(offered, 1),
-            "latency_p50_ms": latencies.percentile(0.5), "latency_p99_ms": latencies.percentile(0.99), "latency_max_ms": latencies.maxMs,
-            "latency_definition": "readings.received_at (ingest, in the storing transaction) − device timestamp of the reading",
-            "appended_total": totalAppended, "lost": lost, "duplicate_rows": duplicates, "devices_checked": checked,
-            "drain_after_stop_s": drainSeconds,
-            "cpu_percent": cpuShare, "cpu_percent_total": total, "bottleneck": bottleneck,
-            "target_p99_ms": 1000, "ratio_p99_to_target": latencies.percentile(0.99) / 1000,
-        ]
     }
 }
 

@@ -3,6 +3,7 @@
 // status page off) idle, at 1 and 100 readings/s, and while draining a backlog.
 import ArgumentParser
 import FieldlogCore
+import Threading
 import Foundation
 import Processes
 
@@ -78,66 +79,68 @@ struct FootprintBench: AsyncParsableCommand {
         let tag = "\(getpid())"
         let database = "bench_footprint_\(tag)"
         try await stack.freshDatabase(database)
-        defer { Task { await stack.dropDatabase(database) } }
-        let ingest = try stack.startBackend(database: database, dir: dir, index: 9)
-        defer { Task { await ingest.stop() } }
-        let phases = [Phase(name: "idle", readingsPerSecond: 0, backlog: 0),
-                      Phase(name: "1-per-s", readingsPerSecond: 1, backlog: 0),
-                      Phase(name: "100-per-s", readingsPerSecond: 100, backlog: 0),
-                      Phase(name: "draining", readingsPerSecond: 0, backlog: backlog)]
-        var users: [(String, String)] = []
-        for i in phases.indices { users.append(("bench-fp\(i)-\(tag)", "pw-\(UInt64.random(in: 0...UInt64.max))")) }
-        try stack.addMQTTUsers(users)
-        for (i, phase) in phases.enumerated() {
-            let (name, password) = users[i]
-            let logPath = "\(dir)/footprint-\(phase.name).sqlite3"
-            if phase.backlog > 0 {
-                reporter.note("footprint: filling a backlog of \(phase.backlog)")
-                _ = try await DrainBench.fill(path: logPath, device: try DeviceID(name), readings: phase.backlog, sensors: 1)
-            }
-            let env = stack.deviceEnvironment(device: name, password: password, logPath: logPath, extra: [
-                "REDIS_ENABLE": "true", "REDIS_DB": String(i + 1),
-                "MEASUREMENT_ENABLED": phase.readingsPerSecond > 0 ? "true" : "false",
-                "INTERVAL_SECONDS": phase.readingsPerSecond > 0 ? String(1 / phase.readingsPerSecond) : "2",
-                "LOG_DURABILITY": "full"])
-            reporter.note("footprint: \(phase.name) for \(window) s")
-            let device = try stack.startDevice(["run"], environment: env, logPath: "\(dir)/footprint-\(phase.name).log")
-            try await Task.sleep(for: .seconds(3))
-            guard device.isRunning else { throw BenchError("fieldlog-device run exited: \(device.tail())") }
-            let before = try ProcSample.read(pid: device.pid)
-            let pointersBefore = try readLogPointers(logPath)
-            let start = ContinuousClock.now
-            var maxRSS = before.rssKiB
-            var drainedAt: Double?
-            while secondsSince(start) < window {
-                try await Task.sleep(for: .milliseconds(250))
-                guard device.isRunning else { throw BenchError("fieldlog-device run exited: \(device.tail())") }
-                maxRSS = max(maxRSS, try ProcSample.read(pid: device.pid).rssKiB)
-                if phase.backlog > 0 && drainedAt == nil {
-                    let p = try readLogPointers(logPath)
-                    if p.acked >= p.head { drainedAt = secondsSince(start); break }
+        return try await withCleanups { cleanups in
+            cleanups.add { await stack.dropDatabase(database) }
+            let ingest = try stack.startBackend(database: database, dir: dir, index: 9)
+            cleanups.add { await ingest.stop() }
+            let phases = [Phase(name: "idle", readingsPerSecond: 0, backlog: 0),
+                          Phase(name: "1-per-s", readingsPerSecond: 1, backlog: 0),
+                          Phase(name: "100-per-s", readingsPerSecond: 100, backlog: 0),
+                          Phase(name: "draining", readingsPerSecond: 0, backlog: backlog)]
+            var users: [(String, String)] = []
+            for i in phases.indices { users.append(("bench-fp\(i)-\(tag)", "pw-\(UInt64.random(in: 0...UInt64.max))")) }
+            try stack.addMQTTUsers(users)
+            for (i, phase) in phases.enumerated() {
+                let (name, password) = users[i]
+                let logPath = "\(dir)/footprint-\(phase.name).sqlite3"
+                if phase.backlog > 0 {
+                    reporter.note("footprint: filling a backlog of \(phase.backlog)")
+                    _ = try await DrainBench.fill(path: logPath, device: try DeviceID(name), readings: phase.backlog, sensors: 1)
                 }
+                let env = stack.deviceEnvironment(device: name, password: password, logPath: logPath, extra: [
+                    "REDIS_ENABLE": "true", "REDIS_DB": String(i + 1),
+                    "MEASUREMENT_ENABLED": phase.readingsPerSecond > 0 ? "true" : "false",
+                    "INTERVAL_SECONDS": phase.readingsPerSecond > 0 ? String(1 / phase.readingsPerSecond) : "2",
+                    "LOG_DURABILITY": "full"])
+                reporter.note("footprint: \(phase.name) for \(window) s")
+                let device = try stack.startDevice(["run"], environment: env, logPath: "\(dir)/footprint-\(phase.name).log")
+                try await Task.sleep(for: .seconds(3))
+                guard device.isRunning else { throw BenchError("fieldlog-device run exited: \(device.tail())") }
+                let before = try ProcSample.read(pid: device.pid)
+                let pointersBefore = try readLogPointers(logPath)
+                let start = ContinuousClock.now
+                var maxRSS = before.rssKiB
+                var drainedAt: Double?
+                while secondsSince(start) < window {
+                    try await Task.sleep(for: .milliseconds(250))
+                    guard device.isRunning else { throw BenchError("fieldlog-device run exited: \(device.tail())") }
+                    maxRSS = max(maxRSS, try ProcSample.read(pid: device.pid).rssKiB)
+                    if phase.backlog > 0 && drainedAt == nil {
+                        let p = try readLogPointers(logPath)
+                        if p.acked >= p.head { drainedAt = secondsSince(start); break }
+                    }
+                }
+                let elapsed = secondsSince(start)
+                let after = try ProcSample.read(pid: device.pid)
+                let hwm = (try? String(contentsOfFile: "/proc/\(device.pid)/status", encoding: .utf8))?
+                    .split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+                    .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+                let pointersAfter = try readLogPointers(logPath)
+                await device.stop()
+                var row: [String: Any] = [
+                    "benchmark": "footprint-\(phase.name)", "seconds": elapsed,
+                    "rss_kib": after.rssKiB, "rss_max_sampled_kib": maxRSS, "rss_peak_vmhwm_kib": hwm,
+                    "cpu_percent": (after.cpuSeconds - before.cpuSeconds) / elapsed * 100,
+                    "readings_appended": pointersAfter.head - pointersBefore.head,
+                    "readings_acked": pointersAfter.acked - pointersBefore.acked,
+                    "target_rss_kib": 30 * 1024, "ratio_rss_to_target": Double(after.rssKiB) / Double(30 * 1024),
+                ]
+                if phase.name == "idle" { row["target_cpu_percent"] = 1.0 }
+                if phase.backlog > 0 { row["backlog"] = phase.backlog; row["drained"] = drainedAt != nil }
+                rows.append(row)
             }
-            let elapsed = secondsSince(start)
-            let after = try ProcSample.read(pid: device.pid)
-            let hwm = (try? String(contentsOfFile: "/proc/\(device.pid)/status", encoding: .utf8))?
-                .split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
-                .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
-            let pointersAfter = try readLogPointers(logPath)
-            await device.stop()
-            var row: [String: Any] = [
-                "benchmark": "footprint-\(phase.name)", "seconds": elapsed,
-                "rss_kib": after.rssKiB, "rss_max_sampled_kib": maxRSS, "rss_peak_vmhwm_kib": hwm,
-                "cpu_percent": (after.cpuSeconds - before.cpuSeconds) / elapsed * 100,
-                "readings_appended": pointersAfter.head - pointersBefore.head,
-                "readings_acked": pointersAfter.acked - pointersBefore.acked,
-                "target_rss_kib": 30 * 1024, "ratio_rss_to_target": Double(after.rssKiB) / Double(30 * 1024),
-            ]
-            if phase.name == "idle" { row["target_cpu_percent"] = 1.0 }
-            if phase.backlog > 0 { row["backlog"] = phase.backlog; row["drained"] = drainedAt != nil }
-            rows.append(row)
+            await ingest.stop()
+            return rows
         }
-        await ingest.stop()
-        return rows
     }
 }

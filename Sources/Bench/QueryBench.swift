@@ -9,12 +9,14 @@
 //   - `fieldlog-backend audit` over the whole database.
 import ArgumentParser
 import FieldlogCore
+import Threading
 import Foundation
 import Logging
 import MariaDB
 import MQTT
 import Processes
 import Sync
+import Synchronization
 
 struct QueryBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -60,62 +62,64 @@ struct QueryBench: AsyncParsableCommand {
                          "readings_per_s": Double(devices * perDevice) / seconds])
         }
         let db = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
-        defer { Task { await db.close() } }
-        try await db.query("SET time_zone = '+00:00'")
-        let stored = try await db.query("SELECT COUNT(*) FROM readings").rows.first?.first?.int64 ?? 0
-        let last = try await db.query("SELECT MAX(device_time) FROM readings").rows.first?.first?.string ?? ""
-        reporter.note("queries: \(stored) readings in \(database), newest \(last)")
-        let lastMs = try await db.query("SELECT CAST(UNIX_TIMESTAMP(MAX(device_time)) * 1000 AS SIGNED) FROM readings").rows.first?.first?.int64 ?? endMs
-        let fromMs = lastMs - 86_400_000
-        let device = "bench-q-\(devices / 2)"
-        func sqlTime(_ ms: Int64) -> String { SQLDateTime.format(unixMilliseconds: ms)! }
+        return try await withCleanups { cleanups in
+            cleanups.add { await db.close() }
+            try await db.query("SET time_zone = '+00:00'")
+            let stored = try await db.query("SELECT COUNT(*) FROM readings").rows.first?.first?.int64 ?? 0
+            let last = try await db.query("SELECT MAX(device_time) FROM readings").rows.first?.first?.string ?? ""
+            reporter.note("queries: \(stored) readings in \(database), newest \(last)")
+            let lastMs = try await db.query("SELECT CAST(UNIX_TIMESTAMP(MAX(device_time)) * 1000 AS SIGNED) FROM readings").rows.first?.first?.int64 ?? endMs
+            let fromMs = lastMs - 86_400_000
+            let device = "bench-q-\(devices / 2)"
+            func sqlTime(_ ms: Int64) -> String { SQLDateTime.format(unixMilliseconds: ms)! }
 
-        // 1. One sensor of one device over 24 h, as docs/backend.md writes it: the value as
-        // MariaDB returns it (text), and as a DOUBLE (what Grafana's MySQL data source needs).
-        for (name, value) in [("queries-sensor-24h", "JSON_VALUE(vals, '$.temp')"),
-                              ("queries-sensor-24h-double", "CAST(JSON_VALUE(vals, '$.temp') AS DOUBLE)")] {
-            var samples: [Int64] = []
-            var count = 0
-            for k in 0..<requests {
-                let d = "bench-q-\(k % devices)"
-                let t = ContinuousClock.now
-                let r = try await db.execute("""
-                    SELECT device_time, \(value) AS temp FROM readings
-                     WHERE device_id = ? AND device_time BETWEEN ? AND ? ORDER BY device_time
-                    """, [.string(d), .string(sqlTime(fromMs)), .string(sqlTime(lastMs))])
-                samples.append(nanoseconds(ContinuousClock.now - t))
-                count = r.rows.count
+            // 1. One sensor of one device over 24 h, as docs/backend.md writes it: the value as
+            // MariaDB returns it (text), and as a DOUBLE (what Grafana's MySQL data source needs).
+            for (name, value) in [("queries-sensor-24h", "JSON_VALUE(vals, '$.temp')"),
+                                  ("queries-sensor-24h-double", "CAST(JSON_VALUE(vals, '$.temp') AS DOUBLE)")] {
+                var samples: [Int64] = []
+                var count = 0
+                for k in 0..<requests {
+                    let d = "bench-q-\(k % devices)"
+                    let t = ContinuousClock.now
+                    let r = try await db.execute("""
+                        SELECT device_time, \(value) AS temp FROM readings
+                         WHERE device_id = ? AND device_time BETWEEN ? AND ? ORDER BY device_time
+                        """, [.string(d), .string(sqlTime(fromMs)), .string(sqlTime(lastMs))])
+                    samples.append(nanoseconds(ContinuousClock.now - t))
+                    count = r.rows.count
+                }
+                let s = LatencyStats(samples)
+                rows.append(["benchmark": name, "rows": count, "p50_ms": s.percentile(0.5), "p90_ms": s.percentile(0.9), "readings": stored])
             }
-            let s = LatencyStats(samples)
-            rows.append(["benchmark": name, "rows": count, "p50_ms": s.percentile(0.5), "p90_ms": s.percentile(0.9), "readings": stored])
-        }
 
-        // 2. Grafana: every panel and variable query, one device, 24 h.
-        for (title, sql) in try grafanaQueries(repo: stack.repo, device: device, fromSeconds: fromMs / 1000, toSeconds: lastMs / 1000) {
-            var g: [Int64] = []
-            var n = 0
-            for _ in 0..<max(3, requests / 4) {
-                let t = ContinuousClock.now
-                n = try await db.query(sql).rows.count
-                g.append(nanoseconds(ContinuousClock.now - t))
+            // 2. Grafana: every panel and variable query, one device, 24 h.
+            for (title, sql) in try grafanaQueries(repo: stack.repo, device: device, fromSeconds: fromMs / 1000, toSeconds: lastMs / 1000) {
+                var g: [Int64] = []
+                var n = 0
+                for _ in 0..<max(3, requests / 4) {
+                    let t = ContinuousClock.now
+                    n = try await db.query(sql).rows.count
+                    g.append(nanoseconds(ContinuousClock.now - t))
+                }
+                let gs = LatencyStats(g)
+                rows.append(["benchmark": "queries-grafana", "panel": title, "rows": n, "p50_ms": gs.percentile(0.5), "p90_ms": gs.percentile(0.9)])
             }
-            let gs = LatencyStats(g)
-            rows.append(["benchmark": "queries-grafana", "panel": title, "rows": n, "p50_ms": gs.percentile(0.5), "p90_ms": gs.percentile(0.9)])
-        }
 
-        // 3. The web admin's device page.
-        rows.append(try await devicePage(stack: stack, dir: dir, database: database, device: device, requests: requests))
+            // 3. The web admin's device page.
+            rows.append(try await devicePage(stack: stack, dir: dir, database: database, device: device, requests: requests))
 
-        // 4. The audit.
-        var a: [Int64] = []
-        for _ in 0..<3 {
-            let t = ContinuousClock.now
-            _ = try? Tool.run(stack.binDir + "/fieldlog-backend", ["audit"], environment: stack.backendEnvironment(database: database))
-            a.append(nanoseconds(ContinuousClock.now - t))
+            // 4. The audit.
+            var a: [Int64] = []
+            for _ in 0..<3 {
+                let t = ContinuousClock.now
+                _ = try? Tool.run(stack.binDir + "/fieldlog-backend", ["audit"], environment: stack.backendEnvironment(database: database))
+                a.append(nanoseconds(ContinuousClock.now - t))
+            }
+            let aus = LatencyStats(a)
+            rows.append(["benchmark": "queries-audit", "p50_ms": aus.percentile(0.5), "max_ms": aus.maxMs, "readings": stored])
+            return rows
         }
-        let aus = LatencyStats(a)
-        rows.append(["benchmark": "queries-audit", "p50_ms": aus.percentile(0.5), "max_ms": aus.maxMs, "readings": stored])
-        return rows
     }
 
     static func nanoseconds(_ d: Duration) -> Int64 { d.inNanoseconds }
@@ -128,57 +132,64 @@ struct QueryBench: AsyncParsableCommand {
         let password = "pw-\(UInt64.random(in: 0...UInt64.max))"
         try stack.addMQTTUsers(names.map { ($0, password) })
         let ingest = try stack.startBackend(database: database, dir: dir)
-        defer { Task { await ingest.stop() } }
-        try await Task.sleep(for: .seconds(1))
-        let batch = 500, window = 8
-        reporter.note("queries: filling \(devices) × \(perDevice) readings through the ingest")
-        let progress = Counter()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for name in names {
-                group.addTask {
-                    let device = try DeviceID(name)
-                    let epoch = Epoch.random()
-                    let client = try MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: stack.mqttPort, clientID: name,
-                                                                                 username: name, password: password), logger: quietLogger("bench.mqtt"))
-                    try await client.connect()
-                    defer { Task { await client.disconnect() } }
-                    let topics = TopicTemplates.defaults
-                    try await client.subscribe(topics.ack.topic(device: device), qos: .atLeastOnce)
-                    let acks = client.messages
-                    var next: UInt64 = 1, acked: UInt64 = 0, inFlight = 0
-                    var iterator = acks.makeAsyncIterator()
-                    let total = UInt64(perDevice)
-                    let startMs = endMs - Int64(perDevice) * 1000
-                    while acked < total {
-                        while inFlight < window && next <= total {
-                            let last = min(total, next + UInt64(batch) - 1)
-                            let records = (next...last).map { s in
-                                LogRecord(sequence: SequenceNumber(s), timestamp: DeviceTimestamp(unixMilliseconds: startMs + Int64(s) * 1000),
-                                          values: benchQueryReading(sensors: sensors, seq: s))
+        try await withCleanups { cleanups in
+            cleanups.add { await ingest.stop() }
+            try await Task.sleep(for: .seconds(1))
+            let batch = 500, window = 8
+            reporter.note("queries: filling \(devices) × \(perDevice) readings through the ingest")
+            let progress = Counter()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for name in names {
+                    group.addTask {
+                        let device = try DeviceID(name)
+                        let epoch = Epoch.random()
+                        let client = try MQTTClient(configuration: MQTTConfiguration(host: "127.0.0.1", port: stack.mqttPort, clientID: name,
+                                                                                     username: name, password: password), logger: quietLogger("bench.mqtt"))
+                        try await client.connect()
+                        try await withCleanups { cleanups in
+                            cleanups.add { await client.disconnect() }
+                            let topics = TopicTemplates.defaults
+                            try await client.subscribe(topics.ack.topic(device: device), qos: .atLeastOnce)
+                            let acks = client.messages
+                            var next: UInt64 = 1, acked: UInt64 = 0, inFlight = 0
+                            var iterator = acks.makeAsyncIterator()
+                            let total = UInt64(perDevice)
+                            let startMs = endMs - Int64(perDevice) * 1000
+                            while acked < total {
+                                while inFlight < window && next <= total {
+                                    let last = min(total, next + UInt64(batch) - 1)
+                                    let records = (next...last).map { s in
+                                        LogRecord(sequence: SequenceNumber(s), timestamp: DeviceTimestamp(unixMilliseconds: startMs + Int64(s) * 1000),
+                                                  values: benchQueryReading(sensors: sensors, seq: s))
+                                    }
+                                    let b = Batch(device: device, epoch: epoch, range: SequenceRange(checked: SequenceNumber(next), SequenceNumber(last)), records: records)
+                                    try await client.publish(topics.batch.topic(device: device), payload: SyncCodec.encode(b), qos: .atLeastOnce)
+                                    next = last + 1
+                                    inFlight += 1
+                                }
+                                guard let m = await iterator.next() else { throw BenchError("\(name): the broker connection ended") }
+                                guard let ack = try? SyncCodec.decodeAck(m.payload), ack.epoch == epoch else { continue }
+                                if ack.stored != nil { inFlight = max(0, inFlight - 1) }
+                                if ack.through.rawValue > acked {
+                                    progress.add(Int(ack.through.rawValue - acked))
+                                    acked = ack.through.rawValue
+                                }
                             }
-                            let b = Batch(device: device, epoch: epoch, range: SequenceRange(checked: SequenceNumber(next), SequenceNumber(last)), records: records)
-                            try await client.publish(topics.batch.topic(device: device), payload: SyncCodec.encode(b), qos: .atLeastOnce)
-                            next = last + 1
-                            inFlight += 1
-                        }
-                        guard let m = await iterator.next() else { throw BenchError("\(name): the broker connection ended") }
-                        guard let ack = try? SyncCodec.decodeAck(m.payload), ack.epoch == epoch else { continue }
-                        if ack.stored != nil { inFlight = max(0, inFlight - 1) }
-                        if ack.through.rawValue > acked {
-                            progress.add(Int(ack.through.rawValue - acked))
-                            acked = ack.through.rawValue
                         }
                     }
                 }
-            }
-            let reporterTask = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .seconds(15))
-                    reporter.note("queries: \(progress.value) of \(devices * perDevice) stored")
+                // Progress every 15 s while the fill runs: a child task, cancelled when the fill ended.
+                try await withThrowingTaskGroup(of: Void.self) { progressGroup in
+                    progressGroup.addTask {
+                        while true {
+                            try await Task.sleep(for: .seconds(15))
+                            reporter.note("queries: \(progress.value) of \(devices * perDevice) stored")
+                        }
+                    }
+                    try await group.waitForAll()
+                    progressGroup.cancelAll()
                 }
             }
-            defer { reporterTask.cancel() }
-            try await group.waitForAll()
         }
     }
 
@@ -220,30 +231,32 @@ struct QueryBench: AsyncParsableCommand {
         let log = "\(dir)/web-queries.log"
         let web = try ChildProcess.spawn(stack.binDir + "/fieldlog-backend", ["web", "--web-port", String(port), "--insecure-cookies"],
                                           environment: env, stdoutPath: log, stderrPath: log)
-        defer { let w = web; Task { await w.stop() } }
-        let deadline = ContinuousClock.now + .seconds(60)
-        while !Loopback.isListening(port) {
-            guard web.isRunning, ContinuousClock.now < deadline else { throw BenchError("fieldlog-backend web did not start: \(web.tail())") }
-            try await Task.sleep(for: .milliseconds(100))
+        return try await withCleanups { cleanups in
+            cleanups.add { await web.stop() }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while !Loopback.isListening(port) {
+                guard web.isRunning, ContinuousClock.now < deadline else { throw BenchError("fieldlog-backend web did not start: \(web.tail())") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let client = PlainHTTPClient(port: port)
+            let signIn = try client.request("POST", "/api/session", headers: ["Content-Type": "application/json"],
+                                            body: #"{"user":"queries","password":"\#(password)"}"#)
+            guard signIn.status == 201, let cookie = signIn.header("set-cookie")?.split(separator: ";").first.map(String.init) else {
+                throw BenchError("sign-in failed: \(signIn.status) \(signIn.body.prefix(200))")
+            }
+            let path = "/devices/\(device)"
+            _ = try client.request("GET", path, headers: ["Cookie": cookie])
+            var complete: [Int64] = []
+            var bytes = 0
+            for _ in 0..<requests {
+                let r = try client.request("GET", path, headers: ["Cookie": cookie])
+                guard r.status == 200 else { throw BenchError("\(path): \(r.status) \(r.body.prefix(300))") }
+                complete.append(r.completeNs)
+                bytes = r.body.utf8.count
+            }
+            let s = LatencyStats(complete)
+            return ["benchmark": "queries-device-page", "p50_ms": s.percentile(0.5), "p90_ms": s.percentile(0.9), "page_bytes": bytes]
         }
-        let client = PlainHTTPClient(port: port)
-        let signIn = try client.request("POST", "/api/session", headers: ["Content-Type": "application/json"],
-                                        body: #"{"user":"queries","password":"\#(password)"}"#)
-        guard signIn.status == 201, let cookie = signIn.header("set-cookie")?.split(separator: ";").first.map(String.init) else {
-            throw BenchError("sign-in failed: \(signIn.status) \(signIn.body.prefix(200))")
-        }
-        let path = "/devices/\(device)"
-        _ = try client.request("GET", path, headers: ["Cookie": cookie])
-        var complete: [Int64] = []
-        var bytes = 0
-        for _ in 0..<requests {
-            let r = try client.request("GET", path, headers: ["Cookie": cookie])
-            guard r.status == 200 else { throw BenchError("\(path): \(r.status) \(r.body.prefix(300))") }
-            complete.append(r.completeNs)
-            bytes = r.body.utf8.count
-        }
-        let s = LatencyStats(complete)
-        return ["benchmark": "queries-device-page", "p50_ms": s.percentile(0.5), "p90_ms": s.percentile(0.9), "page_bytes": bytes]
     }
 }
 
@@ -256,10 +269,8 @@ func benchQueryReading(sensors: Int, seq: UInt64) -> SensorValues {
 }
 
 /// A counter shared by the publishing tasks.
-final class Counter: @unchecked Sendable {
-    // @unchecked: `count` is only touched under `lock`.
-    private let lock = NSLock()
-    private var count = 0
-    func add(_ n: Int) { lock.withLock { count += n } }
-    var value: Int { lock.withLock { count } }
+final class Counter: Sendable {
+    private let count = Atomic<Int>(0)
+    func add(_ n: Int) { count.add(n, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
 }

@@ -21,11 +21,12 @@ import Foundation
 import MariaDB
 import Processes
 import Sync
+import Threading
 
 /// State shared with libmosquitto's callbacks (its network thread) through the context pointer.
+// @unchecked: `inbox`, `acked` and `connected` are only touched with `condition` locked.
 final class ReferenceMQTT: @unchecked Sendable {
-    // @unchecked: `inbox`, `acked` and `connected` are only touched under `condition`.
-    let condition = NSCondition()
+    let condition = ConditionLock()
     var inbox: [(topic: String, payload: [UInt8])] = []
     var acked = 0
     var connected = false
@@ -54,7 +55,7 @@ final class ReferenceMQTT: @unchecked Sendable {
         }
         guard mosquitto_connect(h, host, Int32(port), 30) == MOSQ_ERR_SUCCESS.rawValue else { throw BenchError("mosquitto_connect failed") }
         guard mosquitto_loop_start(h) == MOSQ_ERR_SUCCESS.rawValue else { throw BenchError("mosquitto_loop_start failed") }
-        condition.withLock { while !connected { _ = condition.wait(until: Date().addingTimeInterval(10)); if !connected { break } } }
+        condition.withLock { while !connected { _ = condition.wait(until: .now + .seconds(10)); if !connected { break } } }
         guard condition.withLock({ connected }) else { throw BenchError("MQTT connect to \(host):\(port) as \(user) refused") }
     }
 
@@ -70,7 +71,7 @@ final class ReferenceMQTT: @unchecked Sendable {
     /// Waits for messages and takes all of them (at most `max`).
     func take(max: Int, timeout: Double) -> [(topic: String, payload: [UInt8])] {
         condition.withLock {
-            let deadline = Date().addingTimeInterval(timeout)
+            let deadline = ContinuousClock.now + .seconds(timeout)
             while inbox.isEmpty && condition.wait(until: deadline) {}
             let n = Swift.min(max, inbox.count)
             defer { inbox.removeFirst(n) }
@@ -209,58 +210,60 @@ enum ReferencePipeline {
         let password = "pw-\(UInt64.random(in: 0...UInt64.max))"
         try stack.addMQTTUsers([(deviceName, password)])
         try await stack.freshDatabase(database)
-        defer { Task { await stack.dropDatabase(database) } }
-        let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
-        try await c.query("""
-            CREATE TABLE ref_readings (device_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, epoch BIGINT UNSIGNED NOT NULL,
-              seq BIGINT UNSIGNED NOT NULL, device_time DATETIME(3) NOT NULL, vals VARBINARY(512) NOT NULL,
-              PRIMARY KEY (device_id, epoch, seq)) ENGINE=InnoDB
-            """)
-        let env = stack.environment
-        guard let mariaPort = env["FIELDLOG_MARIADB_PORT"], let mariaUser = env["FIELDLOG_MARIADB_USER"], let mariaPassword = env["FIELDLOG_MARIADB_PASSWORD"],
-              let backendUser = env["FIELDLOG_MQTT_BACKEND_USER"], let backendPassword = env["FIELDLOG_MQTT_BACKEND_PASSWORD"] else {
-            throw BenchError("reference: the stack environment lacks MariaDB or MQTT credentials")
+        return try await withCleanups { cleanups in
+            cleanups.add { await stack.dropDatabase(database) }
+            let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
+            try await c.query("""
+                CREATE TABLE ref_readings (device_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, epoch BIGINT UNSIGNED NOT NULL,
+                  seq BIGINT UNSIGNED NOT NULL, device_time DATETIME(3) NOT NULL, vals VARBINARY(512) NOT NULL,
+                  PRIMARY KEY (device_id, epoch, seq)) ENGINE=InnoDB
+                """)
+            let env = stack.environment
+            guard let mariaPort = env["FIELDLOG_MARIADB_PORT"], let mariaUser = env["FIELDLOG_MARIADB_USER"], let mariaPassword = env["FIELDLOG_MARIADB_PASSWORD"],
+                  let backendUser = env["FIELDLOG_MQTT_BACKEND_USER"], let backendPassword = env["FIELDLOG_MQTT_BACKEND_PASSWORD"] else {
+                throw BenchError("reference: the stack environment lacks MariaDB or MQTT credentials")
+            }
+            let bench = stack.binDir + "/fieldlog-bench"
+            let ingest = try ChildProcess.spawn(bench, ["reference-ingest", "--mqtt-port", String(stack.mqttPort), "--user", backendUser,
+                                                               "--password", backendPassword, "--mariadb-port", mariaPort, "--mariadb-user", mariaUser,
+                                                               "--mariadb-password", mariaPassword, "--database", database, "--device", deviceName,
+                                                               "--group", String(window)],
+                                                stdoutPath: dir + "/reference-ingest.log", stderrPath: dir + "/reference-ingest.log")
+            cleanups.add { await ingest.stop() }
+            let ready = ContinuousClock.now
+            while !(ingest.tail().contains("ready")) {
+                guard ingest.isRunning, ContinuousClock.now - ready < .seconds(20) else { throw BenchError("reference-ingest did not start: \(ingest.tail())") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let (mosquittoPID, mariadbPID) = stack.servicePIDs
+            let before = (mosquittoPID.map(FleetBench.cpu) ?? 0, mariadbPID.map(FleetBench.cpu) ?? 0)
+            reporter.note("drain: reference pipeline, \(readings) readings")
+            let publisher = try ChildProcess.spawn(bench, ["reference-publish", "--mqtt-port", String(stack.mqttPort), "--user", deviceName,
+                                                                  "--password", password, "--readings", String(readings), "--sensors", String(sensors),
+                                                                  "--batch-records", String(batchRecords), "--window", String(window)],
+                                                   stdoutPath: dir + "/reference-publish.log", stderrPath: dir + "/reference-publish.log")
+            cleanups.add { await publisher.stop() }
+            let started = ContinuousClock.now
+            var publisherCPU = 0.0
+            while publisher.isRunning {
+                if let s = try? ProcSample.read(pid: publisher.pid) { publisherCPU = s.cpuSeconds }
+                guard ContinuousClock.now - started < .seconds(600) else { throw BenchError("reference pipeline: over 600 s") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            guard let line = publisher.tail().split(separator: "\n").last(where: { $0.hasPrefix("reference-publish:") }),
+                  let seconds = Double(line.split(separator: " ").dropLast().last ?? "") else {
+                throw BenchError("reference-publish failed: \(publisher.tail())")
+            }
+            let ingestCPU = (try? ProcSample.read(pid: ingest.pid))?.cpuSeconds ?? 0
+            let after = (mosquittoPID.map(FleetBench.cpu) ?? 0, mariadbPID.map(FleetBench.cpu) ?? 0)
+            await ingest.stop()
+            let stored = try await c.query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM ref_readings").rows[0]
+            await c.close()
+            guard stored[0].int64 == Int64(readings), stored[1].int64 == Int64(readings) else {
+                throw BenchError("reference pipeline: \(stored) rows stored for \(readings) readings")
+            }
+            let cpu = ["publisher": publisherCPU, "ingest": ingestCPU, "mosquitto": after.0 - before.0, "mariadb": after.1 - before.1]
+            return (Double(readings) / seconds, cpu.values.reduce(0, +) / Double(readings) * 1e6, cpu)
         }
-        let bench = stack.binDir + "/fieldlog-bench"
-        let ingest = try ChildProcess.spawn(bench, ["reference-ingest", "--mqtt-port", String(stack.mqttPort), "--user", backendUser,
-                                                           "--password", backendPassword, "--mariadb-port", mariaPort, "--mariadb-user", mariaUser,
-                                                           "--mariadb-password", mariaPassword, "--database", database, "--device", deviceName,
-                                                           "--group", String(window)],
-                                            stdoutPath: dir + "/reference-ingest.log", stderrPath: dir + "/reference-ingest.log")
-        defer { Task { await ingest.stop() } }
-        let ready = ContinuousClock.now
-        while !(ingest.tail().contains("ready")) {
-            guard ingest.isRunning, ContinuousClock.now - ready < .seconds(20) else { throw BenchError("reference-ingest did not start: \(ingest.tail())") }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        let (mosquittoPID, mariadbPID) = stack.servicePIDs
-        let before = (mosquittoPID.map(FleetBench.cpu) ?? 0, mariadbPID.map(FleetBench.cpu) ?? 0)
-        reporter.note("drain: reference pipeline, \(readings) readings")
-        let publisher = try ChildProcess.spawn(bench, ["reference-publish", "--mqtt-port", String(stack.mqttPort), "--user", deviceName,
-                                                              "--password", password, "--readings", String(readings), "--sensors", String(sensors),
-                                                              "--batch-records", String(batchRecords), "--window", String(window)],
-                                               stdoutPath: dir + "/reference-publish.log", stderrPath: dir + "/reference-publish.log")
-        defer { Task { await publisher.stop() } }
-        let started = ContinuousClock.now
-        var publisherCPU = 0.0
-        while publisher.isRunning {
-            if let s = try? ProcSample.read(pid: publisher.pid) { publisherCPU = s.cpuSeconds }
-            guard ContinuousClock.now - started < .seconds(600) else { throw BenchError("reference pipeline: over 600 s") }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        guard let line = publisher.tail().split(separator: "\n").last(where: { $0.hasPrefix("reference-publish:") }),
-              let seconds = Double(line.split(separator: " ").dropLast().last ?? "") else {
-            throw BenchError("reference-publish failed: \(publisher.tail())")
-        }
-        let ingestCPU = (try? ProcSample.read(pid: ingest.pid))?.cpuSeconds ?? 0
-        let after = (mosquittoPID.map(FleetBench.cpu) ?? 0, mariadbPID.map(FleetBench.cpu) ?? 0)
-        await ingest.stop()
-        let stored = try await c.query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM ref_readings").rows[0]
-        await c.close()
-        guard stored[0].int64 == Int64(readings), stored[1].int64 == Int64(readings) else {
-            throw BenchError("reference pipeline: \(stored) rows stored for \(readings) readings")
-        }
-        let cpu = ["publisher": publisherCPU, "ingest": ingestCPU, "mosquitto": after.0 - before.0, "mariadb": after.1 - before.1]
-        return (Double(readings) / seconds, cpu.values.reduce(0, +) / Double(readings) * 1e6, cpu)
     }
 }

@@ -14,6 +14,7 @@
 // cost of that read, which the first request after a quiet spell pays).
 import ArgumentParser
 import FieldlogCore
+import Threading
 import Foundation
 import Logging
 import MariaDB
@@ -56,115 +57,122 @@ struct WebBench: AsyncParsableCommand {
     static func measure(stack: BenchStack, dir: String, devices: Int, requests: Int, reporter: Reporter) async throws -> [[String: Any]] {
         let database = "bench_web_\(getpid())"
         try await stack.freshDatabase(database)
-        defer { Task { await stack.dropDatabase(database) } }
-        let fillStart = ContinuousClock.now
-        try await fill(stack: stack, database: database, devices: devices)
-        reporter.note("web: \(devices) devices (\(try await rangeRows(stack: stack, database: database)) batch_ranges rows) written in \(String(format: "%.1f", secondsSince(fillStart))) s")
-        var env = stack.backendEnvironment(database: database)
-        env["FIELDLOG_WEB_BCRYPT_COST"] = "4"
-        let password = "bench password \(UInt32.random(in: 0...UInt32.max))"
-        try Tool.run(stack.binDir + "/fieldlog-backend", ["user", "add", "bench", "--role", "viewer"], environment: env, input: password + "\n")
+        return try await withCleanups { cleanups in
+            cleanups.add { await stack.dropDatabase(database) }
+            let fillStart = ContinuousClock.now
+            try await fill(stack: stack, database: database, devices: devices)
+            reporter.note("web: \(devices) devices (\(try await rangeRows(stack: stack, database: database)) batch_ranges rows) written in \(String(format: "%.1f", secondsSince(fillStart))) s")
+            var env = stack.backendEnvironment(database: database)
+            env["FIELDLOG_WEB_BCRYPT_COST"] = "4"
+            let password = "bench password \(UInt32.random(in: 0...UInt32.max))"
+            try Tool.run(stack.binDir + "/fieldlog-backend", ["user", "add", "bench", "--role", "viewer"], environment: env, input: password + "\n")
 
-        var rows: [[String: Any]] = []
-        for cacheSeconds in [10, 0] {
-            let port = try Loopback.freePort()
-            var webEnv = env
-            webEnv["FIELDLOG_WEB_FLEET_CACHE_SECONDS"] = String(cacheSeconds)
-            let log = "\(dir)/web-\(cacheSeconds).log"
-            let web = try ChildProcess.spawn(stack.binDir + "/fieldlog-backend", ["web", "--web-port", String(port), "--insecure-cookies"],
-                                              environment: webEnv, stdoutPath: log, stderrPath: log)
-            defer { let w = web; Task { await w.stop() } }
-            let deadline = ContinuousClock.now + .seconds(60)
-            while !Loopback.isListening(port) {
-                guard web.isRunning, ContinuousClock.now < deadline else { throw BenchError("fieldlog-backend web did not start: \(web.tail())") }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            let client = PlainHTTPClient(port: port)
-            let signIn = try client.request("POST", "/api/session", headers: ["Content-Type": "application/json"],
-                                            body: #"{"user":"bench","password":"\#(password)"}"#)
-            guard signIn.status == 201, let cookie = signIn.header("set-cookie")?.split(separator: ";").first.map(String.init) else {
-                throw BenchError("sign-in failed: \(signIn.status) \(signIn.body.prefix(200))")
-            }
-            // One unmeasured request: connections, prepared statements, the first snapshot.
-            let warm = try client.request("GET", "/", headers: ["Cookie": cookie])
-            guard warm.status == 200, warm.body.contains("devices") else { throw BenchError("the fleet page failed: \(warm.status) \(warm.body.prefix(300))") }
-            let cpuBefore = (try? ProcSample.read(pid: web.pid))?.cpuSeconds ?? 0
-            for page in pages {
-                var firstByte: [Int64] = [], complete: [Int64] = []
-                var bytes = 0
-                for _ in 0..<requests {
-                    let r = try client.request("GET", page.path, headers: ["Cookie": cookie])
-                    guard r.status == 200 else { throw BenchError("\(page.path): \(r.status) \(r.body.prefix(300))") }
-                    firstByte.append(r.firstByteNs)
-                    complete.append(r.completeNs)
-                    bytes = r.body.utf8.count
+            var rows: [[String: Any]] = []
+            for cacheSeconds in [10, 0] {
+                let port = try Loopback.freePort()
+                var webEnv = env
+                webEnv["FIELDLOG_WEB_FLEET_CACHE_SECONDS"] = String(cacheSeconds)
+                let log = "\(dir)/web-\(cacheSeconds).log"
+                let web = try ChildProcess.spawn(stack.binDir + "/fieldlog-backend", ["web", "--web-port", String(port), "--insecure-cookies"],
+                                                  environment: webEnv, stdoutPath: log, stderrPath: log)
+                // Stopped at the end of this turn; on an error, by the cleanups (stop is idempotent).
+                cleanups.add { await web.stop() }
+                let deadline = ContinuousClock.now + .seconds(60)
+                while !Loopback.isListening(port) {
+                    guard web.isRunning, ContinuousClock.now < deadline else { throw BenchError("fieldlog-backend web did not start: \(web.tail())") }
+                    try await Task.sleep(for: .milliseconds(100))
                 }
-                let ttfb = LatencyStats(firstByte), total = LatencyStats(complete)
-                rows.append(["benchmark": "web-fleet-\(page.name)-cache-\(cacheSeconds)s", "devices": devices, "requests": requests,
-                             "fleet_cache_seconds": cacheSeconds, "ttfb_p50_ms": ttfb.percentile(0.5), "ttfb_p90_ms": ttfb.percentile(0.9),
-                             "ttfb_max_ms": ttfb.maxMs, "complete_p50_ms": total.percentile(0.5), "page_bytes": bytes])
+                let client = PlainHTTPClient(port: port)
+                let signIn = try client.request("POST", "/api/session", headers: ["Content-Type": "application/json"],
+                                                body: #"{"user":"bench","password":"\#(password)"}"#)
+                guard signIn.status == 201, let cookie = signIn.header("set-cookie")?.split(separator: ";").first.map(String.init) else {
+                    throw BenchError("sign-in failed: \(signIn.status) \(signIn.body.prefix(200))")
+                }
+                // One unmeasured request: connections, prepared statements, the first snapshot.
+                let warm = try client.request("GET", "/", headers: ["Cookie": cookie])
+                guard warm.status == 200, warm.body.contains("devices") else { throw BenchError("the fleet page failed: \(warm.status) \(warm.body.prefix(300))") }
+                let cpuBefore = (try? ProcSample.read(pid: web.pid))?.cpuSeconds ?? 0
+                for page in pages {
+                    var firstByte: [Int64] = [], complete: [Int64] = []
+                    var bytes = 0
+                    for _ in 0..<requests {
+                        let r = try client.request("GET", page.path, headers: ["Cookie": cookie])
+                        guard r.status == 200 else { throw BenchError("\(page.path): \(r.status) \(r.body.prefix(300))") }
+                        firstByte.append(r.firstByteNs)
+                        complete.append(r.completeNs)
+                        bytes = r.body.utf8.count
+                    }
+                    let ttfb = LatencyStats(firstByte), total = LatencyStats(complete)
+                    rows.append(["benchmark": "web-fleet-\(page.name)-cache-\(cacheSeconds)s", "devices": devices, "requests": requests,
+                                 "fleet_cache_seconds": cacheSeconds, "ttfb_p50_ms": ttfb.percentile(0.5), "ttfb_p90_ms": ttfb.percentile(0.9),
+                                 "ttfb_max_ms": ttfb.maxMs, "complete_p50_ms": total.percentile(0.5), "page_bytes": bytes])
+                }
+                let cpu = ((try? ProcSample.read(pid: web.pid))?.cpuSeconds ?? 0) - cpuBefore
+                reporter.note("web: fleet cache \(cacheSeconds) s: \(String(format: "%.1f", cpu)) s CPU of fieldlog-backend web for \(pages.count * requests) pages")
+                await web.stop()
             }
-            let cpu = ((try? ProcSample.read(pid: web.pid))?.cpuSeconds ?? 0) - cpuBefore
-            reporter.note("web: fleet cache \(cacheSeconds) s: \(String(format: "%.1f", cpu)) s CPU of fieldlog-backend web for \(pages.count * requests) pages")
-            await web.stop()
+            return rows
         }
-        return rows
     }
 
     static func rangeRows(stack: BenchStack, database: String) async throws -> Int64 {
         let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
-        defer { Task { await c.close() } }
-        return try await c.query("SELECT COUNT(*) FROM batch_ranges").rows.first?.first?.int64 ?? 0
+        return try await withCleanups { cleanups in
+            cleanups.add { await c.close() }
+            return try await c.query("SELECT COUNT(*) FROM batch_ranges").rows.first?.first?.int64 ?? 0
+        }
     }
 
     /// Writes the fleet with multi-row inserts (what the ingest would have left).
     static func fill(stack: BenchStack, database: String, devices: Int) async throws {
         let c = try await MariaDBConnection.connect(configuration: stack.mariaDB(database: database), logger: quietLogger("bench.sql"))
-        defer { Task { await c.close() } }
-        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
-        func time(_ ms: Int64) -> MariaDBValue {
-            let d = Date(timeIntervalSince1970: Double(ms) / 1000)
-            let f = DateFormatter()
-            f.locale = Locale(identifier: "en_US_POSIX")
-            f.timeZone = TimeZone(identifier: "UTC")
-            f.dateFormat = "yyyy-MM-dd HH:mm:ss.SSS"
-            return .string(f.string(from: d))
-        }
-        let now = time(nowMs), old = time(nowMs - 3_600_000)
-        var deviceRows: [[MariaDBValue]] = [], epochRows: [[MariaDBValue]] = [], rangeRows: [[MariaDBValue]] = [], deadRows: [[MariaDBValue]] = []
-        for i in 0..<devices {
-            let id = MariaDBValue.string("press-" + String(format: "%05d", i))
-            let offline = i % 4 == 0, silent = i % 10 == 0
-            let head = UInt64(5_000 + i % 300), acked = UInt64(5_000 - (i % 13 == 0 ? 40 : 0))
-            let seen = silent ? old : now
-            deviceRows.append([id, .string("fieldlog"), seen, .string(offline ? "offline" : "online"), .uint(UInt64(i + 1)), .uint(head), .uint(acked),
-                               .int(i % 6 == 0 ? 0 : 1), seen])
-            epochRows.append([id, .uint(UInt64(i + 1)), seen, .uint(head)])
-            // The ingest compacts an epoch's rows every 256 batches: between two compactions a
-            // device has 0…255 rows of single batches after its compacted prefix (here 0…127 of
-            // 5 records each, about 64 on average); a fifth have a gap of 10 in the prefix.
-            let loose = UInt64((i * 37) % 128)
-            let prefix = acked - loose * 5
-            if i % 5 == 0 {
-                rangeRows.append([id, .uint(UInt64(i + 1)), .uint(1), .uint(prefix - 1_000), seen, .int(1)])
-                rangeRows.append([id, .uint(UInt64(i + 1)), .uint(prefix - 989), .uint(prefix), seen, .int(0)])
-            } else {
-                rangeRows.append([id, .uint(UInt64(i + 1)), .uint(1), .uint(prefix), seen, .int(1)])
+        try await withCleanups { cleanups in
+            cleanups.add { await c.close() }
+            let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+            func time(_ ms: Int64) -> MariaDBValue {
+                let d = Date(timeIntervalSince1970: Double(ms) / 1000)
+                let f = DateFormatter()
+                f.locale = Locale(identifier: "en_US_POSIX")
+                f.timeZone = TimeZone(identifier: "UTC")
+                f.dateFormat = "yyyy-MM-dd HH:mm:ss.SSS"
+                return .string(f.string(from: d))
             }
-            for k in 0..<loose { rangeRows.append([id, .uint(UInt64(i + 1)), .uint(prefix + 1 + k * 5), .uint(prefix + 5 + k * 5), seen, .int(0)]) }
-            if i % 20 == 0 {
-                deadRows.append([now, .string("fieldlog/v1/devices/x/batch"), .string("malformed-json"), .string("unexpected end of input"), id,
-                                 .uint(3), .bytes(Array("{\"v\":1,".utf8))])
+            let now = time(nowMs), old = time(nowMs - 3_600_000)
+            var deviceRows: [[MariaDBValue]] = [], epochRows: [[MariaDBValue]] = [], rangeRows: [[MariaDBValue]] = [], deadRows: [[MariaDBValue]] = []
+            for i in 0..<devices {
+                let id = MariaDBValue.string("press-" + String(format: "%05d", i))
+                let offline = i % 4 == 0, silent = i % 10 == 0
+                let head = UInt64(5_000 + i % 300), acked = UInt64(5_000 - (i % 13 == 0 ? 40 : 0))
+                let seen = silent ? old : now
+                deviceRows.append([id, .string("fieldlog"), seen, .string(offline ? "offline" : "online"), .uint(UInt64(i + 1)), .uint(head), .uint(acked),
+                                   .int(i % 6 == 0 ? 0 : 1), seen])
+                epochRows.append([id, .uint(UInt64(i + 1)), seen, .uint(head)])
+                // The ingest compacts an epoch's rows every 256 batches: between two compactions a
+                // device has 0…255 rows of single batches after its compacted prefix (here 0…127 of
+                // 5 records each, about 64 on average); a fifth have a gap of 10 in the prefix.
+                let loose = UInt64((i * 37) % 128)
+                let prefix = acked - loose * 5
+                if i % 5 == 0 {
+                    rangeRows.append([id, .uint(UInt64(i + 1)), .uint(1), .uint(prefix - 1_000), seen, .int(1)])
+                    rangeRows.append([id, .uint(UInt64(i + 1)), .uint(prefix - 989), .uint(prefix), seen, .int(0)])
+                } else {
+                    rangeRows.append([id, .uint(UInt64(i + 1)), .uint(1), .uint(prefix), seen, .int(1)])
+                }
+                for k in 0..<loose { rangeRows.append([id, .uint(UInt64(i + 1)), .uint(prefix + 1 + k * 5), .uint(prefix + 5 + k * 5), seen, .int(0)]) }
+                if i % 20 == 0 {
+                    deadRows.append([now, .string("fieldlog/v1/devices/x/batch"), .string("malformed-json"), .string("unexpected end of input"), id,
+                                     .uint(3), .bytes(Array("{\"v\":1,".utf8))])
+                }
             }
-        }
-        let (d, e, r, l) = (deviceRows, epochRows, rangeRows, deadRows)
-        try await c.withSession { s in
-            try s.insertRows("""
-                INSERT INTO devices (device_id, protocol, first_seen_at, status_state, status_epoch, status_head, status_acked, status_measuring, status_received_at)
-                """, rows: d)
-            try s.insertRows("INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head)", rows: e)
-            try s.insertRows("INSERT INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at, compacted)", rows: r)
-            try s.insertRows("INSERT INTO dead_letters (received_at, topic, reason, detail, device_id, payload_bytes, payload_head)", rows: l)
+            let (d, e, r, l) = (deviceRows, epochRows, rangeRows, deadRows)
+            try await c.withSession { s in
+                try s.insertRows("""
+                    INSERT INTO devices (device_id, protocol, first_seen_at, status_state, status_epoch, status_head, status_acked, status_measuring, status_received_at)
+                    """, rows: d)
+                try s.insertRows("INSERT INTO epochs (device_id, epoch, first_seen_at, reported_head)", rows: e)
+                try s.insertRows("INSERT INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at, compacted)", rows: r)
+                try s.insertRows("INSERT INTO dead_letters (received_at, topic, reason, detail, device_id, payload_bytes, payload_head)", rows: l)
+            }
         }
     }
 }

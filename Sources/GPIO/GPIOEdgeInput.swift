@@ -12,6 +12,8 @@
 // still uses.
 import CGPIOD
 import FieldlogCore
+import Synchronization
+import Threading
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -205,10 +207,8 @@ public final class GPIOEdgeInput: @unchecked Sendable {
     }
 }
 
-private final class StopFlag: @unchecked Sendable {
-    // @unchecked: `value` is only touched under `lock`.
-    private let lock = Lock()
-    private var value = false
-    func set() { lock.withLock { value = true } }
-    var isSet: Bool { lock.withLock { value } }
+private final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
 }

@@ -118,22 +118,33 @@ package struct IngestService: Service, CustomStringConvertible {
         logger.info("ingest running", metadata: ["seed-values client": "\(ingest.clientID)", "seed-values session": "\(seedSession)",
                                                  "database": "\(address)"])
 
-        await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                for c in clients {
-                    group.addTask {
-                        for await m in c.messages { writer.offer(topic: m.topic, payload: m.payload, contentType: m.properties.contentType) }
-                        writer.finish()
+        // Graceful shutdown: read no more, end the connections, then store and ack everything that
+        // was read (up to the deadline). libmosquitto acknowledges a QoS 1 message to the broker as
+        // it reads it, so the writer finishes only after every client's message stream ended:
+        // finishing it earlier lost a message read just before (the seed's readings are not resent).
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                await withDiscardingTaskGroup { feeders in
+                    for c in clients {
+                        feeders.addTask {
+                            for await m in c.messages { writer.offer(topic: m.topic, payload: m.payload, contentType: m.properties.contentType) }
+                        }
                     }
-                    group.addTask { await Self.logEvents(of: c, clientID: c === seedClient ? ingest.clientID : nil, logger: logger) }
                 }
-                await writer.run()
+                writer.finish()
+            }
+            for c in clients {
+                group.addTask { await Self.logEvents(of: c, clientID: c === seedClient ? ingest.clientID : nil, logger: logger) }
+            }
+            group.addTask {
+                // Also ends when the service is cancelled (the deadline passed) or the writer ended.
+                try? await gracefulShutdown()
+                for c in clients { c.pauseReading() }
                 for c in clients { await c.disconnect() }
             }
-        } onGracefulShutdown: {
-            // Take no more messages; what is queued is still stored and acked (up to the deadline).
-            for c in clients { c.pauseReading() }
-            writer.finish()
+            await writer.run()
+            for c in clients { await c.disconnect() }
+            group.cancelAll()
         }
         await database.close()
         logger.info("ingest stopped")

@@ -1,10 +1,10 @@
 // SQLite: one small owning class per C handle (connection, statement).
 //
 // Theory of operation: `SQLiteConnection` owns one `sqlite3*` and closes it exactly once.
-// It is not thread-safe by itself; every `DeviceLog` owns one connection and one
-// `LogThread` (LogThread.swift), and only ever touches the connection on that thread.
-// Blocking calls (fsync inside COMMIT, busy waits on other processes' locks) therefore
-// never block Swift's cooperative pool. C return codes become `SQLiteError`s that name
+// It is not thread-safe by itself, and not Sendable: every `DeviceLog` owns one connection,
+// confined to the log's `OwnerThread` (`ThreadConfined<LogStore>`, docs/concurrency.md), which
+// checks on every access that it runs on that thread. Blocking calls (fsync inside COMMIT,
+// busy waits on other processes' locks) therefore never block Swift's cooperative pool. C return codes become `SQLiteError`s that name
 // the file, the operation and SQLite's own message.
 import CSQLite
 import FieldlogCore
@@ -43,7 +43,7 @@ enum SQLiteValue: Equatable {
     case null
 }
 
-/// One open `sqlite3*`. Used from a single thread at a time (its owner's `LogThread`).
+/// One open `sqlite3*`, used only on its log's `OwnerThread` (see above).
 final class SQLiteConnection {
     let path: String
     private var handle: OpaquePointer?

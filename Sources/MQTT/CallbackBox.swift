@@ -1,56 +1,43 @@
-// The C context of a libmosquitto handle: receives its callbacks (on the network thread) and
-// hands each event to whoever waits for it. Never calls back into the owner.
+// CallbackBox: the C context of a libmosquitto handle. Its callbacks run on the network thread
+// and only hand events over: to the call waiting for that packet (`PendingAnswers`), to the
+// `messages`/`events` streams, or to the network thread's next turn (CONNACK seen, refusal).
+// Never calls back into the owner. All its state is one `Mutex<State>`; continuations are
+// resumed after the lock is released.
 import CMosquitto
-import FieldlogCore
 import Logging
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
-final class CallbackBox: @unchecked Sendable {
-    // @unchecked: every mutable member is only touched under `lock`; the continuations of the
-    // streams are thread-safe; callbacks run on the network thread and take the lock briefly,
-    // never while calling into libmosquitto (except re-subscribing, outside the lock).
-    struct Subscription: Sendable {
-        var filter: String
-        var qos: MQTTQoS
-        var options: Int32
-    }
-
-    private struct PendingPublish {
+final class CallbackBox: Sendable {
+    struct PublishRequest: Sendable {
         var topic: String
         var qos: MQTTQoS
-        var continuation: CheckedContinuation<MQTTPublishAck, Error>
     }
 
-    private struct PendingSubscribe {
-        var subscription: Subscription
-        var continuation: CheckedContinuation<MQTTQoS, Error>
+    private struct State {
+        var connectWaiter: CheckedContinuation<MQTTConnAck, Error>?
+        var refusal: MQTTError?
+        var connected = false
+        var connectedSinceLastCheck = false
+        var closed = false
+        var streamsFinished = false
+        var lastLogError: String?
+        var publishes = PendingAnswers<PublishRequest, Int32, MQTTPublishAck>()
+        var subscribes = PendingAnswers<Subscription, Int32, MQTTQoS>()
+        var unsubscribes = PendingAnswers<String, Void, Void>()
+        var subscriptions = Subscriptions()
     }
 
-    private let lock = Lock()
+    private let state = Mutex(State())
     /// Bytes of PUBLISH/PUBACK packets, for a data budget (MQTTTraffic.swift).
     let traffic = TrafficTally()
     private let logger: Logger
     private let messages: AsyncStream<MQTTMessage>.Continuation
     private let events: AsyncStream<MQTTConnectionEvent>.Continuation
-    private var connectWaiter: CheckedContinuation<MQTTConnAck, Error>?
-    private var refusal: MQTTError?
-    private var connected = false
-    private var connectedSinceLastCheck = false
-    private var closed = false
-    private var streamsFinished = false
-    private var lastLogError: String?
-    private var pendingPublishes: [Int32: PendingPublish] = [:]
-    private var earlyPublishAcks: [Int32: Int32] = [:]
-    private var pendingSubscribes: [Int32: PendingSubscribe] = [:]
-    private var earlySubacks: [Int32: Int32] = [:]
-    private var pendingUnsubscribes: [Int32: (filter: String, continuation: CheckedContinuation<Void, Error>)] = [:]
-    private var earlyUnsubacks: Set<Int32> = []
-    private var resubscribeMids: [Int32: Subscription] = [:]
-    private var subscriptions: [Subscription] = []
 
     init(logger: Logger, messages: AsyncStream<MQTTMessage>.Continuation, events: AsyncStream<MQTTConnectionEvent>.Continuation) {
         self.logger = logger
@@ -91,60 +78,61 @@ final class CallbackBox: @unchecked Sendable {
     // MARK: callbacks (network thread)
 
     private func onConnect(_ mosq: OpaquePointer?, rc: Int32, flags: Int32) {
-        if rc == 0 {
-            let sessionPresent = flags & 1 != 0
-            let (waiter, toRestore): (CheckedContinuation<MQTTConnAck, Error>?, [Subscription]) = lock.withLock {
-                connected = true
-                connectedSinceLastCheck = true
-                refusal = nil
-                let waiter = connectWaiter
-                connectWaiter = nil
-                return (waiter, sessionPresent ? [] : subscriptions)
-            }
-            events.yield(.connected(sessionPresent: sessionPresent))
-            // No session on the broker: subscribe again to what we had (SUBACKs are checked in onSubscribe).
-            for subscription in toRestore {
-                var mid: Int32 = 0
-                let result = mosquitto_subscribe_v5(mosq, &mid, subscription.filter, subscription.qos.rawValue, subscription.options, nil)
-                if result == MOSQ_ERR_SUCCESS.rawValue {
-                    lock.withLock { resubscribeMids[mid] = subscription }
-                } else {
-                    logger.warning("mqtt could not restore a subscription",
-                                   metadata: ["filter": "\(subscription.filter)", "error": "\(String(cString: mosquitto_strerror(result)))"])
-                }
-            }
-            waiter?.resume(returning: MQTTConnAck(sessionPresent: sessionPresent))
-        } else {
+        guard rc == 0 else {
             let reason = MQTTReasonCode(rawValue: UInt8(clamping: rc))
             let error = MQTTError(operation: "connect", kind: .connectRefused, reasonCode: reason,
                                   message: "the broker refused the connection: \(reason)")
-            let hasWaiter = lock.withLock {
-                refusal = error
-                return connectWaiter != nil
+            let hasWaiter = state.withLock { s in
+                s.refusal = error
+                return s.connectWaiter != nil
             }
             if !hasWaiter { events.yield(.connectFailed(error)) }
+            return
         }
+        let sessionPresent = flags & 1 != 0
+        let (waiter, toRestore) = state.withLock { s in
+            s.connected = true
+            s.connectedSinceLastCheck = true
+            s.refusal = nil
+            defer { s.connectWaiter = nil }
+            return (s.connectWaiter, s.subscriptions.toRestore(sessionPresent: sessionPresent))
+        }
+        events.yield(.connected(sessionPresent: sessionPresent))
+        // No session on the broker: subscribe again to what we had (SUBACKs are checked in onSubscribe).
+        for subscription in toRestore {
+            var mid: Int32 = 0
+            let result = mosquitto_subscribe_v5(mosq, &mid, subscription.filter, subscription.qos.rawValue, subscription.options, nil)
+            if result == MOSQ_ERR_SUCCESS.rawValue {
+                state.withLock { $0.subscriptions.restoring(subscription, mid: mid) }
+            } else {
+                logger.warning("mqtt could not restore a subscription",
+                               metadata: ["filter": "\(subscription.filter)", "error": "\(String(cString: mosquitto_strerror(result)))"])
+            }
+        }
+        waiter?.resume(returning: MQTTConnAck(sessionPresent: sessionPresent))
     }
 
     private func onPublish(mid: Int32, reasonCode: Int32) {
-        let pending: PendingPublish? = lock.withLock {
-            if let pending = pendingPublishes.removeValue(forKey: mid) { return pending }
-            earlyPublishAcks[mid] = reasonCode
-            return nil
+        if case .waiter(let w) = state.withLock({ $0.publishes.answer(mid, reasonCode) }) {
+            w.continuation.resume(with: Self.publishOutcome(w.request, reasonCode))
         }
-        if let pending { Self.complete(pending, reasonCode: reasonCode) }
     }
 
     private func onSubscribe(mid: Int32, granted: Int32) {
-        enum Outcome { case restored(Subscription), pending(PendingSubscribe), early }
-        let outcome: Outcome = lock.withLock {
-            if let restored = resubscribeMids.removeValue(forKey: mid) { return .restored(restored) }
-            if let pending = pendingSubscribes.removeValue(forKey: mid) {
-                if granted < 0x80 { record(pending.subscription) }
-                return .pending(pending)
+        enum Outcome { case restored(Subscription), waiter(PendingAnswers<Subscription, Int32, MQTTQoS>.Waiter), none }
+        let outcome: Outcome = state.withLock { s in
+            if let restored = s.subscriptions.takeRestoring(mid: mid) { return .restored(restored) }
+            switch s.subscribes.answer(mid, granted) {
+            case .waiter(let w):
+                if granted < 0x80 { s.subscriptions.grant(w.request) }
+                return .waiter(w)
+            case .abandoned(let subscription):
+                // Its caller gave up waiting, but the broker has the subscription: keep it.
+                if granted < 0x80 { s.subscriptions.grant(subscription) }
+                return .none
+            case .early:
+                return .none
             }
-            earlySubacks[mid] = granted
-            return .early
         }
         switch outcome {
         case .restored(let subscription):
@@ -154,21 +142,25 @@ final class CallbackBox: @unchecked Sendable {
             } else {
                 logger.debug("mqtt subscription restored", metadata: ["filter": "\(subscription.filter)"])
             }
-        case .pending(let pending): Self.complete(pending, granted: granted)
-        case .early: break
+        case .waiter(let w): w.continuation.resume(with: Self.subscribeOutcome(w.request, granted))
+        case .none: break
         }
     }
 
     private func onUnsubscribe(mid: Int32) {
-        let pending = lock.withLock {
-            if let pending = pendingUnsubscribes.removeValue(forKey: mid) {
-                subscriptions.removeAll { $0.filter == pending.filter }
-                return Optional(pending)
+        let waiter: PendingAnswers<String, Void, Void>.Waiter? = state.withLock { s in
+            switch s.unsubscribes.answer(mid, ()) {
+            case .waiter(let w):
+                s.subscriptions.remove(filter: w.request)
+                return w
+            case .abandoned(let filter):
+                s.subscriptions.remove(filter: filter)
+                return nil
+            case .early:
+                return nil
             }
-            earlyUnsubacks.insert(mid)
-            return nil
         }
-        pending?.continuation.resume()
+        waiter?.continuation.resume()
     }
 
     private func onMessage(_ message: mosquitto_message, properties: OpaquePointer?) {
@@ -183,125 +175,112 @@ final class CallbackBox: @unchecked Sendable {
 
     private func onLog(level: Int32, text: String) {
         if level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING) != 0 {
-            lock.withLock { lastLogError = text }
+            state.withLock { $0.lastLogError = text }
         }
         logger.trace("libmosquitto: \(text)")
     }
 
-    // MARK: registration (caller threads)
+    // MARK: waiting calls (caller threads)
 
     func setConnectWaiter(_ continuation: CheckedContinuation<MQTTConnAck, Error>) {
-        lock.withLock {
-            precondition(connectWaiter == nil, "two connect() calls waiting")
-            connectWaiter = continuation
+        state.withLock { s in
+            precondition(s.connectWaiter == nil, "two connect() calls waiting")
+            s.connectWaiter = continuation
         }
     }
 
-    var hasConnectWaiter: Bool { lock.withLock { connectWaiter != nil } }
-
-    func failConnectWaiter(_ error: MQTTError) {
-        let waiter = lock.withLock {
-            let waiter = connectWaiter
-            connectWaiter = nil
-            return waiter
+    /// Fails the waiting `connect()`; false when none waits (its CONNACK came first).
+    @discardableResult
+    func failConnectWaiter(_ error: any Error) -> Bool {
+        let waiter = state.withLock { s in
+            defer { s.connectWaiter = nil }
+            return s.connectWaiter
         }
         waiter?.resume(throwing: error)
+        return waiter != nil
     }
 
-    func registerPublish(mid: Int32, topic: String, qos: MQTTQoS, continuation: CheckedContinuation<MQTTPublishAck, Error>) {
-        let pending = PendingPublish(topic: topic, qos: qos, continuation: continuation)
-        let early: Int32? = lock.withLock {
-            if let rc = earlyPublishAcks.removeValue(forKey: mid) { return rc }
-            pendingPublishes[mid] = pending
-            return nil
+    func registerPublish(mid: Int32, _ request: PublishRequest, _ continuation: CheckedContinuation<MQTTPublishAck, Error>) {
+        if let early = state.withLock({ $0.publishes.register(mid, request, continuation) }) {
+            continuation.resume(with: Self.publishOutcome(request, early))
         }
-        if let early { Self.complete(pending, reasonCode: early) }
     }
 
-    func registerSubscribe(mid: Int32, subscription: Subscription, continuation: CheckedContinuation<MQTTQoS, Error>) {
-        let pending = PendingSubscribe(subscription: subscription, continuation: continuation)
-        let early: Int32? = lock.withLock {
-            if let granted = earlySubacks.removeValue(forKey: mid) {
-                if granted < 0x80 { record(subscription) }
-                return granted
-            }
-            pendingSubscribes[mid] = pending
-            return nil
+    func registerSubscribe(mid: Int32, _ subscription: Subscription, _ continuation: CheckedContinuation<MQTTQoS, Error>) {
+        let early: Int32? = state.withLock { s in
+            guard let granted = s.subscribes.register(mid, subscription, continuation) else { return nil }
+            if granted < 0x80 { s.subscriptions.grant(subscription) }
+            return granted
         }
-        if let early { Self.complete(pending, granted: early) }
+        if let early { continuation.resume(with: Self.subscribeOutcome(subscription, early)) }
     }
 
-    func registerUnsubscribe(mid: Int32, filter: String, continuation: CheckedContinuation<Void, Error>) {
-        let early: Bool = lock.withLock {
-            if earlyUnsubacks.remove(mid) != nil {
-                subscriptions.removeAll { $0.filter == filter }
-                return true
-            }
-            pendingUnsubscribes[mid] = (filter, continuation)
-            return false
+    func registerUnsubscribe(mid: Int32, filter: String, _ continuation: CheckedContinuation<Void, Error>) {
+        let early: Bool = state.withLock { s in
+            guard s.unsubscribes.register(mid, filter, continuation) != nil else { return false }
+            s.subscriptions.remove(filter: filter)
+            return true
         }
         if early { continuation.resume() }
     }
 
-    /// Under `lock`.
-    private func record(_ subscription: Subscription) {
-        subscriptions.removeAll { $0.filter == subscription.filter }
-        subscriptions.append(subscription)
+    /// The task waiting for publish `mid` was cancelled.
+    func cancelPublish(mid: Int32) {
+        state.withLock { $0.publishes.cancel(mid) }?.continuation.resume(throwing: CancellationError())
     }
 
-    private static func complete(_ pending: PendingPublish, reasonCode: Int32) {
+    /// The task waiting for subscribe `mid` was cancelled.
+    func cancelSubscribe(mid: Int32) {
+        state.withLock { $0.subscribes.cancel(mid) }?.continuation.resume(throwing: CancellationError())
+    }
+
+    /// The task waiting for unsubscribe `mid` was cancelled.
+    func cancelUnsubscribe(mid: Int32) {
+        state.withLock { $0.unsubscribes.cancel(mid) }?.continuation.resume(throwing: CancellationError())
+    }
+
+    private static func publishOutcome(_ request: PublishRequest, _ reasonCode: Int32) -> Result<MQTTPublishAck, Error> {
         let reason = MQTTReasonCode(rawValue: UInt8(clamping: reasonCode))
-        if reason.isFailure {
-            pending.continuation.resume(throwing: MQTTError(
-                operation: "publish to \(pending.topic)", kind: .publishRefused, reasonCode: reason,
-                message: "the broker refused the message: \(reason)"))
-        } else {
-            pending.continuation.resume(returning: MQTTPublishAck(reasonCode: reason))
-        }
+        guard reason.isFailure else { return .success(MQTTPublishAck(reasonCode: reason)) }
+        return .failure(MQTTError(operation: "publish to \(request.topic)", kind: .publishRefused, reasonCode: reason,
+                                  message: "the broker refused the message: \(reason)"))
     }
 
-    private static func complete(_ pending: PendingSubscribe, granted: Int32) {
-        if granted >= 0x80 {
-            let reason = MQTTReasonCode(rawValue: UInt8(clamping: granted))
-            pending.continuation.resume(throwing: MQTTError(
-                operation: "subscribe to \(pending.subscription.filter)", kind: .subscribeRefused, reasonCode: reason,
-                message: "the broker refused the subscription: \(reason)"))
-        } else {
-            pending.continuation.resume(returning: MQTTQoS(rawValue: granted) ?? .atMostOnce)
-        }
+    private static func subscribeOutcome(_ subscription: Subscription, _ granted: Int32) -> Result<MQTTQoS, Error> {
+        guard granted >= 0x80 else { return .success(MQTTQoS(rawValue: granted) ?? .atMostOnce) }
+        let reason = MQTTReasonCode(rawValue: UInt8(clamping: granted))
+        return .failure(MQTTError(operation: "subscribe to \(subscription.filter)", kind: .subscribeRefused, reasonCode: reason,
+                                  message: "the broker refused the subscription: \(reason)"))
     }
 
     // MARK: connection state (network thread)
 
+    /// True once after each CONNACK that accepted the connection.
     func takeConnectedSinceLastCheck() -> Bool {
-        lock.withLock {
-            defer { connectedSinceLastCheck = false }
-            return connectedSinceLastCheck
+        state.withLock { s in
+            defer { s.connectedSinceLastCheck = false }
+            return s.connectedSinceLastCheck
         }
     }
 
+    /// The broker's refusal of the last CONNECT, if it refused.
     func takeRefusal() -> MQTTError? {
-        lock.withLock {
-            defer { refusal = nil }
-            return refusal
+        state.withLock { s in
+            defer { s.refusal = nil }
+            return s.refusal
         }
     }
 
-    func clearLastLogError() { lock.withLock { lastLogError = nil } }
+    func clearLastLogError() { state.withLock { $0.lastLogError = nil } }
 
-    /// The connection ended unexpectedly: report it, fail what cannot survive a reconnect.
+    /// The connection ended unexpectedly: report it, fail what cannot survive a reconnect
+    /// (QoS 0 publishes, subscribes, unsubscribes; libmosquitto resends QoS 1 publishes).
     func connectionEnded(_ error: MQTTError) {
-        let (wasConnected, publishes, subscribes, unsubscribes) = lock.withLock {
-            let wasConnected = connected
-            connected = false
-            let publishes = pendingPublishes.filter { $0.value.qos == .atMostOnce }
-            for mid in publishes.keys { pendingPublishes[mid] = nil }
-            let subscribes = pendingSubscribes
-            let unsubscribes = pendingUnsubscribes
-            pendingSubscribes.removeAll()
-            pendingUnsubscribes.removeAll()
-            resubscribeMids.removeAll()
-            return (wasConnected, Array(publishes.values), Array(subscribes.values), Array(unsubscribes.values))
+        let (wasConnected, publishes, subscribes, unsubscribes) = state.withLock { s in
+            defer { s.connected = false }
+            s.subscriptions.connectionLost()
+            return (s.connected, s.publishes.removeAll { $0.qos == .atMostOnce },
+                    s.subscribes.removeAll { _ in true }, s.unsubscribes.removeAll { _ in true })
         }
         if wasConnected {
             events.yield(.disconnected(error))
@@ -312,36 +291,31 @@ final class CallbackBox: @unchecked Sendable {
             MQTTError(operation: operation, kind: .notConnected,
                       message: "the connection was lost before the broker answered (\(error.message))")
         }
-        for p in publishes { p.continuation.resume(throwing: lost("publish to \(p.topic)")) }
-        for s in subscribes { s.continuation.resume(throwing: lost("subscribe to \(s.subscription.filter)")) }
-        for u in unsubscribes { u.continuation.resume(throwing: lost("unsubscribe from \(u.filter)")) }
+        for p in publishes { p.continuation.resume(throwing: lost("publish to \(p.request.topic)")) }
+        for s in subscribes { s.continuation.resume(throwing: lost("subscribe to \(s.request.filter)")) }
+        for u in unsubscribes { u.continuation.resume(throwing: lost("unsubscribe from \(u.request)")) }
     }
 
     /// The network thread is gone; when closing for good, fail everything still waiting.
     func networkThreadEnded(closing: Bool) {
         guard closing else { return }
-        let (publishes, subscribes, unsubscribes) = lock.withLock {
-            connected = false
-            defer {
-                pendingPublishes.removeAll()
-                pendingSubscribes.removeAll()
-                pendingUnsubscribes.removeAll()
-            }
-            return (Array(pendingPublishes.values), Array(pendingSubscribes.values), Array(pendingUnsubscribes.values))
+        let (publishes, subscribes, unsubscribes) = state.withLock { s in
+            s.connected = false
+            return (s.publishes.removeAll { _ in true }, s.subscribes.removeAll { _ in true }, s.unsubscribes.removeAll { _ in true })
         }
         events.yield(.disconnected(nil))
         let closedError = { (operation: String) in
             MQTTError(operation: operation, kind: .closed, message: "the client was disconnected before the broker answered")
         }
-        for p in publishes { p.continuation.resume(throwing: closedError("publish to \(p.topic)")) }
-        for s in subscribes { s.continuation.resume(throwing: closedError("subscribe to \(s.subscription.filter)")) }
-        for u in unsubscribes { u.continuation.resume(throwing: closedError("unsubscribe from \(u.filter)")) }
+        for p in publishes { p.continuation.resume(throwing: closedError("publish to \(p.request.topic)")) }
+        for s in subscribes { s.continuation.resume(throwing: closedError("subscribe to \(s.request.filter)")) }
+        for u in unsubscribes { u.continuation.resume(throwing: closedError("unsubscribe from \(u.request)")) }
     }
 
-    func markClosed() { lock.withLock { closed = true } }
+    func markClosed() { state.withLock { $0.closed = true } }
 
     func checkOpen(_ operation: String) throws {
-        if lock.withLock({ closed }) {
+        if state.withLock({ $0.closed }) {
             throw MQTTError(operation: operation, kind: .closed, message: "the client was disconnected")
         }
     }
@@ -349,9 +323,9 @@ final class CallbackBox: @unchecked Sendable {
     func emit(_ event: MQTTConnectionEvent) { events.yield(event) }
 
     func finishStreams() {
-        let first = lock.withLock {
-            defer { streamsFinished = true }
-            return !streamsFinished
+        let first = state.withLock { s in
+            defer { s.streamsFinished = true }
+            return !s.streamsFinished
         }
         if first {
             messages.finish()
@@ -363,7 +337,7 @@ final class CallbackBox: @unchecked Sendable {
     func error(forLibraryCode rc: Int32, operation: String) -> MQTTError {
         let savedErrno = errno
         var message = rc == MOSQ_ERR_ERRNO.rawValue ? String(cString: strerror(savedErrno)) : String(cString: mosquitto_strerror(rc))
-        let logged = lock.withLock { lastLogError }
+        let logged = state.withLock { $0.lastLogError }
         if let logged { message += " (libmosquitto: \(logged))" }
         let kind: MQTTError.Kind
         switch rc {
@@ -379,89 +353,3 @@ final class CallbackBox: @unchecked Sendable {
         return MQTTError(operation: operation, kind: kind, message: message)
     }
 }
-
-/// An owned mosquitto_property list built from `MQTTMessageProperties`, and the reverse.
-struct PropertyList {
-    private(set) var pointer: OpaquePointer?
-
-    init(_ p: MQTTMessageProperties, operation: String) throws {
-        pointer = nil
-        if p.isEmpty { return }
-        var list: OpaquePointer?
-        var rc = MOSQ_ERR_SUCCESS.rawValue
-        func add(_ result: Int32) { if rc == MOSQ_ERR_SUCCESS.rawValue { rc = result } }
-        if let contentType = p.contentType {
-            add(mosquitto_property_add_string(&list, Int32(MQTT_PROP_CONTENT_TYPE.rawValue), contentType))
-        }
-        for user in p.userProperties {
-            add(mosquitto_property_add_string_pair(&list, Int32(MQTT_PROP_USER_PROPERTY.rawValue), user.name, user.value))
-        }
-        if let expiry = p.messageExpiryInterval {
-            add(mosquitto_property_add_int32(&list, Int32(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL.rawValue), expiry))
-        }
-        if let topic = p.responseTopic {
-            add(mosquitto_property_add_string(&list, Int32(MQTT_PROP_RESPONSE_TOPIC.rawValue), topic))
-        }
-        if let data = p.correlationData {
-            guard data.count <= 65_535 else {
-                mosquitto_property_free_all(&list)
-                throw MQTTError(operation: operation, kind: .usage, message: "correlation data longer than 65535 bytes")
-            }
-            add(data.withUnsafeBytes { mosquitto_property_add_binary(&list, Int32(MQTT_PROP_CORRELATION_DATA.rawValue), $0.baseAddress, UInt16(data.count)) })
-        }
-        guard rc == MOSQ_ERR_SUCCESS.rawValue else {
-            mosquitto_property_free_all(&list)
-            throw MQTTError(operation: operation, kind: .usage, message: "bad MQTT properties: \(String(cString: mosquitto_strerror(rc)))")
-        }
-        pointer = list
-    }
-
-    mutating func free() {
-        if pointer != nil { mosquitto_property_free_all(&pointer) }
-        pointer = nil
-    }
-
-    /// After the library took ownership (a successful will_set_v5).
-    mutating func releaseOwnership() { pointer = nil }
-
-    static func read(_ list: OpaquePointer?) -> MQTTMessageProperties {
-        var result = MQTTMessageProperties()
-        guard let list else { return result }
-        var text: UnsafeMutablePointer<CChar>?
-        if mosquitto_property_read_string(list, Int32(MQTT_PROP_CONTENT_TYPE.rawValue), &text, false) != nil, let text {
-            result.contentType = String(cString: text)
-            cFree(text)
-        }
-        text = nil
-        if mosquitto_property_read_string(list, Int32(MQTT_PROP_RESPONSE_TOPIC.rawValue), &text, false) != nil, let text {
-            result.responseTopic = String(cString: text)
-            cFree(text)
-        }
-        var expiry: UInt32 = 0
-        if mosquitto_property_read_int32(list, Int32(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL.rawValue), &expiry, false) != nil {
-            result.messageExpiryInterval = expiry
-        }
-        var binary: UnsafeMutableRawPointer?
-        var length: UInt16 = 0
-        if mosquitto_property_read_binary(list, Int32(MQTT_PROP_CORRELATION_DATA.rawValue), &binary, &length, false) != nil {
-            result.correlationData = binary.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(length))) } ?? []
-            cFree(binary)
-        }
-        var current: OpaquePointer? = list
-        var skipFirst = false
-        while true {
-            var name: UnsafeMutablePointer<CChar>?
-            var value: UnsafeMutablePointer<CChar>?
-            guard let found = mosquitto_property_read_string_pair(current, Int32(MQTT_PROP_USER_PROPERTY.rawValue), &name, &value, skipFirst) else { break }
-            if let name, let value { result.userProperties.append(MQTTUserProperty(String(cString: name), String(cString: value))) }
-            cFree(name)
-            cFree(value)
-            current = found
-            skipFirst = true
-        }
-        return result
-    }
-}
-
-/// free(3), under a name no member hides.
-private func cFree(_ pointer: UnsafeMutableRawPointer?) { free(pointer) }

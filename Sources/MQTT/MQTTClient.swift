@@ -3,16 +3,19 @@
 // Theory of operation:
 // - `MQTTConnectionCore` owns the handle and frees it exactly once, in its deinit, which can
 //   only run after the network thread ended (the thread holds the core) and the client let go.
-// - The network thread connects (blocking connect happens there, never on the cooperative
-//   pool), then runs the loop until the connection breaks; then it waits an exponential
-//   backoff with jitter (`ReconnectBackoff`) and calls `mosquitto_reconnect`.
+// - Threads (docs/concurrency.md): libmosquitto is used in threaded mode, so publish,
+//   subscribe and disconnect may be called from any thread (the library queues the packet and
+//   we wake the loop); everything else — connect, reconnect, the loop's reads and writes — runs
+//   on the network thread only, which checks it (`networkThread`).
+// - The network thread (NetworkThread.swift) connects (a blocking connect happens there, never
+//   on the cooperative pool), then runs the loop until the connection breaks; then it waits an
+//   exponential backoff with jitter and reconnects. What to do when is decided by a sans-IO
+//   `ConnectionStateMachine`; the thread only does it.
 //   We do not use `mosquitto_loop_start`: its built-in reconnect has whole-second delays, no
 //   jitter, and its thread quits for good on TLS or protocol errors.
-//   `mosquitto_threaded_set(true)` makes publish/subscribe from other threads safe: the library
-//   queues the packet; we then wake the loop through our own eventfd (`LoopWaker`).
-// - The loop is poll(2) over the socket and the eventfd, then the library's external-loop
-//   calls (`mosquitto_loop_read`/`_write`/`_misc`), not `mosquitto_loop`: that one uses
-//   select(2) and returns MOSQ_ERR_INVAL for any socket numbered FD_SETSIZE (1024) or above,
+// - The loop is poll(2) over the socket and an eventfd (`LoopWaker`), then the library's
+//   external-loop calls (`mosquitto_loop_read`/`_write`/`_misc`), not `mosquitto_loop`: that one
+//   uses select(2) and returns MOSQ_ERR_INVAL for any socket numbered FD_SETSIZE (1024) or above,
 //   so a process with many open files (a backend with many HTTP or database connections, a
 //   fleet simulation with a log per device) could never get its connection going: every
 //   CONNECT went unsent and the broker logged "Client <unknown> closed its connection".
@@ -20,16 +23,23 @@
 //   `mosquitto_loop` is still used while the descriptors fit, which libmosquitto handles itself.
 // - libmosquitto's callbacks run on the network thread and only hand events over: they reach
 //   a `CallbackBox` (the C context pointer, via Unmanaged), which resumes the continuation
-//   waiting for that packet id, or yields to the `messages`/`events` AsyncStreams.
+//   waiting for that packet id (`PendingAnswers`), or yields to the `messages`/`events` streams.
 // - A PUBACK can arrive before `mosquitto_publish_v5` has returned the packet id to the
 //   publishing thread; the box keeps such early acks until the publisher registers.
+// - Cancellation: every wait for the broker (CONNACK, PUBACK, SUBACK, UNSUBACK) ends at once
+//   with `CancellationError` when its task is cancelled. What was sent stays sent: a cancelled
+//   QoS 1 publish may still reach the broker (libmosquitto keeps and resends it); a cancelled
+//   `connect()` ends the network thread's attempt, so `connect()` may be called again.
 // - QoS 1 publishes survive reconnects (libmosquitto resends them); QoS 0 publishes and
 //   SUBSCRIBEs in flight when the connection drops fail with `.notConnected`. When a
 //   reconnect finds no session on the broker, the client subscribes again to what it had.
+// - Shutdown: `disconnect()` sends DISCONNECT, fails what still waits with `.closed`, and
+//   returns when the network thread ended (at most about 2 s after it was asked to).
 import CMosquitto
 import FieldlogCore
 import Logging
 import Synchronization
+import Threading
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -63,7 +73,8 @@ public final class MQTTClient: Sendable {
 
     /// Connects and waits for the broker's CONNACK. Throws when the network, TLS or the broker
     /// (e.g. bad user name or password) refuses; afterwards the connection is kept up with
-    /// automatic reconnects until `disconnect()`.
+    /// automatic reconnects until `disconnect()`. A cancelled task gets `CancellationError` at
+    /// once and the attempt is given up; `connect()` may be called again.
     @discardableResult
     public func connect() async throws -> MQTTConnAck {
         try await core.connect()
@@ -73,6 +84,7 @@ public final class MQTTClient: Sendable {
     /// or, for QoS 0, when it was written to the socket. Throws `.publishRefused` with the
     /// broker's reason when the PUBACK says so (e.g. "Not authorized (0x87)").
     /// A QoS 1 publish made while disconnected is queued and completes after reconnecting.
+    /// A cancelled task gets `CancellationError` at once; the message may still be delivered.
     @discardableResult
     public func publish(_ topic: String, payload: [UInt8], qos: MQTTQoS = .atLeastOnce, retain: Bool = false,
                         properties: MQTTMessageProperties = .init()) async throws -> MQTTPublishAck {
@@ -85,7 +97,8 @@ public final class MQTTClient: Sendable {
     }
 
     /// Subscribes to `filter` (wildcards and `$share/group/filter` allowed); returns the QoS the
-    /// broker granted, or throws `.subscribeRefused` with its reason.
+    /// broker granted, or throws `.subscribeRefused` with its reason. A cancelled task gets
+    /// `CancellationError` at once (a subscription the broker grants later is still kept).
     @discardableResult
     public func subscribe(_ filter: String, qos: MQTTQoS = .atLeastOnce, noLocal: Bool = false) async throws -> MQTTQoS {
         try await core.subscribe(filter: filter, qos: qos, noLocal: noLocal)
@@ -123,24 +136,33 @@ public final class MQTTClient: Sendable {
 
 // MARK: - core
 
+// Other threads use `handle` only through libmosquitto's thread-safe calls (publish,
+// subscribe, unsubscribe, disconnect: threaded mode); every other use is on the network
+// thread, which `networkThread` checks. The thread-control variables are only touched with
+// `control` locked, `lastReadAt` only on the network thread; the rest is immutable or Sendable.
+// @unchecked: the handle is used per libmosquitto's threaded mode and the rest is locked (above).
 final class MQTTConnectionCore: @unchecked Sendable {
-    // @unchecked: `handle` is safe to use from any thread in threaded mode and lives until
-    // deinit; thread control state is only touched under `control`; the rest is immutable.
-    private let handle: OpaquePointer
-    private let box: CallbackBox
-    private let configuration: MQTTConfiguration
-    private let logger: Logger
-    private let backoff: ReconnectBackoff
-    private let waker: LoopWaker
-    private let control = ConditionLock()
-    private var threadRunning = false
-    private var stopRequested = false
-    private var stopRequestedAt: ContinuousClock.Instant?
-    private var threadExitWaiters: [CheckedContinuation<Void, Never>] = []
+    let handle: OpaquePointer
+    let box: CallbackBox
+    let configuration: MQTTConfiguration
+    let logger: Logger
+    let backoff: ReconnectBackoff
+    let waker: LoopWaker
+    /// Guards the thread-control variables below; the backoff waits on it.
+    let control = ConditionLock()
+    var threadRunning = false
+    var stopRequested = false
+    /// The network thread has told its state machine about `stopRequested`.
+    var stopSeen = false
+    /// The waiting `connect()` was cancelled; the network thread takes it on its next turn.
+    var abandonRequested = false
+    var threadExitWaiters: [CheckedContinuation<Void, Never>] = []
+    /// The network thread, while it runs: the calls only it may make check it.
+    let networkThread = ThreadIdentity()
     /// Backpressure (`pauseReading`); read by the network thread on every turn.
-    private let readingPaused = Atomic<Bool>(false)
+    let readingPaused = Atomic<Bool>(false)
     /// When the network thread last polled the socket for input (network thread only).
-    private var lastReadAt = ContinuousClock.now
+    var lastReadAt = ContinuousClock.now
 
     private static let libraryInitialised: Bool = mosquitto_lib_init() == MOSQ_ERR_SUCCESS.rawValue
 
@@ -233,229 +255,6 @@ final class MQTTConnectionCore: @unchecked Sendable {
         }
     }
 
-    // MARK: connect and the network thread
-
-    func connect() async throws -> MQTTConnAck {
-        let operation = "connect to \(configuration.endpointDescription)"
-        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<MQTTConnAck, Error>) in
-            control.lock()
-            if stopRequested {
-                control.unlock()
-                continuation.resume(throwing: MQTTError(operation: operation, kind: .closed, message: "the client was disconnected"))
-                return
-            }
-            if threadRunning {
-                control.unlock()
-                continuation.resume(throwing: MQTTError(operation: operation, kind: .usage, message: "connect() was already called"))
-                return
-            }
-            threadRunning = true
-            control.unlock()
-            box.setConnectWaiter(continuation)
-            OSThread.start(name: "mqtt \(configuration.clientID)") { self.runNetworkThread() }
-        }
-    }
-
-    private func runNetworkThread() {
-        var attempt = 0
-        var needConnect = true
-        var firstConnect = true
-        var exitError: MQTTError?
-        var awaitingConnAckSince: ContinuousClock.Instant?
-        var connAckTimedOut = false
-        let operation = "connect to \(configuration.endpointDescription)"
-        while true {
-            if shouldExit() { break }
-            if needConnect {
-                box.clearLastLogError()
-                let rc = firstConnect ? connectV5() : mosquitto_reconnect(handle)
-                if rc == MOSQ_ERR_SUCCESS.rawValue {
-                    needConnect = false
-                    firstConnect = false
-                    awaitingConnAckSince = .now
-                    connAckTimedOut = false
-                } else {
-                    let error = box.error(forLibraryCode: rc, operation: operation)
-                    if box.hasConnectWaiter {
-                        exitError = error
-                        break
-                    }
-                    box.emit(.connectFailed(error))
-                    attempt += 1
-                    if waitBeforeReconnect(attempt: attempt) { break }
-                    continue
-                }
-            }
-            let rc = loopOnce(timeoutMilliseconds: loopTimeout(awaitingConnAckSince: connAckTimedOut ? nil : awaitingConnAckSince),
-                              awaitingConnAck: awaitingConnAckSince != nil)
-            if rc == MOSQ_ERR_SUCCESS.rawValue {
-                if box.takeConnectedSinceLastCheck() {
-                    attempt = 0
-                    awaitingConnAckSince = nil
-                } else if let since = awaitingConnAckSince, !connAckTimedOut,
-                          ContinuousClock.now - since > configuration.connectTimeout {
-                    // A broker that accepted TCP but does not answer: break the connection;
-                    // the loop then reports it like any other broken connection.
-                    connAckTimedOut = true
-                    let fd = mosquitto_socket(handle)
-                    if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
-                }
-                continue
-            }
-            if isStopRequested() { break }
-            // The connection ended: broken, refused CONNACK, no CONNACK in time, or failed TLS handshake.
-            let error = box.takeRefusal()
-                ?? (connAckTimedOut ? MQTTError(operation: operation, kind: .connection,
-                                                message: "no CONNACK from the broker within \(configuration.connectTimeout)")
-                                    : box.error(forLibraryCode: rc, operation: operation))
-            if box.hasConnectWaiter {
-                exitError = error
-                break
-            }
-            box.connectionEnded(error)
-            attempt += 1
-            if waitBeforeReconnect(attempt: attempt) { break }
-            needConnect = true
-        }
-        let closing = isStopRequested()
-        box.networkThreadEnded(closing: closing)
-        control.lock()
-        threadRunning = false
-        let waiters = threadExitWaiters
-        threadExitWaiters.removeAll()
-        control.unlock()
-        if let exitError { box.failConnectWaiter(exitError) }
-        for waiter in waiters { waiter.resume() }
-        logger.debug("mqtt network thread ended", metadata: ["client": "\(configuration.clientID)"])
-    }
-
-    func setReadingPaused(_ paused: Bool) {
-        readingPaused.store(paused, ordering: .relaxed)
-        waker.signal()
-    }
-
-    /// How long one `loopOnce` may wait: up to 1 s (keep-alive is whole seconds and every
-    /// queued packet wakes the loop at once), shorter while a CONNACK is due or a stop waits.
-    private func loopTimeout(awaitingConnAckSince since: ContinuousClock.Instant?) -> Int32 {
-        if isStopRequested() { return 100 }
-        guard let since else { return 1000 }
-        let left = configuration.connectTimeout - (ContinuousClock.now - since)
-        return Int32(max(1, min(1000, left / .milliseconds(1) + 1)))
-    }
-
-    /// One turn of the network loop, with `mosquitto_loop`'s result codes: wait (poll) until
-    /// the socket is readable, writable while the library has something to send, or the waker
-    /// was signalled; then read, write and run the keep-alive. On a broken connection the
-    /// library's read/write calls close the socket and report it (as `mosquitto_loop` does).
-    private func loopOnce(timeoutMilliseconds: Int32, awaitingConnAck: Bool) -> Int32 {
-        let sock = mosquitto_socket(handle)
-        guard sock >= 0 else { return MOSQ_ERR_NO_CONN.rawValue }
-        // A TLS handshake in progress (no CONNACK yet) is finished only inside mosquitto_loop;
-        // use it while both its descriptors fit select(2). It returns MOSQ_ERR_INVAL otherwise,
-        // and we go on with poll: TLS 1.3 (the default with OpenSSL 3) completes the handshake on
-        // the first reads, which mosquitto_loop_read does.
-        if configuration.tls != nil && awaitingConnAck && sock < selectLimit {
-            let rc = mosquitto_loop(handle, min(timeoutMilliseconds, 100), 1)
-            if rc != MOSQ_ERR_INVAL.rawValue { return rc }
-        }
-        // Paused (backpressure): no input, except once per half keep-alive for the PINGRESP.
-        let now = ContinuousClock.now
-        let read = !readingPaused.load(ordering: .relaxed) || now - lastReadAt >= configuration.keepAlive / 2
-        if read { lastReadAt = now }
-        var fds = [pollfd(fd: sock, events: (read ? Int16(POLLIN) : 0) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0),
-                   pollfd(fd: waker.descriptor, events: Int16(POLLIN), revents: 0)]
-        let n = poll(&fds, 2, timeoutMilliseconds)
-        if n < 0 { return errno == EINTR ? MOSQ_ERR_SUCCESS.rawValue : MOSQ_ERR_ERRNO.rawValue }
-        if fds[1].revents != 0 { waker.drain() }
-        if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
-            let rc = mosquitto_loop_read(handle, 1)
-            if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
-        }
-        // Write whatever is queued: packets from other threads (they signalled the waker),
-        // PUBACKs the read just queued, or the rest of a packet the socket took only partly.
-        if mosquitto_want_write(handle) {
-            let rc = mosquitto_loop_write(handle, 1)
-            if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
-        }
-        return mosquitto_loop_misc(handle)
-    }
-
-    private func connectV5() -> Int32 {
-        var properties: OpaquePointer?
-        if let expiry = configuration.sessionExpiry, expiry > .zero {
-            let seconds = UInt32(clamping: expiry.components.seconds)
-            _ = mosquitto_property_add_int32(&properties, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), seconds)
-        }
-        defer { mosquitto_property_free_all(&properties) }
-        return mosquitto_connect_bind_v5(handle, configuration.host, Int32(configuration.port),
-                                         Int32(configuration.keepAlive.components.seconds), nil, properties)
-    }
-
-    /// Waits the backoff delay for `attempt`; true when a stop was requested meanwhile.
-    private func waitBeforeReconnect(attempt: Int) -> Bool {
-        let delay = backoff.delay(attempt: attempt, randomUnit: Double.random(in: 0..<1))
-        box.emit(.reconnecting(attempt: attempt, delay: delay))
-        logger.info("mqtt reconnecting", metadata: ["client": "\(configuration.clientID)", "attempt": "\(attempt)", "delay": "\(delay)"])
-        let deadline = ContinuousClock.now + delay
-        control.lock()
-        defer { control.unlock() }
-        while !stopRequested {
-            if !control.wait(until: deadline) { break }
-        }
-        return stopRequested
-    }
-
-    private func isStopRequested() -> Bool {
-        control.lock()
-        defer { control.unlock() }
-        return stopRequested
-    }
-
-    /// True when the thread should leave its loop: a stop was asked for and the DISCONNECT had
-    /// up to 2 s to go out (the loop leaves earlier when the library closed the connection).
-    private func shouldExit() -> Bool {
-        control.lock()
-        defer { control.unlock() }
-        guard stopRequested, let at = stopRequestedAt else { return false }
-        return ContinuousClock.now - at > .seconds(2)
-    }
-
-    func requestStop(reason: MQTTReasonCode) {
-        control.lock()
-        let first = !stopRequested
-        stopRequested = true
-        if first { stopRequestedAt = .now }
-        let running = threadRunning
-        control.broadcast()
-        control.unlock()
-        box.markClosed()
-        if first && running {
-            _ = mosquitto_disconnect_v5(handle, Int32(reason.rawValue), nil)
-            waker.signal()
-        }
-        if !running { box.finishStreams() }
-    }
-
-    func disconnect(reason: MQTTReasonCode) async {
-        requestStop(reason: reason)
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            control.lock()
-            if threadRunning {
-                threadExitWaiters.append(continuation)
-                control.unlock()
-            } else {
-                control.unlock()
-                continuation.resume()
-            }
-        }
-        box.finishStreams()
-    }
-
-    func simulateConnectionLoss() {
-        let fd = mosquitto_socket(handle)
-        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
-    }
-
     // MARK: operations
 
     func publish(topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool,
@@ -466,20 +265,18 @@ final class MQTTConnectionCore: @unchecked Sendable {
         defer { list.free() }
         let propertyPointer = list.pointer
         let handle = self.handle
-        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<MQTTPublishAck, Error>) in
+        let box = self.box
+        return try await awaitAnswer(operation, allowQueued: qos != .atMostOnce) {
             var mid: Int32 = 0
             let rc = payload.withUnsafeBytes { bytes in
                 mosquitto_publish_v5(handle, &mid, topic, Int32(bytes.count), bytes.baseAddress, qos.rawValue, retain, propertyPointer)
             }
-            // QoS ≥ 1 while disconnected: libmosquitto keeps the message and sends it after reconnecting.
-            let queued = rc == MOSQ_ERR_NO_CONN.rawValue && qos != .atMostOnce
-            guard rc == MOSQ_ERR_SUCCESS.rawValue || queued else {
-                continuation.resume(throwing: box.error(forLibraryCode: rc, operation: operation))
-                return
-            }
+            return (rc, mid)
+        } register: { mid, continuation in
             box.traffic.published(topic: topic, payloadBytes: payload.count, qos: qos, properties: properties)
-            box.registerPublish(mid: mid, topic: topic, qos: qos, continuation: continuation)
-            waker.signal()
+            box.registerPublish(mid: mid, .init(topic: topic, qos: qos), continuation)
+        } cancel: { mid in
+            box.cancelPublish(mid: mid)
         }
     }
 
@@ -490,15 +287,15 @@ final class MQTTConnectionCore: @unchecked Sendable {
         try box.checkOpen(operation)
         let options = noLocal ? Int32(MQTT_SUB_OPT_NO_LOCAL.rawValue) : 0
         let handle = self.handle
-        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<MQTTQoS, Error>) in
+        let box = self.box
+        return try await awaitAnswer(operation) {
             var mid: Int32 = 0
             let rc = mosquitto_subscribe_v5(handle, &mid, filter, qos.rawValue, options, nil)
-            guard rc == MOSQ_ERR_SUCCESS.rawValue else {
-                continuation.resume(throwing: box.error(forLibraryCode: rc, operation: operation))
-                return
-            }
-            box.registerSubscribe(mid: mid, subscription: .init(filter: filter, qos: qos, options: options), continuation: continuation)
-            waker.signal()
+            return (rc, mid)
+        } register: { mid, continuation in
+            box.registerSubscribe(mid: mid, Subscription(filter: filter, qos: qos, options: options), continuation)
+        } cancel: { mid in
+            box.cancelSubscribe(mid: mid)
         }
     }
 
@@ -506,15 +303,51 @@ final class MQTTConnectionCore: @unchecked Sendable {
         let operation = "unsubscribe from \(filter)"
         try box.checkOpen(operation)
         let handle = self.handle
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+        let box = self.box
+        try await awaitAnswer(operation) {
             var mid: Int32 = 0
             let rc = mosquitto_unsubscribe_v5(handle, &mid, filter, nil)
-            guard rc == MOSQ_ERR_SUCCESS.rawValue else {
-                continuation.resume(throwing: box.error(forLibraryCode: rc, operation: operation))
-                return
+            return (rc, mid)
+        } register: { mid, continuation in
+            box.registerUnsubscribe(mid: mid, filter: filter, continuation)
+        } cancel: { mid in
+            box.cancelUnsubscribe(mid: mid)
+        }
+    }
+
+    /// Sends one packet and waits for the broker's answer to it, or for the task's cancellation
+    /// (then `CancellationError` at once; a packet already sent stays sent).
+    /// - Parameters:
+    ///   - allowQueued: a QoS 1 publish while disconnected: libmosquitto keeps the message and
+    ///     sends it after reconnecting, so `MOSQ_ERR_NO_CONN` is not a failure.
+    ///   - send: the libmosquitto call; returns its result code and the packet id.
+    ///   - register: hands the continuation to the box under the packet id.
+    ///   - cancel: takes the continuation back out of the box and resumes it.
+    private func awaitAnswer<Success: Sendable>(
+        _ operation: String, allowQueued: Bool = false,
+        send: () -> (rc: Int32, mid: Int32),
+        register: (Int32, CheckedContinuation<Success, Error>) -> Void,
+        cancel: @escaping @Sendable (Int32) -> Void
+    ) async throws -> Success {
+        let ticket = CancellationTicket()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Success, Error>) in
+                guard ticket.shouldSend() else {
+                    continuation.resume(throwing: CancellationError())
+                    return
+                }
+                let (rc, mid) = send()
+                let queued = allowQueued && rc == MOSQ_ERR_NO_CONN.rawValue
+                guard rc == MOSQ_ERR_SUCCESS.rawValue || queued else {
+                    continuation.resume(throwing: box.error(forLibraryCode: rc, operation: operation))
+                    return
+                }
+                register(mid, continuation)
+                if !ticket.registered(mid) { cancel(mid) }
+                waker.signal()
             }
-            box.registerUnsubscribe(mid: mid, filter: filter, continuation: continuation)
-            waker.signal()
+        } onCancel: {
+            if let mid = ticket.cancel() { cancel(mid) }
         }
     }
 }
@@ -524,32 +357,3 @@ func reasonName(_ code: UInt8) -> String {
     String(cString: mosquitto_reason_string(Int32(code)))
 }
 
-/// FD_SETSIZE of glibc: `mosquitto_loop` (select) refuses descriptors from here up.
-let selectLimit: Int32 = 1024
-
-/// An eventfd that wakes the network thread's poll(2) when another thread queued a packet
-/// (libmosquitto's own wake-up pipe is private to `mosquitto_loop`). Owns the descriptor.
-final class LoopWaker: Sendable {
-    let descriptor: Int32
-
-    init(operation: String) throws {
-        descriptor = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard descriptor >= 0 else {
-            throw MQTTError(operation: operation, kind: .library, message: "eventfd failed: \(String(cString: strerror(errno)))")
-        }
-    }
-
-    deinit { close(descriptor) }
-
-    /// Wakes the loop (never blocks: the counter saturates long before it could).
-    func signal() {
-        var one: UInt64 = 1
-        _ = write(descriptor, &one, 8)
-    }
-
-    /// Resets the counter after a wake-up.
-    func drain() {
-        var value: UInt64 = 0
-        _ = read(descriptor, &value, 8)
-    }
-}

@@ -1,8 +1,10 @@
 // An async MariaDB connection whose blocking Connector/C calls run on a thread of its own.
 //
-// Theory of operation: one `MariaDBConnection` = one worker thread + one `MariaDBSession`
-// (the MYSQL* owner). Each async method queues a job on the worker and suspends on a
-// continuation until the job is done, so the cooperative pool never blocks on the network.
+// Theory of operation: one `MariaDBConnection` = one `OwnerThread` + one `MariaDBSession`
+// (the MYSQL* owner) confined to it (docs/concurrency.md). Each async method queues a job on
+// the thread and suspends until the job is done, so the cooperative pool never blocks on the
+// network. Every blocking call is bounded by the configuration's connect, read and write
+// timeouts: that bound is how long a cancelled task or a shutdown may wait for a job.
 // Jobs run one at a time in submission order; `withSession`/`transaction` run a whole block
 // of synchronous calls as one job, so nothing of another caller interleaves with it.
 // A lost connection (see `MariaDBError.isConnectionLost`) closes the handle; the caller
@@ -10,20 +12,20 @@
 import FieldlogCore
 import Foundation
 import Logging
+import Threading
 
 /// One connection to a MariaDB server, usable from any task.
 public final class MariaDBConnection: Sendable {
-    private let worker: WorkerThread
-    private let session: MariaDBSession
+    private let session: ThreadConfined<MariaDBSession>
     /// The configuration it was created with.
     public let configuration: MariaDBConfiguration
 
-    /// Creates the connection's worker thread; call `connect()` to open the connection.
+    /// Creates the connection's owner thread; call `connect()` to open the connection.
     public init(configuration: MariaDBConfiguration, logger: Logger = Logger(label: "fieldlog.mariadb")) {
         self.configuration = configuration
-        worker = WorkerThread(name: "mariadb \(configuration.endpointDescription)",
-                              setUp: MariaDBSession.threadSetUp, tearDown: MariaDBSession.threadTearDown)
-        session = MariaDBSession(configuration: configuration, worker: worker, logger: logger)
+        let thread = OwnerThread(name: "mariadb \(configuration.endpointDescription)",
+                                 setUp: MariaDBSession.threadSetUp, tearDown: MariaDBSession.threadTearDown)
+        session = ThreadConfined(MariaDBSession(configuration: configuration, thread: thread, logger: logger), on: thread)
     }
 
     /// Creates a connection and connects it.
@@ -35,36 +37,31 @@ public final class MariaDBConnection: Sendable {
     }
 
     deinit {
-        let session = self.session
-        worker.submit { session.close() }
-        worker.stop()
+        session.submit { $0.close() }
+        session.thread.stop()
     }
 
     /// Opens the connection (no-op when open). Throws a `MariaDBError` naming the endpoint.
     public func connect() async throws {
-        let session = self.session
-        try await worker.run { try session.connect() }
+        try await session.run { try $0.connect() }
     }
 
     /// Drops the current connection, dead or alive, and opens a new one. Prepared statements
     /// and session state (open transaction, variables) are gone afterwards.
     public func reconnect() async throws {
-        let session = self.session
-        try await worker.run { try session.reconnect() }
+        try await session.run { try $0.reconnect() }
     }
 
     /// Closes the connection for good; later calls throw.
     public func close() async {
-        let session = self.session
-        _ = try? await worker.run { session.close() }
+        _ = try? await session.run { $0.close() }
     }
 
-    /// Runs `body` with synchronous access to the connection, on its worker thread, as one job:
+    /// Runs `body` with synchronous access to the connection, on its owner thread, as one job:
     /// no other call on this connection runs in between.
     @discardableResult
     public func withSession<T: Sendable>(_ body: @escaping @Sendable (MariaDBSession) throws -> T) async throws -> T {
-        let session = self.session
-        return try await worker.run { try body(session) }
+        try await session.run(body)
     }
 
     /// Runs `body` inside a transaction: commits when it returns, rolls back when it throws

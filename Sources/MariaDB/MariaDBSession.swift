@@ -1,7 +1,8 @@
-// The owner of one MYSQL* handle and its prepared statements; synchronous, worker-thread only.
+// The owner of one MYSQL* handle and its prepared statements; synchronous, owner-thread only.
 //
-// Theory of operation: `MariaDBConnection` creates one session and one worker thread, and
-// runs every call of the session on that thread (checked on each call). The session opens
+// Theory of operation: `MariaDBConnection` creates one session and one `OwnerThread`, confines
+// the session to it (`ThreadConfined`, docs/concurrency.md) and runs every call of the session
+// on that thread (checked on each call: the session is also handed to the caller's closures). The session opens
 // the handle in `connect()`, keeps prepared statements in a small LRU cache keyed by their
 // SQL text (so a multi-row insert of N rows prepares its statement once per N), and frees
 // statements and handle exactly once in `close()`. C strings are copied out at once; C
@@ -14,15 +15,15 @@ import FieldlogCore
 import CMariaDB
 import Foundation
 import Logging
+import Threading
 
 /// Synchronous access to one MariaDB connection, handed to closures run by
 /// `MariaDBConnection.withSession(_:)` and `transaction(_:)`. Valid only inside that closure
-/// (on the connection's worker thread): every call checks it.
-public final class MariaDBSession: @unchecked Sendable {
-    // @unchecked: every member is only touched on `worker`'s thread (checked by `enter()`);
-    // the class crosses threads only as an opaque reference held by MariaDBConnection.
+/// (on the connection's owner thread): every call checks it. Not Sendable: it never leaves
+/// that thread.
+public final class MariaDBSession {
     private let configuration: MariaDBConfiguration
-    private let worker: WorkerThread
+    private let thread: OwnerThread
     private let logger: Logger
     private var handle: UnsafeMutablePointer<MYSQL>?
     private var statements: [String: CachedStatement] = [:]
@@ -39,10 +40,10 @@ public final class MariaDBSession: @unchecked Sendable {
     /// Connector/C must be initialised once per process before any thread uses it.
     private static let libraryInitialised: Bool = fieldlog_mysql_library_init() == 0
 
-    init(configuration: MariaDBConfiguration, worker: WorkerThread, logger: Logger) {
+    init(configuration: MariaDBConfiguration, thread: OwnerThread, logger: Logger) {
         precondition(configuration.statementCacheSize >= 1, "statementCacheSize must be at least 1")
         self.configuration = configuration
-        self.worker = worker
+        self.thread = thread
         self.logger = logger
     }
 
@@ -53,8 +54,8 @@ public final class MariaDBSession: @unchecked Sendable {
 
     static func threadTearDown() { mysql_thread_end() }
 
-    private func enter() {
-        precondition(worker.isCurrent, "MariaDBSession used outside its connection's worker thread")
+    private func enter(file: StaticString = #fileID, line: UInt = #line) {
+        thread.preconditionCurrent("MariaDBSession", file: file, line: line)
     }
 
     // MARK: connection

@@ -1,15 +1,19 @@
-// One Redis connection (owner of a hiredis redisContext*), with a blocking API for a dedicated
-// thread and an async API that runs the same calls on a worker thread of its own.
+// One Redis connection: the owner of a hiredis redisContext*, confined to a thread of its own.
 //
-// Theory of operation: the context is created on first use (or by `connect`) and freed exactly
-// once, either when a command fails with a connection error (so the next command connects
-// anew: this is how a Redis restart is survived) or when the connection is closed or deinited.
-// Before sending, an idle connection is checked for a peer that already hung up (a restarted
-// server): then it reconnects before sending, so nothing is sent twice. A command that breaks
-// mid-way is never retried here: the caller knows whether it is idempotent.
-// All context access is serialised by one lock; async calls queue on the worker thread.
+// Theory of operation: `RedisConnection` is the Sendable face; the context and everything that
+// touches it live in `RedisContextOwner`, confined to the connection's `OwnerThread`
+// (`ThreadConfined`, docs/concurrency.md): every async call is one job there, checked to run
+// there. The context is created on first use (or by `connect`) and freed exactly once, either
+// when a command fails with a connection error (so the next command connects anew: this is how
+// a Redis restart is survived) or when the connection is closed or deinited. Before sending,
+// an idle connection is checked for a peer that already hung up (a restarted server): then it
+// reconnects before sending, so nothing is sent twice. A command that breaks mid-way is never
+// retried here: the caller knows whether it is idempotent. Every call is bounded by the
+// connect and command timeouts: that bound is how long a cancelled task may wait for a job.
 import FieldlogCore
 import CHiredis
+import Synchronization
+import Threading
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -17,129 +21,148 @@ import Darwin
 #endif
 import Logging
 
-/// A connection to Redis. Thread-safe; blocking calls (`blocking…`) belong on a thread of the
-/// caller's own, async calls run on the connection's worker thread.
-public final class RedisConnection: @unchecked Sendable {
-    // @unchecked: `context` and `closed` are only touched under `lock`.
+/// A connection to Redis, usable from any task; every call runs on the connection's own thread.
+public final class RedisConnection: Sendable {
     public let configuration: RedisConfiguration
-    private let logger: Logger
-    private let lock = Lock()
-    private var context: UnsafeMutablePointer<redisContext>?
-    private var closed = false
-    private let worker: WorkerThread
+    private let owner: ThreadConfined<RedisContextOwner>
+    /// Set by `close()` at once, so calls made after it fail even before the queued close ran.
+    private let closed = Atomic<Bool>(false)
+    /// Mirrors whether the owner holds a context (for `isConnected`).
+    private let connected = Atomic<Bool>(false)
 
     /// Creates the connection; it connects on first use (or `connect()`).
     public init(configuration: RedisConfiguration, logger: Logger = Logger(label: "fieldlog.redis")) {
         self.configuration = configuration
-        self.logger = logger
-        worker = WorkerThread(name: "redis \(configuration.endpointDescription)")
+        let thread = OwnerThread(name: "redis \(configuration.endpointDescription)")
+        owner = ThreadConfined(RedisContextOwner(configuration: configuration, logger: logger), on: thread)
     }
 
     deinit {
-        if let context { redisFree(context) }
-        worker.stop()
+        owner.submit { $0.close() }
+        owner.thread.stop()
     }
 
-    // MARK: blocking API (call from a dedicated thread)
+    /// Closes the connection for good (later calls throw); the context is freed on the
+    /// connection's thread after the calls queued before.
+    public func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        connected.store(false, ordering: .relaxed)
+        owner.submit { $0.close() }
+    }
 
-    /// Connects now if not connected; throws a `.connect` error naming the endpoint.
-    public func blockingConnect() throws {
-        try lock.withLock { _ = try liveContext() }
+    /// True while a context is open (it is dropped on connection errors).
+    public var isConnected: Bool { connected.load(ordering: .relaxed) }
+
+    /// Connects now if not connected.
+    public func connect() async throws {
+        try await call { try $0.connect() }
     }
 
     /// Sends one command given as an argument vector of byte strings and returns the reply.
     /// Error replies come back as `.error`, not thrown; connection failures throw.
-    public func blockingCommand(_ arguments: [[UInt8]]) throws -> RedisReply {
-        guard let name = arguments.first, !name.isEmpty else {
-            throw RedisError(operation: "command", kind: .usage, message: "empty command")
-        }
-        let operation = String(decoding: name, as: UTF8.self).uppercased()
-        return try lock.withLock {
-            let c = try liveContext()
-            let raw = withArgv(arguments) { argc, argv, lengths in redisCommandArgv(c, argc, argv, lengths) }
-            guard let raw else { throw dropContext(operation) }
-            defer { freeReplyObject(raw) }
-            return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
-        }
-    }
-
-    /// Sends one command given as strings (UTF-8).
-    public func blockingCommand(_ arguments: [String]) throws -> RedisReply {
-        try blockingCommand(arguments.map { Array($0.utf8) })
-    }
-
-    /// Sends several commands in one round trip (pipelining) and returns their replies in order.
-    /// Not a transaction: wrap in MULTI/EXEC for that.
-    public func blockingPipeline(_ commands: [[[UInt8]]]) throws -> [RedisReply] {
-        if commands.isEmpty { return [] }
-        for command in commands where command.first?.isEmpty ?? true {
-            throw RedisError(operation: "pipeline", kind: .usage, message: "empty command in pipeline")
-        }
-        return try lock.withLock {
-            let c = try liveContext()
-            for command in commands {
-                let rc = withArgv(command) { argc, argv, lengths in redisAppendCommandArgv(c, argc, argv, lengths) }
-                guard rc == REDIS_OK else { throw dropContext("pipeline") }
-            }
-            var replies: [RedisReply] = []
-            replies.reserveCapacity(commands.count)
-            for _ in commands {
-                var raw: UnsafeMutableRawPointer?
-                guard redisGetReply(c, &raw) == REDIS_OK, let raw else { throw dropContext("pipeline") }
-                replies.append(Self.convert(raw.assumingMemoryBound(to: redisReply.self)))
-                freeReplyObject(raw)
-            }
-            return replies
-        }
-    }
-
-    /// Closes the connection for good (later calls throw).
-    public func close() {
-        lock.withLock {
-            closed = true
-            if let context {
-                redisFree(context)
-                self.context = nil
-            }
-        }
-    }
-
-    /// True while a context is open (it is dropped on connection errors).
-    public var isConnected: Bool { lock.withLock { context != nil } }
-
-    // MARK: async API
-
-    /// Connects now if not connected (on the worker thread).
-    public func connect() async throws {
-        try await worker.run { try self.blockingConnect() }
-    }
-
-    /// Sends one command (byte-string arguments) on the worker thread.
     public func command(_ arguments: [[UInt8]]) async throws -> RedisReply {
-        try await worker.run { try self.blockingCommand(arguments) }
+        try await call { try $0.command(arguments) }
     }
 
-    /// Sends one command (string arguments) on the worker thread.
+    /// Sends one command (string arguments, UTF-8).
     public func command(_ arguments: [String]) async throws -> RedisReply {
-        try await worker.run { try self.blockingCommand(arguments) }
+        try await command(arguments.map { Array($0.utf8) })
     }
 
-    /// Sends one command (string arguments) on the worker thread.
+    /// Sends one command (string arguments, UTF-8).
     public func command(_ arguments: String...) async throws -> RedisReply {
         try await command(arguments)
     }
 
-    /// Pipelines several commands on the worker thread.
+    /// Sends several commands in one round trip (pipelining) and returns their replies in order.
+    /// Not a transaction: wrap in MULTI/EXEC for that.
     public func pipeline(_ commands: [[[UInt8]]]) async throws -> [RedisReply] {
-        try await worker.run { try self.blockingPipeline(commands) }
+        try await call { try $0.pipeline(commands) }
     }
 
-    // MARK: context management (under `lock`)
+    private func call<T: Sendable>(_ body: @escaping @Sendable (RedisContextOwner) throws -> T) async throws -> T {
+        guard !closed.load(ordering: .acquiring) else { throw RedisContextOwner.closedError }
+        do {
+            return try await owner.run { [self] owner in
+                defer { connected.store(owner.isConnected, ordering: .relaxed) }
+                return try body(owner)
+            }
+        } catch is OwnerThreadStopped {
+            throw RedisContextOwner.closedError
+        }
+    }
+}
+
+/// The owner of one `redisContext*`: not Sendable, used only on its connection's thread.
+final class RedisContextOwner {
+    let configuration: RedisConfiguration
+    private let logger: Logger
+    private var context: UnsafeMutablePointer<redisContext>?
+    private var closed = false
+
+    static let closedError = RedisError(operation: "use connection", kind: .usage, message: "the connection was closed")
+
+    init(configuration: RedisConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    deinit {
+        if let context { redisFree(context) }
+    }
+
+    var isConnected: Bool { context != nil }
+
+    func connect() throws {
+        _ = try liveContext()
+    }
+
+    func command(_ arguments: [[UInt8]]) throws -> RedisReply {
+        guard let name = arguments.first, !name.isEmpty else {
+            throw RedisError(operation: "command", kind: .usage, message: "empty command")
+        }
+        let operation = String(decoding: name, as: UTF8.self).uppercased()
+        let c = try liveContext()
+        let raw = withArgv(arguments) { argc, argv, lengths in redisCommandArgv(c, argc, argv, lengths) }
+        guard let raw else { throw dropContext(operation) }
+        defer { freeReplyObject(raw) }
+        return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+    }
+
+    func pipeline(_ commands: [[[UInt8]]]) throws -> [RedisReply] {
+        if commands.isEmpty { return [] }
+        for command in commands where command.first?.isEmpty ?? true {
+            throw RedisError(operation: "pipeline", kind: .usage, message: "empty command in pipeline")
+        }
+        let c = try liveContext()
+        for command in commands {
+            let rc = withArgv(command) { argc, argv, lengths in redisAppendCommandArgv(c, argc, argv, lengths) }
+            guard rc == REDIS_OK else { throw dropContext("pipeline") }
+        }
+        var replies: [RedisReply] = []
+        replies.reserveCapacity(commands.count)
+        for _ in commands {
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReply(c, &raw) == REDIS_OK, let raw else { throw dropContext("pipeline") }
+            replies.append(Self.convert(raw.assumingMemoryBound(to: redisReply.self)))
+            freeReplyObject(raw)
+        }
+        return replies
+    }
+
+    /// Frees the context; later calls throw.
+    func close() {
+        closed = true
+        if let context {
+            redisFree(context)
+            self.context = nil
+        }
+    }
+
+    // MARK: context management
 
     private func liveContext() throws -> UnsafeMutablePointer<redisContext> {
-        guard !closed else {
-            throw RedisError(operation: "use connection", kind: .usage, message: "the connection was closed")
-        }
+        guard !closed else { throw Self.closedError }
         if let context {
             if Self.peerHungUp(context.pointee.fd) {
                 logger.info("redis closed the connection while idle; reconnecting",

@@ -10,8 +10,9 @@
 // overlapping ranges included. Rows missing behind the ledger (a pass over the readings) are
 // the Audit and device pages' to show, as on main's fleet overview. The result is a `FleetSnapshot`;
 // `FleetCache` keeps the last one: younger than `WebSettings.fleetCacheAge` it is served as it
-// is; older (by at most `staleServedFor`) it is still served while one background load
-// replaces it; without one, a request waits for the load, which concurrent requests share.
+// is; older (by at most `staleServedFor`) it is still served while one background load (in
+// the cache's own service, `FleetCache.run`) replaces it; without one, a request waits for the
+// load, which concurrent requests share.
 // So a page view costs a filter, a sort and a slice in memory. `FleetQuery` is that filter, sort and slice:
 // pure, parsed from the request (a 400 that names a wrong parameter), and the same for the
 // page, the JSON API and the live updates.
@@ -21,6 +22,7 @@ import FieldlogCore
 import Foundation
 import Hummingbird
 import MariaDB
+import ServiceLifecycle
 
 /// One device as the fleet overview shows it.
 package struct FleetDevice: Codable, Sendable, Hashable {
@@ -215,50 +217,99 @@ package struct FleetQuery: Sendable, Hashable {
 }
 
 /// Keeps the last fleet snapshot; concurrent requests share one load.
-package actor FleetCache {
+///
+/// Structured: a load runs in the task of the request that needed it (the others wait for its
+/// result), or, for a snapshot served stale while a fresh one loads, in `run()`, the cache's
+/// refresher (a service of the web program). Without a running refresher a stale snapshot is
+/// not served: the request loads.
+package actor FleetCache: Service {
+    package typealias Load = @Sendable () async throws -> FleetSnapshot
+
     private var current: FleetSnapshot?
-    private var loading: Task<FleetSnapshot, any Error>?
+    /// A load is running (in a request or in the refresher) or queued for the refresher.
+    private var loading = false
+    /// A load is running (not just queued).
+    private var loadRunning = false
+    /// Requests waiting for the running load.
+    private var waiters: [CheckedContinuation<FleetSnapshot, any Error>] = []
+    /// The refresher's queue, while it runs.
+    private var refresher: AsyncStream<Load>.Continuation?
 
     /// How long past `maxAge` a snapshot is still served while a new one loads.
     package static let staleServedFor: Duration = .seconds(60)
 
-    /// The snapshot: as it is when younger than `maxAge`; as it is while a load replaces it
-    /// when younger than `maxAge` + `staleServedFor` (and `maxAge` > 0); else after a load.
-    package func snapshot(maxAge: Duration, load: @escaping @Sendable () async throws -> FleetSnapshot) async throws -> FleetSnapshot {
+    package init() {}
+
+    /// The snapshot: as it is when younger than `maxAge`; as it is while the refresher replaces
+    /// it when younger than `maxAge` + `staleServedFor` (and `maxAge` > 0); else after a load.
+    package func snapshot(maxAge: Duration, load: @escaping Load) async throws -> FleetSnapshot {
         if let c = current {
             let age = ContinuousClock.now - c.loadedAt
             if age <= maxAge { return c }
-            if maxAge > .zero, age <= maxAge + Self.staleServedFor {
-                if loading == nil { startLoad(load) }
-                return c
+            if maxAge > .zero, age <= maxAge + Self.staleServedFor, refreshInBackground(load) { return c }
+        }
+        while true {
+            if !loading { return try await runLoad(load) }
+            do {
+                return try await withCheckedThrowingContinuation { waiters.append($0) }
+            } catch is LoadAbandoned {
+                continue  // the task that ran the load was cancelled, not this one: load here
             }
         }
-        let task = loading ?? startLoad(load)
+    }
+
+    /// Runs the background loads of stale snapshots until graceful shutdown.
+    package func run() async {
+        let (loads, queue) = AsyncStream.makeStream(of: Load.self, bufferingPolicy: .bufferingNewest(1))
+        refresher = queue
+        await cancelWhenGracefulShutdown {
+            for await load in loads { _ = try? await self.runLoad(load) }
+        }
+        refresher = nil
+        // A load queued but never run: whoever waits for it loads itself.
+        if loading && !loadRunning { finish(.failure(LoadAbandoned())) }
+    }
+
+    /// Queues a background load unless one is on its way; false without a refresher.
+    private func refreshInBackground(_ load: @escaping Load) -> Bool {
+        guard let refresher else { return false }
+        if loading { return true }
+        guard case .enqueued = refresher.yield(load) else { return false }
+        loading = true
+        return true
+    }
+
+    /// Runs one load and hands its result to every request that waits for it.
+    private func runLoad(_ load: Load) async throws -> FleetSnapshot {
+        loading = true
+        loadRunning = true
+        let result: Result<FleetSnapshot, any Error>
         do {
-            let s = try await task.value
-            finished(task, s)
-            return s
+            result = .success(try await load())
+        } catch is CancellationError {
+            result = .failure(LoadAbandoned())
         } catch {
-            finished(task, nil)
-            throw error
+            result = .failure(error)
+        }
+        loadRunning = false
+        finish(result)
+        switch result {
+        case .success(let s): return s
+        case .failure(let e): throw e is LoadAbandoned ? CancellationError() : e
         }
     }
 
-    @discardableResult
-    private func startLoad(_ load: @escaping @Sendable () async throws -> FleetSnapshot) -> Task<FleetSnapshot, any Error> {
-        let task = Task { try await load() }
-        loading = task
-        // A load nobody waits for (a stale snapshot was served) still lands here.
-        Task { await self.finished(task, try? await task.value) }
-        return task
+    /// Ends the load: keeps a newer snapshot (a failed load leaves the last one) and answers the waiters.
+    private func finish(_ result: Result<FleetSnapshot, any Error>) {
+        if case .success(let s) = result, current.map({ s.loadedAt > $0.loadedAt }) ?? true { current = s }
+        loading = false
+        let waiting = waiters
+        waiters = []
+        for w in waiting { w.resume(with: result) }
     }
 
-    /// Keeps a finished load's snapshot when it is newer; a failed load leaves the last one.
-    /// Called by whoever sees the load end first, so the next request never reuses a done load.
-    private func finished(_ task: Task<FleetSnapshot, any Error>, _ s: FleetSnapshot?) {
-        if let s, current.map({ s.loadedAt > $0.loadedAt }) ?? true { current = s }
-        if loading == task { loading = nil }
-    }
+    /// The load a request waited for was given up (its task was cancelled).
+    private struct LoadAbandoned: Error {}
 }
 
 extension WebStore {

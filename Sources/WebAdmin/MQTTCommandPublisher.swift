@@ -1,11 +1,14 @@
 // MQTTCommandPublisher: the web process's own MQTT connection, used only to publish commands.
 //
 // Theory of operation: a Service. `run()` connects (retrying with backoff while the broker is
-// away; the client reconnects by itself afterwards) and keeps the connection until shutdown.
-// `publish` sends QoS 1 and waits for the broker's PUBACK, at most `ackTimeout`: a command the
-// broker has not taken by then is reported as not sent instead of leaving the operator's
-// request hanging. Responses are not read here: the ingest processes subscribe to the
-// response topics and record every answer on its command row (IngestWriter).
+// away; the client reconnects by itself afterwards) and keeps the connection until graceful
+// shutdown, which cancels the connect or the wait; then it disconnects.
+// `publish` sends QoS 1 and waits for the broker's PUBACK, at most `ackTimeout` (`withTimeout`:
+// the client's wait ends when cancelled): a command the broker has not taken by then is
+// reported as not sent instead of leaving the operator's request hanging; a QoS 1 publish made
+// while disconnected stays queued in libmosquitto and may still go out after a reconnect.
+// Responses are not read here: the ingest processes subscribe to the response topics and
+// record every answer on its command row (IngestWriter).
 import Audit
 import BackendStore
 import Foundation
@@ -13,9 +16,9 @@ import Logging
 import MQTT
 import ServiceLifecycle
 import Sync
+import Threading
 
-package final class MQTTCommandPublisher: CommandPublisher, Service, @unchecked Sendable {
-    // @unchecked: `client` is set once in init and never changed; MQTTClient is thread-safe.
+package final class MQTTCommandPublisher: CommandPublisher, Service, Sendable {
     private let client: MQTTClient?
     private let setupError: String?
     private let broker: BrokerSettings
@@ -43,26 +46,28 @@ package final class MQTTCommandPublisher: CommandPublisher, Service, @unchecked 
 
     package func run() async throws {
         guard let client else { throw MQTTError(operation: "configure web MQTT client", kind: .usage, message: setupError ?? "unknown") }
-        var backoff = Duration.milliseconds(200)
-        while !Task.isCancelled {
-            do {
-                try await client.connect()
-                logger.info("web: connected to the broker for commands", metadata: ["broker": "\(broker.host):\(broker.port)"])
-                break
-            } catch {
-                logger.warning("web: broker \(broker.host):\(broker.port) not reachable, retrying in \(backoff): \(error)")
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(5))
+        let broker = self.broker, logger = self.logger
+        // Until graceful shutdown: connect, then watch the connection.
+        await cancelWhenGracefulShutdown {
+            var backoff = Duration.milliseconds(200)
+            while !Task.isCancelled {
+                do {
+                    try await client.connect()
+                    logger.info("web: connected to the broker for commands", metadata: ["broker": "\(broker.host):\(broker.port)"])
+                    break
+                } catch is CancellationError {
+                    return
+                } catch {
+                    logger.warning("web: broker \(broker.host):\(broker.port) not reachable, retrying in \(backoff): \(error)")
+                    do { try await Task.sleep(for: backoff) } catch { return }
+                    backoff = min(backoff * 2, .seconds(5))
+                }
             }
-        }
-        // Keep the connection until shutdown.
-        await withGracefulShutdownHandler {
             for await event in client.events {
                 if case .disconnected(let e) = event { logger.warning("web: broker connection lost: \(e.map { "\($0)" } ?? "closed")") }
             }
-        } onGracefulShutdown: {
-            Task { await client.disconnect() }
         }
+        await client.disconnect()
     }
 
     package struct Timeout: Error, CustomStringConvertible {
@@ -72,32 +77,13 @@ package final class MQTTCommandPublisher: CommandPublisher, Service, @unchecked 
 
     package func publish(topic: String, payload: [UInt8]) async throws {
         guard let client else { throw MQTTError(operation: "publish", kind: .usage, message: setupError ?? "no client") }
-        let timeout = ackTimeout
-        // Two unstructured tasks race: a QoS 1 publish made while disconnected stays queued in
-        // libmosquitto (and completes after a reconnect), so it must not hold the request.
-        let once = Once()
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            Task {
-                do {
-                    try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: false,
-                                             properties: MQTTMessageProperties(contentType: SyncCodec.contentType))
-                    if once.claim() { c.resume() }
-                } catch {
-                    if once.claim() { c.resume(throwing: error) }
-                }
+        do {
+            _ = try await withTimeout(ackTimeout) {
+                try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: false,
+                                         properties: MQTTMessageProperties(contentType: SyncCodec.contentType))
             }
-            Task {
-                try? await Task.sleep(for: timeout)
-                if once.claim() { c.resume(throwing: Timeout(seconds: timeout.components.seconds)) }
-            }
+        } catch is TimeoutError {
+            throw Timeout(seconds: ackTimeout.components.seconds)
         }
     }
-}
-
-/// True for the first caller of `claim()` only.
-package final class Once: @unchecked Sendable {
-    // @unchecked: `done` is only touched under `lock`.
-    private let lock = NSLock()
-    private var done = false
-    package func claim() -> Bool { lock.withLock { defer { done = true }; return !done } }
 }

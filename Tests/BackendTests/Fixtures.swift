@@ -10,6 +10,7 @@ import XCTest
 @testable import Ingest
 @testable import Audit
 @testable import WebAdmin
+import Synchronization
 
 enum Fixtures {
     static func device(_ prefix: String = "dev") -> DeviceID { try! DeviceID(Stack.uniqueName(prefix)) }
@@ -45,10 +46,8 @@ enum Fixtures {
 }
 
 /// Acks a test writer published, in order.
-final class AckRecorder: @unchecked Sendable {
-    // @unchecked: `acks` only touched under `lock`.
-    private let lock = NSLock()
-    private var acks: [Ack] = []
-    var all: [Ack] { lock.withLock { acks } }
-    func append(_ a: Ack) { lock.withLock { acks.append(a) } }
+final class AckRecorder: Sendable {
+    private let acks = Mutex<[Ack]>([])
+    var all: [Ack] { acks.withLock { $0 } }
+    func append(_ a: Ack) { acks.withLock { $0.append(a) } }
 }

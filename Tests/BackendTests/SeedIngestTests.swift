@@ -14,6 +14,7 @@ import XCTest
 @testable import Ingest
 @testable import Audit
 @testable import WebAdmin
+import Synchronization
 
 final class SeedIngestTests: XCTestCase {
     func testSeedReadingsSurviveIngestAndBrokerRestarts() async throws {
@@ -51,9 +52,12 @@ final class SeedIngestTests: XCTestCase {
         let topic = TopicTemplates.defaults.legacyValues.topic(device: device)
         let acknowledged = ReadingCounter()
         // The seed handler: every interval, the stream entries since its last id as one list, QoS 1.
+        // Stopped between two publishes, not by cancelling one: a cancelled publish may still
+        // reach the broker (and be stored) without being counted as acknowledged here.
+        let stopPublishing = StopSignal()
         let publisher = Task {
             var n = 0
-            while !Task.isCancelled {
+            while !stopPublishing.isSet {
                 let ids = (n..<(n + 3)).map { "\(1_764_000_000_000 + $0)-0" }
                 let items = ids.map { #"{"_id":"\#($0)","_device_uuid":"\#(device)","_device_type":"raspberrypi4-64","_app_id":"1","_app_name":"iot","random":"0.\#(n)"}"# }
                 n += 3
@@ -62,7 +66,7 @@ final class SeedIngestTests: XCTestCase {
                     try await seed.publish(topic, payload: Array("[\(items.joined(separator: ","))]".utf8), qos: .atLeastOnce)
                     acknowledged.add(ids)
                 } catch {
-                    if Task.isCancelled { break }
+                    if stopPublishing.isSet { break }
                 }
                 try? await Task.sleep(for: .milliseconds(50))
             }
@@ -84,7 +88,7 @@ final class SeedIngestTests: XCTestCase {
             try broker.start()
             try await pause()
         }
-        publisher.cancel()
+        stopPublishing.set()
         _ = await publisher.value
         let sent = acknowledged.all
         XCTAssertGreaterThan(sent.count, 100, "the seed published throughout")
@@ -127,11 +131,16 @@ final class SeedIngestTests: XCTestCase {
     }
 }
 
+/// Set once, read from any task.
+final class StopSignal: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .releasing) }
+    var isSet: Bool { flag.load(ordering: .acquiring) }
+}
+
 /// Stream ids the broker acknowledged, in order.
-final class ReadingCounter: @unchecked Sendable {
-    // @unchecked: `ids` only touched under `lock`.
-    private let lock = NSLock()
-    private var ids: [String] = []
-    func add(_ more: [String]) { lock.withLock { ids += more } }
-    var all: [String] { lock.withLock { ids } }
+final class ReadingCounter: Sendable {
+    private let ids = Mutex<[String]>([])
+    func add(_ more: [String]) { ids.withLock { $0 += more } }
+    var all: [String] { ids.withLock { $0 } }
 }

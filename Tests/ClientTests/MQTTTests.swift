@@ -3,6 +3,7 @@
 import Foundation
 @_spi(Testing) import MQTT
 import TestSupport
+import Threading
 import XCTest
 
 /// Collects what an AsyncStream delivers, so tests can wait for it with a timeout.
@@ -555,6 +556,49 @@ final class MQTTTests: XCTestCase {
             XCTAssertTrue(error.message.contains("no CONNACK from the broker within 0.8 seconds"), error.description)
         }
         XCTAssertLessThan(ContinuousClock.now - started, .seconds(5))
+    }
+
+    // MARK: cancellation
+
+    /// A broker that stops answering (its process paused; the kernel still takes TCP): a QoS 1
+    /// publish and a connect wrapped in `withTimeout` give up on time, because every wait of the
+    /// client ends when its task is cancelled; a client whose connect was cancelled connects
+    /// again once the broker answers.
+    @MainActor func testWithTimeoutEndsWaitsForABrokerThatStoppedAnswering() async throws {
+        let broker = try PrivateMosquitto(persistence: false)
+        let device = "dev-hung"
+        try broker.addUser(device, password: "device-pw")
+        try broker.start()
+        defer {
+            broker.process.resume()
+            broker.stop()
+        }
+        let batchTopic = topic(device, "batch")
+        let pub = try client(user: device, password: "device-pw", port: broker.port)
+        try await pub.connect()
+        broker.process.pause()
+        var started = ContinuousClock.now
+        do {
+            try await withTimeout(.milliseconds(500)) {
+                try await pub.publish(batchTopic, payload: Array("unanswered".utf8), qos: .atLeastOnce)
+            }
+            XCTFail("a paused broker sent a PUBACK")
+        } catch is TimeoutError {}
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(2), "the publish gave up at its timeout")
+
+        let late = try client(user: device, password: "device-pw", port: broker.port)  // connect timeout 10 s
+        started = ContinuousClock.now
+        do {
+            try await withTimeout(.milliseconds(500)) { try await late.connect() }
+            XCTFail("a paused broker sent a CONNACK")
+        } catch is TimeoutError {}
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(2), "the connect gave up at its timeout, not the client's connect timeout")
+
+        broker.process.resume()
+        try await late.connect()
+        try await late.publish(batchTopic, payload: Array("answered".utf8), qos: .atLeastOnce)
+        await late.disconnect()
+        await pub.disconnect()
     }
 
     // MARK: backoff (sans-IO)

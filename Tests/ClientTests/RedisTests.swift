@@ -92,27 +92,15 @@ final class RedisTests: XCTestCase {
         _ = try await redis.command("DEL", key)
     }
 
-    func testBlockingAPIAndPipelineFromADedicatedThread() throws {
+    /// Commands and a pipeline of 100 run in order on the connection's own thread.
+    func testPipelineAndCommandsInOrder() async throws {
         let redis = connection()
         let key = "\(prefix!):counter"
-        let done = expectation(description: "thread finished")
-        nonisolated(unsafe) var replies: [RedisReply] = []
-        nonisolated(unsafe) var failure: Error?
-        let thread = Thread {
-            do {
-                try redis.blockingConnect()
-                _ = try redis.blockingCommand(["DEL", key])
-                replies = try redis.blockingPipeline((1...100).map { _ in [Array("INCR".utf8), Array(key.utf8)] })
-                replies.append(try redis.blockingCommand(["GET", key]))
-                _ = try redis.blockingCommand(["DEL", key])
-            } catch {
-                failure = error
-            }
-            done.fulfill()
-        }
-        thread.start()
-        wait(for: [done], timeout: 10)
-        XCTAssertNil(failure)
+        try await redis.connect()
+        _ = try await redis.command(["DEL", key])
+        var replies = try await redis.pipeline((1...100).map { _ in [Array("INCR".utf8), Array(key.utf8)] })
+        replies.append(try await redis.command(["GET", key]))
+        _ = try await redis.command(["DEL", key])
         XCTAssertEqual(replies.count, 101)
         XCTAssertEqual(Array(replies.prefix(100)), (1...100).map { RedisReply.integer(Int64($0)) })
         XCTAssertEqual(replies.last?.integer, 100)

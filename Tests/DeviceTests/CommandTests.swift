@@ -291,8 +291,9 @@ final class CommandTests: XCTestCase {
         let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").count
         XCTAssertLessThanOrEqual(lines, 200)
         let reopened = try SeenCommands(path: path, capacity: 100)
-        XCTAssertEqual(reopened.state(of: "299"), .answered(Data("{\"ok\":true}".utf8)))
-        XCTAssertNil(reopened.state(of: "0"), "the oldest ids are forgotten beyond the capacity")
+        let newest = await reopened.state(of: "299"), oldest = await reopened.state(of: "0")
+        XCTAssertEqual(newest, .answered(Data("{\"ok\":true}".utf8)))
+        XCTAssertNil(oldest, "the oldest ids are forgotten beyond the capacity")
     }
 
     func testRemoteValuesUpdateSwitchesButPendingLocalChangesWin() async {

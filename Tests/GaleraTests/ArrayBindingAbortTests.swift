@@ -16,6 +16,7 @@ import Logging
 import TestSupport
 import XCTest
 @testable import MariaDB
+import Synchronization
 
 extension GaleraClusterTests {
     func testAnArrayBoundInsertAbortedByACertificationConflictIsCaughtNotCommittedWithoutItsRows() async throws {
@@ -123,13 +124,11 @@ extension GaleraClusterTests {
 }
 
 /// A value shared with a closure that runs on another thread.
-final class LockedBox<T: Sendable>: @unchecked Sendable {
-    // @unchecked: `stored` only touched under `lock`.
-    private let lock = NSLock()
-    private var stored: T
-    init(_ value: T) { stored = value }
+final class LockedBox<T: Sendable>: Sendable {
+    private let stored: Mutex<T>
+    init(_ value: T) { stored = Mutex(value) }
     var value: T {
-        get { lock.withLock { stored } }
-        set { lock.withLock { stored = newValue } }
+        get { stored.withLock { $0 } }
+        set { stored.withLock { $0 = newValue } }
     }
 }

@@ -20,16 +20,17 @@ import XCTest
 @testable import BackendStore
 @testable import Ingest
 @testable import Audit
+import Synchronization
 
 final class GaleraClusterTests: XCTestCase {
-    private nonisolated(unsafe) static var shared: Result<PrivateGalera, Error>?
-    private static let lock = NSLock()
+    /// The class's cluster, started on first use (nil before that and after `stopCluster`).
+    private static let shared = Mutex<Result<PrivateGalera, any Error>?>(nil)
 
     /// The class's cluster; started on first use.
     static func cluster() throws -> PrivateGalera {
-        try lock.withLock {
-            if shared == nil {
-                shared = Result {
+        let result = shared.withLock { current in
+            if current == nil {
+                current = Result {
                     guard FileManager.default.fileExists(atPath: "/usr/lib/galera/libgalera_smm.so"), getuid() == 0 else {
                         throw GaleraUnavailable(description: "Galera tests need galera-4 (/usr/lib/galera/libgalera_smm.so) and root (nodes run as mysql)")
                     }
@@ -39,17 +40,21 @@ final class GaleraClusterTests: XCTestCase {
                     return g
                 }
             }
-            do {
-                return try shared!.get()
-            } catch let e as GaleraUnavailable where !Stack.servicesRequired {
-                throw XCTSkip(e.description)
-            }
+            return current!
+        }
+        do {
+            return try result.get()
+        } catch let e as GaleraUnavailable where !Stack.servicesRequired {
+            throw XCTSkip(e.description)
         }
     }
 
     /// Stops the class's cluster (a later `cluster()` starts a new one).
     static func stopCluster() {
-        let current: Result<PrivateGalera, Error>? = lock.withLock { defer { shared = nil }; return shared }
+        let current = shared.withLock { current in
+            defer { current = nil }
+            return current
+        }
         if case .success(let g)? = current { g.down() }
     }
 
@@ -296,10 +301,8 @@ final class GaleraClusterTests: XCTestCase {
 struct GaleraUnavailable: Error, CustomStringConvertible { var description: String }
 
 /// Acks published by the in-process writers, in order.
-final class AckLog: @unchecked Sendable {
-    // @unchecked: `acks` only touched under `lock`.
-    private let lock = NSLock()
-    private var acks: [Ack] = []
-    var all: [Ack] { lock.withLock { acks } }
-    func append(_ a: Ack) { lock.withLock { acks.append(a) } }
+final class AckLog: Sendable {
+    private let acks = Mutex<[Ack]>([])
+    var all: [Ack] { acks.withLock { $0 } }
+    func append(_ a: Ack) { acks.withLock { $0.append(a) } }
 }

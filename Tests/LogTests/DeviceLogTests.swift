@@ -1,6 +1,7 @@
 // Unit tests of DeviceLog against real SQLite files in temporary directories.
 import CSQLite
 import FieldlogCore
+import Threading
 @testable @_spi(Testing) import Log
 import TestSupport
 import XCTest

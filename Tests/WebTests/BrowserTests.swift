@@ -75,7 +75,7 @@ final class BrowserTests: XCTestCase {
         let devicePassword = Stack.uniqueName("pw")
         try db.stack.addMQTTUser(device.rawValue, password: devicePassword)
         let sim = try await ProtocolDevice.start(device: device, password: devicePassword, stack: db.stack)
-        defer { Task { await sim.shutdown() } }
+        addTeardownBlock { await sim.shutdown() }
         // Let it measure for a while so the chart has a line.
         try await Task.sleep(for: .seconds(6))
 

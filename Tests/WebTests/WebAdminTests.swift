@@ -19,7 +19,7 @@ import XCTest
 final class WebAdminTests: XCTestCase {
     func testRolesDecideWhoReadsWhoOperatesWhoAdministers() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("roles"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 3, missing: 2...2)
         try await h.application.test(.router) { client in
@@ -59,7 +59,7 @@ final class WebAdminTests: XCTestCase {
 
     func testAdminsManageUsersEveryChangeEndsSessionsAndIsInTheTrail() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("trail"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 3)
         try await h.application.test(.router) { client in
@@ -166,7 +166,7 @@ final class WebAdminTests: XCTestCase {
 
     func testFleetPageSearchesFiltersSortsAndPagesAndAgreesWithTheAudit() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let prefix = Stack.uniqueName("fl")
         try await insertFleet(try await h.store.database.store(), count: 120, prefix: prefix)
         // Devices with the real write path: a gap, and an epoch that ended with records never stored.
@@ -238,7 +238,7 @@ final class WebAdminTests: XCTestCase {
 
     func testDeadLettersAreListedWithFiltersAndPayloadHead() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let a = try DeviceID(Stack.uniqueName("dla")), b = try DeviceID(Stack.uniqueName("dlb"))
         let s = try await h.store.database.store()
         try await recordDeadLetters(s, [
@@ -275,7 +275,7 @@ final class WebAdminTests: XCTestCase {
 
     func testLiveStreamSendsStatusBacklogAndAnswersAsTheyChange() async throws {
         let h = try await WebHarness.make { $0.liveMaxDuration = .seconds(4) }
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("live"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 5)
         let command = Command(requestID: "web-live", kind: .stop)
@@ -334,7 +334,7 @@ final class WebAdminTests: XCTestCase {
     /// docs/openapi.yaml documents exactly the /api routes of the router, method by method.
     func testOpenAPIDocumentMatchesTheRouter() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let routes = Set(buildRouter(h.deps).routes.filter { $0.path.description.hasPrefix("/api/") }.map { "\($0.method.rawValue) \($0.path.description)" })
         let yaml = try String(contentsOfFile: Stack.packageRoot + "/docs/openapi.yaml", encoding: .utf8)
         var documented = Set<String>()

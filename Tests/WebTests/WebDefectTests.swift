@@ -25,7 +25,7 @@ final class WebDefectTests: XCTestCase {
 
     func testSuccessfulReplayIsShownAndReportedAsAnswered() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("replayok"))
         try await h.storeReadings(device, epoch: Epoch(3), count: 5)
         let range = SequenceRange(checked: SequenceNumber(1), SequenceNumber(3))
@@ -52,7 +52,7 @@ final class WebDefectTests: XCTestCase {
 
     func testSignInNextCannotLeaveTheSite() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             for next in ["%2F%09%2Fevil.example%2F", "%2F%0D%0A%2Fevil.example", "%2F%5Cevil.example", "%2F%2Fevil.example", "%2F%252F%252Fevil.example",
                          "https%3A%2F%2Fevil.example", "%20%2F%2Fevil.example"] {
@@ -79,7 +79,7 @@ final class WebDefectTests: XCTestCase {
 
     func testNextSurvivesAWrongPassword() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             let page = try await client.execute(uri: "/signin?next=%2Faudit", method: .get)
             let token = try XCTUnwrap(hiddenValue("csrf", in: String(buffer: page.body)))
@@ -102,7 +102,7 @@ final class WebDefectTests: XCTestCase {
 
     func testThrottledSignInShowsTheFormWithTheReason() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             var last: TestResponse?
             for _ in 0..<6 {
@@ -125,7 +125,7 @@ final class WebDefectTests: XCTestCase {
 
     func testPasswordChangeEndsTheUsersOtherSessions() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             let first = try await client.signIn()
             let second = try await client.signIn()
@@ -145,7 +145,7 @@ final class WebDefectTests: XCTestCase {
 
     func testThrottleIsPerClientSoNobodyCanLockAnOperatorOut() async throws {
         let h = try await WebHarness.make { $0.trustedProxies = ["127.0.0.1"] }
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.liveApplication.test(.live) { client in
             func attempt(_ password: String, from ip: String, user: String = "operator") async throws -> TestResponse {
                 try await client.execute(uri: "/api/session", method: .post,
@@ -165,7 +165,7 @@ final class WebDefectTests: XCTestCase {
 
     func testErrorAnswersCarryTheSecurityHeaders() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             let s = try await client.signIn()
             var answers: [(String, TestResponse)] = [
@@ -211,7 +211,7 @@ final class WebDefectTests: XCTestCase {
 
     func testAuditAPITimesAreISO8601AndCSVIsNotCached() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("isotime"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 3)
         try await h.application.test(.router) { client in
@@ -233,7 +233,7 @@ final class WebDefectTests: XCTestCase {
 
     func testOnOffSettingsTakeOnlyOnOrOff() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("setcfg"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 3)
         try await h.application.test(.router) { client in
@@ -259,7 +259,7 @@ final class WebDefectTests: XCTestCase {
 
     func testRebootIsNotOfferedOnADeviceThatRefusedIt() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("noreboot"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 3)
         try await h.application.test(.router) { client in
@@ -278,7 +278,7 @@ final class WebDefectTests: XCTestCase {
 
     func testPagesEscapeWhatDevicesSend() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("xss"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 3)
         let attack = "<img src=x onerror=alert(1)>"

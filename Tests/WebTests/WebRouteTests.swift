@@ -22,7 +22,7 @@ final class WebRouteTests: XCTestCase {
 
     func testWithoutSessionPagesRedirectAndAPIAnswers401() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             for path in Self.pages {
                 let r = try await client.execute(uri: path, method: .get)
@@ -53,7 +53,7 @@ final class WebRouteTests: XCTestCase {
 
     func testSignInSetsStrictCookieAndSignOutEndsSession() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             // The sign-in form needs its own double-submit token.
             let stale = try await client.execute(uri: "/signin", method: .post, headers: [.contentType: "application/x-www-form-urlencoded"],
@@ -113,7 +113,7 @@ final class WebRouteTests: XCTestCase {
 
     func testSessionTokensAreStoredHashedAndGuessingIsThrottled() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         try await h.application.test(.router) { client in
             let s = try await client.signIn()
             let token = String(s.cookie.dropFirst(WebSettings.sessionCookie.count + 1))
@@ -142,7 +142,7 @@ final class WebRouteTests: XCTestCase {
 
     func testPagesAndAPIShowTheFleetDeviceReadingsAndAudit() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("webdev"))
         let epoch = Epoch(0xabc)
         try await h.storeReadings(device, epoch: epoch, count: 120, missing: 50...59)
@@ -234,7 +234,7 @@ final class WebRouteTests: XCTestCase {
 
     func testCommandsNeedCSRFAreCheckedPublishedAndShowTheResponse() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("webcmd"))
         try await h.storeReadings(device, epoch: Epoch(7), count: 5)
         // A listener on the device's request topic sees what the web process publishes.
@@ -242,7 +242,7 @@ final class WebRouteTests: XCTestCase {
                                                                        username: h.db.stack.mqttBackendUser, password: h.db.stack.mqttBackendPassword))
         try await listener.connect()
         try await listener.subscribe(TopicTemplates.defaults.request.topic(device: device))
-        defer { Task { await listener.disconnect() } }
+        addTeardownBlock { await listener.disconnect() }
 
         try await h.application.test(.router) { client in
             let s = try await client.signIn()
@@ -333,7 +333,7 @@ final class WebRouteTests: XCTestCase {
 
     func testCommandWithoutAnswerTimesOut() async throws {
         let h = try await WebHarness.make()
-        defer { Task { await h.close() } }
+        addTeardownBlock { await h.close() }
         let device = try DeviceID(Stack.uniqueName("webtmo"))
         try await h.storeReadings(device, epoch: Epoch(1), count: 3)
         let s = try await h.store.database.store()

@@ -13,6 +13,7 @@
 import Glibc
 #endif
 import FieldlogCore
+import Threading
 import GPIO
 import Logging
 import ServiceLifecycle

@@ -13,6 +13,7 @@
 // `handle` for each message on the request and broadcast topics and publishes the payload on
 // the response topic.
 import FieldlogCore
+import Threading
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -100,7 +101,7 @@ public final class CommandHandler: Sendable {
         }
 
         if let id = command.requestID, let seen {
-            switch seen.state(of: id) {
+            switch await seen.state(of: id) {
             case .answered(let data)?:
                 logger.info("repeated command id; answering with the stored response, not executing again", metadata: ["id": "\(id)"])
                 return CommandResult(payload: Array(data), response: nil, afterResponse: nil)

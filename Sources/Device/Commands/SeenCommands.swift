@@ -12,7 +12,10 @@
 //
 // A side file rather than a table in the log's SQLite file: the log's schema belongs to the
 // log, and this state is not part of the replicated data.
-import Dispatch
+//
+// Threads (docs/concurrency.md): the file and the ids it holds belong to a `SeenFile`,
+// confined to an `OwnerThread` of its own, so the fsyncs never block Swift's pool.
+import Threading
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -31,35 +34,25 @@ public enum SeenState: Sendable, Equatable {
 }
 
 /// The durable set of executed command ids (see the theory of operation above).
-public final class SeenCommands: @unchecked Sendable {
-    // @unchecked: `entries`, `order`, `lineCount` and `fd` are only touched on `queue`.
+public final class SeenCommands: Sendable {
     public let path: String
     public let capacity: Int
-    private let queue = DispatchQueue(label: "fieldlog.seen-commands")
-    private var entries: [String: SeenState] = [:]
-    private var order: [String] = []
-    private var lineCount = 0
-    /// The file, open for appending; -1 once closed.
-    private var fd: Int32 = -1
-
-    struct Line: Codable {
-        var k: String
-        var r: String?
-    }
+    private let file: ThreadConfined<SeenFile>
 
     /// Opens (or creates) the file; throws naming the file when it cannot be read or created.
     public init(path: String, capacity: Int) throws {
         precondition(capacity > 0)
         self.path = path
         self.capacity = capacity
+        let seen = SeenFile(path: path, capacity: capacity)
         if FileManager.default.fileExists(atPath: path) {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw SeenCommandsError("cannot read the command-id file \(path)")
             }
             for line in data.split(separator: UInt8(ascii: "\n")) {
-                guard let l = try? JSONDecoder().decode(Line.self, from: line) else { continue }  // torn line
-                remember(l.k, l.r.map { .answered(Data($0.utf8)) } ?? .started)
-                lineCount += 1
+                guard let l = try? JSONDecoder().decode(SeenFile.Line.self, from: line) else { continue }  // torn line
+                seen.remember(l.k, l.r.map { .answered(Data($0.utf8)) } ?? .started)
+                seen.lineCount += 1
             }
         } else {
             guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
@@ -67,81 +60,33 @@ public final class SeenCommands: @unchecked Sendable {
             }
             Self.syncDirectory(of: path)
         }
-        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
-        guard fd >= 0 else {
+        seen.fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+        guard seen.fd >= 0 else {
             throw SeenCommandsError("cannot open the command-id file \(path) for writing (\(String(cString: strerror(errno))))")
         }
+        file = ThreadConfined(seen, on: OwnerThread(name: "fieldlog-seen", stackSize: 256 << 10))
     }
 
-    deinit { if fd >= 0 { close(fd) } }
-
-    private func remember(_ key: String, _ state: SeenState) {
-        if entries[key] == nil { order.append(key) }
-        entries[key] = state
+    deinit {
+        file.submit { $0.close() }
+        file.thread.stop()
     }
 
-    public func state(of key: String) -> SeenState? {
-        queue.sync { entries[key] }
+    /// What is remembered about `key` (nil: never seen, or forgotten beyond the capacity).
+    public func state(of key: String) async -> SeenState? {
+        (try? await file.run { $0.entries[key] }) ?? nil
     }
 
     /// Durably marks `key` as started. Throws when the file cannot be written: the caller must
     /// then not execute the command.
     public func markStarted(_ key: String) async throws {
-        try await write(Line(k: key, r: nil), state: .started)
+        try await file.run { try $0.write(SeenFile.Line(k: key, r: nil), state: .started) }
     }
 
     /// Durably records the response for `key`.
     public func markAnswered(_ key: String, response: Data) async throws {
-        try await write(Line(k: key, r: String(decoding: response, as: UTF8.self)), state: .answered(response))
-    }
-
-    private func write(_ line: Line, state: SeenState) async throws {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            queue.async {
-                do {
-                    try self.writeLocked(line, state: state)
-                    c.resume()
-                } catch {
-                    c.resume(throwing: error)
-                }
-            }
-        }
-    }
-
-    private func writeLocked(_ line: Line, state: SeenState) throws {
-        guard fd >= 0 else { throw SeenCommandsError("command-id file \(path) is closed") }
-        var data = try JSONEncoder().encode(line)
-        data.append(UInt8(ascii: "\n"))
-        try Self.writeAll(data, to: fd, path: path)
-        remember(line.k, state)
-        lineCount += 1
-        if lineCount > 2 * capacity { try compactLocked() }
-    }
-
-    private func compactLocked() throws {
-        let keep = order.suffix(capacity)
-        var out = Data()
-        let encoder = JSONEncoder()
-        for k in keep {
-            guard let st = entries[k] else { continue }
-            var l = Line(k: k, r: nil)
-            if case .answered(let d) = st { l.r = String(decoding: d, as: UTF8.self) }
-            out.append(try encoder.encode(l))
-            out.append(UInt8(ascii: "\n"))
-        }
-        let tmp = path + ".tmp"
-        let tfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard tfd >= 0 else { throw SeenCommandsError("cannot create \(tmp) (\(String(cString: strerror(errno))))") }
-        defer { close(tfd) }
-        try Self.writeAll(out, to: tfd, path: tmp)
-        guard rename(tmp, path) == 0 else { throw SeenCommandsError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
-        Self.syncDirectory(of: path)
-        close(fd)
-        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
-        let kept = Set(keep)
-        for k in order where !kept.contains(k) { entries[k] = nil }
-        order = Array(keep)
-        lineCount = order.count
+        let line = SeenFile.Line(k: key, r: String(decoding: response, as: UTF8.self))
+        try await file.run { try $0.write(line, state: .answered(response)) }
     }
 
     /// Writes all of `data` and fsyncs; throws naming the file.
@@ -165,6 +110,75 @@ public final class SeenCommands: @unchecked Sendable {
             fsync(fd)
             close(fd)
         }
+    }
+}
+
+/// The command-id file and the ids it holds; used on its `OwnerThread` only (`ThreadConfined`).
+final class SeenFile {
+    struct Line: Codable, Sendable {
+        var k: String
+        var r: String?
+    }
+
+    let path: String
+    let capacity: Int
+    private(set) var entries: [String: SeenState] = [:]
+    private var order: [String] = []
+    var lineCount = 0
+    /// The file, open for appending; -1 once closed.
+    var fd: Int32 = -1
+
+    init(path: String, capacity: Int) {
+        self.path = path
+        self.capacity = capacity
+    }
+
+    deinit { close() }
+
+    func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+
+    func remember(_ key: String, _ state: SeenState) {
+        if entries[key] == nil { order.append(key) }
+        entries[key] = state
+    }
+
+    func write(_ line: Line, state: SeenState) throws {
+        guard fd >= 0 else { throw SeenCommandsError("command-id file \(path) is closed") }
+        var data = try JSONEncoder().encode(line)
+        data.append(UInt8(ascii: "\n"))
+        try SeenCommands.writeAll(data, to: fd, path: path)
+        remember(line.k, state)
+        lineCount += 1
+        if lineCount > 2 * capacity { try compact() }
+    }
+
+    private func compact() throws {
+        let keep = order.suffix(capacity)
+        var out = Data()
+        let encoder = JSONEncoder()
+        for k in keep {
+            guard let st = entries[k] else { continue }
+            var l = Line(k: k, r: nil)
+            if case .answered(let d) = st { l.r = String(decoding: d, as: UTF8.self) }
+            out.append(try encoder.encode(l))
+            out.append(UInt8(ascii: "\n"))
+        }
+        let tmp = path + ".tmp"
+        let tfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard tfd >= 0 else { throw SeenCommandsError("cannot create \(tmp) (\(String(cString: strerror(errno))))") }
+        defer { Glibc.close(tfd) }
+        try SeenCommands.writeAll(out, to: tfd, path: tmp)
+        guard rename(tmp, path) == 0 else { throw SeenCommandsError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
+        SeenCommands.syncDirectory(of: path)
+        Glibc.close(fd)
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+        let kept = Set(keep)
+        for k in order where !kept.contains(k) { entries[k] = nil }
+        order = Array(keep)
+        lineCount = order.count
     }
 }
 

@@ -19,6 +19,7 @@
 //   reads and writes them, parsed by `SwitchKey.parse` (Runtime/).
 import FieldlogCore
 import Log
+import Threading
 import Logging
 import Redis
 

@@ -285,15 +285,23 @@ public enum DeviceNode {
     /// log; what waits for the log (an fsync, another process's lock) waits anyway.
     public static func run(_ c: DeviceConfiguration, components: ComponentSet, logger: Logger) async throws {
         let (services, environment) = try await services(for: c, components: components, logger: logger)
-        let group = ServiceGroup(configuration: .init(
+        var configuration = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
             cancellationSignals: [],
-            logger: logger))
+            logger: logger)
+        // The sync agent's offline status and DISCONNECT take at most 2 s each; anything stuck
+        // past the deadline is cancelled, and the log keeper still closes the log.
+        configuration.maximumGracefulShutdownDuration = gracefulShutdownDeadline
+        let group = ServiceGroup(configuration: configuration)
         try await withTaskExecutorPreference(environment.log.executor) {
             try await group.run()
         }
     }
+
+    /// How long the graceful shutdown (SIGTERM, SIGINT) may take before it is escalated to
+    /// cancellation (docs/concurrency.md, "Shutdown").
+    public static let gracefulShutdownDeadline: Duration = .seconds(10)
 }
 
 extension DeviceLog: ReadingLog {

@@ -18,6 +18,7 @@
 // failures, since when) and `/metrics` (`fieldlog_device_component_up{component=…}`,
 // `fieldlog_device_component_failures_total{component=…}`).
 import FieldlogCore
+import Threading
 import Logging
 import MQTT
 import Prometheus

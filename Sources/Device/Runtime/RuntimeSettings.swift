@@ -7,7 +7,13 @@
 // poller writes them to Redis when it can (a change made while Redis is down is kept and
 // written when it is back, unless Redis got a newer value in the meantime, which wins as the
 // seed's programs would see it). While Redis is down, everyone keeps the last known values.
+//
+// Waiting for a change (`waitForChange`) is structured: the waiting task suspends on a
+// continuation kept in `waiters` (a mutex, so the timer and a cancellation can end the wait
+// without hopping onto the actor), and its timer is a child task that ends with the wait.
 import FieldlogCore
+import Synchronization
+import Threading
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -106,7 +112,8 @@ public actor RuntimeSettings {
     public private(set) var pendingWrites: [SwitchKey: SwitchValue] = [:]
     /// Whether the last attempt to reach Redis worked (for /status and /metrics).
     public private(set) var redisAvailable: Bool = false
-    private var waiters: [UUID: Waiter] = [:]
+    /// The tasks waiting in `waitForChange`.
+    private nonisolated let waiters = Mutex(SwitchWaiters())
 
     public init(defaults: DeviceSwitches) {
         switches = defaults
@@ -159,47 +166,80 @@ public actor RuntimeSettings {
     /// Waits until a switch changes or `timeout` passes (the sampler and sender sleep here,
     /// so a switch flipped from 1 h to 1 s takes effect at once). With `orAppend`, a record
     /// appended in this process (`appended()`) ends the wait too: the sender publishes a new
-    /// reading at once instead of up to one sender interval later.
-    func waitForChange(timeout: Duration, orAppend: Bool = false) async {
-        let id = UUID()
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                // On the waiter's executor (the log's thread in fieldlog-device), not the pool.
-                let timer = Task(executorPreference: currentTaskExecutorPreference()) { [weak self] in
-                    try? await executorSleep(for: timeout)
-                    if !Task.isCancelled { await self?.wake(id) }
-                }
-                waiters[id] = Waiter(continuation: c, timer: timer, wakeOnAppend: orAppend)
+    /// reading at once instead of up to one sender interval later. Ends at once when the task
+    /// is cancelled.
+    nonisolated func waitForChange(timeout: Duration, orAppend: Bool = false) async {
+        let id = waiters.withLock { $0.newID() }
+        await withTaskGroup(of: Void.self) { group in
+            // The timer: a child task on the waiter's executor (the log's thread in fieldlog-device).
+            group.addTask { [self] in
+                do { try await executorSleep(for: timeout) } catch { return }
+                self.waiters.withLock { $0.wake(id) }?.resume()
             }
-        } onCancel: {
-            Task { await self.wake(id) }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                    let now = waiters.withLock { $0.wait(id, c, wakeOnAppend: orAppend) }
+                    if now { c.resume() }
+                }
+            } onCancel: { [self] in
+                self.waiters.withLock { $0.wake(id) }?.resume()
+            }
+            group.cancelAll()
         }
+        // The timer has ended too (a group waits for its children): no wake-up for `id` comes later.
+        waiters.withLock { $0.forget(id) }
     }
 
     /// The sampler of this process appended a record durably: wakes the waits that asked for it.
     public func appended() {
-        for (id, w) in waiters where w.wakeOnAppend { wake(id) }
-    }
-
-    private func wake(_ id: UUID) {
-        guard let w = waiters.removeValue(forKey: id) else { return }
-        w.timer.cancel()
-        w.continuation.resume()
+        for c in waiters.withLock({ $0.wakeAll(onlyOnAppend: true) }) { c.resume() }
     }
 
     private func wakeWaiters() {
-        let all = waiters
-        waiters = [:]
-        for w in all.values {
-            w.timer.cancel()
-            w.continuation.resume()
-        }
+        for c in waiters.withLock({ $0.wakeAll(onlyOnAppend: false) }) { c.resume() }
     }
 }
 
-/// A task sleeping in `waitForChange`, with the timer that ends its wait.
-struct Waiter {
-    let continuation: CheckedContinuation<Void, Never>
-    let timer: Task<Void, Never>
-    var wakeOnAppend = false
+/// The tasks waiting in `RuntimeSettings.waitForChange`, by id. A wake-up may come before the
+/// waiter registered (a zero timeout, a cancellation): it is remembered until it does.
+struct SwitchWaiters {
+    private struct Waiter {
+        var continuation: CheckedContinuation<Void, Never>
+        var wakeOnAppend: Bool
+    }
+
+    private var waiting: [UInt64: Waiter] = [:]
+    private var wokenEarly: Set<UInt64> = []
+    private var nextID: UInt64 = 0
+
+    mutating func newID() -> UInt64 {
+        nextID += 1
+        return nextID
+    }
+
+    /// Registers the waiter; true when it was woken already (the caller resumes it).
+    mutating func wait(_ id: UInt64, _ continuation: CheckedContinuation<Void, Never>, wakeOnAppend: Bool) -> Bool {
+        if wokenEarly.remove(id) != nil { return true }
+        waiting[id] = Waiter(continuation: continuation, wakeOnAppend: wakeOnAppend)
+        return false
+    }
+
+    /// The continuation to resume, or nil when the waiter has not registered yet (remembered).
+    mutating func wake(_ id: UInt64) -> CheckedContinuation<Void, Never>? {
+        if let w = waiting.removeValue(forKey: id) { return w.continuation }
+        wokenEarly.insert(id)
+        return nil
+    }
+
+    /// The wait ended: a wake-up that came after it is not kept.
+    mutating func forget(_ id: UInt64) {
+        wokenEarly.remove(id)
+    }
+
+    /// Removes and returns the waiters to resume (all, or those that asked to wake on appends).
+    mutating func wakeAll(onlyOnAppend: Bool) -> [CheckedContinuation<Void, Never>] {
+        let woken = waiting.filter { !onlyOnAppend || $0.value.wakeOnAppend }
+        for id in woken.keys { waiting[id] = nil }
+        return woken.values.map(\.continuation)
+    }
 }

@@ -1,5 +1,5 @@
-import Dispatch
 import FieldlogCore
+import Threading
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,14 +13,17 @@ public struct Reading: Sendable {
     public var errors: [SensorError]
 }
 
-/// Reads every configured sensor on a thread of its own (sysfs and commands block).
+/// Reads every configured sensor on a thread of its own (sysfs and commands block:
+/// docs/concurrency.md).
 public final class SensorPanel: Sendable {
     public let sources: [any SensorSource]
-    private let queue = DispatchQueue(label: "fieldlog.sensors")
+    private let thread = OwnerThread(name: "fieldlog-sensors", stackSize: 256 << 10)
 
     public init(sources: [any SensorSource]) {
         self.sources = sources
     }
+
+    deinit { thread.stop() }
 
     public convenience init(specs: [SensorSpec], timeout: Duration) {
         self.init(sources: specs.map { makeSensorSource($0, timeout: timeout) })
@@ -28,10 +31,12 @@ public final class SensorPanel: Sendable {
 
     /// Takes one reading of every sensor. Never throws: failures are part of the reading.
     public func takeReading() async -> Reading {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Reading, Never>) in
-            queue.async {
-                continuation.resume(returning: Self.readAll(self.sources))
-            }
+        let sources = self.sources
+        do {
+            return try await thread.run { Self.readAll(sources) }
+        } catch {
+            // Only after deinit, which cannot run while this call holds the panel.
+            preconditionFailure("sensor thread stopped while the panel is in use: \(error)")
         }
     }
 

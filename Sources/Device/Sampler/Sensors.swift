@@ -7,6 +7,7 @@
 // records the sensor as missing in that reading. Sources hold no state that a failed read could
 // leave half-updated.
 import FieldlogCore
+import Threading
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

@@ -27,6 +27,7 @@
 // This file: the service (the event sources, started as child tasks of `run`). The owner loop
 // is SyncOwnerLoop.swift, commands and replays SyncAgentCommands.swift.
 import FieldlogCore
+import Threading
 import Log
 import Logging
 import MQTT

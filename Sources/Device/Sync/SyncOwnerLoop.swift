@@ -7,6 +7,7 @@ import Log
 import Logging
 import MQTT
 import Sync
+import Threading
 
 extension SyncAgent {
     /// The owner loop: the only code that touches the state machine.
@@ -237,18 +238,5 @@ extension SyncAgent {
                 }
             }
         }
-    }
-}
-
-/// Runs `body`, giving up after `timeout`.
-func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            throw CancellationError()
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
     }
 }

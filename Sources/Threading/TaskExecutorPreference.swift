@@ -1,9 +1,9 @@
-// The executor preference of the running task, for unstructured tasks that should run where
-// their creator runs (`Task {}` does not inherit it; child tasks do).
+// Task executors with timers of their own, and the preference of the running task.
 //
-// Why: `fieldlog-device` runs its services on the log's own thread (DeviceNode.run). A timer or
-// publish task created with plain `Task {}` lands on Swift's pool instead, and every such task
-// costs a wake-up of a pool thread and another of the log's thread when it is done.
+// Why: `fieldlog-device` runs its services on the log's own thread (DeviceNode.run). A child
+// task inherits that preference; `Task.sleep` does not use it: it goes through dispatch (its
+// manager thread, then a pool thread, then the task's executor), three thread wake-ups per
+// sleep, where `executorSleep` costs none (docs/concurrency.md).
 
 /// The task executor the current task prefers, if any.
 public func currentTaskExecutorPreference() -> (any TaskExecutor)? {
