@@ -419,6 +419,25 @@ package struct Migrator {
     }
 }
 
+/// A data step's walk: for each (device, epoch) that `logsQuery` returns with its lowest and
+/// highest sequence number, one `update` per window of `window` sequence numbers (binds: device,
+/// epoch, first, last). One short statement each: no long lock, no long transaction, so ingest
+/// of the previous version keeps writing meanwhile. Returns the rows changed.
+func updateInWindows(_ connection: MariaDBConnection, logsQuery: String, window: UInt64, update: String) async throws -> UInt64 {
+    var changed: UInt64 = 0
+    for log in try await connection.query(logsQuery).rows {
+        guard let device = log[0].string, let epoch = log[1].uint64, let low = log[2].uint64, let high = log[3].uint64 else { continue }
+        var first = low
+        while first <= high {
+            let last = min(high, first + window - 1)
+            changed += try await connection.execute(update, [.string(device), .uint(epoch), .uint(first), .uint(last)]).affectedRows
+            if last == high { break }
+            first = last + 1
+        }
+    }
+    return changed
+}
+
 /// Schema 7's data step: every reading's values from the `reading_values` table into
 /// `readings.vals` (written in schema 8's form, an object, so an upgrade from 6 rewrites once), and every device's sensors into `device_sensors`. Walks each (device,
 /// epoch) in windows of sequence numbers, one short statement per window (no long lock, no
@@ -437,27 +456,16 @@ package struct ReadingValuesMove {
             """).rows.first?.first?.string
         guard kind == "BASE TABLE" else { return }
         try await connection.query("INSERT IGNORE INTO device_sensors (device_id, sensor) SELECT DISTINCT device_id, sensor FROM reading_values")
-        let logs = try await connection.query("SELECT device_id, epoch, MIN(seq), MAX(seq) FROM readings GROUP BY device_id, epoch").rows
         let start = ContinuousClock.now
-        var filled: UInt64 = 0
-        for log in logs {
-            guard let device = log[0].string, let epoch = log[1].uint64, let low = log[2].uint64, let high = log[3].uint64 else { continue }
-            var first = low
-            while first <= high {
-                let last = min(high, first + window - 1)
-                let result = try await connection.execute("""
-                    UPDATE readings r SET
-                      r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.num_value")) ORDER BY v.sensor SEPARATOR ','), ''), '}')
-                                  FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NOT NULL),
-                      r.texts = (SELECT CONCAT('{', GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.text_value")) ORDER BY v.sensor SEPARATOR ','), '}')
-                                   FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NULL)
-                     WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals IS NULL
-                    """, [.string(device), .uint(epoch), .uint(first), .uint(last)])
-                filled += result.affectedRows
-                if last == high { break }
-                first = last + 1
-            }
-        }
+        let filled = try await updateInWindows(connection, logsQuery: "SELECT device_id, epoch, MIN(seq), MAX(seq) FROM readings GROUP BY device_id, epoch",
+                                               window: window, update: """
+            UPDATE readings r SET
+              r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.num_value")) ORDER BY v.sensor SEPARATOR ','), ''), '}')
+                          FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NOT NULL),
+              r.texts = (SELECT CONCAT('{', GROUP_CONCAT(\(ValsToObjects.member("v.sensor", "v.text_value")) ORDER BY v.sensor SEPARATOR ','), '}')
+                           FROM reading_values v WHERE v.device_id = r.device_id AND v.epoch = r.epoch AND v.seq = r.seq AND v.num_value IS NULL)
+             WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals IS NULL
+            """)
         logger.info("schema 7: \(filled) readings got their values in \(ContinuousClock.now - start)")
     }
 
@@ -555,29 +563,18 @@ package struct ValsToObjects {
             """).rows.first?.first?.string
         guard kind == "VIEW" else { return }
         try await connection.query(Self.transitionView)
-        let logs = try await connection.query("SELECT device_id, epoch, MIN(seq), MAX(seq) FROM readings WHERE vals LIKE '[%' GROUP BY device_id, epoch").rows
         let start = ContinuousClock.now
-        var rewritten: UInt64 = 0
-        for log in logs {
-            guard let device = log[0].string, let epoch = log[1].uint64, let low = log[2].uint64, let high = log[3].uint64 else { continue }
-            var first = low
-            while first <= high {
-                let last = min(high, first + window - 1)
-                // The JSON columns keep each number's and text's JSON as written (a text with its
-                // quotes). `texts` first: assignments run left to right and it reads the array.
-                let result = try await connection.execute("""
-                    UPDATE readings r SET
-                      r.texts = (SELECT CONCAT('{', GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.t) ORDER BY j.s SEPARATOR ','), '}')
-                                   FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', t JSON PATH '$.t')) j WHERE j.t IS NOT NULL),
-                      r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.n) ORDER BY j.s SEPARATOR ','), ''), '}')
-                                  FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', n JSON PATH '$.n')) j WHERE j.n IS NOT NULL)
-                     WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals LIKE '[%'
-                    """, [.string(device), .uint(epoch), .uint(first), .uint(last)])
-                rewritten += result.affectedRows
-                if last == high { break }
-                first = last + 1
-            }
-        }
+        // The JSON columns keep each number's and text's JSON as written (a text with its
+        // quotes). `texts` first: assignments run left to right and it reads the array.
+        let rewritten = try await updateInWindows(connection, logsQuery: "SELECT device_id, epoch, MIN(seq), MAX(seq) FROM readings WHERE vals LIKE '[%' GROUP BY device_id, epoch",
+                                                  window: window, update: """
+            UPDATE readings r SET
+              r.texts = (SELECT CONCAT('{', GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.t) ORDER BY j.s SEPARATOR ','), '}')
+                           FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', t JSON PATH '$.t')) j WHERE j.t IS NOT NULL),
+              r.vals = (SELECT CONCAT('{', COALESCE(GROUP_CONCAT(CONCAT(JSON_QUOTE(j.s), ':', j.n) ORDER BY j.s SEPARATOR ','), ''), '}')
+                          FROM JSON_TABLE(r.vals, '$[*]' COLUMNS (s VARCHAR(64) PATH '$.s', n JSON PATH '$.n')) j WHERE j.n IS NOT NULL)
+             WHERE r.device_id = ? AND r.epoch = ? AND r.seq BETWEEN ? AND ? AND r.vals LIKE '[%'
+            """)
         logger.info("schema 8: \(rewritten) readings rewritten as objects in \(ContinuousClock.now - start)")
     }
 
