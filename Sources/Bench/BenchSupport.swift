@@ -15,6 +15,7 @@ import Logging
 import MariaDB
 import MQTT
 import Processes
+import Threading
 
 /// Options every stack benchmark takes.
 struct StackOptions: ParsableArguments {
@@ -334,4 +335,33 @@ func readLogPointers(_ path: String) throws -> (head: UInt64, acked: UInt64) {
     // The head is max(state.head, highest record): appends insert records only (docs/log.md).
     return (UInt64(try c.scalar("SELECT max(head, coalesce((SELECT max(seq) FROM records), 0)) FROM state WHERE id = 1")),
             UInt64(try c.scalar("SELECT acked FROM state WHERE id = 1")))
+}
+
+/// `fieldlog-backend web` started on a free loopback port (stopped by `cleanups`) and signed in
+/// as `user`: the web benchmarks' common start.
+struct SignedInWeb {
+    let process: ChildProcess
+    let client: PlainHTTPClient
+    let cookie: String
+
+    static func start(binDir: String, environment: [String: String], log: String, user: String, password: String,
+                      cleanups: Cleanups) async throws -> SignedInWeb {
+        let port = try Loopback.freePort()
+        let web = try ChildProcess.spawn(binDir + "/fieldlog-backend", ["web", "--web-port", String(port), "--insecure-cookies"],
+                                          environment: environment, stdoutPath: log, stderrPath: log)
+        // Stopped at the end; on an error, by the cleanups (stop is idempotent).
+        cleanups.add { await web.stop() }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !Loopback.isListening(port) {
+            guard web.isRunning, ContinuousClock.now < deadline else { throw BenchError("fieldlog-backend web did not start: \(web.tail())") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let client = PlainHTTPClient(port: port)
+        let signIn = try client.request("POST", "/api/session", headers: ["Content-Type": "application/json"],
+                                        body: #"{"user":"\#(user)","password":"\#(password)"}"#)
+        guard signIn.status == 201, let cookie = signIn.header("set-cookie")?.split(separator: ";").first.map(String.init) else {
+            throw BenchError("sign-in failed: \(signIn.status) \(signIn.body.prefix(200))")
+        }
+        return SignedInWeb(process: web, client: client, cookie: cookie)
+    }
 }

@@ -227,23 +227,10 @@ struct QueryBench: AsyncParsableCommand {
         let password = "bench password \(UInt32.random(in: 0...UInt32.max))"
         _ = try? Tool.run(stack.binDir + "/fieldlog-backend", ["user", "add", "queries", "--role", "viewer"], environment: env, input: password + "\n")
         _ = try? Tool.run(stack.binDir + "/fieldlog-backend", ["user", "passwd", "queries"], environment: env, input: password + "\n")
-        let port = try Loopback.freePort()
-        let log = "\(dir)/web-queries.log"
-        let web = try ChildProcess.spawn(stack.binDir + "/fieldlog-backend", ["web", "--web-port", String(port), "--insecure-cookies"],
-                                          environment: env, stdoutPath: log, stderrPath: log)
         return try await withCleanups { cleanups in
-            cleanups.add { await web.stop() }
-            let deadline = ContinuousClock.now + .seconds(60)
-            while !Loopback.isListening(port) {
-                guard web.isRunning, ContinuousClock.now < deadline else { throw BenchError("fieldlog-backend web did not start: \(web.tail())") }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            let client = PlainHTTPClient(port: port)
-            let signIn = try client.request("POST", "/api/session", headers: ["Content-Type": "application/json"],
-                                            body: #"{"user":"queries","password":"\#(password)"}"#)
-            guard signIn.status == 201, let cookie = signIn.header("set-cookie")?.split(separator: ";").first.map(String.init) else {
-                throw BenchError("sign-in failed: \(signIn.status) \(signIn.body.prefix(200))")
-            }
+            let web = try await SignedInWeb.start(binDir: stack.binDir, environment: env, log: "\(dir)/web-queries.log",
+                                                  user: "queries", password: password, cleanups: cleanups)
+            let (client, cookie) = (web.client, web.cookie)
             let path = "/devices/\(device)"
             _ = try client.request("GET", path, headers: ["Cookie": cookie])
             var complete: [Int64] = []

@@ -69,25 +69,11 @@ struct WebBench: AsyncParsableCommand {
 
             var rows: [[String: Any]] = []
             for cacheSeconds in [10, 0] {
-                let port = try Loopback.freePort()
                 var webEnv = env
                 webEnv["FIELDLOG_WEB_FLEET_CACHE_SECONDS"] = String(cacheSeconds)
-                let log = "\(dir)/web-\(cacheSeconds).log"
-                let web = try ChildProcess.spawn(stack.binDir + "/fieldlog-backend", ["web", "--web-port", String(port), "--insecure-cookies"],
-                                                  environment: webEnv, stdoutPath: log, stderrPath: log)
-                // Stopped at the end of this turn; on an error, by the cleanups (stop is idempotent).
-                cleanups.add { await web.stop() }
-                let deadline = ContinuousClock.now + .seconds(60)
-                while !Loopback.isListening(port) {
-                    guard web.isRunning, ContinuousClock.now < deadline else { throw BenchError("fieldlog-backend web did not start: \(web.tail())") }
-                    try await Task.sleep(for: .milliseconds(100))
-                }
-                let client = PlainHTTPClient(port: port)
-                let signIn = try client.request("POST", "/api/session", headers: ["Content-Type": "application/json"],
-                                                body: #"{"user":"bench","password":"\#(password)"}"#)
-                guard signIn.status == 201, let cookie = signIn.header("set-cookie")?.split(separator: ";").first.map(String.init) else {
-                    throw BenchError("sign-in failed: \(signIn.status) \(signIn.body.prefix(200))")
-                }
+                let signedIn = try await SignedInWeb.start(binDir: stack.binDir, environment: webEnv, log: "\(dir)/web-\(cacheSeconds).log",
+                                                           user: "bench", password: password, cleanups: cleanups)
+                let (web, client, cookie) = (signedIn.process, signedIn.client, signedIn.cookie)
                 // One unmeasured request: connections, prepared statements, the first snapshot.
                 let warm = try client.request("GET", "/", headers: ["Cookie": cookie])
                 guard warm.status == 200, warm.body.contains("devices") else { throw BenchError("the fleet page failed: \(warm.status) \(warm.body.prefix(300))") }

@@ -118,36 +118,44 @@ package struct IngestService: Service, CustomStringConvertible {
         logger.info("ingest running", metadata: ["seed-values client": "\(ingest.clientID)", "seed-values session": "\(seedSession)",
                                                  "database": "\(address)"])
 
-        // Graceful shutdown: read no more, end the connections, then store and ack everything that
-        // was read (up to the deadline). libmosquitto acknowledges a QoS 1 message to the broker as
-        // it reads it, so the writer finishes only after every client's message stream ended:
-        // finishing it earlier lost a message read just before (the seed's readings are not resent).
+        await Self.serve(clients: clients, seedClient: seedClient, seedClientID: ingest.clientID, logger: logger,
+                         offer: { m in writer.offer(topic: m.topic, payload: m.payload, contentType: m.properties.contentType) },
+                         finish: { writer.finish() },
+                         run: { await writer.run() })
+        await database.close()
+        logger.info("ingest stopped")
+    }
+
+    /// The shutdown order both ingests share: graceful shutdown reads no more and ends the
+    /// connections, then everything that was read is stored and acked (up to the deadline).
+    /// libmosquitto acknowledges a QoS 1 message to the broker as it reads it, so the writers
+    /// finish only after every client's message stream ended: finishing them earlier lost a
+    /// message read just before (the seed's readings are not resent). `run` runs the writers.
+    static func serve(clients: [MQTTClient], seedClient: MQTTClient?, seedClientID: String, logger: Logger,
+                      offer: @escaping @Sendable (MQTTMessage) -> Void, finish: @escaping @Sendable () -> Void,
+                      run: @escaping @Sendable () async -> Void) async {
         await withDiscardingTaskGroup { group in
             group.addTask {
                 await withDiscardingTaskGroup { feeders in
                     for c in clients {
-                        feeders.addTask {
-                            for await m in c.messages { writer.offer(topic: m.topic, payload: m.payload, contentType: m.properties.contentType) }
-                        }
+                        feeders.addTask { for await m in c.messages { offer(m) } }
                     }
                 }
-                writer.finish()
+                finish()
             }
             for c in clients {
-                group.addTask { await Self.logEvents(of: c, clientID: c === seedClient ? ingest.clientID : nil, logger: logger) }
+                group.addTask { await Self.logEvents(of: c, clientID: c === seedClient ? seedClientID : nil, logger: logger) }
             }
             group.addTask {
-                // Also ends when the service is cancelled (the deadline passed) or the writer ended.
+                // Also ends when the service is cancelled (the deadline passed) or the writers ended.
                 try? await gracefulShutdown()
                 for c in clients { c.pauseReading() }
                 for c in clients { await c.disconnect() }
             }
-            await writer.run()
+            await run()
             for c in clients { await c.disconnect() }
             group.cancelAll()
         }
-        await database.close()
-        logger.info("ingest stopped")
     }
 
     static func logEvents(of client: MQTTClient, clientID: String?, logger: Logger) async {

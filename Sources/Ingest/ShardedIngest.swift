@@ -290,45 +290,27 @@ extension IngestService {
                                                          "shards": "\(shardWriters.keys.sorted().map { "\($0.rawValue)" }.joined(separator: ","))",
                                                          "map": "\(map.version)"])
 
-        // Shutdown as the unsharded ingest does it (IngestService.run): read no more, end the
-        // connections, then store and ack everything that was read (up to the deadline); the
-        // writers finish only after every client's message stream ended (libmosquitto
-        // acknowledges a QoS 1 message to the broker as it reads it).
-        await withDiscardingTaskGroup { group in
-            group.addTask {
-                await withDiscardingTaskGroup { feeders in
-                    for c in clients {
-                        feeders.addTask {
-                            for await m in c.messages { router.offer(topic: m.topic, payload: m.payload, contentType: m.properties.contentType) }
-                        }
+        // Shutdown as the unsharded ingest does it (IngestService.serve); besides the writers,
+        // the map's reload about once a second: a move marks a device in the shards' copies, and
+        // its batches are only taken again after a reload shows the move done.
+        await IngestService.serve(clients: clients, seedClient: seedClient, seedClientID: ingest.clientID, logger: logger,
+                                  offer: { m in router.offer(topic: m.topic, payload: m.payload, contentType: m.properties.contentType) },
+                                  finish: { for w in shardWriters.values { w.finish() } },
+                                  run: {
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(1))
+                        if Task.isCancelled { break }
+                        await router.reload()
                     }
                 }
-                for w in shardWriters.values { w.finish() }
-            }
-            for c in clients {
-                group.addTask { await Self.logEvents(of: c, clientID: c === seedClient ? ingest.clientID : nil, logger: logger) }
-            }
-            group.addTask {
-                // Also ends when the service is cancelled (the deadline passed) or the writers ended.
-                try? await gracefulShutdown()
-                for c in clients { c.pauseReading() }
-                for c in clients { await c.disconnect() }
-            }
-            group.addTask {
-                // About once a second: a move marks a device in the shards' copies, and its
-                // batches are only taken again after a reload shows the move done.
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .seconds(1))
-                    if Task.isCancelled { break }
-                    await router.reload()
+                await withDiscardingTaskGroup { writersGroup in
+                    for w in shardWriters.values { writersGroup.addTask { await w.run() } }
                 }
+                group.cancelAll()
             }
-            await withDiscardingTaskGroup { writersGroup in
-                for w in shardWriters.values { writersGroup.addTask { await w.run() } }
-            }
-            for c in clients { await c.disconnect() }
-            group.cancelAll()
-        }
+        })
         for d in databases { await d.close() }
         for c in control.values { await c.close() }
         logger.info("ingest stopped")

@@ -337,20 +337,26 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         if queuedBytes > 0 && queuedBytes + cost > 2 * configuration.maxQueuedBytes {
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .queueFull)]
         }
-        if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
         let item = IngestItem.classify(topic: topic, payload: payload, contentType: contentType, configuration: configuration)
-        let work = Work(item: item, topic: topic, payloadHead: Array(payload.prefix(DeadLetter.excerptBytes)), payloadBytes: payload.count)
+        enqueue(Work(item: item, topic: topic, payloadHead: Array(payload.prefix(DeadLetter.excerptBytes)), payloadBytes: payload.count),
+                device: device, cost: cost)
+        return pauseIfOverBound() + startNext(now: now)
+    }
+
+    /// Behind the device's queued messages; counted against the bounds.
+    private mutating func enqueue(_ work: Work, device: DeviceID?, cost: Int) {
+        if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
         buckets[device]!.items.append(Queued(work: work, cost: cost))
         buckets[device]!.bytes += cost
         queuedBytes += cost
         queuedMessages += 1
-        var actions: [Action] = []
-        if !readingPaused && queuedBytes > configuration.maxQueuedBytes {
-            readingPaused = true
-            actions.append(.pauseReading)
-        }
-        actions += startNext(now: now)
-        return actions
+    }
+
+    /// Reading from the broker pauses once the queues hold more than their bound.
+    private mutating func pauseIfOverBound() -> [Action] {
+        guard !readingPaused && queuedBytes > configuration.maxQueuedBytes else { return [] }
+        readingPaused = true
+        return [.pauseReading]
     }
 
     /// The transaction committed; `result` holds its affected-row counts.
@@ -790,19 +796,8 @@ extension IngestStateMachine {
     /// bounds (they were taken once already; what is released is bounded by the other queue).
     public mutating func requeue(_ released: [Released], now: Instant) -> [Action] {
         for r in released {
-            let device = r.device
-            let cost = r.work.payloadBytes + r.work.topic.utf8.count + 64
-            if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
-            buckets[device]!.items.append(Queued(work: r.work, cost: cost))
-            buckets[device]!.bytes += cost
-            queuedBytes += cost
-            queuedMessages += 1
+            enqueue(r.work, device: r.device, cost: r.work.payloadBytes + r.work.topic.utf8.count + 64)
         }
-        var actions: [Action] = []
-        if !readingPaused && queuedBytes > configuration.maxQueuedBytes {
-            readingPaused = true
-            actions.append(.pauseReading)
-        }
-        return actions + startNext(now: now)
+        return pauseIfOverBound() + startNext(now: now)
     }
 }
