@@ -143,9 +143,17 @@ final class BrowserTests: XCTestCase {
             try await signIn("operator")
             try await browser.waitUntil("the device page") { try await browser.script("return location.pathname") as? String == devicePath }
 
-            // Stop measuring; the device's answer arrives live.
+            // Stop measuring; the device's answer arrives live. The form posts and comes back to
+            // the device page: wait for the new document (the old one's marker gone), or the
+            // marker below lands on the page the post is leaving.
+            try await browser.script("window.fieldlogBeforeStop = 1")
             try await browser.click("#stop-button")
-            try await browser.waitUntil("the device page again") { try await browser.script("return location.pathname") as? String == devicePath }
+            try await browser.waitUntil("the device page again") {
+                let path = try await browser.script("return location.pathname") as? String
+                let state = try await browser.script("return document.readyState") as? String
+                let fresh = try await browser.script("return window.fieldlogBeforeStop === undefined") as? Bool
+                return path == devicePath && state == "complete" && fresh == true
+            }
             try await browser.script("window.fieldlogMarker = 7")
             try await browser.waitUntil("the device's answer", timeout: .seconds(20)) {
                 let t = try await text("#commands")
