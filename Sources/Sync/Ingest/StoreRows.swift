@@ -119,11 +119,12 @@ public struct StoreRows: Hashable, Sendable {
         let device = b.device.rawValue, epoch = b.epoch.rawValue
         var names: Set<String> = []
         for r in b.records {
+            let columns = Self.columns(r.values)
             readings.append(Reading(device: device, epoch: epoch, seq: r.sequence.rawValue, deviceMs: r.timestamp.unixMilliseconds,
                                     deviceTime: SQLDateTime.format(unixMilliseconds: r.timestamp.unixMilliseconds),
                                     unsynchronized: r.timestamp.clockUnsynchronized,
                                     missingSensors: r.missingSensors.isEmpty ? nil : r.missingSensors.joined(separator: ","),
-                                    vals: Self.vals(r.values), texts: Self.texts(r.values)))
+                                    vals: columns.vals, texts: columns.texts))
             for (name, _) in r.values.sorted where names.insert(name).inserted && !knownSensors.contains(Sensor(device: device, sensor: name)) {
                 knownSensors.insert(Sensor(device: device, sensor: name))
                 sensors.append(Sensor(device: device, sensor: name))
@@ -147,35 +148,36 @@ public struct StoreRows: Hashable, Sendable {
     /// A reading's numbers as stored in `readings.vals` (schema 8): a JSON object from sensor
     /// name to number, in name order (the protocol's deterministic JSON writer), so one sensor is
     /// `JSON_VALUE(vals, '$.temp')` in SQL and an average needs no type test (docs/backend.md).
-    public static func vals(_ values: SensorValues) -> String {
-        object(values) { if case .number(let d) = $0 { return .double(d) } else { return nil } }
-    }
+    public static func vals(_ values: SensorValues) -> String { columns(values).vals }
 
     /// A reading's texts as stored in `readings.texts`, like `vals`; nil when it has none.
-    public static func texts(_ values: SensorValues) -> String? {
-        guard values.sorted.contains(where: { if case .text = $0.value { return true } else { return false } }) else { return nil }
-        return object(values) { if case .text(let t) = $0 { return .string(t) } else { return nil } }
-    }
+    public static func texts(_ values: SensorValues) -> String? { columns(values).texts }
 
-    /// Written straight into one buffer (no JSONValue tree): one per stored reading.
-    private static func object(_ values: SensorValues, _ member: (SensorValue) -> JSONValue?) -> String {
-        var w = JSONWriter(reservingCapacity: 24 * max(1, values.count))
-        w.raw("{")
-        var first = true
+    /// Both columns in one pass over the values in name order, written straight into their
+    /// buffers (no JSONValue tree, one sort): one call per stored reading.
+    static func columns(_ values: SensorValues) -> (vals: String, texts: String?) {
+        var numbers = JSONWriter(reservingCapacity: 24 * max(1, values.count))
+        var texts: JSONWriter? = nil
+        numbers.raw("{")
+        var firstNumber = true
         for (name, value) in values.sorted {
-            guard let m = member(value) else { continue }
-            if !first { w.raw(",") }
-            first = false
-            w.string(name)
-            w.raw(":")
-            switch m {
-            case .double(let d): w.double(d)
-            case .string(let t): w.string(t)
-            default: preconditionFailure("a sensor value is a number or a text")
+            switch value {
+            case .number(let d):
+                if !firstNumber { numbers.raw(",") }
+                firstNumber = false
+                numbers.string(name)
+                numbers.raw(":")
+                numbers.double(d)
+            case .text(let t):
+                if texts == nil { texts = JSONWriter(reservingCapacity: 32); texts!.raw("{") } else { texts!.raw(",") }
+                texts!.string(name)
+                texts!.raw(":")
+                texts!.string(t)
             }
         }
-        w.raw("}")
-        return String(decoding: w.bytes, as: UTF8.self)
+        numbers.raw("}")
+        texts?.raw("}")
+        return (String(decoding: numbers.bytes, as: UTF8.self), texts.map { String(decoding: $0.bytes, as: UTF8.self) })
     }
 
     /// The values back from `readings.vals` and `readings.texts` (the web admin reads them
