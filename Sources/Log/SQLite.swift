@@ -175,6 +175,25 @@ final class SQLiteConnection {
         }
     }
 
+    /// Runs `body` with `PRAGMA synchronous=NORMAL` on a connection set to `FULL`, then sets
+    /// `FULL` again: its commits are not fsynced on their own, the connection's next `FULL`
+    /// commit makes them durable (the WAL is synced as a whole, and a crash keeps a prefix of
+    /// its commits). Only for writes that may be lost in a power cut. `full == false`: runs
+    /// `body` as it is. A failure to set `FULL` again is thrown, and the connection is left
+    /// closed, so no later append can return without its fsync.
+    func withoutOwnSync<T>(on full: Bool, _ body: () throws -> T) throws -> T {
+        guard full else { return try body() }
+        try execute("PRAGMA synchronous=NORMAL")
+        let result = Result { try body() }
+        do {
+            try execute("PRAGMA synchronous=FULL")
+        } catch {
+            close()
+            throw error
+        }
+        return try result.get()
+    }
+
     /// Runs `body` in a read transaction (one consistent snapshot).
     func readTransaction<T>(_ body: () throws -> T) throws -> T {
         try execute("BEGIN")

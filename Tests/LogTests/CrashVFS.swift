@@ -81,6 +81,15 @@ final class CrashVFS: @unchecked Sendable {
         }
     }
 
+    /// Cuts the power now, dropping every write not yet synced (no random apply or tear):
+    /// for tests that need one certain outcome.
+    func cutDroppingUnsynced() {
+        lock.withLock {
+            crashed = true
+            queues.removeAll()
+        }
+    }
+
     /// Ends a run (after all connections are closed): forgets queued writes, stops failing.
     func disarm() {
         lock.withLock {
@@ -189,6 +198,8 @@ final class CrashVFS: @unchecked Sendable {
     var isCrashed: Bool { lock.withLock { crashed } }
     var operationCount: Int { lock.withLock { operations } }
     var failedSyncs: Int { lock.withLock { syncFailures } }
+    /// xSync calls since `arm`.
+    var syncCount: Int { lock.withLock { syncs } }
 
     static func logicalSize(realSize: Int64, ops: [Op]) -> Int64 {
         var size = realSize

@@ -20,6 +20,8 @@ final class PowerCutTests: XCTestCase {
         var failedTags: [Int] = []
         var attempted = 0
         var epoch: Epoch?
+        /// The highest pointer `markAcked` returned (0: no acker, or none returned).
+        var ackedPointer: UInt64 = 0
     }
 
     enum Outcome: Equatable {
@@ -29,7 +31,9 @@ final class PowerCutTests: XCTestCase {
     }
 
     /// Runs the appenders until `appends` are done or the power is cut.
-    func runWorkload(path: String, configuration: LogConfiguration, appends: Int = 48, concurrency: Int = 4) async -> Workload {
+    /// With `acks`, a fifth task acknowledges what has been appended, as the sync agent does
+    /// (its commits are not fsynced on their own: docs/log.md, "Guarantees").
+    func runWorkload(path: String, configuration: LogConfiguration, appends: Int = 48, concurrency: Int = 4, acks: Bool = false) async -> Workload {
         var result = Workload()
         let log: DeviceLog
         var quiet = Logger(label: "powercut")
@@ -57,10 +61,24 @@ final class PowerCutTests: XCTestCase {
                     return w
                 }
             }
+            if acks {
+                group.addTask {
+                    var w = Workload()
+                    // Until the appenders are done (head reaches the appends, or the power is cut).
+                    while !CrashVFS.shared.isCrashed {
+                        guard let head = try? await log.head() else { break }
+                        if let through = try? await log.markAcked(through: head) { w.ackedPointer = max(w.ackedPointer, through.rawValue) }
+                        if head.rawValue >= UInt64(appends) { break }
+                        try? await Task.sleep(for: .milliseconds(1))
+                    }
+                    return w
+                }
+            }
             for await w in group {
                 result.acked += w.acked
                 result.failedTags += w.failedTags
                 result.attempted += w.attempted
+                result.ackedPointer = max(result.ackedPointer, w.ackedPointer)
             }
         }
         await log.close()
@@ -103,6 +121,11 @@ final class PowerCutTests: XCTestCase {
                 return .corrupt("record \(i + 1) has seq \(r.sequence)")
             }
             if head.rawValue > UInt64(workload.attempted) { return .corrupt("head \(head) beyond \(workload.attempted) attempted appends") }
+            let ackedPointer = try await log.ackedThrough()
+            if ackedPointer.rawValue > head.rawValue { return .corrupt("acked \(ackedPointer) beyond head \(head)") }
+            if ackedPointer.rawValue > workload.ackedPointer {
+                return .corrupt("acked \(ackedPointer) beyond the highest markAcked returned, \(workload.ackedPointer)")
+            }
             var tags: [Int: SequenceNumber] = [:]
             for r in records {
                 guard case .number(let t)? = r.values["tag"] else { return .corrupt("record \(r.sequence) has no tag") }
@@ -139,7 +162,8 @@ final class PowerCutTests: XCTestCase {
         var failedAppendsWithoutCut = 0
     }
 
-    func runCases(_ label: String, configuration: LogConfiguration, cases: Int, seed: UInt64, injectSyncFailure: Bool = false) async throws -> Tally {
+    func runCases(_ label: String, configuration: LogConfiguration, cases: Int, seed: UInt64, injectSyncFailure: Bool = false,
+                  acks: Bool = false) async throws -> Tally {
         let dir = try TemporaryDirectory("fieldlog-powercut")
         defer { dir.remove() }
         var config = configuration
@@ -148,7 +172,7 @@ final class PowerCutTests: XCTestCase {
 
         // Dry run: how many mutating operations and syncs does the workload make?
         CrashVFS.shared.arm(seed: seed)
-        let dry = await runWorkload(path: dir.file("dry.db"), configuration: config)
+        let dry = await runWorkload(path: dir.file("dry.db"), configuration: config, acks: acks)
         let totalOps = CrashVFS.shared.operationCount
         CrashVFS.shared.disarm()
         XCTAssertEqual(dry.acked.count, dry.attempted, "\(label): dry run must not fail")
@@ -166,7 +190,7 @@ final class PowerCutTests: XCTestCase {
             } else {
                 CrashVFS.shared.arm(crashAt: crashAt, seed: caseSeed)
             }
-            let workload = await runWorkload(path: path, configuration: config)
+            let workload = await runWorkload(path: path, configuration: config, acks: acks)
             tally.failedAppends += workload.failedTags.count
             if !CrashVFS.shared.isCrashed { tally.failedAppendsWithoutCut += workload.failedTags.count }
             CrashVFS.shared.disarm()
@@ -196,6 +220,54 @@ final class PowerCutTests: XCTestCase {
         XCTAssertEqual(t.lost, 0, t.firstLost ?? "")
         XCTAssertEqual(t.corrupt, 0, t.firstCorrupt ?? "")
         XCTAssertEqual(t.ok, 300)
+    }
+
+    /// Acks between the appends: their commits are not fsynced on their own (docs/log.md),
+    /// so a cut may take back the last acks, but never a returned append, and the pointer
+    /// never exceeds what `markAcked` returned. Also with tiny checkpoints.
+    func testFullDurabilityWithUnsyncedAcksKeepsEveryReturnedAppend() async throws {
+        let t = try await runCases("full+acks", configuration: LogConfiguration(durability: .full), cases: 200, seed: seed, acks: true)
+        XCTAssertEqual(t.lost, 0, t.firstLost ?? "")
+        XCTAssertEqual(t.corrupt, 0, t.firstCorrupt ?? "")
+        var config = LogConfiguration(durability: .full)
+        config.walAutocheckpointPages = 4
+        let c = try await runCases("full+acks+checkpoints", configuration: config, cases: 100, seed: seed, acks: true)
+        XCTAssertEqual(c.lost, 0, c.firstLost ?? "")
+        XCTAssertEqual(c.corrupt, 0, c.firstCorrupt ?? "")
+    }
+
+    /// Under `full` an ack makes no fsync of its own and the next append's does (the one
+    /// fsync the ack saves; docs/log.md, "Guarantees"). Under a cut right after the ack the
+    /// pointer comes back as before it; after the append's fsync, as acked.
+    func testAckIsMadeDurableByTheNextAppendsFsync() async throws {
+        let dir = try TemporaryDirectory("fieldlog-ack-sync")
+        defer { dir.remove() }
+        var config = LogConfiguration(durability: .full)
+        config.vfsName = CrashVFS.name
+        _ = CrashVFS.registered
+        for cutAfterAppend in [false, true] {
+            let path = dir.file("ack-\(cutAfterAppend).db")
+            CrashVFS.shared.arm(seed: 1)
+            let log = try await DeviceLog.open(path: path, device: Self.device, configuration: config)
+            for i in 0..<3 { _ = try await log.append(try SensorValues(["tag": .number(Double(i))])) }
+            let before = CrashVFS.shared.syncCount
+            _ = try await log.markAcked(through: SequenceNumber(2))
+            XCTAssertEqual(CrashVFS.shared.syncCount, before, "markAcked must not fsync on its own under full")
+            if cutAfterAppend {
+                _ = try await log.append(try SensorValues(["tag": .number(3)]))
+                XCTAssertGreaterThan(CrashVFS.shared.syncCount, before, "an append under full must fsync (synchronous=FULL restored)")
+            }
+            // The power is cut now: every write not yet synced is dropped.
+            CrashVFS.shared.cutDroppingUnsynced()
+            await log.close()
+            CrashVFS.shared.disarm()
+            let reopened = try await DeviceLog.open(path: path, device: nil)
+            let acked = try await reopened.ackedThrough()
+            let head = try await reopened.head()
+            await reopened.close()
+            XCTAssertEqual(acked, SequenceNumber(cutAfterAppend ? 2 : 0), "cut \(cutAfterAppend ? "after" : "before") the next append's fsync")
+            XCTAssertEqual(head, SequenceNumber(cutAfterAppend ? 4 : 3))
+        }
     }
 
     /// With tiny auto-checkpoints, cuts also land inside checkpoints (database file writes
