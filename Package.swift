@@ -54,15 +54,17 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        // No default traits: FullFoundation would link full Foundation and its ICU data (~45 MB)
-        // into fieldlog-device, ConfigurationSupport swift-configuration (which imports
-        // Foundation); neither is used (docs/device.md, "Binary size").
+        // The backend's web admin and /metrics (not in fieldlog-device since its status server is
+        // plain NIO). No default traits: FullFoundation would link full Foundation and its ICU
+        // data (~45 MB), ConfigurationSupport swift-configuration (which imports Foundation);
+        // neither is used (docs/device.md, "Binary size").
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         // The backend's configuration sources (BackendStore). No traits: JSON would import full
         // Foundation. Not in fieldlog-device: it adds 0.68 MB there, over the 25 MB cap (docs/device.md).
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: []),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.5.0"),
-        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        // 2.100.0: NIOHTTPDecoderLimitConfiguration, the request header limits of the device's status server.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.100.0"),
     ],
     targets: [
         // C libraries
@@ -101,8 +103,10 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Hummingbird", package: "hummingbird"),
+                // The status server: plain NIO HTTP/1 (Hummingbird cost the device 2.96 MB, docs/device.md).
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict),
 
@@ -186,7 +190,8 @@ let package = Package(
         .testTarget(name: "SyncTests", dependencies: ["FieldlogCore", "Sync", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "WebTests", dependencies: ["BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB", "Processes", "Settings", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["OutageLab", "Processes", "TestSupport", "BrokenIngest", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        .testTarget(name: "DeviceTests", dependencies: ["Processes", "Device", "FieldlogCore", "GPIO", "Log", "Sync", "MQTT", "Redis", "Settings", "TestSupport", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .testTarget(name: "DeviceTests", dependencies: ["Processes", "Device", "FieldlogCore", "GPIO", "Log", "Sync", "MQTT", "Redis", "Settings", "TestSupport", .product(name: "Logging", package: "swift-log"),
+                                                   .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")], swiftSettings: strict),
         .testTarget(name: "BackendTests", dependencies: ["BackendStore", "Ingest", "Audit", "WebAdmin", "FieldlogCore", "Sync", "MQTT", "MariaDB", "Processes", "Settings", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "GaleraTests", dependencies: ["BackendStore", "Ingest", "Audit", "FieldlogCore", "Sync", "MQTT", "MariaDB", "Processes", "TestSupport"], swiftSettings: strict),
     ]

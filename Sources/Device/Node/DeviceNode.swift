@@ -26,7 +26,6 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import Hummingbird
 import Log
 import Logging
 import MQTT
@@ -242,8 +241,8 @@ public enum DeviceNode {
         if components.contains(.status) && c.status.port != 0 {
             let host = c.status.host, port = c.status.port
             services.append(supervised("status_server") { reporter in
-                try await StatusServer.buildApplication(env, host: host, port: port, logger: logger,
-                                                        onServerRunning: { reporter.running() }).run()
+                try await StatusServer(env, configuration: StatusServerConfiguration(host: host, port: port), logger: logger,
+                                       onServerRunning: { _ in reporter.running() }).run()
             })
         }
         if components.contains(.sync) && c.mqtt.enabled {
