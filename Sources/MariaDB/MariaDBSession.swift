@@ -449,12 +449,20 @@ private func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?
 
 // MARK: column decoding
 
-enum ColumnKind {
+enum ColumnKind: Equatable {
     case signed, unsigned, floating, text, binary
+    /// DATETIME or TIMESTAMP with 0…6 fractional digits. Text as the server prints it
+    /// (`2026-12-05 09:08:11.000`); a prepared statement receives the binary `MYSQL_TIME` and
+    /// formats it here (Connector/C's conversion to a string goes through `snprintf`: half
+    /// of the client's CPU for a day of one device's readings, docs/benchmarks.md "Queries").
+    case dateTime(fractionDigits: Int)
 
     init(_ field: MYSQL_FIELD) {
         let unsigned = field.flags & UInt32(UNSIGNED_FLAG) != 0
         switch field.type {
+        case MYSQL_TYPE_DATETIME, MYSQL_TYPE_TIMESTAMP, MYSQL_TYPE_DATETIME2, MYSQL_TYPE_TIMESTAMP2:
+            // decimals is 0…6 for a column; an expression may say 39 ("not fixed"): as text.
+            self = field.decimals <= 6 ? .dateTime(fractionDigits: Int(field.decimals)) : .text
         case MYSQL_TYPE_TINY, MYSQL_TYPE_SHORT, MYSQL_TYPE_LONG, MYSQL_TYPE_LONGLONG, MYSQL_TYPE_INT24, MYSQL_TYPE_YEAR:
             self = unsigned ? .unsigned : .signed
         case MYSQL_TYPE_FLOAT, MYSQL_TYPE_DOUBLE:
@@ -475,7 +483,7 @@ enum ColumnKind {
         case .signed: return Int64(text()).map(MariaDBValue.int) ?? .string(text())
         case .unsigned: return UInt64(text()).map(MariaDBValue.uint) ?? .string(text())
         case .floating: return Double(text()).map(MariaDBValue.double) ?? .string(text())
-        case .text: return .string(text())
+        case .text, .dateTime: return .string(text())
         case .binary: return .bytes(Array(raw))
         }
     }
@@ -575,6 +583,9 @@ private struct ResultBuffers {
             case .text:
                 binds[i].buffer_type = MYSQL_TYPE_STRING
                 size = max(maxLengths[i], 64)
+            case .dateTime:
+                binds[i].buffer_type = MYSQL_TYPE_DATETIME
+                size = MemoryLayout<MYSQL_TIME>.size
             case .binary:
                 binds[i].buffer_type = MYSQL_TYPE_BLOB
                 size = max(maxLengths[i], 64)
@@ -598,11 +609,14 @@ private struct ResultBuffers {
         case .signed: return .int(buffers[i].load(as: Int64.self))
         case .unsigned: return .uint(buffers[i].load(as: UInt64.self))
         case .floating: return .double(buffers[i].load(as: Double.self))
+        case .dateTime(let digits): return .string(Self.format(buffers[i].load(as: MYSQL_TIME.self), fractionDigits: digits))
         case .text, .binary:
             let length = Int(lengths[i])
             var bytes: [UInt8]
             if length <= bufferSizes[i] {
-                bytes = Array(UnsafeRawBufferPointer(start: buffers[i], count: length))
+                // Straight from the buffer: one copy (none for a text of up to 15 bytes).
+                let raw = UnsafeRawBufferPointer(start: buffers[i], count: length)
+                return kinds[i] == .binary ? .bytes(Array(raw)) : .string(String(decoding: raw, as: UTF8.self))
             } else {
                 // Longer than the buffer (max_length was not known): fetch the column again, whole.
                 bytes = [UInt8](repeating: 0, count: length)
@@ -621,6 +635,33 @@ private struct ResultBuffers {
             }
             if kinds[i] == .binary { return .bytes(bytes) }
             return .string(String(decoding: bytes, as: UTF8.self))
+        }
+    }
+
+    /// `YYYY-MM-DD hh:mm:ss[.f…]`, as the server prints a DATETIME with `fractionDigits` (0…6).
+    static func format(_ t: MYSQL_TIME, fractionDigits: Int) -> String {
+        let count = 19 + (fractionDigits > 0 ? 1 + fractionDigits : 0)
+        return String(unsafeUninitializedCapacity: count) { out in
+            var at = 0
+            func put(_ value: UInt, digits: Int) {
+                var v = value
+                for k in stride(from: digits - 1, through: 0, by: -1) {
+                    out[at + k] = UInt8(ascii: "0") + UInt8(v % 10)
+                    v /= 10
+                }
+                at += digits
+            }
+            func put(_ byte: Character) { out[at] = byte.asciiValue!; at += 1 }
+            put(UInt(t.year % 10_000), digits: 4); put("-"); put(UInt(t.month % 100), digits: 2); put("-")
+            put(UInt(t.day % 100), digits: 2); put(" "); put(UInt(t.hour % 100), digits: 2); put(":")
+            put(UInt(t.minute % 100), digits: 2); put(":"); put(UInt(t.second % 100), digits: 2)
+            if fractionDigits > 0 {
+                put(".")
+                var fraction = UInt(t.second_part % 1_000_000)
+                for _ in fractionDigits..<6 { fraction /= 10 }
+                put(fraction, digits: fractionDigits)
+            }
+            return at
         }
     }
 

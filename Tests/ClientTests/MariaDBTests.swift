@@ -90,6 +90,35 @@ final class MariaDBTests: XCTestCase {
         XCTAssertEqual(decimal.rows, [[.string("3.142"), .int(1)]])
     }
 
+    /// A prepared statement formats DATETIME and TIMESTAMP itself (from `MYSQL_TIME`): it must
+    /// read exactly what the text protocol reads, as the server prints it.
+    func testDateTimesReadTheSameThroughBothProtocols() async throws {
+        let db = try await connect()
+        try await db.query("SET time_zone = '+00:00'")
+        try await db.query("""
+            CREATE TABLE t (k INT PRIMARY KEY, d0 DATETIME NULL, d3 DATETIME(3) NULL, d6 DATETIME(6) NULL,
+                            ts TIMESTAMP(3) NULL, d DATE NULL, tm TIME(2) NULL, s VARCHAR(300) NULL)
+            """)
+        let long = String(repeating: "x", count: 250)
+        try await db.query("""
+            INSERT INTO t VALUES
+              (1, '2026-12-05 09:08:11', '2026-12-05 09:08:11.007', '2026-12-05 09:08:11.000042', '2026-12-05 09:08:11.999', '2026-12-05', '-12:34:56.78', 'short'),
+              (2, '0000-00-00 00:00:00', '1000-01-01 00:00:00.000', '9999-12-31 23:59:59.999999', '1970-01-01 00:00:01.000', '0001-01-01', '838:59:59', '\(long)'),
+              (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+            """)
+        let columns = "d0, d3, d6, ts, d, tm, s, MAX(d3) OVER () AS m, d3 + INTERVAL 1 SECOND AS e, CAST(d6 AS DATETIME(2)) AS c"
+        let text = try await db.query("SELECT \(columns) FROM t ORDER BY k")
+        let prepared = try await db.execute("SELECT \(columns) FROM t WHERE k > ? ORDER BY k", [.int(0)])
+        XCTAssertEqual(prepared.rows, text.rows)
+        XCTAssertEqual(prepared.rows[0][0], .string("2026-12-05 09:08:11"))
+        XCTAssertEqual(prepared.rows[0][1], .string("2026-12-05 09:08:11.007"))
+        XCTAssertEqual(prepared.rows[0][2], .string("2026-12-05 09:08:11.000042"))
+        XCTAssertEqual(prepared.rows[1][0], .string("0000-00-00 00:00:00"))
+        XCTAssertEqual(prepared.rows[1][2], .string("9999-12-31 23:59:59.999999"))
+        XCTAssertEqual(prepared.rows[1][6], .string(long))
+        XCTAssertEqual(Array(prepared.rows[2].prefix(7)), Array(repeating: .null, count: 7))
+    }
+
     func testWrongNumberOfBindsSaysSo() async throws {
         let db = try await connect()
         do {
