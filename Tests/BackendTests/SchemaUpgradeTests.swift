@@ -66,7 +66,7 @@ final class SchemaUpgradeTests: XCTestCase {
         }
         let prepareStart = ContinuousClock.now
         let prepared = try await migrator.prepare()
-        XCTAssertEqual(prepared, [7, 8])
+        XCTAssertEqual(prepared, [7, 8, 9])
         let prepareTime = ContinuousClock.now - prepareStart
         writer.cancel()
         let written = await writer.value
@@ -80,7 +80,7 @@ final class SchemaUpgradeTests: XCTestCase {
         let switchStart = ContinuousClock.now
         let applied = try await migrator.migrate()
         let switchTime = ContinuousClock.now - switchStart
-        XCTAssertEqual(applied, [7, 8])
+        XCTAssertEqual(applied, [7, 8, 9])
         let versionAfter = try await migrator.currentVersion()
         XCTAssertEqual(versionAfter, Schema.latestVersion)
         XCTAssertEqual(try db.scalar("SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'reading_values'"), "VIEW")
@@ -165,7 +165,7 @@ final class SchemaUpgradeTests: XCTestCase {
             return seen
         }
         let prepared = try await migrator.prepare()
-        XCTAssertEqual(prepared, [8])
+        XCTAssertEqual(prepared, [8, 9])
         writer.cancel()
         reader.cancel()
         let written = await writer.value
@@ -175,7 +175,7 @@ final class SchemaUpgradeTests: XCTestCase {
         XCTAssertGreaterThan(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals LIKE '[%'"), "0", "the writer's newest arrays wait for the switch-over")
 
         let applied = try await migrator.migrate()
-        XCTAssertEqual(applied, [8])
+        XCTAssertEqual(applied, [8, 9])
         XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals NOT LIKE '{%'"), "0")
         let after = try await c.query(sums).rows[0].map(\.description)
         XCTAssertEqual(after, before, "every value, equal, once")
@@ -190,6 +190,118 @@ final class SchemaUpgradeTests: XCTestCase {
                        "texts only where a reading has one")
         await readerConnection.close()
         await writerConnection.close()
+        await c.close()
+    }
+
+    // Schema 9 on a schema-8 database: `--prepare` copies `vals` into the VARCHAR column while a
+    // schema-8 writer keeps inserting (MEDIUMTEXT) and a reader sees every value; `migrate`
+    // copies the rest and swaps the columns. Every reading's vals equal, once.
+    func testSchema8ValsBecomeAVarcharWhileTheOldWriterRunsAndEveryValueStaysVisible() async throws {
+        let db = try TestDatabase("upgrade9")
+        defer { db.drop() }
+        var settings = db.settings
+        settings.readTimeout = .seconds(600)
+        let c = try await connectFirst(settings, logger: Logger(label: "test"))
+        let migrator = Migrator(connection: c, logger: Logger(label: "test"))
+        try await migrator.migrate(upTo: 8)
+        XCTAssertEqual(try db.scalar("SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'readings' AND COLUMN_NAME = 'vals'"), "mediumtext")
+        let n = 200_000
+        // Ten devices; one to three numbers each (the longest numbers JSON writes among them), a text every seventh.
+        try await c.query("""
+            INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals, texts)
+            SELECT CONCAT('old-', s.seq % 10), 7, s.seq DIV 10 + 1, 1700000000000 + s.seq * 100, FROM_UNIXTIME(1700000000 + s.seq / 10), 0, NOW(3),
+                   CASE WHEN s.seq % 101 = 0 THEN '{}'
+                        WHEN s.seq % 3 = 0 THEN CONCAT('{"a.b-c_9":-2.2250738585072014e-308,"temp":', s.seq / 8 + 0.1, ',"z":1.7976931348623157e308}')
+                        ELSE CONCAT('{"temp":', s.seq / 8 + 0.1, '}') END,
+                   IF(s.seq % 7 = 0, '{"state":"on \\"quoted\\" é"}', NULL)
+              FROM seq_0_to_\(n - 1) s
+            """)
+        let sums = "SELECT COUNT(*), SUM(CRC32(vals)), SUM(num_value), COUNT(text_value) FROM readings r JOIN reading_values v USING (device_id, epoch, seq) WHERE device_id <> 'live'"
+        let before = try await c.query(sums).rows[0].map(\.description)
+
+        let writerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
+        let writer = Task { () -> Int in
+            var k = 0
+            while !Task.isCancelled {
+                k += 1
+                _ = try? await writerConnection.execute("""
+                    INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals)
+                    VALUES ('live', 9, ?, ?, NOW(3), 0, NOW(3), CONCAT('{"temp":', ?, '}'))
+                    """, [.int(Int64(k)), .int(1_800_000_000_000 + Int64(k)), .double(Double(k) / 4)])
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return k
+        }
+        let readerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
+        let reader = Task { () -> [String] in
+            var seen: [String] = []
+            while !Task.isCancelled {
+                if let row = try? await readerConnection.query(sums).rows.first?.map(\.description), row != before { seen.append(row.joined(separator: " ")) }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            return seen
+        }
+        let prepareStart = ContinuousClock.now
+        let prepared = try await migrator.prepare()
+        let prepareTime = ContinuousClock.now - prepareStart
+        XCTAssertEqual(prepared, [9])
+        writer.cancel()
+        reader.cancel()
+        let written = await writer.value
+        let differences = await reader.value
+        XCTAssertGreaterThan(written, 10, "the old writer ran during --prepare")
+        XCTAssertEqual(differences, [], "readers saw every value, equal, while the column was copied")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id <> 'live' AND NOT (vals_v9 <=> vals)"), "0", "--prepare copied every row it passed")
+        XCTAssertGreaterThan(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals_v9 IS NULL"), "0", "the writer's newest rows wait for the switch-over")
+
+        let switchStart = ContinuousClock.now
+        let applied = try await migrator.migrate()
+        let switchTime = ContinuousClock.now - switchStart
+        XCTAssertEqual(applied, [9])
+        XCTAssertEqual(try db.scalar("SELECT CONCAT(DATA_TYPE, ' ', CHARACTER_MAXIMUM_LENGTH, ' ', CHARACTER_SET_NAME) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'readings' AND COLUMN_NAME = 'vals'"), "varchar 6000 ascii")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'readings' AND COLUMN_NAME = 'vals_v9'"), "0")
+        let after = try await c.query(sums).rows[0].map(\.description)
+        XCTAssertEqual(after, before, "every value, equal, once")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = 'live' AND vals LIKE '{\"temp\":%'"), String(written))
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM sensor_values WHERE device_id = 'old-3' AND sensor = 'temp'"), String(n / 10 - (0..<n).filter { $0 % 10 == 3 && $0 % 101 == 0 }.count))
+        // This version's ingest writes into the new column, read through the same view.
+        let device = Fixtures.device()
+        _ = try await Store(connection: c).storeBatches([Fixtures.request(Fixtures.batch(device, Epoch(1), 1, 3))], newDevices: [device], newEpochs: [(device, Epoch(1))])
+        XCTAssertEqual(try db.scalar("SELECT GROUP_CONCAT(CONCAT(seq, sensor, COALESCE(num_value, text_value)) ORDER BY seq, sensor) FROM reading_values WHERE device_id = '\(device)'"),
+                       "1stateok,1temp0.1,2stateok,2temp0.2,3stateok,3temp0.3")
+        // Running it again changes nothing.
+        let again = try await migrator.migrate()
+        XCTAssertEqual(again, [])
+        print("schema 9 upgrade: \(n) readings; --prepare \(prepareTime) while the old writer added \(written); switch-over (the downtime) \(switchTime)")
+        await readerConnection.close()
+        await writerConnection.close()
+        await c.close()
+    }
+
+    /// A `vals` that cannot become ASCII of at most 6,000 bytes stops schema 9 before anything
+    /// changes, and says which reading.
+    func testSchema9RefusesAValsThatDoesNotFitAndChangesNothing() async throws {
+        let db = try TestDatabase("upgrade9bad")
+        defer { db.drop() }
+        let c = try await connectFirst(db.settings, logger: Logger(label: "test"))
+        let migrator = Migrator(connection: c, logger: Logger(label: "test"))
+        try await migrator.migrate(upTo: 8)
+        try await c.query("""
+            INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals) VALUES
+              ('fine', 1, 1, 0, NULL, 0, NOW(3), '{"temp":1}'),
+              ('odd', 1, 2, 0, NULL, 0, NOW(3), '{"tempé":1}')
+            """)
+        do {
+            _ = try await migrator.migrate()
+            XCTFail("schema 9 must refuse a non-ASCII vals")
+        } catch let error as SchemaError {
+            XCTAssertTrue(error.description.contains("odd epoch 1 seq 2"), error.description)
+            XCTAssertTrue(error.description.contains("nothing was changed"), error.description)
+        }
+        let version = try await migrator.currentVersion()
+        XCTAssertEqual(version, 8)
+        XCTAssertEqual(try db.scalar("SELECT GROUP_CONCAT(vals ORDER BY seq) FROM readings"), "{\"temp\":1},{\"tempé\":1}")
+        XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE vals_v9 IS NOT NULL"), "0")
         await c.close()
     }
 }
