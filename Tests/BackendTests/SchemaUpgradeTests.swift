@@ -108,6 +108,35 @@ final class SchemaUpgradeTests: XCTestCase {
         await c.close()
     }
 
+    /// A writer of the previous version during `--prepare`: a reading of device `live` every
+    /// 5 ms, its `vals` the SQL expression `vals` of one bound number. Returns how many it wrote.
+    private static func previousVersionWriter(_ connection: MariaDBConnection, vals: String) -> Task<Int, Never> {
+        Task {
+            var k = 0
+            while !Task.isCancelled {
+                k += 1
+                _ = try? await connection.execute("""
+                    INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals)
+                    VALUES ('live', 9, ?, ?, NOW(3), 0, NOW(3), \(vals))
+                    """, [.int(Int64(k)), .int(1_800_000_000_000 + Int64(k)), .double(Double(k) / 4)])
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return k
+        }
+    }
+
+    /// A reader during `--prepare`: `sums` every 50 ms; returns every result unlike `before`.
+    private static func watchingReader(_ connection: MariaDBConnection, sums: String, before: [String]) -> Task<[String], Never> {
+        Task {
+            var seen: [String] = []
+            while !Task.isCancelled {
+                if let row = try? await connection.query(sums).rows.first?.map(\.description), row != before { seen.append(row.joined(separator: " ")) }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            return seen
+        }
+    }
+
     /// Schema 7's view: JSON_TABLE over an array of {"s","n"|"t"} (what a schema-7 database has).
     private static let schema7View = """
         CREATE OR REPLACE VIEW reading_values AS
@@ -143,27 +172,9 @@ final class SchemaUpgradeTests: XCTestCase {
 
         // A writer of schema 7 (arrays) during --prepare; a reader checks every value stays visible.
         let writerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
-        let writer = Task { () -> Int in
-            var k = 0
-            while !Task.isCancelled {
-                k += 1
-                _ = try? await writerConnection.execute("""
-                    INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals)
-                    VALUES ('live', 9, ?, ?, NOW(3), 0, NOW(3), CONCAT('[{"s":"temp","n":', ?, '}]'))
-                    """, [.int(Int64(k)), .int(1_800_000_000_000 + Int64(k)), .double(Double(k) / 4)])
-                try? await Task.sleep(for: .milliseconds(5))
-            }
-            return k
-        }
+        let writer = Self.previousVersionWriter(writerConnection, vals: "CONCAT('[{\"s\":\"temp\",\"n\":', ?, '}]')")
         let readerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
-        let reader = Task { () -> [String] in
-            var seen: [String] = []
-            while !Task.isCancelled {
-                if let row = try? await readerConnection.query(sums).rows.first?.map(\.description), row != before { seen.append(row.joined(separator: " ")) }
-                try? await Task.sleep(for: .milliseconds(50))
-            }
-            return seen
-        }
+        let reader = Self.watchingReader(readerConnection, sums: sums, before: before)
         let prepared = try await migrator.prepare()
         XCTAssertEqual(prepared, [8, 9])
         writer.cancel()
@@ -220,27 +231,9 @@ final class SchemaUpgradeTests: XCTestCase {
         let before = try await c.query(sums).rows[0].map(\.description)
 
         let writerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
-        let writer = Task { () -> Int in
-            var k = 0
-            while !Task.isCancelled {
-                k += 1
-                _ = try? await writerConnection.execute("""
-                    INSERT INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, vals)
-                    VALUES ('live', 9, ?, ?, NOW(3), 0, NOW(3), CONCAT('{"temp":', ?, '}'))
-                    """, [.int(Int64(k)), .int(1_800_000_000_000 + Int64(k)), .double(Double(k) / 4)])
-                try? await Task.sleep(for: .milliseconds(5))
-            }
-            return k
-        }
+        let writer = Self.previousVersionWriter(writerConnection, vals: "CONCAT('{\"temp\":', ?, '}')")
         let readerConnection = try await connectFirst(settings, logger: Logger(label: "test"))
-        let reader = Task { () -> [String] in
-            var seen: [String] = []
-            while !Task.isCancelled {
-                if let row = try? await readerConnection.query(sums).rows.first?.map(\.description), row != before { seen.append(row.joined(separator: " ")) }
-                try? await Task.sleep(for: .milliseconds(50))
-            }
-            return seen
-        }
+        let reader = Self.watchingReader(readerConnection, sums: sums, before: before)
         let prepareStart = ContinuousClock.now
         let prepared = try await migrator.prepare()
         let prepareTime = ContinuousClock.now - prepareStart
