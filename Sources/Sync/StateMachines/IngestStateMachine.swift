@@ -244,20 +244,16 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
 
     // Queue: one FIFO per device (nil: messages whose topic names none), served round robin.
     // A message is validated when it arrives (so decoding overlaps the transaction in flight);
-    // the queue counts its payload's bytes.
-    private struct Queued: Sendable {
-        var work: Work
-        var cost: Int
-    }
+    // the queue counts its payload's bytes (`Work.cost`).
     private struct Bucket: Sendable {
-        var items: [Queued] = []
+        var items: [Work] = []
         var head = 0
         var bytes = 0
         var count: Int { items.count - head }
-        mutating func pop() -> Queued {
+        mutating func pop() -> Work {
             let q = items[head]
-            items[head] = Queued(work: Work(item: .deadLetter(DeadLetter(topic: "", reason: .unknownTopic, message: "", topicDevice: nil, payload: [])),
-                                            topic: "", payloadHead: [], payloadBytes: 0), cost: 0)
+            items[head] = Work(item: .deadLetter(DeadLetter(topic: "", reason: .unknownTopic, message: "", topicDevice: nil, payload: [])),
+                               topic: "", payloadHead: [], payloadBytes: 0, cost: 0)
             head += 1
             if head > 64 && head * 2 > items.count { items.removeFirst(head); head = 0 }
             return q
@@ -277,6 +273,9 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         var topic: String
         var payloadHead: [UInt8]
         var payloadBytes: Int
+        /// What it counts against the queues' bounds, fixed when it arrived (kept when a shard
+        /// hands it back and another machine queues it again).
+        var cost: Int
         var stage: Stage = .original
     }
     private struct Part: Sendable {
@@ -338,17 +337,17 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
             return [.dropped(topic: topic, device: device, bytes: payload.count, reason: .queueFull)]
         }
         let item = IngestItem.classify(topic: topic, payload: payload, contentType: contentType, configuration: configuration)
-        enqueue(Work(item: item, topic: topic, payloadHead: Array(payload.prefix(DeadLetter.excerptBytes)), payloadBytes: payload.count),
-                device: device, cost: cost)
+        enqueue(Work(item: item, topic: topic, payloadHead: Array(payload.prefix(DeadLetter.excerptBytes)), payloadBytes: payload.count, cost: cost),
+                device: device)
         return pauseIfOverBound() + startNext(now: now)
     }
 
     /// Behind the device's queued messages; counted against the bounds.
-    private mutating func enqueue(_ work: Work, device: DeviceID?, cost: Int) {
+    private mutating func enqueue(_ work: Work, device: DeviceID?) {
         if buckets[device] == nil { buckets[device] = Bucket(); rotation.append(device) }
-        buckets[device]!.items.append(Queued(work: work, cost: cost))
-        buckets[device]!.bytes += cost
-        queuedBytes += cost
+        buckets[device]!.items.append(work)
+        buckets[device]!.bytes += work.cost
+        queuedBytes += work.cost
         queuedMessages += 1
     }
 
@@ -615,7 +614,7 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
 
     /// Takes the next group from the queues (round robin over devices) and splits it into parts.
     private mutating func formGroup() -> [Action] {
-        var taken: [Queued] = []
+        var taken: [Work] = []
         var bytes = 0
         var perDevice: [DeviceID?: Int] = [:]
         var skipped = 0  // devices in a row that have had their share of this transaction
@@ -629,13 +628,13 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
                 continue
             }
             skipped = 0
-            let q = buckets[key]!.pop()
-            perDevice[key, default: 0] += q.work.payloadBytes
-            buckets[key]!.bytes -= q.cost
-            queuedBytes -= q.cost
+            let w = buckets[key]!.pop()
+            perDevice[key, default: 0] += w.payloadBytes
+            buckets[key]!.bytes -= w.cost
+            queuedBytes -= w.cost
             queuedMessages -= 1
-            taken.append(q)
-            bytes += q.work.payloadBytes
+            taken.append(w)
+            bytes += w.payloadBytes
             if buckets[key]!.count == 0 {
                 buckets[key] = nil
                 rotation.remove(at: cursor)
@@ -650,8 +649,7 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         }
         guard !taken.isEmpty else { return actions }
         var data: [Work] = [], state: [Work] = []
-        for q in taken {
-            let w = q.work
+        for w in taken {
             switch w.item {
             case .batch, .legacy, .deadLetter: data.append(w)
             case .status, .response: state.append(w)
@@ -776,7 +774,7 @@ extension IngestStateMachine {
         parts = []
         for device in rotation {
             guard var b = buckets[device] else { continue }
-            while b.count > 0 { released.append(Released(b.pop().work)) }
+            while b.count > 0 { released.append(Released(b.pop())) }
         }
         buckets = [:]
         rotation = []
@@ -795,9 +793,7 @@ extension IngestStateMachine {
     /// just received, behind the device's queued messages. They are not dropped for the queue's
     /// bounds (they were taken once already; what is released is bounded by the other queue).
     public mutating func requeue(_ released: [Released], now: Instant) -> [Action] {
-        for r in released {
-            enqueue(r.work, device: r.device, cost: r.work.payloadBytes + r.work.topic.utf8.count + 64)
-        }
+        for r in released { enqueue(r.work, device: r.device) }
         return pauseIfOverBound() + startNext(now: now)
     }
 }
