@@ -494,9 +494,7 @@ package struct ReadingValuesMove {
             guard old == moved else { throw SchemaError(description: "schema 7: reading_values holds \(old) values, readings.vals \(moved); nothing switched") }
             try await connection.query(old == 0 ? "DROP TABLE reading_values" : "RENAME TABLE reading_values TO reading_values_v6")
         }
-        try await connection.query(ValsToObjects.view)
-        // sensor_values (schema 2) reads reading_values by name: create it again over the view.
-        try await connection.query(Schema.migrations.first { $0.version == 2 }!.statements[0])
+        try await ValsToObjects.installViews(connection)
         logger.info("schema 7: switched to one row per reading in \(ContinuousClock.now - start)")
     }
 }
@@ -547,6 +545,13 @@ package struct ValsToObjects {
           \(texts)
         """
 
+    /// `reading_values` over `readings.vals` and `texts`, and `sensor_values` (schema 2) again
+    /// over it (it names `reading_values`): what every switch-over that touches `vals` ends with.
+    package static func installViews(_ connection: MariaDBConnection) async throws {
+        try await connection.query(view)
+        try await connection.query(Schema.migrations.first { $0.version == 2 }!.statements[0])
+    }
+
     /// While `migrate --prepare` rewrites the arrays: both forms, so readers miss no value.
     package static let transitionView = """
         CREATE OR REPLACE VIEW reading_values AS
@@ -591,7 +596,6 @@ package struct ValsToObjects {
     package func switchOver() async throws {
         let left = try await connection.query("SELECT COUNT(*) FROM readings WHERE vals LIKE '[%'").rows.first?.first?.int64 ?? 0
         guard left == 0 else { throw SchemaError(description: "schema 8: \(left) readings still hold an array; run `fieldlog-backend migrate` again") }
-        try await connection.query(Self.view)
-        try await connection.query(Schema.migrations.first { $0.version == 2 }!.statements[0])
+        try await Self.installViews(connection)
     }
 }

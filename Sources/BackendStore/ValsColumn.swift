@@ -5,10 +5,9 @@
 // cost ~100 ms of server time as MEDIUMTEXT and ~70 ms as VARCHAR; the 24-hour query of one
 // sensor went from ~145 to ~122 ms on the server (docs/benchmarks.md, "Queries").
 //
-// Why it fits: `vals` holds the numbers only (texts are in `readings.texts`), sensor names are
-// 1…64 bytes of printable ASCII and a reading has at most 64 of them (spec §3.1), and a number
-// is at most 24 characters of JSON: at most 2 + 64 × (64 + 3 + 24 + 1) − 1 = 5,889 bytes, all
-// ASCII.
+// Why it fits: `vals` holds the numbers only (texts are in `readings.texts`), with ASCII sensor
+// names, at most 5,889 bytes within the spec's limits (`StoreRows.maxValsBytes`, which the
+// ingest's row check enforces for every reading it writes).
 //
 // How, without stopping ingest for longer than the switch-over: `migrate --prepare` (ingest of
 // schema 8 keeps writing `vals`) adds `vals_v9` (an instant ADD COLUMN, no table rebuild) and
@@ -19,24 +18,26 @@
 // readings: --prepare 93 s, the switch-over (the downtime) 14.8 s, the rebuild 20 s.
 import Logging
 import MariaDB
+import Sync
 
 package struct ValsToVarchar {
     package var connection: MariaDBConnection
     package var logger: Logger
     package var window: UInt64 = 20_000
 
-    /// The column's type from schema 9 on.
-    package static let columnType = "VARCHAR(6000) CHARACTER SET ascii COLLATE ascii_bin NULL"
-    /// The longest `vals` a reading within the spec's limits can have (see above).
-    static let longestVals = 6_000
+    /// The column's type from schema 9 on: as long as the ingest's row check allows
+    /// (`StoreRows.maxValsBytes`, the longest `vals` within the spec's limits).
+    package static let columnType = "VARCHAR(\(StoreRows.maxValsBytes)) CHARACTER SET ascii COLLATE ascii_bin NULL"
 
     package static let addColumn = "ALTER TABLE readings ADD COLUMN IF NOT EXISTS vals_v9 \(columnType)"
 
     /// Rows whose `vals` cannot move as it is (longer than the column, or not ASCII): the
-    /// migration stops before changing anything and names the first of them.
+    /// migration stops before changing anything and names the first of them. Only rows not yet
+    /// copied equal are converted (a row copied equal fits), so the switch-over's pass converts
+    /// only what was written since `--prepare`.
     static let unfit = """
         SELECT device_id, epoch, seq, LENGTH(vals) FROM readings
-         WHERE vals IS NOT NULL AND (LENGTH(vals) > \(longestVals) OR vals <> CONVERT(vals USING ascii))
+         WHERE NOT (vals_v9 <=> vals) AND (LENGTH(vals) > \(StoreRows.maxValsBytes) OR vals <> CONVERT(vals USING ascii))
          LIMIT 1
         """
 
@@ -67,7 +68,7 @@ package struct ValsToVarchar {
         if let row = try await connection.query(Self.unfit).rows.first {
             throw SchemaError(description: """
                 schema 9: readings.vals of \(row[0].string ?? "?") epoch \(row[1].uint64 ?? 0) seq \(row[2].uint64 ?? 0) \
-                (\(row[3].int64 ?? 0) bytes) does not fit VARCHAR(\(Self.longestVals)) of ASCII; nothing was changed
+                (\(row[3].int64 ?? 0) bytes) does not fit VARCHAR(\(StoreRows.maxValsBytes)) of ASCII; nothing was changed
                 """)
         }
         let start = ContinuousClock.now
@@ -91,7 +92,6 @@ package struct ValsToVarchar {
                           + "and gives the space back (docs/operating-backend.md, \"Upgrading to schema 9\")"))
         }
         // The views read `vals` by name: made again over the new column.
-        try await connection.query(ValsToObjects.view)
-        try await connection.query(Schema.migrations.first { $0.version == 2 }!.statements[0])
+        try await ValsToObjects.installViews(connection)
     }
 }

@@ -333,6 +333,12 @@ final class IngestStateMachineTests: XCTestCase {
         }
         for bad in ["{}", #"{"temp":1}"#, #"{"a b":"x"}"#] { XCTAssertFalse(Columns.texts(bad), bad) }
         XCTAssertNil(StoreRows.values(vals: #"{"state":1}"#, texts: #"{"state":"on"}"#), "one sensor, one value")
+        // The longest reading the spec allows fits the VARCHAR column (schema 9).
+        var longest: [String: SensorValue] = [:]
+        for k in 0..<64 { longest[String(repeating: "n", count: 62) + (k < 10 ? "0" : "") + String(k)] = .number(k % 2 == 0 ? -2.2250738585072014e-308 : -1.7976931348623157e308) }
+        let widest = StoreRows.vals(try SensorValues(longest))
+        XCTAssertLessThanOrEqual(widest.utf8.count, StoreRows.maxValsBytes, "\(widest.utf8.count) bytes")
+        XCTAssertTrue(Columns.ascii(widest, StoreRows.maxValsBytes) && Columns.vals(widest))
     }
 
     func testAckRuleIsTheContiguousPrefixOfCommittedRanges() {

@@ -202,8 +202,12 @@ public struct StoreRows: Hashable, Sendable {
         return try? SensorValues(values)
     }
 
-    /// Longest `vals`: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.
-    static let maxValsBytes = 16 << 20
+    /// `readings.vals`, a VARCHAR of ASCII since schema 9 (a longer one needs a migration):
+    /// numbers only, at most 64 sensors of 1…64-byte ASCII names, a number at most 24
+    /// characters of JSON, so at most 2 + 64 × (64 + 3 + 24 + 1) − 1 = 5,889 bytes.
+    package static let maxValsBytes = 6_000
+    /// `readings.texts`, a MEDIUMTEXT: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.
+    static let maxTextsBytes = 16 << 20
 
     private mutating func add(_ l: LegacyValues) {
         let device = l.device.rawValue
@@ -247,8 +251,8 @@ public struct StoreRows: Hashable, Sendable {
             check(Columns.deviceID(r.device) && r.epoch != 0 && Columns.sequence(r.seq), "readings key \(r.device) \(r.epoch) \(r.seq)")
             check(r.deviceTime.map(Columns.datetime) ?? true, "readings.device_time \(String(describing: r.deviceTime))")
             check(r.missingSensors.map { Columns.ascii($0, 4_200) } ?? true, "readings.missing_sensors")
-            check(r.vals.utf8.count <= Self.maxValsBytes && Columns.vals(r.vals), "readings.vals \(r.vals.prefix(100))")
-            check(r.texts.map { $0.utf8.count <= Self.maxValsBytes && Columns.texts($0) } ?? true, "readings.texts \(r.texts?.prefix(100) ?? "")")
+            check(Columns.ascii(r.vals, Self.maxValsBytes) && Columns.vals(r.vals), "readings.vals \(r.vals.prefix(100))")
+            check(r.texts.map { $0.utf8.count <= Self.maxTextsBytes && Columns.texts($0) } ?? true, "readings.texts \(r.texts?.prefix(100) ?? "")")
         }
         for x in sensors { check(Columns.deviceID(x.device) && Columns.sensor(x.sensor), "device_sensors \(x)") }
         for l in losses {
