@@ -612,29 +612,26 @@ private struct ResultBuffers {
         case .dateTime(let digits): return .string(Self.format(buffers[i].load(as: MYSQL_TIME.self), fractionDigits: digits))
         case .text, .binary:
             let length = Int(lengths[i])
-            var bytes: [UInt8]
-            if length <= bufferSizes[i] {
-                // Straight from the buffer: one copy (none for a text of up to 15 bytes).
-                let raw = UnsafeRawBufferPointer(start: buffers[i], count: length)
-                return kinds[i] == .binary ? .bytes(Array(raw)) : .string(String(decoding: raw, as: UTF8.self))
-            } else {
-                // Longer than the buffer (max_length was not known): fetch the column again, whole.
-                bytes = [UInt8](repeating: 0, count: length)
-                var column = MYSQL_BIND()
-                var columnLength: UInt = 0
-                column.buffer_type = binds[i].buffer_type
-                column.buffer_length = UInt(length)
-                let rc = bytes.withUnsafeMutableBytes { raw -> Int32 in
-                    column.buffer = raw.baseAddress
-                    return withUnsafeMutablePointer(to: &columnLength) { lengthPointer in
-                        column.length = lengthPointer
-                        return mysql_stmt_fetch_column(stmt, &column, UInt32(i), 0)
-                    }
-                }
-                guard rc == 0 else { throw MariaDBSession.error(of: stmt, operation + " (fetching column \(i))") }
+            // Straight from the buffer: one copy (none for a text of up to 15 bytes).
+            func value(_ raw: UnsafeRawBufferPointer) -> MariaDBValue {
+                kinds[i] == .binary ? .bytes(Array(raw)) : .string(String(decoding: raw, as: UTF8.self))
             }
-            if kinds[i] == .binary { return .bytes(bytes) }
-            return .string(String(decoding: bytes, as: UTF8.self))
+            if length <= bufferSizes[i] { return value(UnsafeRawBufferPointer(start: buffers[i], count: length)) }
+            // Longer than the buffer (max_length was not known): fetch the column again, whole.
+            var bytes = [UInt8](repeating: 0, count: length)
+            var column = MYSQL_BIND()
+            var columnLength: UInt = 0
+            column.buffer_type = binds[i].buffer_type
+            column.buffer_length = UInt(length)
+            let rc = bytes.withUnsafeMutableBytes { raw -> Int32 in
+                column.buffer = raw.baseAddress
+                return withUnsafeMutablePointer(to: &columnLength) { lengthPointer in
+                    column.length = lengthPointer
+                    return mysql_stmt_fetch_column(stmt, &column, UInt32(i), 0)
+                }
+            }
+            guard rc == 0 else { throw MariaDBSession.error(of: stmt, operation + " (fetching column \(i))") }
+            return kinds[i] == .binary ? .bytes(bytes) : bytes.withUnsafeBytes(value)
         }
     }
 
