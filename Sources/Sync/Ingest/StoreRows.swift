@@ -205,7 +205,7 @@ public struct StoreRows: Hashable, Sendable {
     /// `readings.vals`, a VARCHAR of ASCII since schema 9 (a longer one needs a migration):
     /// numbers only, at most 64 sensors of 1…64-byte ASCII names, a number at most 24
     /// characters of JSON, so at most 2 + 64 × (64 + 3 + 24 + 1) − 1 = 5,889 bytes.
-    package static let maxValsBytes = 6_000
+    public static let maxValsBytes = 6_000
     /// `readings.texts`, a MEDIUMTEXT: 64 sensors of 64-byte names with 256-byte texts, every byte escaped.
     static let maxTextsBytes = 16 << 20
 
