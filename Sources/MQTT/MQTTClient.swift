@@ -156,6 +156,10 @@ final class MQTTConnectionCore: @unchecked Sendable {
     var stopSeen = false
     /// The waiting `connect()` was cancelled; the network thread takes it on its next turn.
     var abandonRequested = false
+    /// The running network thread is ending because its `connect()` was cancelled; stays set
+    /// after the thread has taken the request (`abandonRequested`), until the thread ends, so a
+    /// new `connect()` waits for it instead of finding a thread still running.
+    var abandoning = false
     var threadExitWaiters: [CheckedContinuation<Void, Never>] = []
     /// The network thread, while it runs: the calls only it may make check it.
     let networkThread = ThreadIdentity()

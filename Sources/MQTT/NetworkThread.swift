@@ -22,7 +22,7 @@ extension MQTTConnectionCore {
     func connect() async throws -> MQTTConnAck {
         let operation = "connect to \(configuration.endpointDescription)"
         // A thread still ending an abandoned attempt (a cancelled connect()) goes first.
-        if control.withLock({ threadRunning && abandonRequested }) { await networkThreadEnded() }
+        if control.withLock({ threadRunning && abandoning }) { await networkThreadEnded() }
         let ticket = CancellationTicket()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<MQTTConnAck, Error>) in
@@ -43,6 +43,7 @@ extension MQTTConnectionCore {
                 }
                 threadRunning = true
                 abandonRequested = false
+                abandoning = false
                 control.unlock()
                 box.setConnectWaiter(continuation)
                 OSThread.start(name: "mqtt \(configuration.clientID)") { self.runNetworkThread() }
@@ -59,6 +60,7 @@ extension MQTTConnectionCore {
         guard box.failConnectWaiter(CancellationError()) else { return }
         control.withLock {
             abandonRequested = true
+            abandoning = true
             control.broadcast()
         }
         waker.signal()
@@ -121,7 +123,15 @@ extension MQTTConnectionCore {
         loop: while true {
             let (stop, abandon) = takeRequests()
             if stop, let replaced = machine.stopRequested(now: .now) { action = replaced }
-            if abandon, let replaced = machine.connectAbandoned() { action = replaced }
+            if abandon {
+                if let replaced = machine.connectAbandoned() {
+                    action = replaced
+                } else {
+                    // The attempt was already over (connected, or stopping): the thread does
+                    // not end for it, so a new connect() must not wait for that.
+                    control.withLock { abandoning = false }
+                }
+            }
             switch action {
             case .connect(let first):
                 box.clearLastLogError()
@@ -159,6 +169,7 @@ extension MQTTConnectionCore {
         threadRunning = false
         stopSeen = false
         abandonRequested = false
+        abandoning = false
         let waiters = threadExitWaiters
         threadExitWaiters.removeAll()
         control.unlock()
