@@ -35,7 +35,7 @@ func batchPayloadBytes(records: Int, sensors: Int, encoding: BatchEncoding = .js
 enum Ceilings {
     /// The same rows the ingest writes for `readings` readings (a `readings` row with its
     /// values in `vals`, one `batch_ranges` row per batch), inserted by
-    /// the same statements as the ingest (`insertRows`: multi-row INSERT IGNORE per table,
+    /// the same statements as the ingest (readings array-bound with `insertBulk`, ranges multi-row `insertRows`,
     /// Store.swift) over one connection, one `batch_ranges` row per `batch` readings and one
     /// transaction per `perTransaction` readings (the most the ingest commits at once in the
     /// same run: its window of batches). Rows are built before the clock starts. Returns readings/s.
@@ -71,7 +71,7 @@ enum Ceilings {
             let start = ContinuousClock.now
             for g in groups {
                 try await c.transaction { s in
-                    try s.insertRows("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors, vals)", rows: g.readings)
+                    try s.insertBulk("INSERT IGNORE INTO readings (device_id, epoch, seq, device_ms, device_time, clock_unsynchronized, received_at, missing_sensors, vals)", rows: g.readings)
                     try s.insertRows("INSERT IGNORE INTO batch_ranges (device_id, epoch, first_seq, last_seq, stored_at)", rows: g.range)
                 }
             }

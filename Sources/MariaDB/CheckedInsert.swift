@@ -87,7 +87,7 @@ extension MariaDBSession {
     /// - Returns: rows inserted and rows that were duplicates (their sum is `rows.count`).
     @discardableResult
     public func insertIgnoringDuplicates(into table: String, columns: [String], key: [String], rows: [[MariaDBValue]],
-                                         maxRowsPerStatement: Int = 500) throws -> InsertCounts {
+                                         maxRowsPerStatement: Int = 500, arrayBound: Bool = false) throws -> InsertCounts {
         let operation = "checked insert into \(table)"
         let keyIndices = try key.map { k in
             guard let i = columns.firstIndex(of: k) else { throw MariaDBError.usage(operation, "key column \(k) is not among the columns \(columns)") }
@@ -112,7 +112,8 @@ extension MariaDBSession {
             counts.inserted += n
         }
         guard !keyed.isEmpty else { return counts }
-        let n = Int(try insertRows(prefix, rows: keyed, maxRowsPerStatement: maxRowsPerStatement))
+        let n = Int(arrayBound ? try insertBulk(prefix, rows: keyed)
+                               : try insertRows(prefix, rows: keyed, maxRowsPerStatement: maxRowsPerStatement))
         guard n != keyed.count else {
             counts.inserted += n
             return counts

@@ -102,6 +102,12 @@ public final class MariaDBConnection: Sendable {
         }
     }
 
+    /// Array-bound insert: see `MariaDBSession.insertBulk(_:rows:rowsPerExecute:)`.
+    @discardableResult
+    public func insertBulk(_ insertPrefix: String, rows: [[MariaDBValue]], rowsPerExecute: Int = 1000) async throws -> UInt64 {
+        try await withSession { try $0.insertBulk(insertPrefix, rows: rows, rowsPerExecute: rowsPerExecute) }
+    }
+
     /// The server's id for this connection (for `KILL CONNECTION` and the process list).
     public func connectionID() async throws -> UInt64 {
         try await withSession { try $0.connectionID() }

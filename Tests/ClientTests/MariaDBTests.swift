@@ -162,6 +162,69 @@ final class MariaDBTests: XCTestCase {
         XCTAssertEqual(value1, .int(1010))
     }
 
+    func testInsertBulkStoresEveryKindOfValueAndCountsOnlyNewRows() async throws {
+        let db = try await connect()
+        try await db.query("""
+            CREATE TABLE b (device VARCHAR(40) NOT NULL, seq BIGINT UNSIGNED NOT NULL, delta BIGINT NULL, value DOUBLE NULL,
+                            note VARCHAR(40) NULL, raw VARBINARY(16) NULL, always_null VARCHAR(8) NULL, PRIMARY KEY (device, seq))
+            """)
+        // 2,500 rows in executes of 1,000: NULLs mixed into every column, text of varying length
+        // (empty and multi-byte), binary with a zero byte, negative and unsigned 64-bit integers.
+        func bulkRow(_ i: Int) -> [MariaDBValue] {
+            let device: MariaDBValue = .string("dev-\(i % 3)")
+            let seq: MariaDBValue = .uint(UInt64.max - UInt64(i))
+            let delta: MariaDBValue = i % 7 == 0 ? .null : .int(-Int64(i) * 1_000_000_007)
+            let value: MariaDBValue = i % 5 == 0 ? .null : .double(Double(i) / 8)
+            let note: MariaDBValue = i % 11 == 0 ? .null : .string(i % 2 == 0 ? "" : "ä-\(i)")
+            let raw: MariaDBValue = i % 13 == 0 ? .null : .bytes([0, UInt8(i % 256), 255])
+            return [device, seq, delta, value, note, raw, .null]
+        }
+        let rows: [[MariaDBValue]] = (1...2500).map(bulkRow)
+        let affected = try await db.insertBulk("INSERT IGNORE INTO b (device, seq, delta, value, note, raw, always_null)", rows: rows)
+        XCTAssertEqual(affected, 2500)
+        let stored = try await db.query("SELECT device, seq, delta, value, note, raw, always_null FROM b ORDER BY seq DESC")
+        XCTAssertEqual(stored.rows.count, 2500)
+        for (i, row) in stored.rows.enumerated() {
+            let expected = rows[i]
+            XCTAssertEqual(row[0], expected[0], "row \(i)")
+            XCTAssertEqual(row[1].uint64, expected[1].uint64, "row \(i)")
+            XCTAssertEqual(row[2].int64, expected[2].int64, "row \(i)")
+            XCTAssertEqual(row[3].double, expected[3].double, "row \(i)")
+            XCTAssertEqual(row[4], expected[4], "row \(i)")
+            XCTAssertEqual(row[5].bytes, expected[5].bytes, "row \(i)")
+            XCTAssertEqual(row[6], .null, "row \(i)")
+        }
+        // A resend overlapping what is stored: only the new rows count, the old ones are unchanged.
+        let again: [[MariaDBValue]] = (2490...2510).map { i in
+            [.string("dev-\(i % 3)"), .uint(UInt64.max - UInt64(i)), .int(0), .double(0), .string("resent"), .null, .null]
+        }
+        let added = try await db.insertBulk("INSERT IGNORE INTO b (device, seq, delta, value, note, raw, always_null)", rows: again, rowsPerExecute: 7)
+        XCTAssertEqual(added, 10)
+        let resent = try await db.query("SELECT COUNT(*) FROM b WHERE note = 'resent'").rows[0][0]
+        XCTAssertEqual(resent, .int(10))
+        // The same cached statement still runs single-row executions afterwards.
+        let single = try await db.execute("INSERT IGNORE INTO b (device, seq, delta, value, note, raw, always_null) VALUES (?,?,?,?,?,?,?)",
+                                          [.string("one"), .uint(1), .null, .null, .null, .null, .null])
+        XCTAssertEqual(single.affectedRows, 1)
+        // A column mixing kinds (int and text) falls back to multi-row VALUES, same result.
+        let mixed: [[MariaDBValue]] = [[.string("m"), .uint(1), .int(5), .null, .string("x"), .null, .null],
+                                       [.string("m"), .uint(2), .string("6"), .null, .int(7), .null, .null]]
+        let mixedAdded = try await db.insertBulk("INSERT IGNORE INTO b (device, seq, delta, value, note, raw, always_null)", rows: mixed)
+        XCTAssertEqual(mixedAdded, 2)
+        let m = try await db.query("SELECT delta, note FROM b WHERE device = 'm' ORDER BY seq").rows
+        XCTAssertEqual(m.map { $0[0].int64 }, [5, 6])
+        XCTAssertEqual(m.map { $0[1].string }, ["x", "7"])
+        // Rows of different widths are refused before anything is sent.
+        do {
+            try await db.insertBulk("INSERT INTO b (device, seq)", rows: [[.string("a"), .uint(1)], [.string("a")]])
+            XCTFail("expected an error")
+        } catch let error as MariaDBError {
+            XCTAssertTrue(error.description.contains("row 1 has 1 values"), error.description)
+        }
+        let total = try await db.query("SELECT COUNT(*) FROM b").rows[0][0]
+        XCTAssertEqual(total, .int(2513))
+    }
+
     func testDuplicateKeyIsError1062AndInsertIgnoreSkipsIt() async throws {
         let db = try await connect()
         try await db.query("CREATE TABLE k (id INT PRIMARY KEY, note VARCHAR(10))")
