@@ -167,12 +167,4 @@ extension BackendProcess {
     static func metrics(port: Int) throws -> String {
         try Shell.run("curl", ["-sf", "http://127.0.0.1:\(port)/metrics"])
     }
-
-    /// The value of an unlabelled counter in Prometheus text, 0 when absent.
-    static func counter(_ name: String, in text: String) -> Double {
-        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-            return Double(line.split(separator: " ").last ?? "") ?? 0
-        }
-        return 0
-    }
 }

@@ -24,6 +24,14 @@ struct IngestDidNotStart: Error, CustomStringConvertible { public var descriptio
 
 /// `fieldlog-backend` (the built binary) as a child process.
 public enum BackendProcess {
+    /// The value of an unlabelled counter in Prometheus text, 0 when absent.
+    public static func counter(_ name: String, in text: String) -> Double {
+        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+            return Double(line.split(separator: " ").last ?? "") ?? 0
+        }
+        return 0
+    }
+
     /// Starts `fieldlog-backend ingest`, its output in `<directory>/<name>.log`. Unless the
     /// environment names one, the process gets an MQTT client id of its own (its persistent
     /// session), so the ingest processes of one test, and of tests before it, never share one.
