@@ -163,10 +163,11 @@ final class IngestBrokerTests: XCTestCase {
         let metricsDeadline = ContinuousClock.now + .seconds(5)
         repeat {
             metrics = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(metricsPort)/metrics"])
-            if metrics.contains("fieldlog_acks_sent_total 5\n") && metrics.contains("fieldlog_rows_inserted_total 50\n") { break }
+            if BackendProcess.counter("fieldlog_acks_sent_total", in: metrics) >= 1 && metrics.contains("fieldlog_rows_inserted_total 50\n") { break }
             try await Task.sleep(for: .milliseconds(100))
         } while ContinuousClock.now < metricsDeadline
-        XCTAssertTrue(metrics.contains("fieldlog_acks_sent_total 5\n"), metrics)
+        // 5 batches: one ack each, or fewer when one commit's `through` covers several (spec §5.5 rule C).
+        XCTAssertTrue((1...5).contains(BackendProcess.counter("fieldlog_acks_sent_total", in: metrics)), metrics)
         XCTAssertTrue(metrics.contains("fieldlog_rows_inserted_total 50\n"), metrics)
         await device.close()
         await setup.close()

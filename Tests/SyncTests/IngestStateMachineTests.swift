@@ -197,6 +197,38 @@ final class IngestStateMachineTests: XCTestCase {
     }
 
     /// Issue D2: a declared range up to 2^53 and a batch inside it; the ack rule must not trap.
+    /// §5.5 rule C: the batches of one log that a commit's `through` covers get one ack, the
+    /// highest one's; a batch above a hole, or one with rejected numbers, keeps its own.
+    func testBatchesThroughCoversGetOneAckPerLogAndTheOthersKeepTheirs() throws {
+        var m = Machine()
+        let other = try DeviceID("dev-2")
+        // The first transaction (1…2) establishes the prefix; 3…4, 5…6 and 7…8 queue behind it,
+        // then 10…11 (above a hole at 9), and another device's 1…1 (its one record rejected)
+        // and 2…2.
+        let first = try XCTUnwrap(writes(m.messageReceived(topic: batchTopic, payload: batch(1, 2), now: t0)).first)
+        for (a, b) in [(3, 4), (5, 6), (7, 8), (10, 11)] as [(UInt64, UInt64)] {
+            XCTAssertEqual(writes(m.messageReceived(topic: batchTopic, payload: batch(a, b), now: t0)), [])
+        }
+        let otherTopic = TopicTemplates.defaults.batch.topic(device: other)
+        let rejected = #"{"v":1,"type":"batch","device":"dev-2","epoch":"0000000000000007","first":1,"last":1,"records":[{"seq":1,"ts":-9223372036854775808,"values":{"t":1}}]}"#
+        _ = m.messageReceived(topic: otherTopic, payload: Array(rejected.utf8), now: t0)
+        _ = m.messageReceived(topic: otherTopic, payload: batch(2, 2, device: other), now: t0)
+        let afterFirst = committed(&m, first, ranges: [[r(1, 2)]])
+        XCTAssertEqual(acks(afterFirst).map(\.through), [s(2)])
+        let group = try XCTUnwrap(writes(afterFirst).first)
+        XCTAssertEqual(Set(group.batches.map(\.range)), [r(3, 4), r(5, 6), r(7, 8), r(10, 11), r(1, 1), r(2, 2)])
+        let done = committed(&m, group, ranges: [[r(3, 4), r(5, 6), r(7, 8), r(10, 11)], [r(1, 1), r(2, 2)]])
+        let sent = acks(done)
+        XCTAssertEqual(sent.filter { $0.device == dev }.map { [$0.through.rawValue, $0.stored!.first.rawValue, $0.stored!.last.rawValue] },
+                       [[8, 7, 8], [8, 10, 11]], "one ack covers 3…8; 10…11, above the hole at 9, is acked selectively")
+        XCTAssertEqual(sent.first { $0.device == dev }?.missing, [r(9, 9)])
+        XCTAssertEqual(sent.filter { $0.device == other }.map { [$0.through.rawValue, $0.stored!.last.rawValue] }, [[2, 1], [2, 2]],
+                       "the batch with a rejected number keeps its ack, to report it")
+        XCTAssertEqual(sent.first { $0.device == other }?.rejected, [s(1)])
+        guard case .committed(let report)? = done.last(where: { if case .committed = $0 { true } else { false } }) else { return XCTFail("\(done)") }
+        XCTAssertEqual(report.batches, 6)
+    }
+
     func testRangesUpToTheProtocolMaximumAreAckedWithoutTrapping() throws {
         var m = Machine()
         let pair = HostilePayloads.d2Pair(device: dev)

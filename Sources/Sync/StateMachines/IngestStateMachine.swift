@@ -458,9 +458,19 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
                                          delayMilliseconds: delay(q.key)))
         }
         var acks: [AckMessage] = []
+        // One ack per log for the batches `through` already covers (§5.5 rule C): the one of the
+        // highest such batch says all the others say. A batch above `through`, or with rejected
+        // numbers to report, keeps its own.
+        var coveringBatch: [EpochKey: SequenceNumber] = [:]
+        for b in tx.batches where b.rejected.isEmpty {
+            let key = EpochKey(device: b.device, epoch: b.epoch)
+            guard let outcome = outcomes[key], b.range.last <= outcome.through else { continue }
+            coveringBatch[key] = max(coveringBatch[key] ?? .zero, b.range.last)
+        }
         for b in tx.batches {
             let key = EpochKey(device: b.device, epoch: b.epoch)
             guard let outcome = outcomes[key] else { continue }
+            if b.rejected.isEmpty, b.range.last <= outcome.through, let covering = coveringBatch[key], b.range.last < covering { continue }
             let ack = Ack(device: b.device, epoch: b.epoch, through: outcome.through, stored: b.range,
                           rejected: Array(b.rejected.prefix(ProtocolLimits.maxAckListEntries).map(\.sequence)),
                           missing: Array(outcome.missing.prefix(ProtocolLimits.maxAckListEntries)))
