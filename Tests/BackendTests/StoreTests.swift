@@ -124,6 +124,7 @@ final class StoreTests: XCTestCase {
         } catch let e as MariaDBRowsNotWritten {
             XCTAssertEqual(e.table, "device_sensors")
             XCTAssertEqual(e.missingKeys, [[.string(other.rawValue), .string("state")]])
+            XCTAssertTrue(e.warnings.contains { $0.contains("drops_state") }, "the server's reason is in the error: \(e)")
         }
         XCTAssertEqual(try db.scalar("SELECT COUNT(*) FROM readings WHERE device_id = '\(other)'"), "0")
         try await c.query("ALTER TABLE dead_letters ADD CONSTRAINT drops_oversize CHECK (reason <> 'oversize')")
