@@ -99,7 +99,7 @@ extension FieldlogBackend {
             settings.readTimeout = .seconds(3_600)
             let connection = try await connectFirst(settings, logger: logger)
             try await withCleanups { cleanups in
-                cleanups.add { await connection.close() }
+                cleanups.add { await connection.shutdown() }
                 if prepare {
                     let prepared = try await Migrator(connection: connection, logger: logger).prepare()
                     print(prepared.isEmpty ? "nothing to prepare (schema \(try await Migrator(connection: connection).currentVersion()))"
@@ -164,7 +164,7 @@ extension FieldlogBackend {
                     await replayer.close()
                 }
             }
-            await connection.close()
+            await connection.shutdown()
             if report.hasGaps { throw ExitCode(1) }
         }
     }
@@ -199,7 +199,7 @@ extension FieldlogBackend {
                 }
             }
             await replayer.close()
-            await connection.close()
+            await connection.shutdown()
         }
     }
 }

@@ -70,8 +70,10 @@ package actor DatabaseClient {
         index = (index + 1) % settings.addresses.count
     }
 
+    /// Closes the connection for good (its owner thread ended: `MariaDBConnection.shutdown`);
+    /// a later `store()` connects anew.
     package func close() async {
-        if let current { await current.connection.close() }
+        if let current { await current.connection.shutdown() }
         current = nil
     }
 }

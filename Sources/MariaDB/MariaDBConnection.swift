@@ -12,6 +12,7 @@
 import FieldlogCore
 import Foundation
 import Logging
+import Synchronization
 import Threading
 
 /// One connection to a MariaDB server, usable from any task.
@@ -37,8 +38,24 @@ public final class MariaDBConnection: Sendable {
     }
 
     deinit {
+        guard !isShutDown.load(ordering: .acquiring) else { return }
         session.submit { $0.close() }
         session.thread.stop()
+    }
+
+    /// Set by `shutdown()`: the owner thread has ended.
+    private let isShutDown = Atomic<Bool>(false)
+
+    /// Closes the connection and ends its owner thread, waiting until the thread is gone (its
+    /// thread-local cleanup included). Call it last, before a process exits: `deinit` only
+    /// asks the thread to stop, and a thread still ending while `exit` runs the libraries'
+    /// exit handlers (OpenSSL's, under Connector/C) crashed `fieldlog-backend audit` (SIGABRT,
+    /// "malloc_consolidate(): invalid chunk size", or SIGSEGV in libcrypto). The connection
+    /// cannot be used afterwards.
+    public func shutdown() async {
+        await close()
+        guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        session.thread.stopAndWait()
     }
 
     /// Opens the connection (no-op when open). Throws a `MariaDBError` naming the endpoint.

@@ -24,10 +24,51 @@ public enum OSThread {
     /// Starts `body` on a new detached thread named `name` (the first 15 bytes show in `top -H`),
     /// with a stack of `stackSize` bytes (nil: the system's default).
     public static func start(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
+        _ = create(name: name, stackSize: stackSize, detached: true, body)
+    }
+
+    /// A thread that must be joined or detached (`Joinable.join()`, `Joinable.detach()`), once.
+    public struct Joinable: @unchecked Sendable {
+        // @unchecked: a pthread handle; the owner (OwnerThread) calls join or detach once, under its lock.
+        #if canImport(Darwin)
+        fileprivate let thread: pthread_t?
+        #else
+        fileprivate let thread: pthread_t
+        #endif
+        /// Waits until the thread has ended, its thread-local destructors included.
+        public func join() {
+            #if canImport(Darwin)
+            if let thread { pthread_join(thread, nil) }
+            #else
+            pthread_join(thread, nil)
+            #endif
+        }
+        /// Lets the thread end on its own.
+        public func detach() {
+            #if canImport(Darwin)
+            if let thread { pthread_detach(thread) }
+            #else
+            pthread_detach(thread)
+            #endif
+        }
+    }
+
+    /// Starts `body` on a new joinable thread, like `start`.
+    public static func startJoinable(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) -> Joinable {
+        Joinable(thread: create(name: name, stackSize: stackSize, detached: false, body))
+    }
+
+    #if canImport(Darwin)
+    private typealias Handle = pthread_t?
+    #else
+    private typealias Handle = pthread_t
+    #endif
+
+    private static func create(name: String, stackSize: Int?, detached: Bool, _ body: @escaping @Sendable () -> Void) -> Handle {
         let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        pthread_attr_setdetachstate(&attributes, Int32(detached ? PTHREAD_CREATE_DETACHED : PTHREAD_CREATE_JOINABLE))
         if let stackSize { pthread_attr_setstacksize(&attributes, stackSize) }
         defer { pthread_attr_destroy(&attributes) }
         #if canImport(Darwin)
@@ -43,6 +84,7 @@ public enum OSThread {
         }, start)
         // Out of threads is out of a resource the process cannot run without.
         precondition(rc == 0, "pthread_create failed for \(name): \(String(cString: strerror(rc)))")
+        return thread
     }
 
     /// Names the calling thread (glibc's pthread_setname_np is not visible to Swift without

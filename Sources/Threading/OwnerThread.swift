@@ -71,6 +71,8 @@ public final class OwnerThread: TimedTaskExecutor, @unchecked Sendable {
     private var batches: (any Batches)?
     private var stopped = false
     private var exited = false
+    /// The pthread, until it is joined (`stopAndWait`) or detached (`stop`).
+    private var handle: OSThread.Joinable?
     /// Sleeping tasks by id (few: one per sleeping service), and ids cancelled before they slept.
     private var timers: [UInt64: Timer] = [:]
     private var cancelledTimers: Set<UInt64> = []
@@ -95,7 +97,7 @@ public final class OwnerThread: TimedTaskExecutor, @unchecked Sendable {
                 setUp: @escaping @Sendable () -> Void = {}, tearDown: @escaping @Sendable () -> Void = {}) {
         self.name = name
         // The thread holds `self` until it exits (after `stop()`); its owner stops it on close or deinit.
-        OSThread.start(name: name, stackSize: stackSize) {
+        handle = OSThread.startJoinable(name: name, stackSize: stackSize) {
             self.identity.setToCurrentThread()
             setUp()
             self.loop()
@@ -166,8 +168,26 @@ public final class OwnerThread: TimedTaskExecutor, @unchecked Sendable {
     public func stop() {
         condition.lock()
         stopped = true
+        let unjoined = handle
+        handle = nil
         condition.signal()
         condition.unlock()
+        unjoined?.detach()
+    }
+
+    /// `stop()`, then waits until the thread has ended, thread-local destructors included (not
+    /// on the thread itself). Before a process exits: a C library's per-thread cleanup (OpenSSL's,
+    /// under Connector/C) racing the process's exit handlers crashed `fieldlog-backend audit`.
+    /// Returns at once when the thread was already stopped with `stop()` (it was detached).
+    public func stopAndWait() {
+        precondition(!isCurrent, "the owner thread \(name) cannot wait for itself")
+        condition.lock()
+        stopped = true
+        let unjoined = handle
+        handle = nil
+        condition.signal()
+        condition.unlock()
+        unjoined?.join()
     }
 
     // MARK: The loop

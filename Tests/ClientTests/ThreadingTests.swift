@@ -1,8 +1,14 @@
 // The pieces of the concurrency model (docs/concurrency.md): owner threads, thread-confined
 // owners, structured cleanups and timeouts. No services needed.
+#if canImport(Glibc)
+import Glibc
+#endif
 import Synchronization
 import Threading
 import XCTest
+
+/// Thread-local destructors of the test below that have finished.
+private let destructorsFinished = Atomic<Int>(0)
 
 final class ThreadingTests: XCTestCase {
     /// A stand-in for the owner of a C handle: not Sendable, counts its uses.
@@ -26,6 +32,32 @@ final class ThreadingTests: XCTestCase {
         } catch let error as OwnerThreadStopped {
             XCTAssertEqual(error.thread, "test-owner")
         }
+    }
+
+    /// `stopAndWait` returns only when the thread has ended, its thread-local destructors
+    /// included (a C library's per-thread cleanup must not race the process's exit); `stop`
+    /// does not wait, and a later `stopAndWait` then returns at once.
+    func testStopAndWaitReturnsAfterTheThreadsLocalDestructorsRan() async throws {
+        #if canImport(Glibc)
+        var key = pthread_key_t()
+        XCTAssertEqual(pthread_key_create(&key) { _ in
+            usleep(200_000)
+            destructorsFinished.add(1, ordering: .sequentiallyConsistent)
+        }, 0)
+        let k = key
+        let setUp: @Sendable () -> Void = { _ = pthread_setspecific(k, UnsafeRawPointer(bitPattern: 1)) }
+        let waited = OwnerThread(name: "test-wait", setUp: setUp)
+        _ = try await waited.run { 0 }
+        waited.stopAndWait()
+        XCTAssertEqual(destructorsFinished.load(ordering: .sequentiallyConsistent), 1, "stopAndWait returned before the thread had ended")
+        let detached = OwnerThread(name: "test-detach", setUp: setUp)
+        _ = try await detached.run { 0 }
+        detached.stop()
+        detached.stopAndWait()
+        XCTAssertEqual(destructorsFinished.load(ordering: .sequentiallyConsistent), 1, "after stop, stopAndWait does not wait")
+        try await Task.sleep(for: .milliseconds(600))
+        XCTAssertEqual(destructorsFinished.load(ordering: .sequentiallyConsistent), 2)
+        #endif
     }
 
     func testAConfinedOwnerIsReachedOnItsThreadOnly() async throws {
