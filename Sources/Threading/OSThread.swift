@@ -28,7 +28,7 @@ public enum OSThread {
     }
 
     /// A thread that must be joined or detached (`Joinable.join()`, `Joinable.detach()`), once.
-    public struct Joinable: @unchecked Sendable {
+    struct Joinable: @unchecked Sendable {
         // @unchecked: a pthread handle; the owner (OwnerThread) calls join or detach once, under its lock.
         #if canImport(Darwin)
         fileprivate let thread: pthread_t?
@@ -36,7 +36,7 @@ public enum OSThread {
         fileprivate let thread: pthread_t
         #endif
         /// Waits until the thread has ended, its thread-local destructors included.
-        public func join() {
+        func join() {
             #if canImport(Darwin)
             if let thread { pthread_join(thread, nil) }
             #else
@@ -44,7 +44,7 @@ public enum OSThread {
             #endif
         }
         /// Lets the thread end on its own.
-        public func detach() {
+        func detach() {
             #if canImport(Darwin)
             if let thread { pthread_detach(thread) }
             #else
@@ -54,7 +54,7 @@ public enum OSThread {
     }
 
     /// Starts `body` on a new joinable thread, like `start`.
-    public static func startJoinable(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) -> Joinable {
+    static func startJoinable(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) -> Joinable {
         Joinable(thread: create(name: name, stackSize: stackSize, detached: false, body))
     }
 
