@@ -166,13 +166,7 @@ public final class OwnerThread: TimedTaskExecutor, @unchecked Sendable {
 
     /// Lets the thread finish the queued jobs and batches, run `tearDown` and exit. Does not wait.
     public func stop() {
-        condition.lock()
-        stopped = true
-        let unjoined = handle
-        handle = nil
-        condition.signal()
-        condition.unlock()
-        unjoined?.detach()
+        markStopped()?.detach()
     }
 
     /// `stop()`, then waits until the thread has ended, thread-local destructors included (not
@@ -181,13 +175,20 @@ public final class OwnerThread: TimedTaskExecutor, @unchecked Sendable {
     /// Returns at once when the thread was already stopped with `stop()` (it was detached).
     public func stopAndWait() {
         precondition(!isCurrent, "the owner thread \(name) cannot wait for itself")
+        markStopped()?.join()
+    }
+
+    /// Stops the loop and hands out the pthread handle, to the first caller only.
+    private func markStopped() -> OSThread.Joinable? {
         condition.lock()
+        defer {
+            condition.signal()
+            condition.unlock()
+        }
         stopped = true
         let unjoined = handle
         handle = nil
-        condition.signal()
-        condition.unlock()
-        unjoined?.join()
+        return unjoined
     }
 
     // MARK: The loop
