@@ -470,7 +470,8 @@ public struct IngestStateMachine<Instant: InstantProtocol>: Sendable where Insta
         for b in tx.batches {
             let key = EpochKey(device: b.device, epoch: b.epoch)
             guard let outcome = outcomes[key] else { continue }
-            if b.rejected.isEmpty, b.range.last <= outcome.through, let covering = coveringBatch[key], b.range.last < covering { continue }
+            // Below the covering batch (which is ≤ `through`), and nothing rejected to report.
+            if b.rejected.isEmpty, let covering = coveringBatch[key], b.range.last < covering { continue }
             let ack = Ack(device: b.device, epoch: b.epoch, through: outcome.through, stored: b.range,
                           rejected: Array(b.rejected.prefix(ProtocolLimits.maxAckListEntries).map(\.sequence)),
                           missing: Array(outcome.missing.prefix(ProtocolLimits.maxAckListEntries)))
